@@ -1,0 +1,4 @@
+//! The async host API of Structured Secure Streams (not built yet): one UDP socket per host
+//! driven by a tokio task through `quinn-udp` (GSO/GRO), with `Host`, listeners and streams
+//! implementing `AsyncRead`/`AsyncWrite`. See issue 4.
+#![forbid(unsafe_code)]

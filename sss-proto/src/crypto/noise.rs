@@ -1,0 +1,1 @@
+//! Noise protocol framework primitives for `Noise_IK_25519_ChaChaPoly_SHA256`.

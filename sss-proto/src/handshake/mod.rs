@@ -1,0 +1,1 @@
+//! The Noise IK handshake (being written).

@@ -1,0 +1,1 @@
+//! The in-process network simulator (being written).
