@@ -15,8 +15,10 @@
 //! - [`endpoint`]: routes datagrams to channels and accepts new ones.
 #![forbid(unsafe_code)]
 
+pub mod channel;
 pub mod codec;
 pub mod crypto;
+pub mod endpoint;
 pub mod frame;
 pub mod handshake;
 pub mod identity;
@@ -28,5 +30,7 @@ pub mod replay;
 pub mod sim;
 mod transmit;
 
+pub use channel::{Channel, ChannelConfig, ChannelError, ChannelEvent, ChannelStats, Upper};
+pub use endpoint::{ChannelHandle, DatagramEvent, Endpoint, EndpointConfig, Incoming};
 pub use identity::{Eid, EidParseError, Identity, KeyFileError};
 pub use transmit::{EcnCodepoint, Transmit};

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Short fuzz run of every cargo-fuzz target (libFuzzer). Usage: fuzz-smoke.sh [RUNS]
+# cargo-fuzz needs nightly features; RUSTC_BOOTSTRAP=1 enables them on the stable toolchain.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+runs="${1:-50000}"
+if ! command -v cargo-fuzz >/dev/null 2>&1; then
+  cargo install cargo-fuzz --locked
+fi
+for dir in sss-proto/fuzz; do
+  [ -d "$dir" ] || continue
+  for target in $(cd "$dir" && cargo fuzz list); do
+    echo "-- fuzz $dir $target ($runs runs)"
+    (cd "$dir" && RUSTC_BOOTSTRAP=1 cargo fuzz run "$target" -- -runs="$runs" -max_total_time=120)
+  done
+done

@@ -1,0 +1,120 @@
+//! The receiver's side of acknowledgements: which packet numbers arrived, and when an ACK
+//! frame must go out (RFC 9000 §13.2).
+//!
+//! An ACK is due at once after `threshold` ack-eliciting packets, or when a packet arrives out
+//! of order or reveals a gap; otherwise within `max_ack_delay`. "At once" means in the next
+//! packet the channel builds, and the host drains every received datagram of a batch (GRO)
+//! before it polls for transmits, so one ACK covers a whole batch.
+
+use std::time::{Duration, Instant};
+
+use crate::frame::AckFrame;
+use crate::ranges::RangeSet;
+
+#[derive(Debug)]
+pub(crate) struct ReceivedPackets {
+    ranges: RangeSet,
+    /// Largest packet number received and when.
+    largest: Option<(u64, Instant)>,
+    ack_eliciting_since_ack: u32,
+    immediate: bool,
+    deadline: Option<Instant>,
+    /// Packets arrived since the last ACK frame was sent (ack-eliciting or not).
+    unacked: bool,
+}
+
+impl ReceivedPackets {
+    pub(crate) fn new() -> Self {
+        Self {
+            ranges: RangeSet::new(),
+            largest: None,
+            ack_eliciting_since_ack: 0,
+            immediate: false,
+            deadline: None,
+            unacked: false,
+        }
+    }
+
+    pub(crate) fn largest(&self) -> Option<u64> {
+        self.largest.map(|(pn, _)| pn)
+    }
+
+    /// Records an authenticated packet.
+    pub(crate) fn on_packet(
+        &mut self,
+        now: Instant,
+        pn: u64,
+        ack_eliciting: bool,
+        threshold: u32,
+        max_ack_delay: Duration,
+        max_ranges: usize,
+    ) {
+        let out_of_order = match self.largest {
+            Some((largest, _)) => pn < largest || pn > largest + 1,
+            None => pn != 0,
+        };
+        if self.largest.is_none_or(|(l, _)| pn > l) {
+            self.largest = Some((pn, now));
+        }
+        self.ranges.insert_one(pn);
+        // Bound the state a peer can make us keep: forget the oldest ranges.
+        while self.ranges.len() > max_ranges {
+            self.ranges.pop_min();
+        }
+        self.unacked = true;
+        if ack_eliciting {
+            self.ack_eliciting_since_ack += 1;
+            if out_of_order || self.ack_eliciting_since_ack >= threshold {
+                self.immediate = true;
+            } else if self.deadline.is_none() {
+                self.deadline = Some(now + max_ack_delay);
+            }
+        }
+    }
+
+    /// Whether an ACK frame must be sent now (not merely may be piggybacked).
+    pub(crate) fn ack_due(&self, now: Instant) -> bool {
+        self.ack_eliciting_since_ack > 0
+            && (self.immediate || self.deadline.is_some_and(|d| d <= now))
+    }
+
+    /// Whether an ACK frame would carry news (to piggyback on a packet being sent anyway).
+    pub(crate) fn has_unacked(&self) -> bool {
+        self.unacked
+    }
+
+    /// When the delayed ACK falls due.
+    pub(crate) fn deadline(&self) -> Option<Instant> {
+        if self.ack_eliciting_since_ack == 0 {
+            return None;
+        }
+        if self.immediate {
+            return self.largest.map(|(_, t)| t);
+        }
+        self.deadline
+    }
+
+    /// The ACK frame to send now, and the reset of the ACK timers.
+    pub(crate) fn build_ack(&mut self, now: Instant, max_ranges: usize) -> Option<AckFrame> {
+        let (_, received_at) = self.largest?;
+        let delay = now.saturating_duration_since(received_at);
+        let frame = AckFrame::from_ranges(
+            &self.ranges,
+            u64::try_from(delay.as_micros()).unwrap_or(u64::MAX),
+            max_ranges,
+        )?;
+        self.ack_eliciting_since_ack = 0;
+        self.immediate = false;
+        self.deadline = None;
+        self.unacked = false;
+        Some(frame)
+    }
+
+    /// The peer acknowledged a packet of ours whose ACK frame covered up to `largest`: it
+    /// knows about everything up to there, so stop repeating those ranges (RFC 9000 §13.2.4).
+    pub(crate) fn on_ack_acked(&mut self, largest: u64) {
+        if largest > 0 {
+            self.ranges.remove(0..largest);
+        }
+    }
+}

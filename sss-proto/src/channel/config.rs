@@ -1,0 +1,67 @@
+//! Channel configuration and its defaults.
+
+use std::time::Duration;
+
+use crate::recovery::cc::CongestionAlgorithm;
+
+/// Tunables of a channel. The defaults suit the public Internet; tests shrink timers.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ChannelConfig {
+    /// Congestion controller (default CUBIC).
+    pub congestion: CongestionAlgorithm,
+    /// RTT assumed before the first sample (RFC 9002 kInitialRtt: 333 ms).
+    pub initial_rtt: Duration,
+    /// Longest we delay an acknowledgement; sent to the peer in the handshake.
+    pub max_ack_delay: Duration,
+    /// Acknowledge at once after this many ack-eliciting packets (RFC 9000 §13.2.2: 2).
+    pub ack_eliciting_threshold: u32,
+    /// Most ACK ranges per ACK frame.
+    pub max_ack_ranges: usize,
+    /// Close the channel after this long without hearing from the peer. The smaller of both
+    /// hosts' values applies, but never less than three probe timeouts.
+    pub idle_timeout: Duration,
+    /// Send a PING after this long without sending anything (keeps NAT mappings alive).
+    pub keepalive_interval: Option<Duration>,
+    /// Largest UDP payload this host accepts; advertised in the handshake.
+    pub max_udp_payload: u16,
+    /// Datagram size every path must carry; the size used before discovery.
+    pub base_udp_payload: u16,
+    /// Probe the path MTU upward from `base_udp_payload`.
+    pub mtu_discovery: bool,
+    /// Rotate the packet keys after this many packets sent under one key.
+    pub key_update_packets: u64,
+    /// Rotate the packet keys after this long under one key.
+    pub key_update_interval: Duration,
+    /// First retransmission delay of a handshake initiation (then doubled).
+    pub handshake_retry: Duration,
+    /// Give up a handshake after this long.
+    pub handshake_timeout: Duration,
+    /// Reordering threshold in packets for loss detection (RFC 9002 kPacketThreshold).
+    pub packet_threshold: u64,
+    /// AEAD suites this host offers (bit set of [`crate::crypto::aead::Suite::bit`]).
+    pub suites: u8,
+}
+
+impl Default for ChannelConfig {
+    fn default() -> Self {
+        Self {
+            congestion: CongestionAlgorithm::default(),
+            initial_rtt: Duration::from_millis(333),
+            max_ack_delay: Duration::from_millis(25),
+            ack_eliciting_threshold: 2,
+            max_ack_ranges: 64,
+            idle_timeout: Duration::from_secs(30),
+            keepalive_interval: None,
+            max_udp_payload: 1452,
+            base_udp_payload: 1200,
+            mtu_discovery: true,
+            key_update_packets: 1 << 23,
+            key_update_interval: Duration::from_secs(120),
+            handshake_retry: Duration::from_secs(1),
+            handshake_timeout: Duration::from_secs(20),
+            packet_threshold: 3,
+            suites: crate::crypto::aead::Suite::local_set(),
+        }
+    }
+}

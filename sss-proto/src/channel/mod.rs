@@ -1,0 +1,1003 @@
+//! A channel: one keyed, congestion-controlled path between two hosts.
+//!
+//! A channel is created by the [`Endpoint`](crate::endpoint::Endpoint), either as the
+//! initiator of a handshake ([`Endpoint::connect`](crate::endpoint::Endpoint::connect)) or
+//! from an accepted incoming handshake. After the handshake it carries packets protected by
+//! the negotiated AEAD, numbered by a 64-bit counter that is never reused (retransmissions
+//! and pure ACKs get fresh numbers), acknowledged by ranges, and recovered per RFC 9002.
+//!
+//! # Using a channel
+//!
+//! The driver (a host or the simulator) calls, in any order and as often as needed:
+//! - [`handle_datagram`](Channel::handle_datagram) for every datagram the endpoint routes
+//!   here, then, once a batch of received datagrams is processed,
+//! - [`poll_transmit`](Channel::poll_transmit) until it returns `None`, sending each batch;
+//! - [`poll_timeout`](Channel::poll_timeout) to learn when to call
+//!   [`handle_timeout`](Channel::handle_timeout);
+//! - [`poll_event`](Channel::poll_event) to learn about connection, closure and path changes.
+//!
+//! The layer above (streams) is passed to each call as an [`Upper`]; the channel asks it for
+//! frames and reports the fate of every frame it carried.
+
+mod acks;
+mod config;
+mod keys;
+mod sent;
+mod stats;
+mod timer;
+mod transmit;
+mod upper;
+
+pub use config::ChannelConfig;
+pub use stats::ChannelStats;
+pub use upper::{Upper, UpperError};
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand_chacha::ChaCha20Rng;
+
+use self::acks::ReceivedPackets;
+use self::keys::KeySet;
+use self::sent::{SentPacket, SentPackets};
+use self::timer::{Timer, TimerTable};
+use crate::crypto::aead::{Suite, TAG_LEN};
+use crate::frame::{AckFrame, Frame, FrameType, Frames};
+use crate::handshake::{
+    Established, HandshakeError, Initiator, Keys as HandshakeKeys, RefuseCode, Reply, StaticKeys,
+    TransportParams,
+};
+use crate::identity::Eid;
+use crate::packet::{self, DataHeader, PacketKind};
+use crate::recovery::cc::Controller;
+use crate::recovery::mtu::MtuDiscovery;
+use crate::recovery::pacing::Pacer;
+use crate::recovery::rtt::{RttEstimator, GRANULARITY};
+use crate::replay::ReplayWindow;
+use crate::Transmit;
+
+/// Error codes carried in CLOSE frames.
+#[derive(Debug, Copy, Clone, Eq, PartialEq, Hash)]
+pub struct CloseCode(pub u64);
+
+impl CloseCode {
+    /// Orderly close.
+    pub const NO_ERROR: Self = Self(0);
+    /// The peer sent something the protocol forbids.
+    pub const PROTOCOL_VIOLATION: Self = Self(1);
+    /// The sender hit an internal error.
+    pub const INTERNAL_ERROR: Self = Self(2);
+    /// The sender ran out of a resource the peer made it spend (streams, memory).
+    pub const RESOURCE_EXHAUSTED: Self = Self(3);
+    /// Codes from this value up are the application's.
+    pub const APPLICATION_MIN: Self = Self(0x100);
+}
+
+/// Longest reason text put in a CLOSE frame.
+pub const MAX_CLOSE_REASON: usize = 1024;
+
+/// Why a channel ended.
+#[derive(Debug, Clone, Eq, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ChannelError {
+    /// This host closed the channel.
+    #[error("closed locally")]
+    LocallyClosed,
+    /// The peer closed the channel.
+    #[error("closed by peer (code {code}): {reason}")]
+    ClosedByPeer {
+        /// The peer's close code.
+        code: u64,
+        /// The peer's reason, lossily decoded as UTF-8.
+        reason: String,
+    },
+    /// Nothing was heard from the peer for the idle timeout.
+    #[error("timed out: nothing heard from the peer for {0:?}")]
+    TimedOut(Duration),
+    /// The handshake got no answer in time.
+    #[error("no handshake response within {0:?}")]
+    HandshakeTimeout(Duration),
+    /// The peer refused the requested service.
+    #[error("refused by peer (code {}): {reason}", code.0)]
+    Refused {
+        /// Why, as a code.
+        code: RefuseCode,
+        /// Why, in words.
+        reason: String,
+    },
+    /// The handshake failed (bad message, wrong identity, no common cipher suite…).
+    #[error("handshake failed: {0}")]
+    HandshakeFailed(String),
+    /// The peer broke the protocol; the channel closed with PROTOCOL_VIOLATION.
+    #[error("peer violated the protocol: {0}")]
+    ProtocolViolation(String),
+}
+
+/// Something that happened on a channel, for the driver and the application.
+#[derive(Debug, Clone, Eq, PartialEq)]
+#[non_exhaustive]
+pub enum ChannelEvent {
+    /// The handshake completed: packets can flow both ways.
+    Connected,
+    /// The channel is closed for good (after closing/draining, or at once on failure).
+    Closed(ChannelError),
+    /// The peer now sends from a new address, and replies go there.
+    PathChanged {
+        /// The previous address.
+        from: SocketAddr,
+        /// The new address.
+        to: SocketAddr,
+    },
+}
+
+/// Which side of the handshake this channel was.
+#[derive(Debug, Copy, Clone, Eq, PartialEq)]
+pub enum Side {
+    /// Sent the initiation.
+    Initiator,
+    /// Answered it.
+    Responder,
+}
+
+enum State {
+    Handshake(Box<Handshaking>),
+    Established,
+    /// We sent CLOSE; we answer further packets with CLOSE until the timer ends.
+    Closing(ChannelError),
+    /// The peer sent CLOSE; we stay silent until the timer ends.
+    Draining(ChannelError),
+    Closed,
+}
+
+struct Handshaking {
+    initiator: Initiator,
+    statics: Arc<StaticKeys>,
+    message: Vec<u8>,
+    send_pending: bool,
+    retry_delay: Duration,
+}
+
+/// Parameters of a channel the endpoint builds for an accepted handshake.
+pub(crate) struct ResponderSetup {
+    pub(crate) local_index: u32,
+    pub(crate) remote_index: u32,
+    pub(crate) remote_eid: Eid,
+    pub(crate) remote: SocketAddr,
+    pub(crate) keys: HandshakeKeys,
+    pub(crate) suite: Suite,
+    pub(crate) peer_params: TransportParams,
+    pub(crate) response: Vec<u8>,
+    pub(crate) initiation_len: usize,
+    pub(crate) service: String,
+    pub(crate) protocol: String,
+}
+
+/// Parameters of a channel the endpoint builds to start a handshake.
+pub(crate) struct InitiatorSetup {
+    pub(crate) local_index: u32,
+    pub(crate) remote_eid: Eid,
+    pub(crate) remote: SocketAddr,
+    pub(crate) statics: Arc<StaticKeys>,
+    pub(crate) initiator: Initiator,
+    pub(crate) initiation: Vec<u8>,
+    pub(crate) service: String,
+    pub(crate) protocol: String,
+}
+
+/// One channel. `M` is the upper layer's per-frame record ([`Upper::Meta`]).
+pub struct Channel<M> {
+    config: Arc<ChannelConfig>,
+    side: Side,
+    state: State,
+    local_index: u32,
+    remote_index: u32,
+    remote_eid: Eid,
+    remote: SocketAddr,
+    service: String,
+    protocol: String,
+    peer_params: TransportParams,
+    keys: Option<KeySet>,
+    /// The responder's handshake response, sent before anything else.
+    response: Option<Vec<u8>>,
+    next_pn: u64,
+    /// Largest of our packet numbers the peer acknowledged.
+    largest_acked: Option<u64>,
+    sent: SentPackets<M>,
+    received: ReceivedPackets,
+    replay: ReplayWindow,
+    rtt: RttEstimator,
+    cc: Box<dyn Controller>,
+    pacer: Pacer,
+    mtu: MtuDiscovery,
+    bytes_in_flight: u64,
+    time_of_last_ack_eliciting: Option<Instant>,
+    loss_time: Option<Instant>,
+    pto_count: u32,
+    probes_pending: u32,
+    ping_pending: bool,
+    close_pending: bool,
+    close_frame: (u64, Vec<u8>),
+    /// The peer proved it receives at `remote` (responder side: its first packet arrived).
+    validated: bool,
+    unvalidated_received: u64,
+    unvalidated_sent: u64,
+    app_limited: bool,
+    idle_timeout: Duration,
+    last_send: Instant,
+    timers: TimerTable,
+    events: VecDeque<ChannelEvent>,
+    stats: ChannelStats,
+    rng: ChaCha20Rng,
+    /// Wall clock at `created`, for handshake timestamps.
+    unix_at_creation: (Instant, u64),
+}
+
+impl<M> Channel<M> {
+    fn base(
+        config: Arc<ChannelConfig>,
+        side: Side,
+        state: State,
+        now: Instant,
+        unix_nanos: u64,
+        rng: ChaCha20Rng,
+        local_index: u32,
+        remote_eid: Eid,
+        remote: SocketAddr,
+    ) -> Self {
+        let mtu = config.base_udp_payload;
+        let rtt = RttEstimator::new(config.initial_rtt);
+        let cc = config.congestion.build(now, mtu);
+        let pacer = Pacer::new(rtt.smoothed(), cc.window(), mtu, now);
+        Self {
+            side,
+            state,
+            local_index,
+            remote_index: 0,
+            remote_eid,
+            remote,
+            service: String::new(),
+            protocol: String::new(),
+            peer_params: TransportParams::default(),
+            keys: None,
+            response: None,
+            next_pn: 0,
+            largest_acked: None,
+            sent: SentPackets::new(),
+            received: ReceivedPackets::new(),
+            replay: ReplayWindow::new(),
+            rtt,
+            cc,
+            pacer,
+            mtu: MtuDiscovery::new(mtu, mtu),
+            bytes_in_flight: 0,
+            time_of_last_ack_eliciting: None,
+            loss_time: None,
+            pto_count: 0,
+            probes_pending: 0,
+            ping_pending: false,
+            close_pending: false,
+            close_frame: (0, Vec::new()),
+            validated: side == Side::Initiator,
+            unvalidated_received: 0,
+            unvalidated_sent: 0,
+            app_limited: true,
+            idle_timeout: config.idle_timeout,
+            last_send: now,
+            timers: TimerTable::default(),
+            events: VecDeque::new(),
+            stats: ChannelStats::default(),
+            rng,
+            unix_at_creation: (now, unix_nanos),
+            config,
+        }
+    }
+
+    pub(crate) fn new_initiator(
+        config: Arc<ChannelConfig>,
+        setup: InitiatorSetup,
+        now: Instant,
+        unix_nanos: u64,
+        rng: ChaCha20Rng,
+    ) -> Self {
+        let retry = config.handshake_retry;
+        let timeout = config.handshake_timeout;
+        let state = State::Handshake(Box::new(Handshaking {
+            initiator: setup.initiator,
+            statics: setup.statics,
+            message: setup.initiation,
+            send_pending: true,
+            retry_delay: retry,
+        }));
+        let mut ch = Self::base(
+            config,
+            Side::Initiator,
+            state,
+            now,
+            unix_nanos,
+            rng,
+            setup.local_index,
+            setup.remote_eid,
+            setup.remote,
+        );
+        ch.service = setup.service;
+        ch.protocol = setup.protocol;
+        ch.timers.set(Timer::HandshakeRetry, now + retry);
+        ch.timers.set(Timer::HandshakeTimeout, now + timeout);
+        ch
+    }
+
+    pub(crate) fn new_responder(
+        config: Arc<ChannelConfig>,
+        setup: ResponderSetup,
+        now: Instant,
+        unix_nanos: u64,
+        rng: ChaCha20Rng,
+    ) -> Self {
+        let mut ch = Self::base(
+            config,
+            Side::Responder,
+            State::Established,
+            now,
+            unix_nanos,
+            rng,
+            setup.local_index,
+            setup.remote_eid,
+            setup.remote,
+        );
+        ch.remote_index = setup.remote_index;
+        ch.service = setup.service;
+        ch.protocol = setup.protocol;
+        ch.unvalidated_received = setup.initiation_len as u64;
+        ch.response = Some(setup.response);
+        ch.install_keys(now, setup.keys, setup.suite, setup.peer_params);
+        // An unconfirmed responder channel lives only as long as a handshake may take.
+        ch.timers.set(Timer::HandshakeTimeout, now + ch.config.handshake_timeout);
+        ch
+    }
+
+    fn install_keys(&mut self, now: Instant, keys: HandshakeKeys, suite: Suite, peer: TransportParams) {
+        self.keys = Some(KeySet::new(suite, keys.send, keys.recv, now));
+        let peer_idle = Duration::from_millis(u64::from(peer.idle_timeout_ms));
+        if !peer_idle.is_zero() {
+            self.idle_timeout = self.idle_timeout.min(peer_idle);
+        }
+        let max = self.config.max_udp_payload.min(peer.max_udp_payload);
+        let base = self.config.base_udp_payload.min(max);
+        self.mtu = if self.config.mtu_discovery {
+            MtuDiscovery::new(base, max)
+        } else {
+            MtuDiscovery::new(base, base)
+        };
+        self.peer_params = peer;
+        self.reset_idle_timer(now);
+    }
+
+    // ---------------------------------------------------------------- getters
+
+    /// Which side of the handshake this channel was.
+    pub fn side(&self) -> Side {
+        self.side
+    }
+
+    /// The peer's identity (authenticated once [`is_established`](Self::is_established)).
+    pub fn remote_eid(&self) -> Eid {
+        self.remote_eid
+    }
+
+    /// Where packets to the peer go.
+    pub fn remote_address(&self) -> SocketAddr {
+        self.remote
+    }
+
+    /// The index the peer puts in packets for us.
+    pub fn local_index(&self) -> u32 {
+        self.local_index
+    }
+
+    /// The (service, protocol) pair this channel was opened for.
+    pub fn service(&self) -> (&str, &str) {
+        (&self.service, &self.protocol)
+    }
+
+    /// Whether the handshake completed and the channel is not closing.
+    pub fn is_established(&self) -> bool {
+        matches!(self.state, State::Established)
+    }
+
+    /// Whether the channel is over; the endpoint may forget it.
+    pub fn is_closed(&self) -> bool {
+        matches!(self.state, State::Closed)
+    }
+
+    /// Whether the channel is closing, draining or closed.
+    pub fn is_closing(&self) -> bool {
+        matches!(
+            self.state,
+            State::Closing(_) | State::Draining(_) | State::Closed
+        )
+    }
+
+    /// Consecutive probe timeouts without an acknowledgement: the stream layer reports a
+    /// stalled link from a few of these.
+    pub fn pto_count(&self) -> u32 {
+        self.pto_count
+    }
+
+    /// The RTT estimator.
+    pub fn rtt(&self) -> &RttEstimator {
+        &self.rtt
+    }
+
+    /// The AEAD in use, once established.
+    pub fn suite(&self) -> Option<Suite> {
+        self.keys.as_ref().map(KeySet::suite)
+    }
+
+    /// The peer's transport parameters (defaults until the handshake completes).
+    pub fn peer_params(&self) -> &TransportParams {
+        &self.peer_params
+    }
+
+    /// Bytes the congestion controller lets us add to the network now.
+    pub fn send_window_available(&self) -> u64 {
+        self.cc.window().saturating_sub(self.bytes_in_flight)
+    }
+
+    /// Largest payload of upper-layer frames one packet can carry at the current MTU.
+    pub fn max_frame_space(&self) -> usize {
+        usize::from(self.mtu.current()) - packet::MAX_HEADER_LEN - TAG_LEN
+    }
+
+    /// Counters and current estimates.
+    pub fn stats(&self) -> ChannelStats {
+        let mut s = self.stats;
+        s.rtt = self.rtt.smoothed();
+        s.cwnd = self.cc.window();
+        s.bytes_in_flight = self.bytes_in_flight;
+        s.mtu = self.mtu.current();
+        s.key_updates = self.keys.as_ref().map_or(0, |k| k.updates);
+        s
+    }
+
+    /// Name of the congestion controller.
+    pub fn congestion_algorithm(&self) -> &'static str {
+        self.cc.name()
+    }
+
+    // ---------------------------------------------------------------- mutators
+
+    /// Closes the channel with a code and a reason for the peer. Unacknowledged upper-layer
+    /// frames are reported lost to `upper`. The channel keeps answering for three probe
+    /// timeouts, then reports [`ChannelEvent::Closed`].
+    pub fn close<U: Upper<Meta = M>>(&mut self, now: Instant, code: u64, reason: &[u8], upper: &mut U) {
+        match self.state {
+            State::Handshake(_) => {
+                self.finish(ChannelError::LocallyClosed, upper);
+            }
+            State::Established => {
+                let reason = &reason[..reason.len().min(MAX_CLOSE_REASON)];
+                self.close_frame = (code, reason.to_vec());
+                self.close_pending = true;
+                self.enter_closing(now, State::Closing(ChannelError::LocallyClosed), upper);
+            }
+            _ => {}
+        }
+    }
+
+    /// Queues a PING (an ack-eliciting packet) to check the path.
+    pub fn ping(&mut self) {
+        self.ping_pending = true;
+    }
+
+    // ---------------------------------------------------------------- handle
+
+    /// Processes one datagram the endpoint routed to this channel (a data packet, or, while
+    /// connecting, a handshake response or cookie reply). Invalid datagrams are counted and
+    /// dropped; they never change the channel's state.
+    pub fn handle_datagram<U: Upper<Meta = M>>(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        data: &mut [u8],
+        upper: &mut U,
+    ) {
+        match packet::classify(data) {
+            Some(PacketKind::Data) => self.handle_data(now, from, data, upper),
+            Some(PacketKind::Response) => self.handle_response(now, from, data, upper),
+            Some(PacketKind::CookieReply) => self.handle_cookie_reply(now, data),
+            _ => self.stats.dropped_malformed += 1,
+        }
+    }
+
+    fn handle_response<U: Upper<Meta = M>>(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        data: &[u8],
+        upper: &mut U,
+    ) {
+        let State::Handshake(hs) = &mut self.state else {
+            // A duplicate or late response: the channel already has keys.
+            return;
+        };
+        let established = match hs.initiator.handle_response(&hs.statics, data) {
+            Ok(e) => e,
+            Err(e) => {
+                // Forged or corrupted responses must not kill a handshake in progress.
+                tracing::debug!(error = %e, "dropping bad handshake response");
+                self.stats.dropped_unauthenticated += 1;
+                return;
+            }
+        };
+        let Established {
+            keys,
+            remote_index,
+            reply,
+        } = established;
+        match reply {
+            Reply::Refuse { code, reason } => {
+                self.finish(ChannelError::Refused { code, reason }, upper);
+            }
+            Reply::Accept { suite, params } => {
+                if self.config.suites & suite.bit() == 0 {
+                    self.finish(
+                        ChannelError::HandshakeFailed(format!("peer chose a suite we did not offer: {suite:?}")),
+                        upper,
+                    );
+                    return;
+                }
+                self.state = State::Established;
+                self.remote_index = remote_index;
+                self.remote = from;
+                self.timers.stop(Timer::HandshakeRetry);
+                self.timers.stop(Timer::HandshakeTimeout);
+                self.install_keys(now, keys, suite, params);
+                self.stats.bytes_received += data.len() as u64;
+                // Confirm the keys to the responder at once, and get an RTT sample.
+                self.ping_pending = true;
+                self.events.push_back(ChannelEvent::Connected);
+            }
+        }
+    }
+
+    fn handle_cookie_reply(&mut self, now: Instant, data: &[u8]) {
+        let State::Handshake(hs) = &mut self.state else {
+            return;
+        };
+        if let Err(e) = hs.initiator.handle_cookie_reply(now, data) {
+            tracing::debug!(error = %e, "dropping bad cookie reply");
+            self.stats.dropped_unauthenticated += 1;
+            return;
+        }
+        // The responder is under load: retry with the cookie right away.
+        self.retry_initiation(now);
+    }
+
+    fn retry_initiation(&mut self, now: Instant) {
+        let unix = self.unix_nanos(now);
+        let State::Handshake(hs) = &mut self.state else {
+            return;
+        };
+        hs.message.clear();
+        match hs
+            .initiator
+            .retry(&hs.statics, now, unix, &mut self.rng, &mut hs.message)
+        {
+            Ok(()) => hs.send_pending = true,
+            Err(e) => tracing::warn!(error = %e, "could not build handshake retry"),
+        }
+    }
+
+    fn unix_nanos(&self, now: Instant) -> u64 {
+        let (at, unix) = self.unix_at_creation;
+        let elapsed = now.saturating_duration_since(at).as_nanos();
+        unix.saturating_add(u64::try_from(elapsed).unwrap_or(u64::MAX))
+    }
+
+    fn handle_data<U: Upper<Meta = M>>(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        data: &mut [u8],
+        upper: &mut U,
+    ) {
+        if !matches!(
+            self.state,
+            State::Established | State::Closing(_) | State::Draining(_)
+        ) {
+            return;
+        }
+        let Ok((header, header_len)) = DataHeader::parse(data) else {
+            self.stats.dropped_malformed += 1;
+            return;
+        };
+        let pn = packet::decode_packet_number(
+            self.replay.largest(),
+            header.truncated_pn,
+            header.pn_len,
+        );
+        if self.replay.check(pn).is_err() {
+            self.stats.dropped_replayed += 1;
+            return;
+        }
+        let Some(keys) = self.keys.as_mut() else {
+            return;
+        };
+        let Some((key, which)) = keys.select(header.key_phase, pn) else {
+            self.stats.dropped_unauthenticated += 1;
+            return;
+        };
+        let datagram_len = data.len();
+        let (head, body) = data.split_at_mut(header_len);
+        let Ok(payload) = key.open(pn, head, body) else {
+            self.stats.dropped_unauthenticated += 1;
+            return;
+        };
+        // Authenticated from here on.
+        self.replay.record(pn);
+        if keys.on_authenticated(which, pn, now, self.next_pn) {
+            let pto = self.pto_duration();
+            self.timers.set(Timer::KeyDiscard, now + 3 * pto);
+        }
+        self.stats.packets_received += 1;
+        self.stats.bytes_received += datagram_len as u64;
+        if !self.validated {
+            if from == self.remote {
+                self.validated = true;
+                self.timers.stop(Timer::HandshakeTimeout);
+            } else {
+                self.unvalidated_received += datagram_len as u64;
+            }
+        }
+        if from != self.remote && self.received.largest().is_none_or(|l| pn > l) {
+            // The peer moved (NAT rebinding, new address): follow the newest packet, as
+            // WireGuard does. The packet authenticated, so only the peer can cause this.
+            let old = std::mem::replace(&mut self.remote, from);
+            self.events
+                .push_back(ChannelEvent::PathChanged { from: old, to: from });
+        }
+        self.reset_idle_timer(now);
+        match self.state {
+            State::Draining(_) => return,
+            State::Closing(_) => {
+                // Answer with CLOSE again; the peer may have lost the first one.
+                self.close_pending = true;
+                return;
+            }
+            _ => {}
+        }
+        let mut ack_eliciting = false;
+        let mut error = None;
+        for frame in Frames::new(payload) {
+            let frame = match frame {
+                Ok(f) => f,
+                Err(e) => {
+                    error = Some(format!("malformed frame: {e}"));
+                    break;
+                }
+            };
+            ack_eliciting |= frame.is_ack_eliciting();
+            match frame {
+                Frame::Padding(_) | Frame::Ping => {}
+                Frame::Ack(ack) => {
+                    if let Err(e) = self.on_ack_received(now, &ack, upper) {
+                        error = Some(e);
+                        break;
+                    }
+                }
+                Frame::Close { code, reason } => {
+                    let reason = String::from_utf8_lossy(reason).into_owned();
+                    self.enter_closing(
+                        now,
+                        State::Draining(ChannelError::ClosedByPeer { code, reason }),
+                        upper,
+                    );
+                    return;
+                }
+                Frame::Upper { ty, body } => {
+                    if let Err(e) = upper.handle_frame(now, ty, body) {
+                        self.close_with_error(now, e.code, e.reason, upper);
+                        return;
+                    }
+                }
+            }
+        }
+        if let Some(reason) = error {
+            self.close_with_error(now, CloseCode::PROTOCOL_VIOLATION.0, reason, upper);
+            return;
+        }
+        self.received.on_packet(
+            now,
+            pn,
+            ack_eliciting,
+            self.config.ack_eliciting_threshold,
+            self.config.max_ack_delay,
+            self.config.max_ack_ranges * 2,
+        );
+    }
+
+    fn close_with_error<U: Upper<Meta = M>>(&mut self, now: Instant, code: u64, reason: String, upper: &mut U) {
+        tracing::debug!(code, %reason, "closing channel: peer violated the protocol");
+        let mut bytes = reason.clone().into_bytes();
+        bytes.truncate(MAX_CLOSE_REASON);
+        self.close_frame = (code, bytes);
+        self.close_pending = true;
+        self.enter_closing(now, State::Closing(ChannelError::ProtocolViolation(reason)), upper);
+    }
+
+    /// Enters Closing or Draining: every upper-layer frame in flight is reported lost (the
+    /// stream layer re-sends it on the next channel), timers stop but the close timer.
+    fn enter_closing<U: Upper<Meta = M>>(&mut self, now: Instant, state: State, upper: &mut U) {
+        self.release_in_flight(upper);
+        let linger = 3 * self.pto_duration();
+        self.timers.stop_all();
+        self.timers.set(Timer::Close, now + linger);
+        self.state = state;
+    }
+
+    fn release_in_flight<U: Upper<Meta = M>>(&mut self, upper: &mut U) {
+        let mut frames = Vec::new();
+        for (_, mut p) in self.sent.drain() {
+            frames.append(&mut p.frames);
+        }
+        for meta in frames {
+            upper.on_lost(meta);
+        }
+        self.bytes_in_flight = 0;
+        self.loss_time = None;
+    }
+
+    /// Ends the channel now and reports why.
+    fn finish<U: Upper<Meta = M>>(&mut self, error: ChannelError, upper: &mut U) {
+        if matches!(self.state, State::Closed) {
+            return;
+        }
+        self.release_in_flight(upper);
+        self.timers.stop_all();
+        self.state = State::Closed;
+        self.events.push_back(ChannelEvent::Closed(error));
+    }
+
+    // ---------------------------------------------------------------- loss recovery
+
+    fn on_ack_received<U: Upper<Meta = M>>(
+        &mut self,
+        now: Instant,
+        ack: &AckFrame,
+        upper: &mut U,
+    ) -> Result<(), String> {
+        if ack.largest >= self.next_pn {
+            return Err(format!(
+                "ACK of packet {} which was never sent",
+                ack.largest
+            ));
+        }
+        let newly_largest = self.largest_acked.is_none_or(|l| ack.largest > l);
+        if newly_largest {
+            self.largest_acked = Some(ack.largest);
+        }
+        let mut acked_any = false;
+        let mut rtt_sample = None;
+        let mut acked_ack_eliciting = false;
+        for range in ack.iter() {
+            for pn in self.sent.range(*range.start(), *range.end()) {
+                let Some(mut p) = self.sent.take(pn) else {
+                    continue;
+                };
+                acked_any = true;
+                if pn == ack.largest {
+                    rtt_sample = Some(now.saturating_duration_since(p.time));
+                }
+                acked_ack_eliciting |= p.ack_eliciting;
+                if p.in_flight {
+                    self.bytes_in_flight = self.bytes_in_flight.saturating_sub(u64::from(p.size));
+                    self.cc
+                        .on_ack(now, p.time, u64::from(p.size), self.app_limited, &self.rtt);
+                }
+                if p.mtu_probe {
+                    self.mtu.on_acked(pn);
+                    self.cc.on_mtu_update(self.mtu.current());
+                }
+                if let Some(l) = p.largest_acked {
+                    self.received.on_ack_acked(l);
+                }
+                for meta in p.frames.drain(..) {
+                    upper.on_acked(meta);
+                }
+                self.sent.recycle(p.frames);
+            }
+        }
+        if !acked_any {
+            return Ok(());
+        }
+        if let (Some(sample), true) = (rtt_sample, acked_ack_eliciting) {
+            let max_delay = Duration::from_millis(u64::from(self.peer_params.max_ack_delay_ms));
+            let delay = Duration::from_micros(ack.delay_micros).min(max_delay);
+            self.rtt.update(delay, sample);
+        }
+        self.detect_lost_packets(now, upper);
+        self.cc.on_end_acks(
+            now,
+            self.bytes_in_flight,
+            self.app_limited,
+            self.largest_acked,
+        );
+        self.pto_count = 0;
+        self.set_loss_detection_timer(now);
+        Ok(())
+    }
+
+    fn loss_delay(&self) -> Duration {
+        let rtt = self.rtt.latest().max(self.rtt.smoothed());
+        (rtt * 9 / 8).max(GRANULARITY)
+    }
+
+    /// RFC 9002 §6.1: packets older than the largest acknowledged by `packet_threshold`, or
+    /// sent more than `loss_delay` before now, are lost.
+    fn detect_lost_packets<U: Upper<Meta = M>>(&mut self, now: Instant, upper: &mut U) {
+        self.loss_time = None;
+        let Some(largest_acked) = self.largest_acked else {
+            return;
+        };
+        let loss_delay = self.loss_delay();
+        let lost_before = now.checked_sub(loss_delay);
+        let mut lost_bytes = 0u64;
+        let mut newest_lost: Option<Instant> = None;
+        let mut oldest_lost: Option<Instant> = None;
+        // Persistent congestion needs lost packets with no acknowledged one in between.
+        let mut contiguous = true;
+        let mut seen_gap = false;
+        let Some(first) = self.sent.first() else {
+            return;
+        };
+        for pn in first..largest_acked {
+            let Some(p) = self.sent.get(pn) else {
+                if oldest_lost.is_some() {
+                    seen_gap = true;
+                }
+                continue;
+            };
+            let by_count = largest_acked >= pn + self.config.packet_threshold;
+            let by_time = lost_before.is_some_and(|t| p.time <= t);
+            if !(by_count || by_time) {
+                let at = p.time + loss_delay;
+                self.loss_time = Some(self.loss_time.map_or(at, |l| l.min(at)));
+                continue;
+            }
+            let Some(mut p) = self.sent.take(pn) else {
+                continue;
+            };
+            if seen_gap {
+                contiguous = false;
+            }
+            if p.in_flight {
+                self.stats.packets_lost += 1;
+                self.stats.bytes_lost += u64::from(p.size);
+            }
+            self.mtu.on_lost(now, pn, p.size);
+            if !p.mtu_probe {
+                if p.in_flight {
+                    lost_bytes += u64::from(p.size);
+                    newest_lost = Some(newest_lost.map_or(p.time, |t| t.max(p.time)));
+                    oldest_lost = Some(oldest_lost.map_or(p.time, |t| t.min(p.time)));
+                }
+            }
+            if p.in_flight {
+                self.bytes_in_flight = self.bytes_in_flight.saturating_sub(u64::from(p.size));
+            }
+            for meta in p.frames.drain(..) {
+                upper.on_lost(meta);
+            }
+            self.sent.recycle(p.frames);
+        }
+        if let (Some(newest), Some(oldest)) = (newest_lost, oldest_lost) {
+            let period = self.pto_base() * 3;
+            let persistent =
+                contiguous && self.rtt.has_samples() && newest.saturating_duration_since(oldest) > period;
+            self.stats.congestion_events += 1;
+            self.cc
+                .on_congestion_event(now, newest, persistent, lost_bytes);
+            self.cc.on_mtu_update(self.mtu.current());
+        }
+    }
+
+    fn pto_base(&self) -> Duration {
+        let max_ack_delay = Duration::from_millis(u64::from(self.peer_params.max_ack_delay_ms));
+        self.rtt.pto_base() + max_ack_delay
+    }
+
+    fn pto_duration(&self) -> Duration {
+        self.pto_base() * 2u32.saturating_pow(self.pto_count.min(16))
+    }
+
+    fn set_loss_detection_timer(&mut self, now: Instant) {
+        if let Some(at) = self.loss_time {
+            self.timers.set(Timer::LossDetection, at);
+            return;
+        }
+        let ack_eliciting_in_flight = self.bytes_in_flight > 0;
+        match (ack_eliciting_in_flight, self.time_of_last_ack_eliciting) {
+            (true, Some(last)) => {
+                let at = (last + self.pto_duration()).max(now);
+                self.timers.set(Timer::LossDetection, at);
+            }
+            _ => self.timers.stop(Timer::LossDetection),
+        }
+    }
+
+    fn on_loss_detection_timeout<U: Upper<Meta = M>>(&mut self, now: Instant, upper: &mut U) {
+        if self.loss_time.is_some() {
+            self.detect_lost_packets(now, upper);
+        } else if self.bytes_in_flight > 0 {
+            self.pto_count = self.pto_count.saturating_add(1);
+            self.stats.ptos += 1;
+            self.probes_pending = 2;
+        }
+        self.set_loss_detection_timer(now);
+    }
+
+    fn reset_idle_timer(&mut self, now: Instant) {
+        let timeout = self.idle_timeout.max(3 * self.pto_duration());
+        self.timers.set(Timer::Idle, now + timeout);
+    }
+
+    // ---------------------------------------------------------------- timers
+
+    /// When [`handle_timeout`](Self::handle_timeout) should be called next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let mut next = self.timers.next();
+        if matches!(self.state, State::Established) {
+            if let Some(ack) = self.received.deadline() {
+                next = Some(next.map_or(ack, |n| n.min(ack)));
+            }
+        }
+        next
+    }
+
+    /// Acts on every timer due at `now`.
+    pub fn handle_timeout<U: Upper<Meta = M>>(&mut self, now: Instant, upper: &mut U) {
+        let due: Vec<Timer> = self.timers.expire(now).collect();
+        for timer in due {
+            match timer {
+                Timer::LossDetection => self.on_loss_detection_timeout(now, upper),
+                Timer::Idle => {
+                    let idle = self.idle_timeout;
+                    self.finish(ChannelError::TimedOut(idle), upper);
+                }
+                Timer::KeepAlive => self.ping_pending = true,
+                Timer::Close => {
+                    let error = match &self.state {
+                        State::Closing(e) | State::Draining(e) => e.clone(),
+                        _ => ChannelError::LocallyClosed,
+                    };
+                    self.finish(error, upper);
+                }
+                Timer::HandshakeRetry => {
+                    self.retry_initiation(now);
+                    if let State::Handshake(hs) = &mut self.state {
+                        hs.retry_delay = (hs.retry_delay * 2).min(Duration::from_secs(8));
+                        let delay = hs.retry_delay;
+                        self.timers.set(Timer::HandshakeRetry, now + delay);
+                    }
+                }
+                Timer::HandshakeTimeout => {
+                    let timeout = self.config.handshake_timeout;
+                    self.finish(ChannelError::HandshakeTimeout(timeout), upper);
+                }
+                Timer::KeyDiscard => {
+                    if let Some(k) = self.keys.as_mut() {
+                        k.discard_previous();
+                    }
+                }
+                Timer::Ack | Timer::Pacing | Timer::Mtu => {}
+            }
+        }
+    }
+
+    /// The next event, if any.
+    pub fn poll_event(&mut self) -> Option<ChannelEvent> {
+        self.events.pop_front()
+    }
+}

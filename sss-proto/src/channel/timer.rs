@@ -1,0 +1,81 @@
+//! The channel's timers: one deadline per kind, the earliest is reported by `poll_timeout`.
+
+use std::time::Instant;
+
+/// Kinds of channel timers.
+#[derive(Debug, Copy, Clone, Eq, PartialEq)]
+pub(crate) enum Timer {
+    /// Time-threshold loss detection or probe timeout (RFC 9002 §6).
+    LossDetection = 0,
+    /// Delayed acknowledgement.
+    Ack = 1,
+    /// Idle timeout: the channel is dead.
+    Idle = 2,
+    /// Keepalive PING.
+    KeepAlive = 3,
+    /// The pacer allows the next packet.
+    Pacing = 4,
+    /// Closing or draining ends; the channel is then closed for good.
+    Close = 5,
+    /// Retransmit the handshake initiation.
+    HandshakeRetry = 6,
+    /// Give up the handshake.
+    HandshakeTimeout = 7,
+    /// Forget the previous receive key after a key update.
+    KeyDiscard = 8,
+    /// Next path MTU probe or re-search.
+    Mtu = 9,
+}
+
+const COUNT: usize = 10;
+const ALL: [Timer; COUNT] = [
+    Timer::LossDetection,
+    Timer::Ack,
+    Timer::Idle,
+    Timer::KeepAlive,
+    Timer::Pacing,
+    Timer::Close,
+    Timer::HandshakeRetry,
+    Timer::HandshakeTimeout,
+    Timer::KeyDiscard,
+    Timer::Mtu,
+];
+
+/// Deadlines of all timers.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct TimerTable {
+    data: [Option<Instant>; COUNT],
+}
+
+impl TimerTable {
+    pub(crate) fn set(&mut self, timer: Timer, at: Instant) {
+        self.data[timer as usize] = Some(at);
+    }
+
+    pub(crate) fn get(&self, timer: Timer) -> Option<Instant> {
+        self.data[timer as usize]
+    }
+
+    pub(crate) fn stop(&mut self, timer: Timer) {
+        self.data[timer as usize] = None;
+    }
+
+    pub(crate) fn stop_all(&mut self) {
+        self.data = [None; COUNT];
+    }
+
+    pub(crate) fn next(&self) -> Option<Instant> {
+        self.data.iter().flatten().min().copied()
+    }
+
+    /// Timers whose deadline is at or before `now`, clearing them.
+    pub(crate) fn expire(&mut self, now: Instant) -> impl Iterator<Item = Timer> + '_ {
+        ALL.into_iter().filter(move |&t| {
+            let due = matches!(self.data[t as usize], Some(at) if at <= now);
+            if due {
+                self.data[t as usize] = None;
+            }
+            due
+        })
+    }
+}

@@ -1,0 +1,320 @@
+//! Building packets: `poll_transmit` and the packet assembler.
+//!
+//! A batch is a run of datagrams of the current MTU to one destination, sent with one GSO
+//! system call; every datagram but the last is full-sized, so a packet that comes out short
+//! ends the batch. Pure ACKs are neither congestion-controlled nor paced; probes after a
+//! probe timeout ignore the congestion window (RFC 9002 §6.2.4). Before the responder has
+//! seen the initiator receive at its address, it sends at most three times what it received.
+
+use std::time::Instant;
+
+use super::sent::SentPacket;
+use super::timer::Timer;
+use super::{Channel, State, Upper};
+use crate::crypto::aead::TAG_LEN;
+use crate::frame::{Frame, FrameType};
+use crate::packet::DataHeader;
+use crate::Transmit;
+
+/// What to put in one packet.
+#[derive(Debug, Default, Clone, Copy)]
+struct Content {
+    ack: bool,
+    ping: bool,
+    data: bool,
+    close: bool,
+    /// Pad the datagram to exactly this size (MTU probes).
+    pad_to: Option<usize>,
+    probe: bool,
+}
+
+impl<M> Channel<M> {
+    /// Writes the next batch of datagrams (at most `max_datagrams`, one GSO batch) into
+    /// `buf`, which is cleared first, and says where to send them. `None` when nothing is to
+    /// be sent now; [`poll_timeout`](Self::poll_timeout) then says when to ask again.
+    pub fn poll_transmit<U: Upper<Meta = M>>(
+        &mut self,
+        now: Instant,
+        max_datagrams: usize,
+        buf: &mut Vec<u8>,
+        upper: &mut U,
+    ) -> Option<Transmit> {
+        buf.clear();
+        match &mut self.state {
+            State::Closed | State::Draining(_) => return None,
+            State::Handshake(hs) => {
+                if !hs.send_pending {
+                    return None;
+                }
+                hs.send_pending = false;
+                buf.extend_from_slice(&hs.message);
+                self.on_datagram_sent(now, buf.len());
+                return Some(self.transmit(buf.len(), None));
+            }
+            State::Closing(_) => {
+                if !self.close_pending {
+                    return None;
+                }
+                self.close_pending = false;
+                let size = usize::from(self.mtu.current());
+                let content = Content {
+                    close: true,
+                    ..Content::default()
+                };
+                let len = self.build_packet(now, buf, size, content, upper)?;
+                return Some(self.transmit(len, None));
+            }
+            State::Established => {}
+        }
+        if let Some(response) = self.response.take() {
+            buf.extend_from_slice(&response);
+            self.unvalidated_sent += response.len() as u64;
+            self.on_datagram_sent(now, buf.len());
+            return Some(self.transmit(buf.len(), None));
+        }
+        self.maybe_update_keys(now);
+        if let Some(t) = self.poll_mtu_probe(now, buf, upper) {
+            return Some(t);
+        }
+
+        let segment = usize::from(self.mtu.current());
+        let mut count = 0;
+        while count < max_datagrams.max(1) {
+            let Some(content) = self.plan_packet(now, segment, upper) else {
+                break;
+            };
+            let Some(len) = self.build_packet(now, buf, segment, content, upper) else {
+                break;
+            };
+            count += 1;
+            if len < segment {
+                // A short datagram can only be the last of a GSO batch.
+                break;
+            }
+        }
+        if count == 0 {
+            return None;
+        }
+        self.stats.max_batch = self.stats.max_batch.max(count as u64);
+        let segment_size = (count > 1).then_some(segment);
+        Some(self.transmit(buf.len(), segment_size))
+    }
+
+    fn transmit(&self, size: usize, segment_size: Option<usize>) -> Transmit {
+        Transmit {
+            destination: self.remote,
+            size,
+            segment_size,
+            ecn: None,
+            src_ip: None,
+        }
+    }
+
+    /// Decides what the next packet carries, or `None` if nothing may or need be sent.
+    fn plan_packet<U: Upper<Meta = M>>(
+        &mut self,
+        now: Instant,
+        segment: usize,
+        upper: &U,
+    ) -> Option<Content> {
+        let ack = self.received.ack_due(now);
+        let probe = self.probes_pending > 0;
+        let wants_data = upper.has_pending();
+        let cwnd_room = self.bytes_in_flight + segment as u64 <= self.cc.window();
+        let may_elicit = probe || cwnd_room;
+        let mut data = wants_data && may_elicit;
+        let mut ping = (self.ping_pending || probe) && may_elicit && !data;
+        if wants_data && !cwnd_room && !probe {
+            self.app_limited = false;
+        } else if !wants_data {
+            self.app_limited = true;
+        }
+        if !self.validated
+            && self.unvalidated_sent + segment as u64 > 3 * self.unvalidated_received
+        {
+            return None;
+        }
+        if (data || ping) && !probe {
+            if let Some(at) = self.pacer.delay(
+                self.rtt.smoothed(),
+                segment as u64,
+                self.mtu.current(),
+                self.cc.window(),
+                now,
+            ) {
+                self.timers.set(Timer::Pacing, at);
+                data = false;
+                ping = false;
+            } else {
+                self.timers.stop(Timer::Pacing);
+            }
+        }
+        if !(ack || data || ping) {
+            return None;
+        }
+        Some(Content {
+            ack,
+            ping,
+            data,
+            probe,
+            ..Content::default()
+        })
+    }
+
+    /// An MTU probe, alone in its own transmit since its size differs from the batch's.
+    fn poll_mtu_probe<U: Upper<Meta = M>>(
+        &mut self,
+        now: Instant,
+        buf: &mut Vec<u8>,
+        upper: &mut U,
+    ) -> Option<Transmit> {
+        if !self.config.mtu_discovery || !self.validated || self.probes_pending > 0 {
+            return None;
+        }
+        let room = self.cc.window().saturating_sub(self.bytes_in_flight);
+        if room < u64::from(self.config.max_udp_payload) {
+            return None;
+        }
+        let size = self.mtu.poll_probe(now)?;
+        let content = Content {
+            ping: true,
+            pad_to: Some(usize::from(size)),
+            ..Content::default()
+        };
+        let pn = self.next_pn;
+        let len = self.build_packet(now, buf, usize::from(size), content, upper)?;
+        self.mtu.on_probe_sent(pn, size);
+        Some(self.transmit(len, None))
+    }
+
+    fn maybe_update_keys(&mut self, now: Instant) {
+        let Some(keys) = self.keys.as_mut() else {
+            return;
+        };
+        if keys.update_due(
+            now,
+            self.largest_acked,
+            self.config.key_update_packets,
+            self.config.key_update_interval,
+        ) {
+            keys.update_send(now, self.next_pn);
+        }
+    }
+
+    /// Appends one protected packet of at most `size` bytes. `None` (and nothing written) if
+    /// the packet would carry nothing.
+    fn build_packet<U: Upper<Meta = M>>(
+        &mut self,
+        now: Instant,
+        buf: &mut Vec<u8>,
+        size: usize,
+        content: Content,
+        upper: &mut U,
+    ) -> Option<usize> {
+        let phase = self.keys.as_ref()?.send_key().1;
+        let start = buf.len();
+        let pn = self.next_pn;
+        let header_len = DataHeader::write(buf, self.remote_index, phase, pn, self.largest_acked);
+        let payload_start = buf.len();
+        let limit = start + size - TAG_LEN;
+        let mut ack_eliciting = false;
+        let mut acked_up_to = None;
+
+        if content.close {
+            let (code, reason) = &self.close_frame;
+            let overhead = 2 * 8 + 1;
+            let room = limit.saturating_sub(buf.len() + overhead);
+            let frame = Frame::Close {
+                code: *code,
+                reason: &reason[..reason.len().min(room)],
+            };
+            frame.encode(buf);
+        }
+        if content.ack || (self.received.has_unacked() && (content.data || content.ping)) {
+            if let Some(ack) = self.received.build_ack(now, self.config.max_ack_ranges) {
+                let largest = ack.largest;
+                let frame = Frame::Ack(ack);
+                if buf.len() + frame.encoded_len() <= limit {
+                    frame.encode(buf);
+                    acked_up_to = Some(largest);
+                    self.stats.acks_sent += 1;
+                }
+            }
+        }
+        if content.ping {
+            Frame::Ping.encode(buf);
+            ack_eliciting = true;
+            self.ping_pending = false;
+        }
+        let mut frames = self.sent.take_frame_vec();
+        if content.data && buf.len() < limit {
+            let before = buf.len();
+            upper.write_frames(now, buf, limit - buf.len(), &mut frames);
+            debug_assert!(buf.len() <= limit, "upper layer overfilled the packet");
+            if buf.len() > before {
+                ack_eliciting = true;
+            }
+        }
+        if let Some(pad) = content.pad_to {
+            buf.resize(start + pad - TAG_LEN, FrameType::PADDING.0 as u8);
+        }
+        if buf.len() == payload_start {
+            buf.truncate(start);
+            self.sent.recycle(frames);
+            return None;
+        }
+
+        let keys = self.keys.as_mut()?;
+        let (key, _) = keys.send_key();
+        let (head, body) = buf[start..].split_at_mut(header_len);
+        let tag = key.seal(pn, head, body);
+        buf.extend_from_slice(&tag);
+        keys.on_packet_sent();
+        self.next_pn += 1;
+
+        let len = buf.len() - start;
+        let in_flight = ack_eliciting || content.pad_to.is_some();
+        if in_flight {
+            self.bytes_in_flight += len as u64;
+            self.cc.on_sent(now, len as u64, pn);
+            self.pacer.on_transmit(len as u16);
+        }
+        if ack_eliciting {
+            self.time_of_last_ack_eliciting = Some(now);
+            if content.probe {
+                self.probes_pending = self.probes_pending.saturating_sub(1);
+            }
+        }
+        if !self.validated {
+            self.unvalidated_sent += len as u64;
+        }
+        self.sent.insert(
+            pn,
+            SentPacket {
+                time: now,
+                size: len as u16,
+                ack_eliciting,
+                in_flight,
+                mtu_probe: content.pad_to.is_some(),
+                largest_acked: acked_up_to,
+                frames,
+            },
+        );
+        self.on_datagram_sent(now, len);
+        if ack_eliciting {
+            self.set_loss_detection_timer(now);
+        }
+        Some(len)
+    }
+
+    fn on_datagram_sent(&mut self, now: Instant, len: usize) {
+        self.stats.packets_sent += 1;
+        self.stats.bytes_sent += len as u64;
+        self.last_send = now;
+        if let Some(interval) = self.config.keepalive_interval {
+            if matches!(self.state, State::Established) {
+                self.timers.set(Timer::KeepAlive, now + interval);
+            }
+        }
+    }
+}

@@ -1,0 +1,466 @@
+//! The endpoint: one host's handshake responder and the table that routes datagrams to
+//! channels by the receiver index in their header.
+//!
+//! The endpoint owns no channels: like quinn-proto's `Endpoint`, it hands each new
+//! [`Channel`] to the driver and afterwards only says which channel a datagram is for
+//! ([`DatagramEvent::Channel`]). Packets are routed by index, not by source address, so a
+//! peer that moves keeps its channel.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand_chacha::rand_core::{RngCore, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+
+use crate::channel::{Channel, ChannelConfig, InitiatorSetup, ResponderSetup};
+use crate::crypto::aead::Suite;
+use crate::handshake::{
+    self, Hello, Initiation, Initiator, PendingInitiation, RefuseCode, Reply, Responder,
+    ResponderConfig, StaticKeys, TransportParams,
+};
+use crate::identity::{Eid, Identity};
+use crate::packet::{self, PacketKind};
+use crate::Transmit;
+
+/// Identifies a channel of this endpoint (an index into the driver's channel table).
+#[derive(Debug, Copy, Clone, Eq, PartialEq, Hash, Ord, PartialOrd)]
+pub struct ChannelHandle(pub usize);
+
+/// Configuration of an endpoint.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct EndpointConfig {
+    /// Configuration given to every channel.
+    pub channel: Arc<ChannelConfig>,
+    /// Handshake responder settings.
+    pub responder: ResponderConfig,
+    /// Initiations handled per second before the responder requires a cookie round trip
+    /// (it is then "under load"). 0 makes every initiation pay the round trip.
+    pub cookie_threshold: u32,
+    /// Seed of the endpoint's random generator (ephemeral keys, indices, cookies). A host
+    /// fills it from the operating system; tests fix it.
+    pub rng_seed: [u8; 32],
+}
+
+impl EndpointConfig {
+    /// A configuration with default settings and the given random seed.
+    pub fn new(rng_seed: [u8; 32]) -> Self {
+        Self {
+            channel: Arc::new(ChannelConfig::default()),
+            responder: ResponderConfig::default(),
+            cookie_threshold: 1000,
+            rng_seed,
+        }
+    }
+}
+
+/// What a datagram means to the endpoint.
+#[derive(Debug)]
+#[must_use]
+pub enum DatagramEvent {
+    /// Pass the datagram to this channel's [`Channel::handle_datagram`].
+    Channel(ChannelHandle),
+    /// A valid handshake initiation: accept or refuse it.
+    Incoming(Incoming),
+    /// Send this reply (written into the buffer given to [`Endpoint::handle`]), e.g. a
+    /// cookie reply to an initiation that arrived under load.
+    Respond(Transmit),
+}
+
+/// An authenticated handshake initiation waiting for the application's decision.
+#[derive(Debug)]
+pub struct Incoming {
+    pending: PendingInitiation,
+    from: SocketAddr,
+    len: usize,
+}
+
+impl Incoming {
+    /// The initiator's identity (authenticated by the handshake).
+    pub fn remote_eid(&self) -> Eid {
+        self.pending.remote()
+    }
+
+    /// Where the initiation came from.
+    pub fn remote_address(&self) -> SocketAddr {
+        self.from
+    }
+
+    /// The requested service.
+    pub fn service(&self) -> &str {
+        &self.pending.hello().service
+    }
+
+    /// The requested protocol.
+    pub fn protocol(&self) -> &str {
+        &self.pending.hello().protocol
+    }
+
+    /// The initiator's transport parameters.
+    pub fn params(&self) -> &TransportParams {
+        &self.pending.hello().params
+    }
+}
+
+/// Why a connection attempt could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// A host cannot open a channel to itself.
+    #[error("cannot connect to our own EID")]
+    SelfConnect,
+    /// The service or protocol name is empty or longer than 255 bytes.
+    #[error("service and protocol names must be 1 to 255 bytes")]
+    BadName,
+    /// The handshake message could not be built.
+    #[error("handshake: {0}")]
+    Handshake(#[from] handshake::HandshakeError),
+}
+
+/// Why an incoming handshake could not be accepted.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AcceptError {
+    /// The hosts share no AEAD suite (the initiator was told so).
+    #[error("no common cipher suite")]
+    NoCommonSuite,
+    /// The response could not be built.
+    #[error("handshake: {0}")]
+    Handshake(#[from] handshake::HandshakeError),
+}
+
+/// A host's endpoint.
+pub struct Endpoint {
+    config: EndpointConfig,
+    statics: Arc<StaticKeys>,
+    responder: Responder,
+    rng: ChaCha20Rng,
+    routes: HashMap<u32, ChannelHandle>,
+    /// Index of each live handle, `None` for free slots.
+    handles: Vec<Option<u32>>,
+    free: Vec<usize>,
+    unix_at_creation: (Instant, u64),
+    load_window: (Instant, u32),
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("eid", &self.statics.eid())
+            .field("channels", &self.routes.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Endpoint {
+    /// Creates an endpoint for `identity`. `unix_nanos` is the wall-clock time at `now`
+    /// (nanoseconds since the Unix epoch), used for replay-proof handshake timestamps.
+    pub fn new(config: EndpointConfig, identity: &Identity, now: Instant, unix_nanos: u64) -> Self {
+        let mut rng = ChaCha20Rng::from_seed(config.rng_seed);
+        let responder = Responder::new(
+            StaticKeys::new(identity),
+            config.responder.clone(),
+            now,
+            &mut rng,
+        );
+        Self {
+            statics: Arc::new(StaticKeys::new(identity)),
+            responder,
+            rng,
+            routes: HashMap::new(),
+            handles: Vec::new(),
+            free: Vec::new(),
+            unix_at_creation: (now, unix_nanos),
+            load_window: (now, 0),
+            config,
+        }
+    }
+
+    /// This host's EID.
+    pub fn eid(&self) -> Eid {
+        self.statics.eid()
+    }
+
+    /// The endpoint's configuration.
+    pub fn config(&self) -> &EndpointConfig {
+        &self.config
+    }
+
+    /// Number of live channels.
+    pub fn channel_count(&self) -> usize {
+        self.routes.len()
+    }
+
+    fn unix_nanos(&self, now: Instant) -> u64 {
+        let (at, unix) = self.unix_at_creation;
+        let elapsed = now.saturating_duration_since(at).as_nanos();
+        unix.saturating_add(u64::try_from(elapsed).unwrap_or(u64::MAX))
+    }
+
+    fn allocate(&mut self) -> (ChannelHandle, u32) {
+        let index = loop {
+            let i = self.rng.next_u32();
+            if i != 0 && !self.routes.contains_key(&i) {
+                break i;
+            }
+        };
+        let slot = match self.free.pop() {
+            Some(s) => s,
+            None => {
+                self.handles.push(None);
+                self.handles.len() - 1
+            }
+        };
+        self.handles[slot] = Some(index);
+        let handle = ChannelHandle(slot);
+        self.routes.insert(index, handle);
+        (handle, index)
+    }
+
+    fn channel_rng(&mut self) -> ChaCha20Rng {
+        let mut seed = [0u8; 32];
+        self.rng.fill_bytes(&mut seed);
+        ChaCha20Rng::from_seed(seed)
+    }
+
+    fn local_params(&self) -> TransportParams {
+        let c = &self.config.channel;
+        TransportParams {
+            suites: c.suites,
+            max_udp_payload: c.max_udp_payload,
+            idle_timeout_ms: u32::try_from(c.idle_timeout.as_millis()).unwrap_or(u32::MAX),
+            max_ack_delay_ms: u16::try_from(c.max_ack_delay.as_millis()).unwrap_or(u16::MAX),
+        }
+    }
+
+    /// Starts a handshake with `remote` at `addr` for (`service`, `protocol`). The returned
+    /// channel sends the initiation on its first `poll_transmit`.
+    pub fn connect<M>(
+        &mut self,
+        now: Instant,
+        remote: Eid,
+        addr: SocketAddr,
+        service: &str,
+        protocol: &str,
+    ) -> Result<(ChannelHandle, Channel<M>), ConnectError> {
+        if remote == self.eid() {
+            return Err(ConnectError::SelfConnect);
+        }
+        let name_ok = |s: &str| (1..=255).contains(&s.len());
+        if !name_ok(service) || !name_ok(protocol) {
+            return Err(ConnectError::BadName);
+        }
+        let hello = Hello {
+            service: service.to_owned(),
+            protocol: protocol.to_owned(),
+            params: self.local_params(),
+        };
+        let (handle, index) = self.allocate();
+        let unix = self.unix_nanos(now);
+        let mut initiation = Vec::with_capacity(handshake::INITIATION_LEN);
+        let initiator = match Initiator::start(
+            &self.statics,
+            remote,
+            index,
+            &hello,
+            unix,
+            &mut self.rng,
+            &mut initiation,
+        ) {
+            Ok(i) => i,
+            Err(e) => {
+                self.forget(handle);
+                return Err(e.into());
+            }
+        };
+        let rng = self.channel_rng();
+        let setup = InitiatorSetup {
+            local_index: index,
+            remote_eid: remote,
+            remote: addr,
+            statics: self.statics.clone(),
+            initiator,
+            initiation,
+            service: hello.service,
+            protocol: hello.protocol,
+        };
+        let channel = Channel::new_initiator(self.config.channel.clone(), setup, now, unix, rng);
+        Ok((handle, channel))
+    }
+
+    fn under_load(&mut self, now: Instant) -> bool {
+        let (start, count) = &mut self.load_window;
+        if now.saturating_duration_since(*start) >= Duration::from_secs(1) {
+            *start = now;
+            *count = 0;
+        }
+        *count = count.saturating_add(1);
+        *count > self.config.cookie_threshold
+    }
+
+    /// Classifies a datagram from `from`. Handshake replies (cookie replies) are written
+    /// into `buf`. Datagrams that are malformed, unauthenticated, replayed or for unknown
+    /// channels yield `None` and change nothing.
+    pub fn handle(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        data: &[u8],
+        buf: &mut Vec<u8>,
+    ) -> Option<DatagramEvent> {
+        match packet::classify(data)? {
+            PacketKind::Data => {
+                let (header, _) = packet::DataHeader::parse(data).ok()?;
+                self.routes
+                    .get(&header.receiver_index)
+                    .copied()
+                    .map(DatagramEvent::Channel)
+            }
+            PacketKind::Response | PacketKind::CookieReply => {
+                let index = handshake::receiver_index(data)?;
+                self.routes.get(&index).copied().map(DatagramEvent::Channel)
+            }
+            PacketKind::Initiation => {
+                let under_load = self.under_load(now);
+                buf.clear();
+                match self.responder.handle_initiation(
+                    now,
+                    from,
+                    data,
+                    under_load,
+                    &mut self.rng,
+                    buf,
+                ) {
+                    Ok(Initiation::CookieSent) => Some(DatagramEvent::Respond(Transmit {
+                        destination: from,
+                        size: buf.len(),
+                        segment_size: None,
+                        ecn: None,
+                        src_ip: None,
+                    })),
+                    Ok(Initiation::Valid(pending)) => Some(DatagramEvent::Incoming(Incoming {
+                        pending,
+                        from,
+                        len: data.len(),
+                    })),
+                    Err(e) => {
+                        tracing::debug!(%from, error = %e, "dropping handshake initiation");
+                        None
+                    }
+                }
+            }
+            PacketKind::Routing(_) | PacketKind::Unknown(_) => None,
+        }
+    }
+
+    /// Accepts an incoming handshake: the returned channel sends the response on its first
+    /// `poll_transmit` and is established at once. If the hosts share no AEAD suite, the
+    /// initiator is refused instead and the error says so.
+    pub fn accept<M>(
+        &mut self,
+        now: Instant,
+        incoming: Incoming,
+    ) -> Result<(ChannelHandle, Channel<M>), (AcceptError, Option<Vec<u8>>)> {
+        let ours = self.config.channel.suites;
+        let Some(suite) = Suite::negotiate(ours, incoming.params().suites) else {
+            let reply = Reply::Refuse {
+                code: RefuseCode::REFUSED,
+                reason: "no common cipher suite".into(),
+            };
+            let mut out = Vec::new();
+            let sent = self
+                .responder
+                .respond(incoming.pending, 0, &reply, &mut self.rng, &mut out)
+                .is_ok();
+            return Err((AcceptError::NoCommonSuite, sent.then_some(out)));
+        };
+        let (handle, index) = self.allocate();
+        let params = self.local_params();
+        let peer_params = incoming.params().clone();
+        let remote_eid = incoming.remote_eid();
+        let remote_index = incoming.pending.initiator_index();
+        let service = incoming.service().to_owned();
+        let protocol = incoming.protocol().to_owned();
+        let reply = Reply::Accept { suite, params };
+        let mut response = Vec::with_capacity(128);
+        let keys = match self.responder.respond(
+            incoming.pending,
+            index,
+            &reply,
+            &mut self.rng,
+            &mut response,
+        ) {
+            Ok(Some(keys)) => keys,
+            Ok(None) => unreachable!("an accepting reply yields keys"),
+            Err(e) => {
+                self.forget(handle);
+                return Err((e.into(), None));
+            }
+        };
+        let unix = self.unix_nanos(now);
+        let rng = self.channel_rng();
+        let setup = ResponderSetup {
+            local_index: index,
+            remote_index,
+            remote_eid,
+            remote: incoming.from,
+            keys,
+            suite,
+            peer_params,
+            response,
+            initiation_len: incoming.len,
+            service,
+            protocol,
+        };
+        let channel = Channel::new_responder(self.config.channel.clone(), setup, now, unix, rng);
+        Ok((handle, channel))
+    }
+
+    /// Refuses an incoming handshake with a code and reason the initiator will see. The
+    /// response is written into `buf`.
+    pub fn refuse(
+        &mut self,
+        incoming: Incoming,
+        code: RefuseCode,
+        reason: &str,
+        buf: &mut Vec<u8>,
+    ) -> Option<Transmit> {
+        let from = incoming.from;
+        let reply = Reply::Refuse {
+            code,
+            reason: truncate_utf8(reason, 255).to_owned(),
+        };
+        buf.clear();
+        self.responder
+            .respond(incoming.pending, 0, &reply, &mut self.rng, buf)
+            .ok()?;
+        Some(Transmit {
+            destination: from,
+            size: buf.len(),
+            segment_size: None,
+            ecn: None,
+            src_ip: None,
+        })
+    }
+
+    /// Releases a channel's index once the channel is closed; later packets for it are
+    /// dropped.
+    pub fn forget(&mut self, handle: ChannelHandle) {
+        if let Some(Some(index)) = self.handles.get(handle.0).copied() {
+            self.routes.remove(&index);
+            self.handles[handle.0] = None;
+            self.free.push(handle.0);
+        }
+    }
+}
+
+/// The longest prefix of `s` that fits in `max` bytes without splitting a character.
+fn truncate_utf8(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
