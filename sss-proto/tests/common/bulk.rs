@@ -1,0 +1,172 @@
+//! A bulk-transfer upper layer: the sender streams `total` bytes of seeded content in
+//! upper-layer frames `[offset varint][data]`, re-sending what the channel reports lost; the
+//! receiver checks every byte against the content function and reassembles by offset.
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use sss_proto::channel::{Upper, UpperError};
+use sss_proto::codec::{varint_len, write_varint, Reader};
+use sss_proto::frame::{upper_header_len, write_upper_header, FrameType};
+use sss_proto::ranges::RangeSet;
+
+/// The frame type of bulk data.
+pub const BULK: FrameType = FrameType(0x20);
+
+/// The content byte at `offset` of the stream seeded by `seed`.
+pub fn content_byte(seed: u64, offset: u64) -> u8 {
+    let x = (offset ^ seed.rotate_left(17)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    (x >> 56) as u8
+}
+
+#[derive(Debug, Default)]
+pub struct Bulk {
+    pub seed: u64,
+    // Sender.
+    pub total: u64,
+    pub next_offset: u64,
+    pub retransmit: VecDeque<(u64, u32)>,
+    pub acked: RangeSet,
+    pub bytes_retransmitted: u64,
+    // Receiver.
+    pub expect: Option<u64>,
+    pub received: RangeSet,
+    pub bytes_received: u64,
+    pub corrupt: u64,
+    pub completed_at: Option<Instant>,
+    pub first_at: Option<Instant>,
+}
+
+impl Bulk {
+    pub fn sender(seed: u64, total: u64) -> Self {
+        Self {
+            seed,
+            total,
+            ..Self::default()
+        }
+    }
+
+    pub fn receiver(seed: u64, expect: u64) -> Self {
+        Self {
+            seed,
+            expect: Some(expect),
+            ..Self::default()
+        }
+    }
+
+    /// Everything sent was acknowledged.
+    pub fn all_acked(&self) -> bool {
+        self.total == 0 || (self.acked.len() == 1 && self.acked.elements() == self.total)
+    }
+
+    /// The receiver holds exactly bytes `0..expect`, every one correct.
+    pub fn complete(&self) -> bool {
+        let Some(expect) = self.expect else {
+            return false;
+        };
+        self.corrupt == 0
+            && (expect == 0
+                || (self.received.len() == 1
+                    && self.received.min() == Some(0)
+                    && self.received.elements() == expect))
+    }
+}
+
+impl Upper for Bulk {
+    type Meta = (u64, u32);
+
+    fn has_pending(&self) -> bool {
+        !self.retransmit.is_empty() || self.next_offset < self.total
+    }
+
+    fn write_frames(
+        &mut self,
+        _now: Instant,
+        buf: &mut Vec<u8>,
+        space: usize,
+        metas: &mut Vec<(u64, u32)>,
+    ) {
+        let mut left = space;
+        loop {
+            let (offset, len, resend) = match self.retransmit.front() {
+                Some(&(o, l)) => (o, u64::from(l), true),
+                None if self.next_offset < self.total => {
+                    (self.next_offset, self.total - self.next_offset, false)
+                }
+                None => return,
+            };
+            let overhead = upper_header_len(BULK, left) + varint_len(offset);
+            if left <= overhead + 16 {
+                return;
+            }
+            let n = len.min((left - overhead) as u64);
+            let body_len = varint_len(offset) + n as usize;
+            write_upper_header(buf, BULK, body_len);
+            write_varint(buf, offset);
+            buf.extend((offset..offset + n).map(|i| content_byte(self.seed, i)));
+            left -= upper_header_len(BULK, body_len) + body_len;
+            metas.push((offset, n as u32));
+            if resend {
+                self.bytes_retransmitted += n;
+                let front = self.retransmit.front_mut().expect("checked above");
+                if u64::from(front.1) == n {
+                    self.retransmit.pop_front();
+                } else {
+                    front.0 += n;
+                    front.1 -= n as u32;
+                }
+            } else {
+                self.next_offset += n;
+            }
+        }
+    }
+
+    fn handle_frame(&mut self, now: Instant, ty: FrameType, body: &[u8]) -> Result<(), UpperError> {
+        if ty != BULK {
+            return Err(UpperError {
+                code: 1,
+                reason: format!("unexpected frame {:#x}", ty.0),
+            });
+        }
+        let mut r = Reader::new(body);
+        let offset = r.varint().map_err(|_| UpperError {
+            code: 1,
+            reason: "bad bulk frame".into(),
+        })?;
+        let data = r.rest();
+        for (i, &b) in data.iter().enumerate() {
+            if b != content_byte(self.seed, offset + i as u64) {
+                self.corrupt += 1;
+            }
+        }
+        self.first_at.get_or_insert(now);
+        self.bytes_received += data.len() as u64;
+        self.received.insert(offset..offset + data.len() as u64);
+        if self.completed_at.is_none() && self.complete() {
+            self.completed_at = Some(now);
+        }
+        Ok(())
+    }
+
+    fn on_acked(&mut self, (offset, len): (u64, u32)) {
+        self.acked.insert(offset..offset + u64::from(len));
+    }
+
+    fn on_lost(&mut self, (offset, len): (u64, u32)) {
+        // Re-send only what is not known to have arrived through another copy.
+        let end = offset + u64::from(len);
+        let mut start = offset;
+        while start < end {
+            if self.acked.contains(start) {
+                start += 1;
+                continue;
+            }
+            let mut stop = start + 1;
+            while stop < end && !self.acked.contains(stop) {
+                stop += 1;
+            }
+            self.retransmit.push_back((start, (stop - start) as u32));
+            start = stop;
+        }
+    }
+}
