@@ -139,7 +139,7 @@ impl MtuDiscovery {
             }
             None => {
                 self.phase = Phase::Complete {
-                    next_search: now + RAISE_INTERVAL,
+                    next_search: now.checked_add(RAISE_INTERVAL).unwrap_or(now),
                 };
                 None
             }
@@ -205,7 +205,7 @@ impl MtuDiscovery {
             self.current = self.base;
             self.black_hole = BlackHoleDetector::default();
             self.phase = Phase::Complete {
-                next_search: now + BLACK_HOLE_COOLDOWN,
+                next_search: now.checked_add(BLACK_HOLE_COOLDOWN).unwrap_or(now),
             };
         }
     }
@@ -457,5 +457,60 @@ mod tests {
         mtud.on_lost(now, 0, 1400);
         mtud.on_lost(now, u64::MAX, 1400);
         assert!(mtud.current() <= 1500);
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        ProbeRound { delivered: bool },
+        Acked { pn: u64, size: u16 },
+        Lost { pn: u64, size: u16 },
+        Advance { secs: u16 },
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            any::<bool>().prop_map(|delivered| Op::ProbeRound { delivered }),
+            (0..64u64, any::<u16>()).prop_map(|(pn, size)| Op::Acked { pn, size }),
+            (0..64u64, any::<u16>()).prop_map(|(pn, size)| Op::Lost { pn, size }),
+            (0..700u16).prop_map(|secs| Op::Advance { secs }),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Whatever the peer acknowledges or loses, the current size stays within
+        /// [base, max] and probes are never smaller than base nor larger than max.
+        #[test]
+        fn operation_sequences_keep_invariants(
+            base in 0..2000u16,
+            max in 0..20000u16,
+            ops in proptest::collection::vec(op(), 0..200),
+        ) {
+            let mut now = Instant::now();
+            let mut mtud = MtuDiscovery::new(base, max);
+            let base = base.max(BASE_PLPMTU);
+            let max = max.max(base);
+            let mut pn = 1000;
+            for op in ops {
+                match op {
+                    Op::ProbeRound { delivered } => {
+                        if let Some(size) = mtud.poll_probe(now) {
+                            proptest::prop_assert!(size >= base && size <= max);
+                            mtud.on_probe_sent(pn, size);
+                            if delivered {
+                                mtud.on_acked(pn, size);
+                            } else {
+                                mtud.on_lost(now, pn, size);
+                            }
+                            pn += 1;
+                        }
+                    }
+                    Op::Acked { pn, size } => mtud.on_acked(pn, size),
+                    Op::Lost { pn, size } => mtud.on_lost(now, pn, size),
+                    Op::Advance { secs } => now += Duration::from_secs(u64::from(secs)),
+                }
+                proptest::prop_assert!(mtud.current() >= base && mtud.current() <= max);
+            }
+        }
     }
 }

@@ -291,4 +291,33 @@ mod tests {
         let _ = pacer.delay(ms(1), u64::MAX, u16::MAX, u64::MAX, later);
         let _ = burst_capacity(Duration::ZERO, u64::MAX, u16::MAX);
     }
+
+    proptest::proptest! {
+        /// The pacer never asks to wait for an instant in the past, never panics, and a
+        /// datagram it lets through always fits the tokens it had.
+        #[test]
+        fn arbitrary_calls_are_sane(
+            calls in proptest::collection::vec(
+                (0..200_000u64, 0..3000u16, 1200..9000u16, 1..10_000_000u64, 0..5000u64),
+                0..200,
+            ),
+        ) {
+            let start = Instant::now();
+            let mut now = start;
+            let mut pacer = Pacer::new(ms(100), 12_000, MTU, now);
+            for (rtt_us, bytes, mtu, window, advance_us) in calls {
+                now += Duration::from_micros(advance_us);
+                let rtt = Duration::from_micros(rtt_us);
+                match pacer.delay(rtt, bytes.into(), mtu, window, now) {
+                    Some(at) => proptest::prop_assert!(at > now),
+                    None => {
+                        proptest::prop_assert!(
+                            rtt.is_zero() || pacer.tokens() >= u64::from(bytes)
+                        );
+                        pacer.on_transmit(bytes);
+                    }
+                }
+            }
+        }
+    }
 }

@@ -161,4 +161,86 @@ mod tests {
         assert_eq!(cubic.initial_window(), 14_520);
         assert_eq!(cubic.clone_box().window(), cubic.window());
     }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Ack {
+            age_ms: u16,
+            bytes: u16,
+            app_limited: bool,
+        },
+        Loss {
+            age_ms: u16,
+            persistent: bool,
+        },
+        Spurious,
+        Mtu(u16),
+        Rtt {
+            sample_ms: u32,
+            ack_delay_ms: u32,
+        },
+        Advance {
+            ms: u16,
+        },
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            4 => (any::<u16>(), any::<u16>(), any::<bool>()).prop_map(
+                |(age_ms, bytes, app_limited)| Op::Ack { age_ms, bytes, app_limited }
+            ),
+            1 => (any::<u16>(), any::<bool>())
+                .prop_map(|(age_ms, persistent)| Op::Loss { age_ms, persistent }),
+            1 => Just(Op::Spurious),
+            1 => (1200..=u16::MAX).prop_map(Op::Mtu),
+            1 => (any::<u32>(), any::<u32>())
+                .prop_map(|(sample_ms, ack_delay_ms)| Op::Rtt { sample_ms, ack_delay_ms }),
+            2 => (0..2000u16).prop_map(|ms| Op::Advance { ms }),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Any sequence of events keeps the window at or above the minimum window of the
+        /// current datagram size, and never panics.
+        #[test]
+        fn controllers_keep_the_minimum_window(
+            algorithm in proptest::prop_oneof![
+                proptest::strategy::Just(CongestionAlgorithm::NewReno),
+                proptest::strategy::Just(CongestionAlgorithm::Cubic),
+            ],
+            ops in proptest::collection::vec(op(), 0..300),
+        ) {
+            use std::time::Duration;
+            let start = Instant::now() + Duration::from_secs(100);
+            let mut now = start;
+            let mut mtu = 1200;
+            let mut rtt = RttEstimator::default();
+            let mut cc = algorithm.build(now, mtu);
+            for op in ops {
+                let ago = |ms: u16| now.checked_sub(Duration::from_millis(ms.into())).unwrap_or(start);
+                match op {
+                    Op::Ack { age_ms, bytes, app_limited } => {
+                        cc.on_sent(now, bytes.into(), 0);
+                        cc.on_ack(now, ago(age_ms), bytes.into(), app_limited, &rtt);
+                        cc.on_end_acks(now, 0, app_limited, None);
+                    }
+                    Op::Loss { age_ms, persistent } => {
+                        cc.on_congestion_event(now, ago(age_ms), persistent, 1200);
+                    }
+                    Op::Spurious => cc.on_spurious_congestion_event(),
+                    Op::Mtu(new_mtu) => {
+                        mtu = new_mtu;
+                        cc.on_mtu_update(mtu);
+                    }
+                    Op::Rtt { sample_ms, ack_delay_ms } => rtt.update(
+                        Duration::from_millis(ack_delay_ms.into()),
+                        Duration::from_millis(sample_ms.into()),
+                    ),
+                    Op::Advance { ms } => now += Duration::from_millis(ms.into()),
+                }
+                proptest::prop_assert!(cc.window() >= minimum_window(mtu));
+            }
+        }
+    }
 }
