@@ -117,6 +117,12 @@ impl MtuDiscovery {
         self.current
     }
 
+    /// Packet number of the probe in flight, if any: its loss must not be reported to the
+    /// congestion controller (RFC 9000 §14.4).
+    pub fn in_flight_probe(&self) -> Option<u64> {
+        self.probe.map(|(pn, _)| pn)
+    }
+
     /// Size of a probe to send now, if one is due. Calling it again before
     /// [`on_probe_sent`](Self::on_probe_sent) returns the same size.
     pub fn poll_probe(&mut self, now: Instant) -> Option<u16> {
@@ -299,6 +305,7 @@ mod tests {
             );
             assert!(size <= mtud.max, "probe {size} above the maximum");
             mtud.on_probe_sent(*pn, size);
+            assert_eq!(mtud.in_flight_probe(), Some(*pn));
             assert_eq!(mtud.poll_probe(now), None, "one probe in flight at a time");
             if size <= limit {
                 mtud.on_acked(*pn, size);
