@@ -163,6 +163,7 @@ impl DataHeader {
     }
 
     /// Header length in bytes.
+    #[allow(clippy::len_without_is_empty)] // a header is never empty
     pub fn len(&self) -> usize {
         field::PACKET_NUMBER + self.pn_len.clamp(1, 4)
     }
@@ -201,12 +202,19 @@ pub fn decode_packet_number(largest_received: Option<u64>, truncated: u32, pn_le
     let candidate = (expected & !mask) | (u64::from(truncated) & mask);
     // The RFC's comparisons are on unbounded integers; a bound that falls outside u64 makes
     // its comparison false, which is what the checked operations express.
-    if expected.checked_sub(hwin).is_some_and(|low| candidate <= low) {
+    if expected
+        .checked_sub(hwin)
+        .is_some_and(|low| candidate <= low)
+    {
         if let Some(up) = candidate.checked_add(win) {
             return up;
         }
     }
-    if expected.checked_add(hwin).is_some_and(|high| candidate > high) && candidate >= win {
+    if expected
+        .checked_add(hwin)
+        .is_some_and(|high| candidate > high)
+        && candidate >= win
+    {
         return candidate - win;
     }
     candidate
@@ -268,7 +276,10 @@ mod tests {
         // 0x43: 4-byte packet number, so 9 + 16 bytes are needed.
         assert_eq!(
             DataHeader::parse(&[0x43; 24]),
-            Err(PacketError::TooShort { len: 24, needed: 25 })
+            Err(PacketError::TooShort {
+                len: 24,
+                needed: 25
+            })
         );
         assert!(DataHeader::parse(&[0x43; 25]).is_ok());
     }
