@@ -796,8 +796,9 @@ impl<M> Channel<M> {
                     self.cc
                         .on_ack(now, p.time, u64::from(p.size), self.app_limited, &self.rtt);
                 }
-                if p.mtu_probe {
-                    self.mtu.on_acked(pn);
+                let mtu_before = self.mtu.current();
+                self.mtu.on_acked(pn, p.size);
+                if self.mtu.current() != mtu_before {
                     self.cc.on_mtu_update(self.mtu.current());
                 }
                 if let Some(l) = p.largest_acked {

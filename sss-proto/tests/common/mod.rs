@@ -4,6 +4,7 @@
 
 pub mod bulk;
 pub mod host;
+pub mod setup;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
