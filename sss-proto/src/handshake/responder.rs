@@ -39,6 +39,8 @@ impl Default for ResponderConfig {
 
 /// The outcome of a well-formed initiation.
 #[derive(Debug)]
+// Returned once per handshake and matched at once: boxing would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 pub enum Initiation {
     /// We are under load and the initiation had no valid mac2: a cookie reply was appended to
     /// `out`. Nothing else was done or kept.
