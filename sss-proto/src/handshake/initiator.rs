@@ -1,0 +1,305 @@
+//! The initiator: writes the initiation (`-> e, es, s, ss`), takes cookie replies and
+//! retries, and completes the handshake with the response (`<- e, ee, se`).
+
+use std::time::Instant;
+
+use rand_core::CryptoRngCore;
+use x25519_dalek::{PublicKey, StaticSecret};
+use zeroize::Zeroizing;
+
+use crate::crypto::noise::{ct_eq, dh, hash, mac16, Key, SymmetricState};
+use crate::identity::Eid;
+
+use super::cookie::{cookie_reply_index, open_cookie_reply, Cookie, COOKIE_SECRET_LIFETIME};
+use super::messages::{
+    field, Hello, InitPayload, Reply, Timestamp, MAX_RESPONSE_LEN, RESP_OVERHEAD,
+};
+use super::{
+    check_header, read_key, read_u32, HandshakeError, Keys, StaticKeys, LABEL_COOKIE, LABEL_MAC1,
+    PROLOGUE, TYPE_INITIATION, TYPE_RESPONSE,
+};
+
+/// Established: the handshake completed (the responder accepted or refused).
+#[derive(Debug)]
+pub struct Established {
+    /// The transport keys. Meaningful only if `reply` accepts; drop them otherwise.
+    pub keys: Keys,
+    /// The responder's index: put it in every packet sent to the responder.
+    pub remote_index: u32,
+    /// The responder's answer.
+    pub reply: Reply,
+}
+
+/// What the initiator keeps of the initiation it sent last.
+struct Sent {
+    ephemeral: StaticSecret,
+    state: SymmetricState,
+    mac1: [u8; 16],
+}
+
+/// A handshake in progress on the initiator's side.
+pub struct Initiator {
+    remote: Eid,
+    remote_static: [u8; 32],
+    local_eid: Eid,
+    local_index: u32,
+    hello: Hello,
+    /// `DH(s, rs)`, the same for every retry.
+    static_static: Key,
+    /// `HASH(LABEL_MAC1 || rs)`.
+    mac1_key: [u8; 32],
+    /// `HASH(LABEL_COOKIE || rs)`.
+    cookie_key: [u8; 32],
+    last_timestamp: Timestamp,
+    sent: Sent,
+    cookie: Option<(Cookie, Instant)>,
+}
+
+impl std::fmt::Debug for Initiator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Initiator")
+            .field("remote", &self.remote)
+            .field("local_index", &self.local_index)
+            .field("has_cookie", &self.cookie.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+fn ephemeral(rng: &mut impl CryptoRngCore) -> StaticSecret {
+    // 32 bytes straight from the generator (clamped by X25519), so tests can reproduce it.
+    let mut bytes = Zeroizing::new([0u8; 32]);
+    rng.fill_bytes(&mut bytes[..]);
+    StaticSecret::from(*bytes)
+}
+
+impl Initiator {
+    /// Starts a handshake with `remote`: appends a complete 1200-byte initiation to `out`.
+    ///
+    /// `unix_nanos` is the wall-clock time (nanoseconds since 1970); the responder rejects an
+    /// initiation that is not newer than the last one it accepted from this host.
+    pub fn start(
+        local: &StaticKeys,
+        remote: Eid,
+        local_index: u32,
+        hello: &Hello,
+        unix_nanos: u64,
+        rng: &mut impl CryptoRngCore,
+        out: &mut Vec<u8>,
+    ) -> Result<Self, HandshakeError> {
+        let remote_static = remote.x25519_public();
+        let static_static = dh(&local.secret, &remote_static)?;
+        let timestamp = Timestamp::from_unix_nanos(unix_nanos);
+        let mut this = Self {
+            remote,
+            remote_static,
+            local_eid: local.eid,
+            local_index,
+            hello: hello.clone(),
+            static_static,
+            mac1_key: hash(&[LABEL_MAC1, &remote_static]),
+            cookie_key: hash(&[LABEL_COOKIE, &remote_static]),
+            last_timestamp: timestamp,
+            // Replaced below before anyone can see it.
+            sent: Sent {
+                ephemeral: StaticSecret::from([0; 32]),
+                state: SymmetricState::new(PROLOGUE),
+                mac1: [0; 16],
+            },
+            cookie: None,
+        };
+        this.sent = this.write_initiation(local, ephemeral(rng), timestamp, None, out)?;
+        Ok(this)
+    }
+
+    /// Sends a new initiation for this handshake (after a timeout or a cookie reply): fresh
+    /// ephemeral key and timestamp, and mac2 from the last cookie if it is younger than
+    /// [`COOKIE_SECRET_LIFETIME`]. A response to the previous initiation is no longer accepted.
+    pub fn retry(
+        &mut self,
+        local: &StaticKeys,
+        now: Instant,
+        unix_nanos: u64,
+        rng: &mut impl CryptoRngCore,
+        out: &mut Vec<u8>,
+    ) -> Result<(), HandshakeError> {
+        self.check_local(local)?;
+        // Strictly increasing even if the wall clock stands still or steps back.
+        let next = self
+            .last_timestamp
+            .unix_nanos()
+            .saturating_add(1)
+            .max(unix_nanos);
+        let timestamp = Timestamp::from_unix_nanos(next);
+        self.cookie = self.cookie.filter(|(_, received)| {
+            now.saturating_duration_since(*received) < COOKIE_SECRET_LIFETIME
+        });
+        let cookie = self.cookie.map(|(c, _)| c);
+        self.sent =
+            self.write_initiation(local, ephemeral(rng), timestamp, cookie.as_ref(), out)?;
+        self.last_timestamp = timestamp;
+        Ok(())
+    }
+
+    /// Takes a cookie reply to our last initiation; the next [`Initiator::retry`] uses it.
+    pub fn handle_cookie_reply(&mut self, now: Instant, msg: &[u8]) -> Result<(), HandshakeError> {
+        if cookie_reply_index(msg)? != self.local_index {
+            return Err(HandshakeError::WrongIndex);
+        }
+        let cookie = open_cookie_reply(&self.cookie_key, &self.sent.mac1, msg)?;
+        self.cookie = Some((cookie, now));
+        Ok(())
+    }
+
+    /// Completes the handshake with the response to our last initiation. `&self`: a forged
+    /// or corrupted response leaves the initiator able to take the genuine one.
+    pub fn handle_response(
+        &self,
+        local: &StaticKeys,
+        msg: &[u8],
+    ) -> Result<Established, HandshakeError> {
+        self.check_local(local)?;
+        if msg.len() <= RESP_OVERHEAD || msg.len() > MAX_RESPONSE_LEN {
+            return Err(HandshakeError::Malformed(
+                "response has an impossible length",
+            ));
+        }
+        check_header(msg, TYPE_RESPONSE, "not a response")?;
+        if read_u32(msg, field::RESP_RECEIVER) != self.local_index {
+            return Err(HandshakeError::WrongIndex);
+        }
+        let mac1_at = msg.len() - 32;
+        let mac2_at = msg.len() - 16;
+        // msg.mac1 = MAC(HASH(LABEL_MAC1 || initiator.static_public), msg[0:offsetof(msg.mac1)])
+        if !ct_eq(
+            &mac16(&local.mac1_key, &[&msg[..mac1_at]]),
+            &msg[mac1_at..mac2_at],
+        ) {
+            return Err(HandshakeError::Mac1);
+        }
+        // Initiators never send cookie replies, so a response's mac2 is always zero.
+        if msg[mac2_at..] != [0u8; 16] {
+            return Err(HandshakeError::Malformed("mac2 of a response is not zero"));
+        }
+
+        let mut state = self.sent.state.clone();
+        // <- e: responder.ephemeral_public = msg.ephemeral; MixHash(re)
+        let re = read_key(msg, field::RESP_EPHEMERAL);
+        state.mix_hash(&re);
+        // ee: MixKey(DH(e, re))
+        state.mix_key(&dh(&self.sent.ephemeral, &re)?[..]);
+        // se: MixKey(DH(s, re)) on the initiator's side
+        state.mix_key(&dh(&local.secret, &re)?[..]);
+        // payload = DecryptAndHash(msg.encrypted_payload)
+        let payload = state.decrypt_and_hash(&msg[field::RESP_EPHEMERAL.end..mac1_at])?;
+        let reply = Reply::decode(&payload)?;
+        if let Reply::Accept { suite, .. } = &reply {
+            if self.hello.params.suites & suite.bit() == 0 {
+                return Err(HandshakeError::SuiteNotOffered);
+            }
+        }
+        // k1, k2 = Split(); the initiator sends with k1
+        let (k1, k2) = state.split();
+        Ok(Established {
+            keys: Keys {
+                send: k1,
+                recv: k2,
+                handshake_hash: state.handshake_hash(),
+            },
+            remote_index: read_u32(msg, field::RESP_SENDER),
+            reply,
+        })
+    }
+
+    /// The responder's EID.
+    pub fn remote(&self) -> Eid {
+        self.remote
+    }
+
+    /// Our index for this handshake (the responder echoes it).
+    pub fn local_index(&self) -> u32 {
+        self.local_index
+    }
+
+    /// What we asked for.
+    pub fn hello(&self) -> &Hello {
+        &self.hello
+    }
+
+    fn check_local(&self, local: &StaticKeys) -> Result<(), HandshakeError> {
+        if local.eid != self.local_eid {
+            return Err(HandshakeError::InvalidArgument(
+                "static keys differ from those of start()",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Appends an initiation; on error `out` is left as it was.
+    fn write_initiation(
+        &self,
+        local: &StaticKeys,
+        ephemeral: StaticSecret,
+        timestamp: Timestamp,
+        cookie: Option<&Cookie>,
+        out: &mut Vec<u8>,
+    ) -> Result<Sent, HandshakeError> {
+        let start = out.len();
+        let result = self.write_initiation_inner(local, ephemeral, timestamp, cookie, out, start);
+        if result.is_err() {
+            out.truncate(start);
+        }
+        result
+    }
+
+    fn write_initiation_inner(
+        &self,
+        local: &StaticKeys,
+        ephemeral: StaticSecret,
+        timestamp: Timestamp,
+        cookie: Option<&Cookie>,
+        out: &mut Vec<u8>,
+        start: usize,
+    ) -> Result<Sent, HandshakeError> {
+        // h = protocol_name; ck = h; MixHash(prologue)
+        let mut state = SymmetricState::new(PROLOGUE);
+        // pre-message <- s: MixHash(rs)
+        state.mix_hash(&self.remote_static);
+        // msg.type = 1; msg.reserved = 0; msg.sender_index = big_endian(initiator.index)
+        out.push(TYPE_INITIATION);
+        out.extend_from_slice(&[0; 3]);
+        out.extend_from_slice(&self.local_index.to_be_bytes());
+        // -> e: msg.ephemeral = DH_PUBKEY(e); MixHash(e.public)
+        let e_public = PublicKey::from(&ephemeral).to_bytes();
+        out.extend_from_slice(&e_public);
+        state.mix_hash(&e_public);
+        // es: MixKey(DH(e, rs))
+        state.mix_key(&dh(&ephemeral, &self.remote_static)?[..]);
+        // s: msg.encrypted_static = EncryptAndHash(s.public)
+        let at = out.len();
+        out.extend_from_slice(&local.public);
+        state.encrypt_and_hash(out, at);
+        // ss: MixKey(DH(s, rs))
+        state.mix_key(&self.static_static[..]);
+        // msg.encrypted_payload = EncryptAndHash(timestamp || eid || hello || padding)
+        let at = out.len();
+        InitPayload {
+            timestamp,
+            eid: self.local_eid,
+            hello: self.hello.clone(),
+        }
+        .encode(out)?;
+        state.encrypt_and_hash(out, at);
+        // msg.mac1 = MAC(HASH(LABEL_MAC1 || responder.static_public), msg[0:offsetof(msg.mac1)])
+        let mac1 = mac16(&self.mac1_key, &[&out[start..]]);
+        out.extend_from_slice(&mac1);
+        // msg.mac2 = cookie ? MAC(cookie, msg[0:offsetof(msg.mac2)]) : 0^16
+        let mac2 = cookie.map_or([0; 16], |c| mac16(c, &[&out[start..]]));
+        out.extend_from_slice(&mac2);
+        debug_assert_eq!(out.len() - start, super::INITIATION_LEN);
+        Ok(Sent {
+            ephemeral,
+            state,
+            mac1,
+        })
+    }
+}
