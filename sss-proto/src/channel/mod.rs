@@ -41,12 +41,12 @@ use rand_chacha::ChaCha20Rng;
 
 use self::acks::ReceivedPackets;
 use self::keys::KeySet;
-use self::sent::{SentPacket, SentPackets};
+use self::sent::SentPackets;
 use self::timer::{Timer, TimerTable};
 use crate::crypto::aead::{Suite, TAG_LEN};
-use crate::frame::{AckFrame, Frame, FrameType, Frames};
+use crate::frame::{AckFrame, Frame, Frames};
 use crate::handshake::{
-    Established, HandshakeError, Initiator, Keys as HandshakeKeys, RefuseCode, Reply, StaticKeys,
+    Established, Initiator, Keys as HandshakeKeys, RefuseCode, Reply, StaticKeys,
     TransportParams,
 };
 use crate::identity::Eid;
@@ -56,7 +56,6 @@ use crate::recovery::mtu::MtuDiscovery;
 use crate::recovery::pacing::Pacer;
 use crate::recovery::rtt::{RttEstimator, GRANULARITY};
 use crate::replay::ReplayWindow;
-use crate::Transmit;
 
 /// Error codes carried in CLOSE frames.
 #[derive(Debug, Copy, Clone, Eq, PartialEq, Hash)]

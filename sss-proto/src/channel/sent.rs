@@ -44,6 +44,7 @@ impl<M> SentPackets<M> {
         }
     }
 
+    #[cfg(test)]
     pub(crate) fn is_empty(&self) -> bool {
         self.outstanding == 0
     }

@@ -52,10 +52,6 @@ impl TimerTable {
         self.data[timer as usize] = Some(at);
     }
 
-    pub(crate) fn get(&self, timer: Timer) -> Option<Instant> {
-        self.data[timer as usize]
-    }
-
     pub(crate) fn stop(&mut self, timer: Timer) {
         self.data[timer as usize] = None;
     }
