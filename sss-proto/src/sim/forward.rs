@@ -44,7 +44,13 @@ impl<N: Node> Network<N> {
         }
     }
 
-    fn send_datagram(&mut self, origin: NodeId, src: SocketAddr, dst: SocketAddr, mut data: Vec<u8>) {
+    fn send_datagram(
+        &mut self,
+        origin: NodeId,
+        src: SocketAddr,
+        dst: SocketAddr,
+        mut data: Vec<u8>,
+    ) {
         let len = data.len();
         let stats = &mut self.nodes[origin.0].stats;
         stats.sent += 1;
@@ -100,7 +106,8 @@ impl<N: Node> Network<N> {
         if let Some(id) = self.route(src, dst) {
             return id;
         }
-        self.links.push(Link::new(self.default_link.clone(), self.now));
+        self.links
+            .push(Link::new(self.default_link.clone(), self.now));
         let id = LinkId(self.links.len() - 1);
         self.routes.insert((src, dst), id);
         id
@@ -129,12 +136,21 @@ impl<N: Node> Network<N> {
                     Verdict::Deliver => {}
                     Verdict::Drop => {
                         let len = packet.data.len();
-                        self.drop_datagram(packet.origin, packet.from, packet.to, len, DropCause::Intercepted);
+                        self.drop_datagram(
+                            packet.origin,
+                            packet.from,
+                            packet.to,
+                            len,
+                            DropCause::Intercepted,
+                        );
                         return Ok(());
                     }
                     Verdict::DeliverAndReplayLater(delay) => {
                         let copy = packet.clone();
-                        self.queue.push(self.now + delay, EventKind::Arrive(Packet { link: None, ..copy }));
+                        self.queue.push(
+                            self.now + delay,
+                            EventKind::Arrive(Packet { link: None, ..copy }),
+                        );
                     }
                     Verdict::Delay(delay) => {
                         packet.link = None; // already counted as delivered by the link
@@ -158,7 +174,13 @@ impl<N: Node> Network<N> {
                     .get(&packet.from)
                     .is_some_and(|s| self.nodes[s.0].nat == Some(nat));
                 if !from_lan {
-                    self.drop_datagram(packet.origin, packet.from, packet.to, len, DropCause::NoRoute);
+                    self.drop_datagram(
+                        packet.origin,
+                        packet.from,
+                        packet.to,
+                        len,
+                        DropCause::NoRoute,
+                    );
                     return Ok(());
                 }
             }
@@ -178,7 +200,13 @@ impl<N: Node> Network<N> {
                 }
             };
         }
-        self.drop_datagram(packet.origin, packet.from, packet.to, len, DropCause::NoRoute);
+        self.drop_datagram(
+            packet.origin,
+            packet.from,
+            packet.to,
+            len,
+            DropCause::NoRoute,
+        );
         Ok(())
     }
 
@@ -198,7 +226,8 @@ impl<N: Node> Network<N> {
         let slot = &mut self.nodes[id.0];
         slot.stats.received += 1;
         slot.stats.received_bytes += len;
-        slot.node.handle_datagram(now, packet.to, packet.from, &mut packet.data);
+        slot.node
+            .handle_datagram(now, packet.to, packet.from, &mut packet.data);
         self.drain(id)
     }
 

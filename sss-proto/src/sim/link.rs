@@ -149,7 +149,8 @@ impl Link {
                 let bits = data.len() as u128 * 8;
                 let ns = (bits * 1_000_000_000).div_ceil(u128::from(bps));
                 let start = self.busy_until.max(now);
-                self.busy_until = start + Duration::from_nanos(u64::try_from(ns).unwrap_or(u64::MAX));
+                self.busy_until =
+                    start + Duration::from_nanos(u64::try_from(ns).unwrap_or(u64::MAX));
                 self.busy_until
             }
             _ => now,
@@ -204,15 +205,30 @@ mod tests {
             LinkFate::Arrives { at, .. } => at,
             LinkFate::Dropped(c) => panic!("dropped: {c:?}"),
         };
-        assert_eq!(at(link.send(t0, &mut d, &mut rng)), t0 + Duration::from_micros(1000));
-        assert_eq!(at(link.send(t0, &mut d, &mut rng)), t0 + Duration::from_micros(2000));
-        assert_eq!(at(link.send(t0, &mut d, &mut rng)), t0 + Duration::from_micros(3000));
+        assert_eq!(
+            at(link.send(t0, &mut d, &mut rng)),
+            t0 + Duration::from_micros(1000)
+        );
+        assert_eq!(
+            at(link.send(t0, &mut d, &mut rng)),
+            t0 + Duration::from_micros(2000)
+        );
+        assert_eq!(
+            at(link.send(t0, &mut d, &mut rng)),
+            t0 + Duration::from_micros(3000)
+        );
         assert_eq!(link.backlog_bytes(t0), 3000);
-        assert_eq!(link.send(t0, &mut d, &mut rng), LinkFate::Dropped(DropCause::Queue));
+        assert_eq!(
+            link.send(t0, &mut d, &mut rng),
+            LinkFate::Dropped(DropCause::Queue)
+        );
         // Half a datagram later there is room again.
         let t = t0 + Duration::from_micros(1500);
         assert_eq!(link.backlog_bytes(t), 1500);
-        assert_eq!(at(link.send(t, &mut d, &mut rng)), t0 + Duration::from_micros(4000));
+        assert_eq!(
+            at(link.send(t, &mut d, &mut rng)),
+            t0 + Duration::from_micros(4000)
+        );
         assert_eq!(link.stats.dropped.queue, 1);
         assert_eq!(link.stats.sent, 5);
     }

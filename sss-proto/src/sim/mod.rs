@@ -52,7 +52,13 @@ pub use trace::{DropCause, Drops, Fate, Stats, TraceEvent};
 /// A participant of the simulation: anything that speaks the sans-IO contract.
 pub trait Node {
     /// A datagram arrived at `local` (one of this node's addresses) from `from`.
-    fn handle_datagram(&mut self, now: Instant, local: SocketAddr, from: SocketAddr, data: &mut [u8]);
+    fn handle_datagram(
+        &mut self,
+        now: Instant,
+        local: SocketAddr,
+        from: SocketAddr,
+        data: &mut [u8],
+    );
     /// Next batch to send, written into `buf` (cleared by the simulator before the call).
     /// With `segment_size`, the buffer holds a GSO batch that the simulator splits.
     fn poll_transmit(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<Transmit>;
@@ -64,7 +70,13 @@ pub trait Node {
 }
 
 impl<T: Node + ?Sized> Node for Box<T> {
-    fn handle_datagram(&mut self, now: Instant, local: SocketAddr, from: SocketAddr, data: &mut [u8]) {
+    fn handle_datagram(
+        &mut self,
+        now: Instant,
+        local: SocketAddr,
+        from: SocketAddr,
+        data: &mut [u8],
+    ) {
         (**self).handle_datagram(now, local, from, data);
     }
     fn poll_transmit(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<Transmit> {

@@ -138,7 +138,10 @@ impl<N: Node> Network<N> {
 
     fn claim(&mut self, addr: SocketAddr, id: NodeId) {
         let prev = self.addrs.insert(addr, id);
-        assert!(prev.is_none(), "address {addr} already belongs to node {prev:?}");
+        assert!(
+            prev.is_none(),
+            "address {addr} already belongs to node {prev:?}"
+        );
     }
 
     /// Gives node `id` one more address.
@@ -243,7 +246,12 @@ impl<N: Node> Network<N> {
 
     /// Dedicated links both ways between `a` and `b`, with the same configuration; returns
     /// (a to b, b to a).
-    pub fn connect(&mut self, a: SocketAddr, b: SocketAddr, config: LinkConfig) -> (LinkId, LinkId) {
+    pub fn connect(
+        &mut self,
+        a: SocketAddr,
+        b: SocketAddr,
+        config: LinkConfig,
+    ) -> (LinkId, LinkId) {
         let ab = self.set_link(a, b, config.clone());
         (ab, self.set_link(b, a, config))
     }
@@ -291,7 +299,10 @@ impl<N: Node> Network<N> {
     pub fn add_nat(&mut self, public_ip: IpAddr, kind: NatKind) -> NatId {
         let id = NatId(self.nats.len());
         let prev = self.nat_ips.insert(public_ip, id);
-        assert!(prev.is_none(), "{public_ip} already belongs to NAT {prev:?}");
+        assert!(
+            prev.is_none(),
+            "{public_ip} already belongs to NAT {prev:?}"
+        );
         self.nats.push(Nat::new(public_ip, kind));
         id
     }
