@@ -28,6 +28,8 @@ pub mod recovery;
 pub mod replay;
 #[cfg(feature = "sim")]
 pub mod sim;
+#[cfg(feature = "sim")]
+pub mod testkit;
 mod transmit;
 
 pub use channel::{Channel, ChannelConfig, ChannelError, ChannelEvent, ChannelStats, Upper};

@@ -8,7 +8,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use common::setup::{fast_config, pair};
-use common::{addr, Bulk};
+use common::addr;
 use sss_proto::channel::{ChannelError, ChannelEvent};
 use sss_proto::handshake::RefuseCode;
 use sss_proto::packet::{classify, PacketKind};
@@ -266,12 +266,14 @@ fn key_updates_happen_without_stalling_traffic() {
 
 #[test]
 fn peer_moving_to_a_new_address_keeps_the_channel() {
-    let mut p = pair(15, LinkConfig::with_latency(Duration::from_millis(10)), fast_config());
+    let mut link = LinkConfig::with_latency(Duration::from_millis(10));
+    link.bandwidth_bps = Some(20_000_000);
+    let mut p = pair(15, link.clone(), fast_config());
     let h = p.start_transfer(15, 2_000_000);
     p.net.run_for(Duration::from_millis(300)).unwrap();
     let new = std::net::SocketAddr::from(([10, 0, 0, 1], 5555));
     p.net.rebind(p.a, addr(1), new);
-    p.net.connect(new, addr(2), LinkConfig::with_latency(Duration::from_millis(10)));
+    p.net.connect(new, addr(2), link);
     assert!(p.run_transfer(h, Duration::from_secs(30)), "transfer did not survive the move");
     assert!(p
         .net
@@ -285,11 +287,13 @@ fn peer_moving_to_a_new_address_keeps_the_channel() {
 fn path_mtu_is_discovered_and_black_holes_fall_back() {
     let mut link = LinkConfig::with_latency(Duration::from_millis(10));
     link.mtu = 1400;
+    link.bandwidth_bps = Some(10_000_000);
     let mut p = pair(16, link.clone(), fast_config());
-    let h = p.start_transfer(16, 3_000_000);
+    let h = p.start_transfer(16, 8_000_000);
     p.net.run_for(Duration::from_secs(3)).unwrap();
     let mtu = p.net.node(p.a).slot(h).channel.stats().mtu;
     assert!((1380..=1400).contains(&mtu), "discovered {mtu}");
+    assert!(!p.receiver().upper.complete(), "the transfer must still be running");
     // The path shrinks below the discovered size: the channel must fall back, not stall.
     link.mtu = 1250;
     p.net.connect(addr(1), addr(2), link);
@@ -297,3 +301,4 @@ fn path_mtu_is_discovered_and_black_holes_fall_back() {
     let mtu = p.net.node(p.a).slot(h).channel.stats().mtu;
     assert!(mtu <= 1250, "still using {mtu}");
 }
+

@@ -83,7 +83,15 @@ impl<M> Channel<M> {
             let Some(content) = self.plan_packet(now, segment, upper) else {
                 break;
             };
-            let Some(len) = self.build_packet(now, buf, segment, content, upper) else {
+            // The last probe of a PTO is no larger than the base size, so that it gets
+            // through even when the path MTU shrank below `segment` (a black hole): its
+            // acknowledgement lets loss detection see the large packets die.
+            let size = if content.probe && self.probes_pending == 1 {
+                segment.min(usize::from(self.config.base_udp_payload))
+            } else {
+                segment
+            };
+            let Some(len) = self.build_packet(now, buf, size, content, upper) else {
                 break;
             };
             count += 1;

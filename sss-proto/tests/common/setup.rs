@@ -63,9 +63,15 @@ impl Pair {
         h
     }
 
-    /// The receiving side's only channel.
+    /// The receiving side's channel that carried the transfer. (A lost handshake response
+    /// leaves the responder an extra, unconfirmed channel until its handshake timeout.)
     pub fn receiver(&self) -> &super::host::Slot {
-        self.net.node(self.b).only()
+        self.net
+            .node(self.b)
+            .slots
+            .values()
+            .max_by_key(|s| s.upper.bytes_received)
+            .expect("the receiver has a channel")
     }
 
     /// Runs until `b` holds every byte and `a` saw it all acknowledged, or `limit` passes.
@@ -74,12 +80,7 @@ impl Pair {
         let deadline = self.net.now() + limit;
         self.net
             .run_while(deadline, |net| {
-                let done_b = net
-                    .node(b)
-                    .slots
-                    .values()
-                    .next()
-                    .is_some_and(|s| s.upper.complete());
+                let done_b = net.node(b).slots.values().any(|s| s.upper.complete());
                 let done_a = net
                     .node(a)
                     .slots

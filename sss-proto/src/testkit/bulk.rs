@@ -5,10 +5,10 @@
 use std::collections::VecDeque;
 use std::time::Instant;
 
-use sss_proto::channel::{Upper, UpperError};
-use sss_proto::codec::{varint_len, write_varint, Reader};
-use sss_proto::frame::{upper_header_len, write_upper_header, FrameType};
-use sss_proto::ranges::RangeSet;
+use crate::channel::{Upper, UpperError};
+use crate::codec::{varint_len, write_varint, Reader};
+use crate::frame::{upper_header_len, write_upper_header, FrameType};
+use crate::ranges::RangeSet;
 
 /// The frame type of bulk data.
 pub const BULK: FrameType = FrameType(0x20);
@@ -19,25 +19,39 @@ pub fn content_byte(seed: u64, offset: u64) -> u8 {
     (x >> 56) as u8
 }
 
+/// Sender and receiver state of one bulk transfer (one of each per channel end).
 #[derive(Debug, Default)]
 pub struct Bulk {
+    /// Seed of the content function.
     pub seed: u64,
     // Sender.
+    /// Bytes to send.
     pub total: u64,
+    /// First byte never sent.
     pub next_offset: u64,
+    /// Ranges (offset, length) reported lost, to send again.
     pub retransmit: VecDeque<(u64, u32)>,
+    /// Byte ranges acknowledged.
     pub acked: RangeSet,
+    /// Bytes sent again after a loss.
     pub bytes_retransmitted: u64,
     // Receiver.
+    /// Bytes the receiver expects.
     pub expect: Option<u64>,
+    /// Byte ranges received.
     pub received: RangeSet,
+    /// Bytes received, duplicates included.
     pub bytes_received: u64,
+    /// Received bytes that differ from the content function.
     pub corrupt: u64,
+    /// When the receiver first held every byte.
     pub completed_at: Option<Instant>,
+    /// When the first byte arrived.
     pub first_at: Option<Instant>,
 }
 
 impl Bulk {
+    /// A sender of `total` bytes.
     pub fn sender(seed: u64, total: u64) -> Self {
         Self {
             seed,
@@ -46,6 +60,7 @@ impl Bulk {
         }
     }
 
+    /// A receiver of `expect` bytes.
     pub fn receiver(seed: u64, expect: u64) -> Self {
         Self {
             seed,

@@ -4,37 +4,46 @@ use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use sss_proto::channel::{Channel, ChannelEvent};
-use sss_proto::endpoint::{ChannelHandle, DatagramEvent, Endpoint, EndpointConfig};
-use sss_proto::handshake::RefuseCode;
-use sss_proto::identity::{Eid, Identity};
-use sss_proto::sim::Node;
-use sss_proto::Transmit;
+use crate::channel::{Channel, ChannelEvent};
+use crate::endpoint::{ChannelHandle, DatagramEvent, Endpoint, EndpointConfig};
+use crate::handshake::RefuseCode;
+use crate::identity::{Eid, Identity};
+use crate::sim::Node;
+use crate::Transmit;
 
 use super::{Bulk, UNIX_NANOS};
 
+/// A channel and its upper layer.
 pub struct Slot {
+    /// The channel.
     pub channel: Channel<(u64, u32)>,
+    /// Its upper layer.
     pub upper: Bulk,
 }
 
 /// What a host does with incoming handshakes.
 pub enum Policy {
     /// Accept, giving the new channel this upper layer.
-    Accept(Box<dyn FnMut(&sss_proto::endpoint::Incoming) -> Bulk>),
+    Accept(Box<dyn FnMut(&crate::endpoint::Incoming) -> Bulk>),
     /// Refuse with this code.
     Refuse(RefuseCode, String),
 }
 
+/// A simulated host: an endpoint and its channels.
 pub struct TestHost {
+    /// The endpoint.
     pub endpoint: Endpoint,
+    /// Live channels.
     pub slots: BTreeMap<ChannelHandle, Slot>,
+    /// What to do with incoming handshakes.
     pub policy: Policy,
+    /// Every channel event so far.
     pub events: Vec<(ChannelHandle, ChannelEvent)>,
     /// Handshake initiations that reached the application.
     pub incoming: usize,
     /// Cookie replies sent.
     pub cookies_sent: usize,
+    /// GSO batch size.
     pub max_datagrams: usize,
     out: VecDeque<(Vec<u8>, Transmit)>,
     rr: usize,
@@ -42,6 +51,7 @@ pub struct TestHost {
 }
 
 impl TestHost {
+    /// A host with this identity and configuration.
     pub fn new(identity: &Identity, config: EndpointConfig, now: Instant) -> Self {
         Self {
             endpoint: Endpoint::new(config, identity, now, UNIX_NANOS),
@@ -66,6 +76,7 @@ impl TestHost {
         (host, id.eid())
     }
 
+    /// Opens a channel to `remote` with `upper` on top.
     pub fn connect(
         &mut self,
         now: Instant,
@@ -81,10 +92,12 @@ impl TestHost {
         handle
     }
 
+    /// A channel by handle.
     pub fn slot(&self, h: ChannelHandle) -> &Slot {
         &self.slots[&h]
     }
 
+    /// A channel by handle, mutably.
     pub fn slot_mut(&mut self, h: ChannelHandle) -> &mut Slot {
         self.slots.get_mut(&h).expect("slot")
     }
@@ -95,13 +108,15 @@ impl TestHost {
         self.slots.values().next().expect("one channel")
     }
 
+    /// Whether channel `h` reported `Connected`.
     pub fn connected(&self, h: ChannelHandle) -> bool {
         self.events
             .iter()
             .any(|(hh, e)| *hh == h && *e == ChannelEvent::Connected)
     }
 
-    pub fn closed(&self, h: ChannelHandle) -> Option<&sss_proto::channel::ChannelError> {
+    /// Why channel `h` closed, if it did.
+    pub fn closed(&self, h: ChannelHandle) -> Option<&crate::channel::ChannelError> {
         self.events.iter().find_map(|(hh, e)| match e {
             ChannelEvent::Closed(err) if *hh == h => Some(err),
             _ => None,
