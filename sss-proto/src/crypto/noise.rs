@@ -199,8 +199,8 @@ mod tests {
 
     #[test]
     fn hkdf_matches_rfc5869_structure() {
-        // With an empty salt-like chaining key, Noise's HKDF equals RFC 5869 HKDF-SHA256 with
-        // info = "" (Extract with salt = ck, Expand T(1), T(2)). Checked against ring's HKDF.
+        // Noise's HKDF is RFC 5869 HKDF-SHA256 with salt = ck and empty info: Extract, then
+        // the Expand blocks T(1), T(2). Checked against ring's independent HKDF.
         let ck = [7u8; 32];
         let ikm = b"input key material";
         let (o1, o2) = hkdf2(&ck, ikm);
