@@ -40,7 +40,13 @@ fn endpoint(seed: u64, suite: Suite) -> Endpoint {
 }
 
 /// Delivers every datagram `from` has to send into `to`; returns how many.
-fn shuttle(now: Instant, from: &mut Side, to: &mut Side, buf: &mut Vec<u8>, scratch: &mut Vec<u8>) -> usize {
+fn shuttle(
+    now: Instant,
+    from: &mut Side,
+    to: &mut Side,
+    buf: &mut Vec<u8>,
+    scratch: &mut Vec<u8>,
+) -> usize {
     let mut n = 0;
     let Some(ch) = from.channel.as_mut() else {
         return 0;
@@ -116,7 +122,10 @@ fn transfer(suite: Suite, bytes: u64) -> Duration {
 fn bare_aead(c: &mut Criterion) {
     let mut group = c.benchmark_group("aead seal+open 1452 B");
     group.throughput(Throughput::Bytes(PACKET as u64));
-    for (name, alg) in [("chacha20-poly1305", &CHACHA20_POLY1305), ("aes-256-gcm", &AES_256_GCM)] {
+    for (name, alg) in [
+        ("chacha20-poly1305", &CHACHA20_POLY1305),
+        ("aes-256-gcm", &AES_256_GCM),
+    ] {
         let key = LessSafeKey::new(UnboundKey::new(alg, &[7u8; 32]).unwrap());
         let mut pn = 0u64;
         let mut packet = Vec::with_capacity(PACKET);
@@ -134,7 +143,11 @@ fn bare_aead(c: &mut Criterion) {
                 )
                 .unwrap();
                 let opened = key
-                    .open_in_place(Nonce::assume_unique_for_key(n), Aad::from(&[1u8; 9]), &mut packet)
+                    .open_in_place(
+                        Nonce::assume_unique_for_key(n),
+                        Aad::from(&[1u8; 9]),
+                        &mut packet,
+                    )
                     .unwrap()
                     .len();
                 criterion::black_box(opened)
@@ -148,9 +161,16 @@ fn channel_transfer(c: &mut Criterion) {
     let mut group = c.benchmark_group("channel transfer 16 MiB");
     group.throughput(Throughput::Bytes(TRANSFER));
     group.sample_size(10);
-    for (name, suite) in [("chacha20-poly1305", Suite::ChaCha20Poly1305), ("aes-256-gcm", Suite::Aes256Gcm)] {
+    for (name, suite) in [
+        ("chacha20-poly1305", Suite::ChaCha20Poly1305),
+        ("aes-256-gcm", Suite::Aes256Gcm),
+    ] {
         group.bench_function(name, |b| {
-            b.iter_batched(|| (), |_| transfer(suite, TRANSFER), BatchSize::PerIteration)
+            b.iter_batched(
+                || (),
+                |_| transfer(suite, TRANSFER),
+                BatchSize::PerIteration,
+            )
         });
     }
     group.finish();

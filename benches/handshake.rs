@@ -40,8 +40,16 @@ fn bench(c: &mut Criterion) {
     let mut make_initiation = |rng: &mut ChaCha20Rng| {
         unix += 1_000;
         let mut out = Vec::new();
-        Initiator::start(&initiator_keys, responder_id.eid(), 7, &hello, unix, rng, &mut out)
-            .expect("initiation");
+        Initiator::start(
+            &initiator_keys,
+            responder_id.eid(),
+            7,
+            &hello,
+            unix,
+            rng,
+            &mut out,
+        )
+        .expect("initiation");
         out
     };
 

@@ -230,12 +230,13 @@ impl Identity {
             path: shown(),
             reason,
         };
-        let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|source| {
-            KeyFileError::Io {
-                path: shown(),
-                source,
-            }
-        })?);
+        let text =
+            Zeroizing::new(
+                std::fs::read_to_string(path).map_err(|source| KeyFileError::Io {
+                    path: shown(),
+                    source,
+                })?,
+            );
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
@@ -276,7 +277,9 @@ impl Identity {
 
 impl fmt::Debug for Identity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Identity").field("eid", &self.eid).finish_non_exhaustive()
+        f.debug_struct("Identity")
+            .field("eid", &self.eid)
+            .finish_non_exhaustive()
     }
 }
 
@@ -310,17 +313,25 @@ mod tests {
         ));
         let mut padded = text[..51].to_string();
         padded.push('=');
-        assert_eq!(padded.parse::<Eid>(), Err(EidParseError::Character('=', 51)));
+        assert_eq!(
+            padded.parse::<Eid>(),
+            Err(EidParseError::Character('=', 51))
+        );
         let mut digit = text[..51].to_string();
         digit.push('1');
         assert_eq!(digit.parse::<Eid>(), Err(EidParseError::Character('1', 51)));
         // The 52nd character carries 4 bits of key and 1 padding bit: flip the padding bit.
         let last = text.as_bytes()[51];
-        let idx = "abcdefghijklmnopqrstuvwxyz234567".find(last as char).unwrap();
+        let idx = "abcdefghijklmnopqrstuvwxyz234567"
+            .find(last as char)
+            .unwrap();
         let bad = "abcdefghijklmnopqrstuvwxyz234567".as_bytes()[idx ^ 1] as char;
         let mut noncanonical = text[..51].to_string();
         noncanonical.push(bad);
-        assert_eq!(noncanonical.parse::<Eid>(), Err(EidParseError::NonCanonical));
+        assert_eq!(
+            noncanonical.parse::<Eid>(),
+            Err(EidParseError::NonCanonical)
+        );
     }
 
     #[test]
@@ -360,7 +371,10 @@ mod tests {
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         }
         std::fs::write(&path, "garbage\n").unwrap();
-        assert!(matches!(Identity::load(&path), Err(KeyFileError::Format { .. })));
+        assert!(matches!(
+            Identity::load(&path),
+            Err(KeyFileError::Format { .. })
+        ));
         assert!(matches!(
             Identity::load(&dir.join("missing.key")),
             Err(KeyFileError::Io { .. })

@@ -7,8 +7,8 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Duration;
 
-use common::setup::{fast_config, pair};
 use common::addr;
+use common::setup::{fast_config, pair};
 use sss_proto::channel::{ChannelError, ChannelEvent};
 use sss_proto::handshake::RefuseCode;
 use sss_proto::packet::{classify, PacketKind};
@@ -41,10 +41,19 @@ fn handshake_completes_under_30_percent_loss() {
         let done = p
             .net
             .run_while(deadline, |net| {
-                !(net.node(a).connected(h) && net.node(b).slots.values().any(|s| s.channel.is_established()))
+                !(net.node(a).connected(h)
+                    && net
+                        .node(b)
+                        .slots
+                        .values()
+                        .any(|s| s.channel.is_established()))
             })
             .unwrap();
-        assert!(done, "seed {seed}: handshake did not complete; events {:?}", p.net.node(a).events);
+        assert!(
+            done,
+            "seed {seed}: handshake did not complete; events {:?}",
+            p.net.node(a).events
+        );
         slowest = slowest.max(p.net.elapsed());
         assert!(p.net.node(a).closed(h).is_none(), "seed {seed}");
     }
@@ -76,14 +85,21 @@ fn bulk_transfer_is_exact_under_loss_reordering_duplication_and_corruption() {
             p.net.node(p.a).events,
             p.net.node(p.b).events,
         );
-        assert_eq!(recv.corrupt, 0, "seed {seed}: corrupted bytes were delivered");
+        assert_eq!(
+            recv.corrupt, 0,
+            "seed {seed}: corrupted bytes were delivered"
+        );
         assert!(recv.complete(), "seed {seed}");
     }
 }
 
 #[test]
 fn tampering_with_any_byte_of_any_packet_is_detected() {
-    let mut p = pair(7, LinkConfig::with_latency(Duration::from_millis(10)), fast_config());
+    let mut p = pair(
+        7,
+        LinkConfig::with_latency(Duration::from_millis(10)),
+        fast_config(),
+    );
     let h = p.start_transfer(7, 200_000);
     let b_addr = addr(2);
     // Replace every other data packet to b with a copy that has one byte flipped, cycling
@@ -105,20 +121,30 @@ fn tampering_with_any_byte_of_any_packet_is_detected() {
         }
         Verdict::Deliver
     }));
-    assert!(p.run_transfer(h, Duration::from_secs(120)), "transfer did not complete");
+    assert!(
+        p.run_transfer(h, Duration::from_secs(120)),
+        "transfer did not complete"
+    );
     let (tampered, clean, positions) = *stats.borrow();
     let recv = p.receiver();
     assert_eq!(recv.upper.corrupt, 0);
     assert!(tampered > 100 && positions > 100, "tampered {tampered}");
     // Every authenticated packet is one of the clean ones.
     let st = recv.channel.stats();
-    assert_eq!(st.packets_received as usize, clean, "a tampered packet was accepted");
+    assert_eq!(
+        st.packets_received as usize, clean,
+        "a tampered packet was accepted"
+    );
     println!("tampered {tampered}, clean {clean}, stats {st:?}");
 }
 
 #[test]
 fn replayed_data_packets_are_dropped() {
-    let mut p = pair(8, LinkConfig::with_latency(Duration::from_millis(10)), fast_config());
+    let mut p = pair(
+        8,
+        LinkConfig::with_latency(Duration::from_millis(10)),
+        fast_config(),
+    );
     let h = p.start_transfer(8, 100_000);
     let b_addr = addr(2);
     let replays = Rc::new(RefCell::new(0u64));
@@ -135,14 +161,24 @@ fn replayed_data_packets_are_dropped() {
     p.net.run_for(Duration::from_millis(50)).unwrap();
     let st = p.receiver().channel.stats();
     let replays = *replays.borrow();
-    assert_eq!(st.dropped_replayed, replays, "every replayed copy is rejected");
-    assert_eq!(st.packets_received, replays, "every original is accepted once");
+    assert_eq!(
+        st.dropped_replayed, replays,
+        "every replayed copy is rejected"
+    );
+    assert_eq!(
+        st.packets_received, replays,
+        "every original is accepted once"
+    );
     assert_eq!(p.receiver().upper.corrupt, 0);
 }
 
 #[test]
 fn replayed_initiation_creates_no_channel_and_no_state() {
-    let mut p = pair(9, LinkConfig::with_latency(Duration::from_millis(10)), fast_config());
+    let mut p = pair(
+        9,
+        LinkConfig::with_latency(Duration::from_millis(10)),
+        fast_config(),
+    );
     let b_addr = addr(2);
     let captured = Rc::new(RefCell::new(None::<Vec<u8>>));
     let c = captured.clone();
@@ -162,15 +198,27 @@ fn replayed_initiation_creates_no_channel_and_no_state() {
         p.net.inject(at, from, b_addr, initiation.clone());
     }
     p.net.run_for(Duration::from_secs(6)).unwrap();
-    assert_eq!(p.net.node(p.b).incoming, 1, "a replayed initiation reached the application");
-    assert_eq!(p.net.node(p.b).slots.len(), 1, "a replayed initiation created a channel");
+    assert_eq!(
+        p.net.node(p.b).incoming,
+        1,
+        "a replayed initiation reached the application"
+    );
+    assert_eq!(
+        p.net.node(p.b).slots.len(),
+        1,
+        "a replayed initiation created a channel"
+    );
 }
 
 #[test]
 fn cookie_round_trip_under_load_still_connects() {
     let mut config = fast_config();
     config.handshake_retry = Duration::from_millis(500);
-    let mut p = pair(10, LinkConfig::with_latency(Duration::from_millis(10)), config);
+    let mut p = pair(
+        10,
+        LinkConfig::with_latency(Duration::from_millis(10)),
+        config,
+    );
     // The responder counts every initiation as load.
     let (b, b_eid) = (p.b, p.b_eid);
     let mut ec = common::setup::endpoint_config(77, fast_config());
@@ -179,14 +227,21 @@ fn cookie_round_trip_under_load_still_connects() {
     assert_eq!(id.eid(), b_eid);
     *p.net.node_mut(b) = common::TestHost::new(&id, ec, p.start);
     let h = p.start_transfer(10, 5_000);
-    assert!(p.run_transfer(h, Duration::from_secs(10)), "no transfer under load");
+    assert!(
+        p.run_transfer(h, Duration::from_secs(10)),
+        "no transfer under load"
+    );
     assert!(p.net.node(b).cookies_sent >= 1, "no cookie reply was sent");
     assert_eq!(p.net.node(b).incoming, 1);
 }
 
 #[test]
 fn refused_service_is_reported_to_the_initiator() {
-    let mut p = pair(11, LinkConfig::with_latency(Duration::from_millis(10)), fast_config());
+    let mut p = pair(
+        11,
+        LinkConfig::with_latency(Duration::from_millis(10)),
+        fast_config(),
+    );
     let h = p.start_transfer(11, 1_000);
     p.net.node_mut(p.b).policy =
         common::host::Policy::Refuse(RefuseCode::UNKNOWN_SERVICE, "no such service".into());
@@ -203,7 +258,11 @@ fn refused_service_is_reported_to_the_initiator() {
 
 #[test]
 fn graceful_close_reaches_the_peer() {
-    let mut p = pair(12, LinkConfig::with_latency(Duration::from_millis(10)), fast_config());
+    let mut p = pair(
+        12,
+        LinkConfig::with_latency(Duration::from_millis(10)),
+        fast_config(),
+    );
     let h = p.start_transfer(12, 10_000);
     assert!(p.run_transfer(h, Duration::from_secs(10)));
     let now = p.net.now();
@@ -213,7 +272,13 @@ fn graceful_close_reaches_the_peer() {
     }
     p.net.wake(p.a);
     p.net.run_for(Duration::from_secs(5)).unwrap();
-    let b_events: Vec<_> = p.net.node(p.b).events.iter().map(|(_, e)| e.clone()).collect();
+    let b_events: Vec<_> = p
+        .net
+        .node(p.b)
+        .events
+        .iter()
+        .map(|(_, e)| e.clone())
+        .collect();
     assert!(
         b_events.contains(&ChannelEvent::Closed(ChannelError::ClosedByPeer {
             code: 0x1234,
@@ -221,7 +286,10 @@ fn graceful_close_reaches_the_peer() {
         })),
         "{b_events:?}"
     );
-    assert_eq!(p.net.node(p.a).closed(h), Some(&ChannelError::LocallyClosed));
+    assert_eq!(
+        p.net.node(p.a).closed(h),
+        Some(&ChannelError::LocallyClosed)
+    );
     assert_eq!(p.net.node(p.a).endpoint.channel_count(), 0);
     assert_eq!(p.net.node(p.b).endpoint.channel_count(), 0);
 }
@@ -232,7 +300,11 @@ fn idle_timeout_closes_a_dead_channel_and_keepalive_prevents_it() {
         let mut config = fast_config();
         config.idle_timeout = Duration::from_secs(5);
         config.keepalive_interval = keepalive;
-        let mut p = pair(13, LinkConfig::with_latency(Duration::from_millis(10)), config);
+        let mut p = pair(
+            13,
+            LinkConfig::with_latency(Duration::from_millis(10)),
+            config,
+        );
         let h = p.start_transfer(13, 1_000);
         assert!(p.run_transfer(h, Duration::from_secs(5)));
         p.net.run_for(Duration::from_secs(20)).unwrap();
@@ -260,7 +332,10 @@ fn key_updates_happen_without_stalling_traffic() {
     let a = p.net.node(p.a).slot(h).channel.stats();
     let b = p.receiver().channel.stats();
     assert!(a.key_updates >= 4 && b.key_updates >= 4, "a {a:?} b {b:?}");
-    assert_eq!(b.dropped_unauthenticated, 0, "packets were lost to key confusion");
+    assert_eq!(
+        b.dropped_unauthenticated, 0,
+        "packets were lost to key confusion"
+    );
     assert_eq!(a.ptos, 0, "a key update stalled traffic");
 }
 
@@ -274,7 +349,10 @@ fn peer_moving_to_a_new_address_keeps_the_channel() {
     let new = std::net::SocketAddr::from(([10, 0, 0, 1], 5555));
     p.net.rebind(p.a, addr(1), new);
     p.net.connect(new, addr(2), link);
-    assert!(p.run_transfer(h, Duration::from_secs(30)), "transfer did not survive the move");
+    assert!(
+        p.run_transfer(h, Duration::from_secs(30)),
+        "transfer did not survive the move"
+    );
     assert!(p
         .net
         .node(p.b)
@@ -293,12 +371,17 @@ fn path_mtu_is_discovered_and_black_holes_fall_back() {
     p.net.run_for(Duration::from_secs(3)).unwrap();
     let mtu = p.net.node(p.a).slot(h).channel.stats().mtu;
     assert!((1380..=1400).contains(&mtu), "discovered {mtu}");
-    assert!(!p.receiver().upper.complete(), "the transfer must still be running");
+    assert!(
+        !p.receiver().upper.complete(),
+        "the transfer must still be running"
+    );
     // The path shrinks below the discovered size: the channel must fall back, not stall.
     link.mtu = 1250;
     p.net.connect(addr(1), addr(2), link);
-    assert!(p.run_transfer(h, Duration::from_secs(60)), "transfer stalled in the black hole");
+    assert!(
+        p.run_transfer(h, Duration::from_secs(60)),
+        "transfer stalled in the black hole"
+    );
     let mtu = p.net.node(p.a).slot(h).channel.stats().mtu;
     assert!(mtu <= 1250, "still using {mtu}");
 }
-

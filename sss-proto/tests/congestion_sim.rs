@@ -38,7 +38,10 @@ fn utilisation(algorithm: CongestionAlgorithm, loss: f64) -> (f64, u64) {
     let rate = (after - before) as f64 * 8.0 / window.as_secs_f64();
     let stats = p.net.node(p.a).slot(h).channel.stats();
     assert_eq!(p.receiver().upper.corrupt, 0);
-    println!("{algorithm:?} loss {loss}: {:.1} Mbit/s, {stats:?}", rate / 1e6);
+    println!(
+        "{algorithm:?} loss {loss}: {:.1} Mbit/s, {stats:?}",
+        rate / 1e6
+    );
     (rate / (100 * MBIT) as f64, stats.congestion_events)
 }
 
@@ -46,14 +49,20 @@ fn utilisation(algorithm: CongestionAlgorithm, loss: f64) -> (f64, u64) {
 fn cubic_fills_a_100_mbit_50_ms_link() {
     let (u, events) = utilisation(CongestionAlgorithm::Cubic, 0.0);
     assert!(u >= 0.9, "CUBIC used {:.1}% of the link", u * 100.0);
-    assert!(events > 0, "the queue never overflowed: the test does not exercise back-off");
+    assert!(
+        events > 0,
+        "the queue never overflowed: the test does not exercise back-off"
+    );
 }
 
 #[test]
 fn newreno_fills_a_100_mbit_50_ms_link() {
     let (u, events) = utilisation(CongestionAlgorithm::NewReno, 0.0);
     assert!(u >= 0.9, "NewReno used {:.1}% of the link", u * 100.0);
-    assert!(events > 0, "the queue never overflowed: the test does not exercise back-off");
+    assert!(
+        events > 0,
+        "the queue never overflowed: the test does not exercise back-off"
+    );
 }
 
 #[test]
@@ -61,12 +70,18 @@ fn both_controllers_back_off_under_random_loss() {
     for algorithm in [CongestionAlgorithm::Cubic, CongestionAlgorithm::NewReno] {
         let (clean, _) = utilisation(algorithm, 0.0);
         let (lossy, events) = utilisation(algorithm, 0.02);
-        assert!(events >= 10, "{algorithm:?}: only {events} congestion events at 2% loss");
+        assert!(
+            events >= 10,
+            "{algorithm:?}: only {events} congestion events at 2% loss"
+        );
         assert!(
             lossy < clean * 0.8,
             "{algorithm:?} did not back off: {lossy:.2} vs {clean:.2}"
         );
-        assert!(lossy > 0.01, "{algorithm:?} collapsed under 2% loss: {lossy:.3}");
+        assert!(
+            lossy > 0.01,
+            "{algorithm:?} collapsed under 2% loss: {lossy:.3}"
+        );
     }
 }
 
@@ -88,22 +103,31 @@ fn two_channels_share_one_bottleneck_fairly() {
         net.set_route(addr(1), addr(2), shared);
         net.set_route(addr(3), addr(2), shared);
         for n in [1, 3] {
-            net.set_link(addr(2), addr(n), LinkConfig::with_latency(Duration::from_millis(20)));
+            net.set_link(
+                addr(2),
+                addr(n),
+                LinkConfig::with_latency(Duration::from_millis(20)),
+            );
         }
         net.node_mut(b).policy =
             common::host::Policy::Accept(Box::new(|_| Bulk::receiver(0, u64::MAX)));
         let b_eid = ids[2].eid();
         for a in [a1, a2] {
             let now = net.now();
-            net.node_mut(a).connect(now, b_eid, addr(2), Bulk::sender(0, 1 << 40));
+            net.node_mut(a)
+                .connect(now, b_eid, addr(2), Bulk::sender(0, 1 << 40));
             net.wake(a);
         }
-        net.run_for(Duration::from_secs(8)).unwrap();
+        net.run_for(Duration::from_secs(10)).unwrap();
         let snapshot = |net: &Network<TestHost>| -> Vec<u64> {
-            net.node(b).slots.values().map(|s| s.upper.bytes_received).collect()
+            net.node(b)
+                .slots
+                .values()
+                .map(|s| s.upper.bytes_received)
+                .collect()
         };
         let before = snapshot(&net);
-        net.run_for(Duration::from_secs(12)).unwrap();
+        net.run_for(Duration::from_secs(30)).unwrap();
         let after = snapshot(&net);
         assert_eq!(before.len(), 2);
         let got: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
@@ -111,7 +135,7 @@ fn two_channels_share_one_bottleneck_fairly() {
         let shares: Vec<f64> = got.iter().map(|g| *g as f64 / total as f64).collect();
         println!(
             "{algorithm:?}: shares {shares:?}, total {:.1} Mbit/s",
-            total as f64 * 8.0 / 12.0 / 1e6
+            total as f64 * 8.0 / 30.0 / 1e6
         );
         for s in &shares {
             assert!(

@@ -42,7 +42,12 @@ pub(crate) enum RecvKey {
 }
 
 impl KeySet {
-    pub(crate) fn new(suite: Suite, send_secret: Secret, recv_secret: Secret, now: Instant) -> Self {
+    pub(crate) fn new(
+        suite: Suite,
+        send_secret: Secret,
+        recv_secret: Secret,
+        now: Instant,
+    ) -> Self {
         let recv_next = PacketKey::new(suite, &next_secret(&recv_secret));
         Self {
             suite,
@@ -115,7 +120,13 @@ impl KeySet {
 
     /// Records that packet `pn` authenticated under `which`. Returns true when this rotated
     /// the receive key (the caller arms the timer that discards the previous key).
-    pub(crate) fn on_authenticated(&mut self, which: RecvKey, pn: u64, now: Instant, next_pn: u64) -> bool {
+    pub(crate) fn on_authenticated(
+        &mut self,
+        which: RecvKey,
+        pn: u64,
+        now: Instant,
+        next_pn: u64,
+    ) -> bool {
         match which {
             RecvKey::Current => {
                 if self.recv_phase_first_pn.is_none_or(|f| pn < f) {

@@ -46,8 +46,7 @@ use self::timer::{Timer, TimerTable};
 use crate::crypto::aead::{Suite, TAG_LEN};
 use crate::frame::{AckFrame, Frame, Frames};
 use crate::handshake::{
-    Established, Initiator, Keys as HandshakeKeys, RefuseCode, Reply, StaticKeys,
-    TransportParams,
+    Established, Initiator, Keys as HandshakeKeys, RefuseCode, Reply, StaticKeys, TransportParams,
 };
 use crate::identity::Eid;
 use crate::packet::{self, DataHeader, PacketKind};
@@ -352,11 +351,18 @@ impl<M> Channel<M> {
         ch.response = Some(setup.response);
         ch.install_keys(now, setup.keys, setup.suite, setup.peer_params);
         // An unconfirmed responder channel lives only as long as a handshake may take.
-        ch.timers.set(Timer::HandshakeTimeout, now + ch.config.handshake_timeout);
+        ch.timers
+            .set(Timer::HandshakeTimeout, now + ch.config.handshake_timeout);
         ch
     }
 
-    fn install_keys(&mut self, now: Instant, keys: HandshakeKeys, suite: Suite, peer: TransportParams) {
+    fn install_keys(
+        &mut self,
+        now: Instant,
+        keys: HandshakeKeys,
+        suite: Suite,
+        peer: TransportParams,
+    ) {
         self.keys = Some(KeySet::new(suite, keys.send, keys.recv, now));
         let peer_idle = Duration::from_millis(u64::from(peer.idle_timeout_ms));
         if !peer_idle.is_zero() {
@@ -470,7 +476,13 @@ impl<M> Channel<M> {
     /// Closes the channel with a code and a reason for the peer. Unacknowledged upper-layer
     /// frames are reported lost to `upper`. The channel keeps answering for three probe
     /// timeouts, then reports [`ChannelEvent::Closed`].
-    pub fn close<U: Upper<Meta = M>>(&mut self, now: Instant, code: u64, reason: &[u8], upper: &mut U) {
+    pub fn close<U: Upper<Meta = M>>(
+        &mut self,
+        now: Instant,
+        code: u64,
+        reason: &[u8],
+        upper: &mut U,
+    ) {
         match self.state {
             State::Handshake(_) => {
                 self.finish(ChannelError::LocallyClosed, upper);
@@ -542,7 +554,9 @@ impl<M> Channel<M> {
             Reply::Accept { suite, params } => {
                 if self.config.suites & suite.bit() == 0 {
                     self.finish(
-                        ChannelError::HandshakeFailed(format!("peer chose a suite we did not offer: {suite:?}")),
+                        ChannelError::HandshakeFailed(format!(
+                            "peer chose a suite we did not offer: {suite:?}"
+                        )),
                         upper,
                     );
                     return;
@@ -612,11 +626,8 @@ impl<M> Channel<M> {
             self.stats.dropped_malformed += 1;
             return;
         };
-        let pn = packet::decode_packet_number(
-            self.replay.largest(),
-            header.truncated_pn,
-            header.pn_len,
-        );
+        let pn =
+            packet::decode_packet_number(self.replay.largest(), header.truncated_pn, header.pn_len);
         if self.replay.check(pn).is_err() {
             self.stats.dropped_replayed += 1;
             return;
@@ -654,8 +665,10 @@ impl<M> Channel<M> {
             // The peer moved (NAT rebinding, new address): follow the newest packet, as
             // WireGuard does. The packet authenticated, so only the peer can cause this.
             let old = std::mem::replace(&mut self.remote, from);
-            self.events
-                .push_back(ChannelEvent::PathChanged { from: old, to: from });
+            self.events.push_back(ChannelEvent::PathChanged {
+                from: old,
+                to: from,
+            });
         }
         self.reset_idle_timer(now);
         match self.state {
@@ -717,13 +730,23 @@ impl<M> Channel<M> {
         );
     }
 
-    fn close_with_error<U: Upper<Meta = M>>(&mut self, now: Instant, code: u64, reason: String, upper: &mut U) {
+    fn close_with_error<U: Upper<Meta = M>>(
+        &mut self,
+        now: Instant,
+        code: u64,
+        reason: String,
+        upper: &mut U,
+    ) {
         tracing::debug!(code, %reason, "closing channel: peer violated the protocol");
         let mut bytes = reason.clone().into_bytes();
         bytes.truncate(MAX_CLOSE_REASON);
         self.close_frame = (code, bytes);
         self.close_pending = true;
-        self.enter_closing(now, State::Closing(ChannelError::ProtocolViolation(reason)), upper);
+        self.enter_closing(
+            now,
+            State::Closing(ChannelError::ProtocolViolation(reason)),
+            upper,
+        );
     }
 
     /// Enters Closing or Draining: every upper-layer frame in flight is reported lost (the
@@ -894,11 +917,15 @@ impl<M> Channel<M> {
         }
         if let (Some(newest), Some(oldest)) = (newest_lost, oldest_lost) {
             let period = self.pto_base() * 3;
-            let persistent =
-                contiguous && self.rtt.has_samples() && newest.saturating_duration_since(oldest) > period;
-            self.stats.congestion_events += 1;
+            let persistent = contiguous
+                && self.rtt.has_samples()
+                && newest.saturating_duration_since(oldest) > period;
+            let window = self.cc.window();
             self.cc
                 .on_congestion_event(now, newest, persistent, lost_bytes);
+            if self.cc.window() < window {
+                self.stats.congestion_events += 1;
+            }
             self.cc.on_mtu_update(self.mtu.current());
         }
     }

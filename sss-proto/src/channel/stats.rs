@@ -18,7 +18,7 @@ pub struct ChannelStats {
     pub packets_lost: u64,
     /// Bytes in packets declared lost.
     pub bytes_lost: u64,
-    /// Congestion events (window reductions).
+    /// Congestion events that reduced the window.
     pub congestion_events: u64,
     /// Probe timeouts that fired.
     pub ptos: u64,

@@ -137,8 +137,7 @@ impl<M> Channel<M> {
         } else if !wants_data {
             self.app_limited = true;
         }
-        if !self.validated
-            && self.unvalidated_sent + segment as u64 > 3 * self.unvalidated_received
+        if !self.validated && self.unvalidated_sent + segment as u64 > 3 * self.unvalidated_received
         {
             return None;
         }

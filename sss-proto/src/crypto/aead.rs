@@ -66,7 +66,8 @@ impl Suite {
 pub fn hardware_aes() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        std::arch::is_x86_feature_detected!("aes") && std::arch::is_x86_feature_detected!("pclmulqdq")
+        std::arch::is_x86_feature_detected!("aes")
+            && std::arch::is_x86_feature_detected!("pclmulqdq")
     }
     #[cfg(target_arch = "aarch64")]
     {
@@ -105,7 +106,9 @@ pub struct PacketKey {
 
 impl std::fmt::Debug for PacketKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PacketKey").field("suite", &self.suite).finish_non_exhaustive()
+        f.debug_struct("PacketKey")
+            .field("suite", &self.suite)
+            .finish_non_exhaustive()
     }
 }
 
@@ -118,7 +121,8 @@ fn nonce(packet_number: u64) -> Nonce {
 impl PacketKey {
     /// Makes a key for `suite` from a 32-byte secret.
     pub fn new(suite: Suite, secret: &[u8; 32]) -> Self {
-        let unbound = UnboundKey::new(suite.algorithm(), secret).expect("32-byte keys fit both suites");
+        let unbound =
+            UnboundKey::new(suite.algorithm(), secret).expect("32-byte keys fit both suites");
         Self {
             key: LessSafeKey::new(unbound),
             suite,
@@ -184,7 +188,10 @@ mod tests {
         let both = Suite::ChaCha20Poly1305.bit() | Suite::Aes256Gcm.bit();
         let chacha = Suite::ChaCha20Poly1305.bit();
         assert_eq!(Suite::negotiate(both, both), Some(Suite::Aes256Gcm));
-        assert_eq!(Suite::negotiate(both, chacha), Some(Suite::ChaCha20Poly1305));
+        assert_eq!(
+            Suite::negotiate(both, chacha),
+            Some(Suite::ChaCha20Poly1305)
+        );
         assert_eq!(Suite::negotiate(Suite::Aes256Gcm.bit(), chacha), None);
     }
 

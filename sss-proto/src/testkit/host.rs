@@ -140,12 +140,19 @@ impl TestHost {
 }
 
 impl Node for TestHost {
-    fn handle_datagram(&mut self, now: Instant, _local: SocketAddr, from: SocketAddr, data: &mut [u8]) {
+    fn handle_datagram(
+        &mut self,
+        now: Instant,
+        _local: SocketAddr,
+        from: SocketAddr,
+        data: &mut [u8],
+    ) {
         let mut buf = std::mem::take(&mut self.scratch);
         match self.endpoint.handle(now, from, data, &mut buf) {
             Some(DatagramEvent::Channel(h)) => {
                 if let Some(slot) = self.slots.get_mut(&h) {
-                    slot.channel.handle_datagram(now, from, data, &mut slot.upper);
+                    slot.channel
+                        .handle_datagram(now, from, data, &mut slot.upper);
                 }
             }
             Some(DatagramEvent::Incoming(incoming)) => {
@@ -196,9 +203,9 @@ impl Node for TestHost {
         for i in 0..n {
             let h = handles[(self.rr + i) % n];
             let slot = self.slots.get_mut(&h).expect("slot");
-            if let Some(t) = slot
-                .channel
-                .poll_transmit(now, self.max_datagrams, buf, &mut slot.upper)
+            if let Some(t) =
+                slot.channel
+                    .poll_transmit(now, self.max_datagrams, buf, &mut slot.upper)
             {
                 self.rr = (self.rr + i + 1) % n;
                 self.collect_events();

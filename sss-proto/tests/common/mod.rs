@@ -3,5 +3,5 @@
 
 pub mod setup;
 
-pub use sss_proto::testkit::{addr, identity, Bulk, TestHost, UNIX_NANOS};
 pub use sss_proto::testkit::host;
+pub use sss_proto::testkit::{addr, identity, Bulk, TestHost, UNIX_NANOS};

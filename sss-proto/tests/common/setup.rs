@@ -52,13 +52,14 @@ impl Pair {
     pub fn start_transfer(&mut self, content_seed: u64, bytes: u64) -> ChannelHandle {
         let now = self.net.now();
         let b_eid = self.b_eid;
-        self.net.node_mut(self.b).policy = super::host::Policy::Accept(Box::new(move |_| {
-            Bulk::receiver(content_seed, bytes)
-        }));
-        let h = self
-            .net
-            .node_mut(self.a)
-            .connect(now, b_eid, addr(2), Bulk::sender(content_seed, bytes));
+        self.net.node_mut(self.b).policy =
+            super::host::Policy::Accept(Box::new(move |_| Bulk::receiver(content_seed, bytes)));
+        let h = self.net.node_mut(self.a).connect(
+            now,
+            b_eid,
+            addr(2),
+            Bulk::sender(content_seed, bytes),
+        );
         self.net.wake(self.a);
         h
     }
