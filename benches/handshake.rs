@@ -2,6 +2,7 @@
 //! one core, with and without producing the response, and a whole handshake.
 //!
 //! `cargo bench --bench handshake`
+#![allow(missing_docs)] // criterion's macros generate undocumented functions
 
 use std::net::SocketAddr;
 use std::time::Instant;

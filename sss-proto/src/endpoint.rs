@@ -63,7 +63,7 @@ pub enum DatagramEvent {
     /// Pass the datagram to this channel's [`Channel::handle_datagram`].
     Channel(ChannelHandle),
     /// A valid handshake initiation: accept or refuse it.
-    Incoming(Incoming),
+    Incoming(Box<Incoming>),
     /// Send this reply (written into the buffer given to [`Endpoint::handle`]), e.g. a
     /// cookie reply to an initiation that arrived under load.
     Respond(Transmit),
@@ -123,7 +123,8 @@ pub enum ConnectError {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum AcceptError {
-    /// The hosts share no AEAD suite (the initiator was told so).
+    /// The hosts share no AEAD suite. (The endpoint refuses such initiations itself, so
+    /// this happens only if the configuration changed in between.)
     #[error("no common cipher suite")]
     NoCommonSuite,
     /// The response could not be built.
@@ -159,12 +160,7 @@ impl Endpoint {
     /// (nanoseconds since the Unix epoch), used for replay-proof handshake timestamps.
     pub fn new(config: EndpointConfig, identity: &Identity, now: Instant, unix_nanos: u64) -> Self {
         let mut rng = ChaCha20Rng::from_seed(config.rng_seed);
-        let responder = Responder::new(
-            StaticKeys::new(identity),
-            config.responder.clone(),
-            now,
-            &mut rng,
-        );
+        let responder = Responder::new(StaticKeys::new(identity), config.responder, now, &mut rng);
         Self {
             statics: Arc::new(StaticKeys::new(identity)),
             responder,
@@ -340,11 +336,32 @@ impl Endpoint {
                         ecn: None,
                         src_ip: None,
                     })),
-                    Ok(Initiation::Valid(pending)) => Some(DatagramEvent::Incoming(Incoming {
-                        pending,
-                        from,
-                        len: data.len(),
-                    })),
+                    Ok(Initiation::Valid(pending)) => {
+                        let ours = self.config.channel.suites;
+                        if Suite::negotiate(ours, pending.hello().params.suites).is_none() {
+                            // Nothing the application could accept: refuse at once.
+                            let reply = Reply::Refuse {
+                                code: RefuseCode::REFUSED,
+                                reason: "no common cipher suite".into(),
+                            };
+                            buf.clear();
+                            self.responder
+                                .respond(pending, 0, &reply, &mut self.rng, buf)
+                                .ok()?;
+                            return Some(DatagramEvent::Respond(Transmit {
+                                destination: from,
+                                size: buf.len(),
+                                segment_size: None,
+                                ecn: None,
+                                src_ip: None,
+                            }));
+                        }
+                        Some(DatagramEvent::Incoming(Box::new(Incoming {
+                            pending,
+                            from,
+                            len: data.len(),
+                        })))
+                    }
                     Err(e) => {
                         tracing::debug!(%from, error = %e, "dropping handshake initiation");
                         None
@@ -356,29 +373,18 @@ impl Endpoint {
     }
 
     /// Accepts an incoming handshake: the returned channel sends the response on its first
-    /// `poll_transmit` and is established at once. If the hosts share no AEAD suite, the
-    /// initiator is refused instead and the error says so.
+    /// `poll_transmit` and is established at once.
     pub fn accept<M>(
         &mut self,
         now: Instant,
-        incoming: Incoming,
-    ) -> Result<(ChannelHandle, Channel<M>), (AcceptError, Option<Vec<u8>>)> {
+        incoming: Box<Incoming>,
+    ) -> Result<(ChannelHandle, Channel<M>), AcceptError> {
         let ours = self.config.channel.suites;
-        let Some(suite) = Suite::negotiate(ours, incoming.params().suites) else {
-            let reply = Reply::Refuse {
-                code: RefuseCode::REFUSED,
-                reason: "no common cipher suite".into(),
-            };
-            let mut out = Vec::new();
-            let sent = self
-                .responder
-                .respond(incoming.pending, 0, &reply, &mut self.rng, &mut out)
-                .is_ok();
-            return Err((AcceptError::NoCommonSuite, sent.then_some(out)));
-        };
+        let suite =
+            Suite::negotiate(ours, incoming.params().suites).ok_or(AcceptError::NoCommonSuite)?;
         let (handle, index) = self.allocate();
         let params = self.local_params();
-        let peer_params = incoming.params().clone();
+        let peer_params = *incoming.params();
         let remote_eid = incoming.remote_eid();
         let remote_index = incoming.pending.initiator_index();
         let service = incoming.service().to_owned();
@@ -396,7 +402,7 @@ impl Endpoint {
             Ok(None) => unreachable!("an accepting reply yields keys"),
             Err(e) => {
                 self.forget(handle);
-                return Err((e.into(), None));
+                return Err(e.into());
             }
         };
         let unix = self.unix_nanos(now);
@@ -422,7 +428,7 @@ impl Endpoint {
     /// response is written into `buf`.
     pub fn refuse(
         &mut self,
-        incoming: Incoming,
+        incoming: Box<Incoming>,
         code: RefuseCode,
         reason: &str,
         buf: &mut Vec<u8>,

@@ -157,6 +157,14 @@ struct Handshaking {
     retry_delay: Duration,
 }
 
+/// Who a channel is with, and how it started.
+struct Origin {
+    side: Side,
+    local_index: u32,
+    remote_eid: Eid,
+    remote: SocketAddr,
+}
+
 /// Parameters of a channel the endpoint builds for an accepted handshake.
 pub(crate) struct ResponderSetup {
     pub(crate) local_index: u32,
@@ -235,15 +243,18 @@ pub struct Channel<M> {
 impl<M> Channel<M> {
     fn base(
         config: Arc<ChannelConfig>,
-        side: Side,
+        origin: Origin,
         state: State,
         now: Instant,
         unix_nanos: u64,
         rng: ChaCha20Rng,
-        local_index: u32,
-        remote_eid: Eid,
-        remote: SocketAddr,
     ) -> Self {
+        let Origin {
+            side,
+            local_index,
+            remote_eid,
+            remote,
+        } = origin;
         let mtu = config.base_udp_payload;
         let rtt = RttEstimator::new(config.initial_rtt);
         let cc = config.congestion.build(now, mtu);
@@ -308,17 +319,13 @@ impl<M> Channel<M> {
             send_pending: true,
             retry_delay: retry,
         }));
-        let mut ch = Self::base(
-            config,
-            Side::Initiator,
-            state,
-            now,
-            unix_nanos,
-            rng,
-            setup.local_index,
-            setup.remote_eid,
-            setup.remote,
-        );
+        let origin = Origin {
+            side: Side::Initiator,
+            local_index: setup.local_index,
+            remote_eid: setup.remote_eid,
+            remote: setup.remote,
+        };
+        let mut ch = Self::base(config, origin, state, now, unix_nanos, rng);
         ch.service = setup.service;
         ch.protocol = setup.protocol;
         ch.timers.set(Timer::HandshakeRetry, now + retry);
@@ -333,17 +340,13 @@ impl<M> Channel<M> {
         unix_nanos: u64,
         rng: ChaCha20Rng,
     ) -> Self {
-        let mut ch = Self::base(
-            config,
-            Side::Responder,
-            State::Established,
-            now,
-            unix_nanos,
-            rng,
-            setup.local_index,
-            setup.remote_eid,
-            setup.remote,
-        );
+        let origin = Origin {
+            side: Side::Responder,
+            local_index: setup.local_index,
+            remote_eid: setup.remote_eid,
+            remote: setup.remote,
+        };
+        let mut ch = Self::base(config, origin, State::Established, now, unix_nanos, rng);
         ch.remote_index = setup.remote_index;
         ch.service = setup.service;
         ch.protocol = setup.protocol;
@@ -900,12 +903,10 @@ impl<M> Channel<M> {
                 self.stats.bytes_lost += u64::from(p.size);
             }
             self.mtu.on_lost(now, pn, p.size);
-            if !p.mtu_probe {
-                if p.in_flight {
-                    lost_bytes += u64::from(p.size);
-                    newest_lost = Some(newest_lost.map_or(p.time, |t| t.max(p.time)));
-                    oldest_lost = Some(oldest_lost.map_or(p.time, |t| t.min(p.time)));
-                }
+            if !p.mtu_probe && p.in_flight {
+                lost_bytes += u64::from(p.size);
+                newest_lost = Some(newest_lost.map_or(p.time, |t| t.max(p.time)));
+                oldest_lost = Some(oldest_lost.map_or(p.time, |t| t.min(p.time)));
             }
             if p.in_flight {
                 self.bytes_in_flight = self.bytes_in_flight.saturating_sub(u64::from(p.size));

@@ -164,9 +164,7 @@ impl Node for TestHost {
                             Ok((h, channel)) => {
                                 self.slots.insert(h, Slot { channel, upper });
                             }
-                            Err((e, response)) => {
-                                panic!("accept failed: {e} (response: {response:?})")
-                            }
+                            Err(e) => panic!("accept failed: {e}"),
                         }
                     }
                     Policy::Refuse(code, reason) => {
