@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use super::event::{EventKind, Packet};
+use super::event::Packet;
 use super::link::{Link, LinkFate, LinkId};
 use super::network::Network;
 use super::trace::{DropCause, Fate, TraceEvent};
@@ -84,7 +84,11 @@ impl<N: Node> Network<N> {
             LinkFate::Dropped(cause) => {
                 self.drop_datagram(Some(origin), wire_src, dst, len, cause);
             }
-            LinkFate::Arrives { at, duplicate } => {
+            LinkFate::Arrives {
+                at,
+                reordered,
+                duplicate,
+            } => {
                 let packet = Packet {
                     from: wire_src,
                     to: dst,
@@ -94,9 +98,13 @@ impl<N: Node> Network<N> {
                     screened: false,
                 };
                 if let Some(dup_at) = duplicate {
-                    self.queue.push(dup_at, EventKind::Arrive(packet.clone()));
+                    self.queue.push_packet(dup_at, packet.clone());
                 }
-                self.queue.push(at, EventKind::Arrive(packet));
+                if reordered {
+                    self.queue.push_packet(at, packet);
+                } else {
+                    self.queue.push_in_order(at, link_id.0, packet);
+                }
             }
         }
     }
@@ -147,14 +155,12 @@ impl<N: Node> Network<N> {
                     }
                     Verdict::DeliverAndReplayLater(delay) => {
                         let copy = packet.clone();
-                        self.queue.push(
-                            self.now + delay,
-                            EventKind::Arrive(Packet { link: None, ..copy }),
-                        );
+                        self.queue
+                            .push_packet(self.now + delay, Packet { link: None, ..copy });
                     }
                     Verdict::Delay(delay) => {
                         packet.link = None; // already counted as delivered by the link
-                        self.queue.push(self.now + delay, EventKind::Arrive(packet));
+                        self.queue.push_packet(self.now + delay, packet);
                         return Ok(());
                     }
                 }

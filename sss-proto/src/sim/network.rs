@@ -4,7 +4,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use super::event::{EventKind, EventQueue, FxHashMap, Packet, SimRng};
+use super::event::{Due, EventQueue, FxHashMap, Packet, SimRng};
 use super::link::{Link, LinkConfig, LinkId};
 use super::nat::{Nat, NatId, NatKind};
 use super::trace::{Stats, Trace, TraceEvent};
@@ -69,7 +69,7 @@ impl<N: Node> Network<N> {
             start,
             now: start,
             rng: SimRng::new(seed),
-            queue: EventQueue::default(),
+            queue: EventQueue::new(start),
             nodes: Vec::new(),
             addrs: FxHashMap::default(),
             nats: Vec::new(),
@@ -201,7 +201,7 @@ impl<N: Node> Network<N> {
         let slot = &mut self.nodes[id.0];
         if !slot.woken {
             slot.woken = true;
-            self.queue.push(self.now, EventKind::Wake(id));
+            self.queue.push_wake(self.now, id);
         }
     }
 
@@ -348,7 +348,7 @@ impl<N: Node> Network<N> {
             origin: None,
             screened: true,
         };
-        self.queue.push(at.max(self.now), EventKind::Arrive(packet));
+        self.queue.push_packet(at.max(self.now), packet);
     }
 
     /// Starts recording datagram fates, keeping the last `cap` events (0: a default of
@@ -449,19 +449,19 @@ impl<N: Node> Network<N> {
             if limit.is_some_and(|l| time > l) {
                 return Ok(false);
             }
-            let Some(event) = self.queue.pop() else {
+            let Some((time, due)) = self.queue.pop() else {
                 return Ok(false);
             };
-            if let EventKind::Timer(id) = event.kind {
+            if let Due::Timer(id) = due {
                 if !self.timer_due(id, time) {
                     continue;
                 }
             }
             self.advance(time)?;
-            match event.kind {
-                EventKind::Arrive(packet) => self.arrive(packet)?,
-                EventKind::Timer(id) => self.fire_timer(id)?,
-                EventKind::Wake(id) => {
+            match due {
+                Due::Arrive(packet) => self.arrive(packet)?,
+                Due::Timer(id) => self.fire_timer(id)?,
+                Due::Wake(id) => {
                     self.nodes[id.0].woken = false;
                     self.drain(id)?;
                 }
@@ -482,7 +482,7 @@ impl<N: Node> Network<N> {
             Some(d) if d <= time => true,
             Some(d) => {
                 slot.queued_timer = Some(d);
-                self.queue.push(d, EventKind::Timer(id));
+                self.queue.push_timer(d, id);
                 false
             }
             None => false,
@@ -557,7 +557,7 @@ impl<N: Node> Network<N> {
         if let Some(d) = deadline {
             if slot.queued_timer.is_none_or(|q| d < q) {
                 slot.queued_timer = Some(d);
-                self.queue.push(d, EventKind::Timer(id));
+                self.queue.push_timer(d, id);
             }
         }
     }
