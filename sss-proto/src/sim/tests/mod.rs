@@ -79,6 +79,11 @@ pub(super) struct Probe {
     /// Broken behaviours: a timer stuck in the past, a transmit that never ends.
     pub(super) spin: bool,
     pub(super) flood: bool,
+    /// An idle timer, pushed back by every received datagram (like a connection's).
+    pub(super) idle: Option<Duration>,
+    /// When the idle timer fired, since start.
+    pub(super) idle_fired: Vec<Duration>,
+    idle_armed: Option<Instant>,
     pub(super) rx: Vec<Rx>,
     due: u64,
     echoes: VecDeque<(SocketAddr, IpAddr, Vec<u8>)>,
@@ -100,6 +105,9 @@ impl Probe {
             script: VecDeque::new(),
             spin: false,
             flood: false,
+            idle: None,
+            idle_fired: Vec::new(),
+            idle_armed: None,
             rx: Vec::new(),
             due: 0,
             echoes: VecDeque::new(),
@@ -174,6 +182,7 @@ impl Node for Probe {
             len: data.len(),
             intact,
         });
+        self.idle_armed = self.idle.map(|d| now + d);
         if self.echo {
             self.echoes.push_back((from, local.ip(), data.to_vec()));
         }
@@ -217,12 +226,20 @@ impl Node for Probe {
         if self.spin {
             return Some(self.start);
         }
-        self.next_send.filter(|_| self.remaining > 0)
+        let send = self.next_send.filter(|_| self.remaining > 0);
+        match (send, self.idle_armed) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     fn handle_timeout(&mut self, now: Instant) {
         if self.spin {
             return;
+        }
+        if self.idle_armed.is_some_and(|t| t <= now) {
+            self.idle_armed = None;
+            self.idle_fired.push(now - self.start);
         }
         while let Some(t) = self.next_send {
             if t > now || self.remaining == 0 {
