@@ -117,7 +117,7 @@ impl<N: Node> Network<N> {
         self.links
             .push(Link::new(self.default_link.clone(), self.now));
         let id = LinkId(self.links.len() - 1);
-        self.routes.insert((src, dst), id);
+        self.auto_routes.insert((src, dst), id);
         id
     }
 

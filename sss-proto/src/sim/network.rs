@@ -51,6 +51,9 @@ pub struct Network<N> {
     pub(crate) links: Vec<Link>,
     pub(crate) routes: FxHashMap<(SocketAddr, SocketAddr), LinkId>,
     pub(crate) ip_routes: FxHashMap<(IpAddr, IpAddr), LinkId>,
+    /// Default links created on first use, consulted after explicit routes so that a route
+    /// set later still takes effect for a pair that already carried traffic.
+    pub(crate) auto_routes: FxHashMap<(SocketAddr, SocketAddr), LinkId>,
     pub(crate) default_link: LinkConfig,
     pub(crate) trace: Option<Trace>,
     pub(crate) interceptor: Option<Interceptor>,
@@ -78,6 +81,7 @@ impl<N: Node> Network<N> {
             links: Vec::new(),
             routes: FxHashMap::default(),
             ip_routes: FxHashMap::default(),
+            auto_routes: FxHashMap::default(),
             default_link: LinkConfig::default(),
             trace: None,
             interceptor: None,
@@ -263,6 +267,7 @@ impl<N: Node> Network<N> {
         self.routes
             .get(&(src, dst))
             .or_else(|| self.ip_routes.get(&(src.ip(), dst.ip())))
+            .or_else(|| self.auto_routes.get(&(src, dst)))
             .copied()
     }
 
