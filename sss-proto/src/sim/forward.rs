@@ -18,14 +18,6 @@ impl<N: Node> Network<N> {
         let size = transmit.size.min(buf.len());
         let payload = &buf[..size];
         let src = self.source_address(id, transmit);
-        let Some(src) = src else {
-            // The node asked for a source IP it does not own; a real socket refuses that.
-            let from = self.nodes[id.0].addrs[0];
-            for _ in 0..transmit.datagram_count() {
-                self.drop_datagram(Some(id), from, transmit.destination, 0, DropCause::NoRoute);
-            }
-            return;
-        };
         match transmit.segment_size {
             Some(seg) if seg > 0 && size > seg => {
                 for chunk in payload.chunks(seg) {
@@ -44,10 +36,11 @@ impl<N: Node> Network<N> {
         }
     }
 
+    /// `src` is `None` when the node asked for a source IP it does not own.
     fn send_datagram(
         &mut self,
         origin: NodeId,
-        src: SocketAddr,
+        src: Option<SocketAddr>,
         dst: SocketAddr,
         mut data: Vec<u8>,
     ) {
@@ -55,7 +48,12 @@ impl<N: Node> Network<N> {
         let stats = &mut self.nodes[origin.0].stats;
         stats.sent += 1;
         stats.sent_bytes += len as u64;
-        self.record(src, dst, len, Fate::Sent);
+        let from = src.unwrap_or(self.nodes[origin.0].addrs[0]);
+        self.record(from, dst, len, Fate::Sent);
+        let Some(src) = src else {
+            // A real socket refuses to send from an address the host does not have.
+            return self.drop_datagram(Some(origin), from, dst, len, DropCause::NoRoute);
+        };
 
         let mut wire_src = src;
         if let Some(nat_id) = self.nodes[origin.0].nat {

@@ -256,6 +256,16 @@ fn replies_leave_from_the_address_they_were_sent_to() {
     assert_eq!(froms, [b2, b]);
     let locals: Vec<_> = net.node(server).rx.iter().map(|r| r.local).collect();
     assert_eq!(locals, [b2, b]);
+
+    // A source IP the node does not own: refused, like a socket would.
+    net.node_mut(client).script_src_ip = Some(b.ip());
+    net.node_mut(client)
+        .script
+        .push_back((b, Some(10), vec![0; 30]));
+    net.run_until_idle().unwrap();
+    let stats = net.node_stats(client);
+    assert_eq!((stats.sent, stats.dropped.no_route), (5, 3));
+    assert_eq!(net.node(server).rx.len(), 2);
 }
 
 #[test]

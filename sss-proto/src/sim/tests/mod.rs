@@ -76,6 +76,8 @@ pub(super) struct Probe {
     pub(super) echo: bool,
     /// Raw transmits to send at the next poll: (destination, segment size, bytes).
     pub(super) script: VecDeque<(SocketAddr, Option<usize>, Vec<u8>)>,
+    /// Source IP named in scripted transmits.
+    pub(super) script_src_ip: Option<IpAddr>,
     /// Broken behaviours: a timer stuck in the past, a transmit that never ends.
     pub(super) spin: bool,
     pub(super) flood: bool,
@@ -103,6 +105,7 @@ impl Probe {
             gso: 1,
             echo: false,
             script: VecDeque::new(),
+            script_src_ip: None,
             spin: false,
             flood: false,
             idle: None,
@@ -206,7 +209,7 @@ impl Node for Probe {
         }
         if let Some((to, seg, data)) = self.script.pop_front() {
             buf.extend_from_slice(&data);
-            return Some(transmit(to, data.len(), seg, None));
+            return Some(transmit(to, data.len(), seg, self.script_src_ip));
         }
         let target = self.target?;
         if self.due == 0 {
