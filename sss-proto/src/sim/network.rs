@@ -189,6 +189,11 @@ impl<N: Node> Network<N> {
         self.nodes.len()
     }
 
+    /// Every node's id, in order of addition.
+    pub fn node_ids(&self) -> impl Iterator<Item = NodeId> {
+        (0..self.nodes.len()).map(NodeId)
+    }
+
     /// Read access to a node.
     pub fn node(&self, id: NodeId) -> &N {
         &self.nodes[id.0].node
