@@ -6,7 +6,7 @@
 //! ChaCha20 stream; lookup tables hash with a fixed-key hasher and are never iterated.
 
 use std::cmp::Ordering;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -32,26 +32,39 @@ pub(crate) struct Packet {
     pub(crate) screened: bool,
 }
 
-#[derive(Debug)]
-pub(crate) enum EventKind {
-    /// A packet reaches the far end of its link (or its injection time comes).
-    Arrive(Packet),
+/// What a heap entry refers to. Kept small because the heap moves entries on every push
+/// and pop: packets live in a slab or in a per-link FIFO, not in the heap.
+#[derive(Debug, Copy, Clone)]
+enum EventKind {
+    /// A packet, by slab index, arrives (reordered, replayed, injected or duplicated ones).
+    Arrive(u32),
+    /// The packet at the head of a link's FIFO arrives.
+    LinkHead(u32),
     /// A node's timer may be due; validated against the node's current deadline when popped.
-    Timer(NodeId),
+    Timer(u32),
     /// A node must be polled because the test touched it through `node_mut`.
+    Wake(u32),
+}
+
+/// A popped event.
+#[derive(Debug)]
+pub(crate) enum Due {
+    Arrive(Packet),
+    Timer(NodeId),
     Wake(NodeId),
 }
 
 #[derive(Debug)]
-pub(crate) struct Event {
-    pub(crate) time: Instant,
+struct Event {
+    /// Nanoseconds since the queue's base instant.
+    time: u64,
     seq: u64,
-    pub(crate) kind: EventKind,
+    kind: EventKind,
 }
 
 impl PartialEq for Event {
     fn eq(&self, other: &Self) -> bool {
-        self.cmp(other) == Ordering::Equal
+        (self.time, self.seq) == (other.time, other.seq)
     }
 }
 impl Eq for Event {}
@@ -63,23 +76,47 @@ impl PartialOrd for Event {
 impl Ord for Event {
     /// Reversed so that `BinaryHeap` (a max-heap) pops the earliest event first.
     fn cmp(&self, other: &Self) -> Ordering {
-        other
-            .time
-            .cmp(&self.time)
-            .then_with(|| other.seq.cmp(&self.seq))
+        (other.time, other.seq).cmp(&(self.time, self.seq))
     }
 }
 
 /// The pending events, earliest first, ties broken by scheduling order.
-#[derive(Debug, Default)]
+///
+/// Most packets leave a link in the order they entered it, so they wait in a FIFO per link
+/// and only each FIFO's head sits in the heap, under the sequence number it was scheduled
+/// with: the pop order is exactly that of one big heap, but the heap stays as small as the
+/// number of busy links plus timers, instead of the number of packets in flight.
+#[derive(Debug)]
 pub(crate) struct EventQueue {
+    base: Instant,
     heap: BinaryHeap<Event>,
     seq: u64,
+    /// Out-of-order packets; `free` lists the vacant slots for reuse.
+    slab: Vec<Option<Packet>>,
+    free: Vec<u32>,
+    /// In-order packets per link: (time, seq, packet), sorted by construction.
+    fifos: Vec<VecDeque<(u64, u64, Packet)>>,
 }
 
 impl EventQueue {
-    pub(crate) fn push(&mut self, time: Instant, kind: EventKind) {
+    pub(crate) fn new(base: Instant) -> Self {
+        Self {
+            base,
+            heap: BinaryHeap::new(),
+            seq: 0,
+            slab: Vec::new(),
+            free: Vec::new(),
+            fifos: Vec::new(),
+        }
+    }
+
+    fn nanos(&self, t: Instant) -> u64 {
+        u64::try_from(t.saturating_duration_since(self.base).as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    fn push(&mut self, time: Instant, kind: EventKind) {
         self.seq += 1;
+        let time = self.nanos(time);
         self.heap.push(Event {
             time,
             seq: self.seq,
@@ -87,17 +124,104 @@ impl EventQueue {
         });
     }
 
+    /// Schedules a packet that may arrive out of order with respect to its link.
+    pub(crate) fn push_packet(&mut self, time: Instant, packet: Packet) {
+        let index = match self.free.pop() {
+            Some(i) => {
+                self.slab[i as usize] = Some(packet);
+                i
+            }
+            None => {
+                self.slab.push(Some(packet));
+                // Four billion packets in flight would exhaust memory long before this.
+                u32::try_from(self.slab.len() - 1).expect("packet slab overflow")
+            }
+        };
+        self.push(time, EventKind::Arrive(index));
+    }
+
+    /// Schedules a packet that arrives no earlier than every packet scheduled before on
+    /// `link`; falls back to the heap if that promise is broken.
+    pub(crate) fn push_in_order(&mut self, time: Instant, link: usize, packet: Packet) {
+        let Ok(link32) = u32::try_from(link) else {
+            return self.push_packet(time, packet);
+        };
+        if self.fifos.len() <= link {
+            self.fifos.resize_with(link + 1, VecDeque::new);
+        }
+        let t = self.nanos(time);
+        let fifo = &mut self.fifos[link];
+        if fifo.back().is_some_and(|&(last, _, _)| last > t) {
+            return self.push_packet(time, packet);
+        }
+        self.seq += 1;
+        if fifo.is_empty() {
+            self.heap.push(Event {
+                time: t,
+                seq: self.seq,
+                kind: EventKind::LinkHead(link32),
+            });
+        }
+        fifo.push_back((t, self.seq, packet));
+    }
+
+    pub(crate) fn push_timer(&mut self, time: Instant, node: NodeId) {
+        self.push(time, EventKind::Timer(node_index(node)));
+    }
+
+    pub(crate) fn push_wake(&mut self, time: Instant, node: NodeId) {
+        self.push(time, EventKind::Wake(node_index(node)));
+    }
+
     pub(crate) fn peek_time(&self) -> Option<Instant> {
-        self.heap.peek().map(|e| e.time)
+        self.heap
+            .peek()
+            .map(|e| self.base + Duration::from_nanos(e.time))
     }
 
-    pub(crate) fn pop(&mut self) -> Option<Event> {
-        self.heap.pop()
+    pub(crate) fn pop(&mut self) -> Option<(Instant, Due)> {
+        let event = self.heap.pop()?;
+        let time = self.base + Duration::from_nanos(event.time);
+        let due = match event.kind {
+            EventKind::Arrive(i) => {
+                let packet = self.slab.get_mut(i as usize).and_then(Option::take);
+                self.free.push(i);
+                // Every Arrive entry owns its slot, so the slot is full.
+                Due::Arrive(packet.expect("packet slot filled"))
+            }
+            EventKind::LinkHead(l) => {
+                let fifo = &mut self.fifos[l as usize];
+                // The head entry exists exactly while the FIFO is non-empty.
+                let (_, _, packet) = fifo.pop_front().expect("link FIFO non-empty");
+                if let Some(&(t, seq, _)) = fifo.front() {
+                    self.heap.push(Event {
+                        time: t,
+                        seq,
+                        kind: EventKind::LinkHead(l),
+                    });
+                }
+                Due::Arrive(packet)
+            }
+            EventKind::Timer(n) => Due::Timer(NodeId(n as usize)),
+            EventKind::Wake(n) => Due::Wake(NodeId(n as usize)),
+        };
+        Some((time, due))
     }
 
+    /// Pending events: heap entries plus packets waiting behind a FIFO head.
     pub(crate) fn len(&self) -> usize {
         self.heap.len()
+            + self
+                .fifos
+                .iter()
+                .map(|f| f.len().saturating_sub(1))
+                .sum::<usize>()
     }
+}
+
+fn node_index(node: NodeId) -> u32 {
+    // Node ids come from `Network::add_node`; four billion nodes do not fit in memory.
+    u32::try_from(node.0).expect("node index fits u32")
 }
 
 /// The one random source of a simulation.
@@ -190,14 +314,14 @@ mod tests {
     #[test]
     fn queue_pops_in_time_then_insertion_order() {
         let t0 = Instant::now();
-        let mut q = EventQueue::default();
-        q.push(t0 + Duration::from_millis(2), EventKind::Wake(NodeId(0)));
-        q.push(t0 + Duration::from_millis(1), EventKind::Wake(NodeId(1)));
-        q.push(t0 + Duration::from_millis(1), EventKind::Wake(NodeId(2)));
+        let mut q = EventQueue::new(t0);
+        q.push_wake(t0 + Duration::from_millis(2), NodeId(0));
+        q.push_wake(t0 + Duration::from_millis(1), NodeId(1));
+        q.push_timer(t0 + Duration::from_millis(1), NodeId(2));
         let order: Vec<usize> = std::iter::from_fn(|| q.pop())
-            .map(|e| match e.kind {
-                EventKind::Wake(n) => n.0,
-                _ => usize::MAX,
+            .map(|(_, due)| match due {
+                Due::Wake(n) | Due::Timer(n) => n.0,
+                Due::Arrive(_) => usize::MAX,
             })
             .collect();
         assert_eq!(order, [1, 2, 0]);

@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use super::event::{EventKind, Packet};
+use super::event::Packet;
 use super::link::{Link, LinkFate, LinkId};
 use super::network::Network;
 use super::trace::{DropCause, Fate, TraceEvent};
@@ -18,14 +18,6 @@ impl<N: Node> Network<N> {
         let size = transmit.size.min(buf.len());
         let payload = &buf[..size];
         let src = self.source_address(id, transmit);
-        let Some(src) = src else {
-            // The node asked for a source IP it does not own; a real socket refuses that.
-            let from = self.nodes[id.0].addrs[0];
-            for _ in 0..transmit.datagram_count() {
-                self.drop_datagram(Some(id), from, transmit.destination, 0, DropCause::NoRoute);
-            }
-            return;
-        };
         match transmit.segment_size {
             Some(seg) if seg > 0 && size > seg => {
                 for chunk in payload.chunks(seg) {
@@ -44,10 +36,11 @@ impl<N: Node> Network<N> {
         }
     }
 
+    /// `src` is `None` when the node asked for a source IP it does not own.
     fn send_datagram(
         &mut self,
         origin: NodeId,
-        src: SocketAddr,
+        src: Option<SocketAddr>,
         dst: SocketAddr,
         mut data: Vec<u8>,
     ) {
@@ -55,7 +48,12 @@ impl<N: Node> Network<N> {
         let stats = &mut self.nodes[origin.0].stats;
         stats.sent += 1;
         stats.sent_bytes += len as u64;
-        self.record(src, dst, len, Fate::Sent);
+        let from = src.unwrap_or(self.nodes[origin.0].addrs[0]);
+        self.record(from, dst, len, Fate::Sent);
+        let Some(src) = src else {
+            // A real socket refuses to send from an address the host does not have.
+            return self.drop_datagram(Some(origin), from, dst, len, DropCause::NoRoute);
+        };
 
         let mut wire_src = src;
         if let Some(nat_id) = self.nodes[origin.0].nat {
@@ -84,7 +82,11 @@ impl<N: Node> Network<N> {
             LinkFate::Dropped(cause) => {
                 self.drop_datagram(Some(origin), wire_src, dst, len, cause);
             }
-            LinkFate::Arrives { at, duplicate } => {
+            LinkFate::Arrives {
+                at,
+                reordered,
+                duplicate,
+            } => {
                 let packet = Packet {
                     from: wire_src,
                     to: dst,
@@ -94,9 +96,13 @@ impl<N: Node> Network<N> {
                     screened: false,
                 };
                 if let Some(dup_at) = duplicate {
-                    self.queue.push(dup_at, EventKind::Arrive(packet.clone()));
+                    self.queue.push_packet(dup_at, packet.clone());
                 }
-                self.queue.push(at, EventKind::Arrive(packet));
+                if reordered {
+                    self.queue.push_packet(at, packet);
+                } else {
+                    self.queue.push_in_order(at, link_id.0, packet);
+                }
             }
         }
     }
@@ -109,7 +115,7 @@ impl<N: Node> Network<N> {
         self.links
             .push(Link::new(self.default_link.clone(), self.now));
         let id = LinkId(self.links.len() - 1);
-        self.routes.insert((src, dst), id);
+        self.auto_routes.insert((src, dst), id);
         id
     }
 
@@ -147,14 +153,12 @@ impl<N: Node> Network<N> {
                     }
                     Verdict::DeliverAndReplayLater(delay) => {
                         let copy = packet.clone();
-                        self.queue.push(
-                            self.now + delay,
-                            EventKind::Arrive(Packet { link: None, ..copy }),
-                        );
+                        self.queue
+                            .push_packet(self.now + delay, Packet { link: None, ..copy });
                     }
                     Verdict::Delay(delay) => {
                         packet.link = None; // already counted as delivered by the link
-                        self.queue.push(self.now + delay, EventKind::Arrive(packet));
+                        self.queue.push_packet(self.now + delay, packet);
                         return Ok(());
                     }
                 }

@@ -81,9 +81,11 @@ impl LinkConfig {
 #[derive(Debug, Copy, Clone, Eq, PartialEq)]
 pub(crate) enum LinkFate {
     Dropped(DropCause),
-    /// Arrives at `at`; a duplicate, if any, arrives at `duplicate`.
+    /// Arrives at `at`, after every earlier datagram of the link unless `reordered`; a
+    /// duplicate, if any, arrives at `duplicate`.
     Arrives {
         at: Instant,
+        reordered: bool,
         duplicate: Option<Instant>,
     },
 }
@@ -168,7 +170,8 @@ impl Link {
         }
         let jitter = rng.duration_upto(c.jitter);
         let mut at = (departs + c.latency + jitter).max(self.last_arrival);
-        if rng.chance(c.reorder) {
+        let reordered = rng.chance(c.reorder);
+        if reordered {
             // Not recorded in `last_arrival`: later datagrams may overtake this one.
             at += rng.duration_upto(c.reorder_delay);
             self.stats.reordered += 1;
@@ -179,7 +182,11 @@ impl Link {
         if duplicate.is_some() {
             self.stats.duplicated += 1;
         }
-        LinkFate::Arrives { at, duplicate }
+        LinkFate::Arrives {
+            at,
+            reordered,
+            duplicate,
+        }
     }
 }
 

@@ -32,6 +32,7 @@ mod forward;
 mod link;
 mod nat;
 mod network;
+mod run;
 mod trace;
 
 #[cfg(test)]

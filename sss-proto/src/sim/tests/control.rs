@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use super::{addr, ms, network, Probe};
-use crate::sim::{DropCause, Fate, LinkConfig, SimError, Verdict};
+use crate::sim::{DropCause, Fate, LinkConfig, NatKind, SimError, Verdict};
 
 fn impaired() -> LinkConfig {
     LinkConfig {
@@ -24,11 +24,14 @@ fn impaired_run(seed: u64) -> (Vec<super::Rx>, String, Vec<crate::sim::Stats>) {
     let (mut net, start) = network(seed);
     net.set_default_link(impaired());
     net.enable_trace(0);
-    let (a, b) = (addr("10.0.0.1:1000"), addr("10.0.0.2:2000"));
+    let (a, b) = (addr("192.168.0.2:1000"), addr("10.0.0.2:2000"));
     let pinger = net.add_node(
         a,
         Probe::sender(start, b, 2000, Duration::from_micros(500), 700),
     );
+    // Behind a symmetric NAT, so that port allocation is part of what must repeat.
+    let nat = net.add_nat("1.0.0.1".parse().unwrap(), NatKind::Symmetric);
+    net.attach_behind_nat(pinger, nat);
     let echo = net.add_node(b, Probe::echo(start));
     net.run_until_idle().unwrap();
     let stats = vec![*net.node_stats(pinger), *net.node_stats(echo)];
@@ -206,4 +209,79 @@ fn rebinding_moves_a_node_and_drops_replies_in_flight() {
     // Echoes of datagrams 0..=2 got back before the move; 3 and 4 were in flight to `a`.
     assert_eq!(net.node(mover).rx.len(), 8);
     assert_eq!(net.node_stats(echo).dropped.no_route, 2);
+}
+
+#[test]
+fn timers_pushed_back_on_every_datagram_do_not_pile_up() {
+    let (mut net, start) = network(20);
+    let (a, b) = (addr("10.0.0.1:1"), addr("10.0.0.2:2"));
+    net.set_default_link(LinkConfig::with_latency(ms(1)));
+    net.add_node(
+        a,
+        Probe::sender(start, b, 100_000, Duration::from_micros(10), 40),
+    );
+    let mut sink = Probe::sink(start);
+    sink.idle = Some(ms(300));
+    let sink = net.add_node(b, sink);
+    net.run_until(start + ms(500)).unwrap();
+    // ~100 datagrams in flight wait in the link FIFO; the heap holds a handful of entries.
+    assert!(
+        net.pending_events() < 200,
+        "{} pending",
+        net.pending_events()
+    );
+    net.run_until_idle().unwrap();
+    // Last datagram sent at 999.99 ms, received 1 ms later; idle fires 300 ms after that.
+    assert_eq!(
+        net.node(sink).idle_fired,
+        [Duration::from_micros(1_300_990)]
+    );
+}
+
+#[test]
+fn replies_leave_from_the_address_they_were_sent_to() {
+    let (mut net, start) = network(23);
+    let (a, b, b2) = (addr("10.0.0.1:1"), addr("10.0.0.2:2"), addr("10.0.0.3:2"));
+    let client = net.add_node(a, Probe::sink(start));
+    let server = net.add_node(b, Probe::echo(start));
+    net.add_address(server, b2);
+    net.node_mut(client)
+        .script
+        .push_back((b2, None, vec![0; 30]));
+    net.node_mut(client)
+        .script
+        .push_back((b, None, vec![0; 30]));
+    net.run_until_idle().unwrap();
+    let froms: Vec<_> = net.node(client).rx.iter().map(|r| r.from).collect();
+    assert_eq!(froms, [b2, b]);
+    let locals: Vec<_> = net.node(server).rx.iter().map(|r| r.local).collect();
+    assert_eq!(locals, [b2, b]);
+
+    // A source IP the node does not own: refused, like a socket would.
+    net.node_mut(client).script_src_ip = Some(b.ip());
+    net.node_mut(client)
+        .script
+        .push_back((b, Some(10), vec![0; 30]));
+    net.run_until_idle().unwrap();
+    let stats = net.node_stats(client);
+    assert_eq!((stats.sent, stats.dropped.no_route), (5, 3));
+    assert_eq!(net.node(server).rx.len(), 2);
+}
+
+#[test]
+fn trace_is_bounded_and_dumps_with_the_seed() {
+    let (mut net, start) = network(24);
+    net.enable_trace(10);
+    let b = addr("10.0.0.2:2");
+    net.add_node(addr("10.0.0.1:1"), Probe::sender(start, b, 100, ms(1), 40));
+    net.add_node(b, Probe::sink(start));
+    net.run_until_idle().unwrap();
+    assert_eq!(net.trace().count(), 10);
+    let dump = net.dump_trace();
+    assert!(dump.starts_with("seed 24 "), "{dump}");
+    assert!(dump.contains("190 earlier events evicted"), "{dump}");
+    assert!(
+        dump.contains("10.0.0.1:1 -> 10.0.0.2:2 len 40 Delivered"),
+        "{dump}"
+    );
 }

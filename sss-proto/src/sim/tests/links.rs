@@ -330,3 +330,70 @@ fn down_link_blackholes_until_brought_up() {
     assert_eq!(net.node(sink).rx.len(), 50);
     assert_eq!(net.node(sink).rx[0].seq, 50);
 }
+
+#[test]
+fn a_route_set_after_traffic_takes_effect() {
+    let (mut net, start) = network(9);
+    let (a, b) = (addr("10.0.0.1:1000"), addr("10.0.0.2:2000"));
+    let sender = net.add_node(a, Probe::sink(start));
+    let sink = net.add_node(b, Probe::sink(start));
+    net.node_mut(sender)
+        .script
+        .push_back((b, None, vec![0; 40]));
+    net.run_until_idle().unwrap();
+    let default = net.route(a, b).unwrap();
+    let slow = net.add_link(LinkConfig::with_latency(ms(100)));
+    net.set_ip_route(a.ip(), b.ip(), slow);
+    net.node_mut(sender)
+        .script
+        .push_back((b, None, vec![0; 40]));
+    net.run_until_idle().unwrap();
+    let at: Vec<Duration> = net.node(sink).rx.iter().map(|r| r.at).collect();
+    assert_eq!(at, [ms(10), ms(110)]);
+    assert_eq!(net.link_stats(default).sent, 1);
+    assert_eq!(net.link_stats(slow).sent, 1);
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+    /// Whatever the impairments, every datagram is accounted for exactly once: delivered,
+    /// or dropped for one cause (duplicates add deliveries), on the link and at the nodes.
+    #[test]
+    fn every_datagram_is_accounted_for(
+        seed: u64,
+        loss in 0.0..0.5f64,
+        duplicate in 0.0..0.3f64,
+        reorder in 0.0..0.5f64,
+        corrupt in 0.0..0.3f64,
+        bandwidth in proptest::option::of(1_000_000u64..1_000_000_000),
+        queue_bytes in 0usize..100_000,
+        mtu in 0usize..1500,
+        size in 24usize..1400,
+        count in 1u64..500,
+    ) {
+        let (mut net, start) = network(seed);
+        let (a, b) = (addr("10.0.0.1:1000"), addr("10.0.0.2:2000"));
+        let link = net.set_link(a, b, LinkConfig {
+            loss, duplicate, reorder, corrupt, bandwidth_bps: bandwidth, queue_bytes, mtu,
+            jitter: ms(2),
+            reorder_delay: ms(30),
+            ..LinkConfig::with_latency(ms(5))
+        });
+        let sender = net.add_node(a, Probe::sender(start, b, count, Duration::from_micros(100), size));
+        let sink = net.add_node(b, Probe::sink(start));
+        net.run_until_idle().unwrap();
+
+        let l = *net.link_stats(link);
+        proptest::prop_assert_eq!(l.sent, count);
+        proptest::prop_assert_eq!(l.sent + l.duplicated, l.delivered + l.dropped.total());
+        let s = *net.node_stats(sender);
+        proptest::prop_assert_eq!(s.sent, count);
+        proptest::prop_assert_eq!(s.delivered, l.delivered);
+        proptest::prop_assert_eq!(s.dropped, l.dropped);
+        let r = *net.node_stats(sink);
+        proptest::prop_assert_eq!(r.received, l.delivered);
+        proptest::prop_assert_eq!(net.node(sink).rx.len() as u64, r.received);
+        proptest::prop_assert_eq!(net.pending_events(), 0);
+    }
+}

@@ -76,9 +76,16 @@ pub(super) struct Probe {
     pub(super) echo: bool,
     /// Raw transmits to send at the next poll: (destination, segment size, bytes).
     pub(super) script: VecDeque<(SocketAddr, Option<usize>, Vec<u8>)>,
+    /// Source IP named in scripted transmits.
+    pub(super) script_src_ip: Option<IpAddr>,
     /// Broken behaviours: a timer stuck in the past, a transmit that never ends.
     pub(super) spin: bool,
     pub(super) flood: bool,
+    /// An idle timer, pushed back by every received datagram (like a connection's).
+    pub(super) idle: Option<Duration>,
+    /// When the idle timer fired, since start.
+    pub(super) idle_fired: Vec<Duration>,
+    idle_armed: Option<Instant>,
     pub(super) rx: Vec<Rx>,
     due: u64,
     echoes: VecDeque<(SocketAddr, IpAddr, Vec<u8>)>,
@@ -98,8 +105,12 @@ impl Probe {
             gso: 1,
             echo: false,
             script: VecDeque::new(),
+            script_src_ip: None,
             spin: false,
             flood: false,
+            idle: None,
+            idle_fired: Vec::new(),
+            idle_armed: None,
             rx: Vec::new(),
             due: 0,
             echoes: VecDeque::new(),
@@ -174,6 +185,7 @@ impl Node for Probe {
             len: data.len(),
             intact,
         });
+        self.idle_armed = self.idle.map(|d| now + d);
         if self.echo {
             self.echoes.push_back((from, local.ip(), data.to_vec()));
         }
@@ -197,7 +209,7 @@ impl Node for Probe {
         }
         if let Some((to, seg, data)) = self.script.pop_front() {
             buf.extend_from_slice(&data);
-            return Some(transmit(to, data.len(), seg, None));
+            return Some(transmit(to, data.len(), seg, self.script_src_ip));
         }
         let target = self.target?;
         if self.due == 0 {
@@ -217,12 +229,20 @@ impl Node for Probe {
         if self.spin {
             return Some(self.start);
         }
-        self.next_send.filter(|_| self.remaining > 0)
+        let send = self.next_send.filter(|_| self.remaining > 0);
+        match (send, self.idle_armed) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     fn handle_timeout(&mut self, now: Instant) {
         if self.spin {
             return;
+        }
+        if self.idle_armed.is_some_and(|t| t <= now) {
+            self.idle_armed = None;
+            self.idle_fired.push(now - self.start);
         }
         while let Some(t) = self.next_send {
             if t > now || self.remaining == 0 {

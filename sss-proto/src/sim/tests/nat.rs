@@ -231,3 +231,21 @@ fn hole_punching_works_through_port_restricted_but_not_symmetric_nats() {
     );
     assert_eq!(punch(NatKind::Symmetric), (0, 0));
 }
+
+#[test]
+fn flushing_a_nat_rebinds_its_flows() {
+    let mut h = home(NatKind::PortRestricted);
+    h.client_sends(S1);
+    let before = h.seen_by(0)[0];
+    h.net.nat_mut(h.nat).flush();
+    assert_eq!(h.net.nat(h.nat).mapping_count(), 0);
+    // The old public port is closed...
+    h.send(h.servers[0], before);
+    assert_eq!(h.client_rx(), 1);
+    // ...and the next outbound datagram gets a fresh mapping.
+    h.client_sends(S1);
+    let after = h.seen_by(0)[1];
+    assert_eq!(after.ip(), before.ip());
+    assert_ne!(after.port(), before.port());
+    assert_eq!(h.client_rx(), 2);
+}
