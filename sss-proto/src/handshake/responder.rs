@@ -9,7 +9,7 @@ use rand_core::CryptoRngCore;
 use x25519_dalek::{PublicKey, StaticSecret};
 use zeroize::Zeroizing;
 
-use crate::crypto::noise::{ct_eq, dh, hash, mac16, SymmetricState};
+use crate::crypto::noise::{ct_eq, dh, hash, mac16, Key, SymmetricState};
 use crate::identity::Eid;
 
 use super::cookie::{write_cookie_reply, CookieSecrets};
@@ -97,6 +97,38 @@ pub struct Responder {
     local: StaticKeys,
     cookies: CookieSecrets,
     replay: ReplayTable,
+    ss_cache: SsCache,
+}
+
+/// Static-static DH results by initiator static key: a returning initiator costs one DH
+/// less. Bounded; the oldest entry goes first.
+struct SsCache {
+    map: std::collections::BTreeMap<[u8; 32], Key>,
+    order: std::collections::VecDeque<[u8; 32]>,
+}
+
+/// Entries kept in the static-static DH cache.
+const SS_CACHE_CAPACITY: usize = 4096;
+
+impl SsCache {
+    fn get_or_compute(
+        &mut self,
+        local: &StaticSecret,
+        remote: &[u8; 32],
+    ) -> Result<Key, HandshakeError> {
+        if let Some(k) = self.map.get(remote) {
+            return Ok(k.clone());
+        }
+        let k = dh(local, remote)?;
+        if self.order.len() >= SS_CACHE_CAPACITY {
+            if let Some(old) = self.order.pop_front() {
+                self.map.remove(&old);
+            }
+        }
+        self.order.push_back(*remote);
+        self.map.insert(*remote, k.clone());
+        Ok(k)
+    }
 }
 
 impl std::fmt::Debug for Responder {
@@ -120,6 +152,10 @@ impl Responder {
             local,
             cookies: CookieSecrets::new(now, rng),
             replay: ReplayTable::new(config.replay_table_capacity),
+            ss_cache: SsCache {
+                map: std::collections::BTreeMap::new(),
+                order: std::collections::VecDeque::new(),
+            },
         }
     }
 
@@ -206,8 +242,9 @@ impl Responder {
         let rs: [u8; 32] = rs[..]
             .try_into()
             .map_err(|_| HandshakeError::Malformed("static key is not 32 bytes"))?;
-        // ss: MixKey(DH(s, rs))
-        state.mix_key(&dh(&self.local.secret, &rs)?[..]);
+        // ss: MixKey(DH(s, rs)), cached per initiator static key
+        let ss = self.ss_cache.get_or_compute(&self.local.secret, &rs)?;
+        state.mix_key(&ss[..]);
         // payload = DecryptAndHash(msg.encrypted_payload)
         let payload = state.decrypt_and_hash(&msg[field::INIT_PAYLOAD])?;
         let payload = InitPayload::decode(&payload)?;
