@@ -33,6 +33,22 @@ impl RangeSet {
         if r.is_empty() {
             return false;
         }
+        // Fast path: most insertions extend or follow the last range (packet numbers, and
+        // stream data arriving in order).
+        if let Some(mut last) = self.map.last_entry() {
+            let (last_start, last_end) = (*last.key(), *last.get());
+            if r.start >= last_start {
+                if r.start > last_end {
+                    self.map.insert(r.start, r.end);
+                    return true;
+                }
+                if r.end <= last_end {
+                    return false;
+                }
+                *last.get_mut() = r.end;
+                return true;
+            }
+        }
         let (mut start, mut end) = (r.start, r.end);
         if let Some((s, e)) = self.pred(start) {
             if e >= end {
