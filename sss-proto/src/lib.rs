@@ -26,6 +26,7 @@ pub mod packet;
 pub mod ranges;
 pub mod recovery;
 pub mod replay;
+pub mod stream;
 #[cfg(feature = "sim")]
 pub mod sim;
 #[cfg(feature = "sim")]
