@@ -21,8 +21,14 @@ fn main() {
     let start = Instant::now();
     let mut net = Network::new(2026, start);
     let (id_a, id_b) = (identity(1), identity(2));
-    let a = net.add_node(addr(1), TestHost::new(&id_a, EndpointConfig::new([1; 32]), start));
-    let b = net.add_node(addr(2), TestHost::new(&id_b, EndpointConfig::new([2; 32]), start));
+    let a = net.add_node(
+        addr(1),
+        TestHost::new(&id_a, EndpointConfig::new([1; 32]), start),
+    );
+    let b = net.add_node(
+        addr(2),
+        TestHost::new(&id_b, EndpointConfig::new([2; 32]), start),
+    );
     let mut link = LinkConfig::with_latency(Duration::from_millis(20));
     link.bandwidth_bps = Some(50_000_000);
     link.queue_bytes = 250_000;
@@ -49,7 +55,9 @@ fn main() {
         Bulk::receiver(7, BYTES)
     }));
     let t0 = net.now();
-    let h = net.node_mut(a).connect(t0, id_b.eid(), addr(2), Bulk::sender(7, BYTES));
+    let h = net
+        .node_mut(a)
+        .connect(t0, id_b.eid(), addr(2), Bulk::sender(7, BYTES));
     println!("[A] connecting to B for (\"test\", \"bulk/1\") and queueing {BYTES} bytes");
     let deadline = t0 + Duration::from_secs(120);
     net.run_while(deadline, |n| !n.node(a).connected(h))
@@ -63,7 +71,8 @@ fn main() {
         ch.remote_eid()
     );
     net.run_while(deadline, |n| {
-        !n.node(b).slots.values().any(|s| s.upper.complete()) || !n.node(a).slot(h).upper.all_acked()
+        !n.node(b).slots.values().any(|s| s.upper.complete())
+            || !n.node(a).slot(h).upper.all_acked()
     })
     .expect("simulation");
     let elapsed = net.now() - t0;
@@ -75,7 +84,10 @@ fn main() {
         .max_by_key(|s| s.upper.bytes_received)
         .expect("B has the channel");
     let (sa, sb) = (sender.channel.stats(), receiver.channel.stats());
-    assert!(receiver.upper.complete() && receiver.upper.corrupt == 0, "transfer not exact");
+    assert!(
+        receiver.upper.complete() && receiver.upper.corrupt == 0,
+        "transfer not exact"
+    );
     println!(
         "[B] {:>8.1} ms  received all {BYTES} bytes, every byte checked: 0 wrong, 0 missing",
         ms(elapsed)
@@ -102,23 +114,33 @@ fn main() {
     // A service B does not offer.
     net.node_mut(b).policy = Policy::Refuse(RefuseCode::UNKNOWN_SERVICE, "no such service".into());
     let now = net.now();
-    let h2 = net.node_mut(a).connect(now, id_b.eid(), addr(2), Bulk::sender(7, 1));
+    let h2 = net
+        .node_mut(a)
+        .connect(now, id_b.eid(), addr(2), Bulk::sender(7, 1));
     println!("[A] connecting again, for a service B refuses");
     net.run_while(deadline, |n| n.node(a).closed(h2).is_none())
         .expect("simulation");
-    println!("[A] {:>8.1} ms  {}", ms(net.now() - t0), net.node(a).closed(h2).expect("closed"));
+    println!(
+        "[A] {:>8.1} ms  {}",
+        ms(net.now() - t0),
+        net.node(a).closed(h2).expect("closed")
+    );
 
     // Graceful close of the first channel.
     let now = net.now();
     {
         let slot = net.node_mut(a).slot_mut(h);
-        slot.channel.close(now, 0, b"demo finished", &mut slot.upper);
+        slot.channel
+            .close(now, 0, b"demo finished", &mut slot.upper);
     }
     net.wake(a);
     net.run_for(Duration::from_secs(3)).expect("simulation");
     for (_, e) in &net.node(b).events {
         if let ChannelEvent::Closed(reason) = e {
-            println!("[B] {:>8.1} ms  channel ended: {reason}", ms(net.now() - t0));
+            println!(
+                "[B] {:>8.1} ms  channel ended: {reason}",
+                ms(net.now() - t0)
+            );
         }
     }
     println!();

@@ -26,9 +26,9 @@ pub mod packet;
 pub mod ranges;
 pub mod recovery;
 pub mod replay;
-pub mod stream;
 #[cfg(feature = "sim")]
 pub mod sim;
+pub mod stream;
 #[cfg(feature = "sim")]
 pub mod testkit;
 mod transmit;

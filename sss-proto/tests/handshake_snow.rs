@@ -110,9 +110,12 @@ fn spec_init_payload(h: &Hosts) -> Vec<u8> {
     p.extend_from_slice(b"chat");
     p.push(6);
     p.extend_from_slice(b"chat/2");
-    // suites = {chacha}, max_udp_payload = 1452, idle_timeout_ms = 30000, max_ack_delay = 25
+    // suites = {chacha}, max_udp_payload = 1452, idle_timeout_ms = 30000, max_ack_delay = 25,
+    // session_id = 0, initial_max_stream_data = 256 KiB, initial_max_data = 1 MiB,
+    // initial_max_streams = 1024
     p.extend_from_slice(&[
-        16, 1, 1, 1, 2, 2, 0x45, 0xac, 3, 4, 0x80, 0, 0x75, 0x30, 4, 1, 25,
+        42, 1, 1, 1, 2, 2, 0x45, 0xac, 3, 4, 0x80, 0, 0x75, 0x30, 4, 1, 25, 5, 8, 0, 0, 0, 0, 0,
+        0, 0, 0, 6, 4, 0x80, 4, 0, 0, 7, 4, 0x80, 0x10, 0, 0, 8, 2, 0x44, 0,
     ]);
     p.resize(INIT_PAYLOAD_LEN, 0);
     p

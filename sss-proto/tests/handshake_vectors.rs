@@ -106,6 +106,7 @@ fn generate() -> String {
             max_udp_payload: 1472,
             idle_timeout_ms: 60_000,
             max_ack_delay_ms: 25,
+            ..TransportParams::default()
         },
     };
 

@@ -308,6 +308,7 @@ mod tests {
                 max_udp_payload: m,
                 idle_timeout_ms: i,
                 max_ack_delay_ms: a,
+                ..TransportParams::default()
             }
         })
     }

@@ -25,6 +25,14 @@ pub mod param_id {
     pub const IDLE_TIMEOUT_MS: u64 = 3;
     /// The longest the sender delays an acknowledgement, in milliseconds (varint).
     pub const MAX_ACK_DELAY_MS: u64 = 4;
+    /// The sender's stream-layer session id (8 bytes).
+    pub const SESSION_ID: u64 = 5;
+    /// Initial receive window of each stream.
+    pub const INITIAL_MAX_STREAM_DATA: u64 = 6;
+    /// Initial receive window of the session.
+    pub const INITIAL_MAX_DATA: u64 = 7;
+    /// Initial stream credit.
+    pub const INITIAL_MAX_STREAMS: u64 = 8;
 }
 
 /// The smallest UDP payload every path must carry (the size of an initiation).
@@ -41,6 +49,14 @@ pub struct TransportParams {
     pub idle_timeout_ms: u32,
     /// The longest the host delays an acknowledgement, in milliseconds.
     pub max_ack_delay_ms: u16,
+    /// The sender's stream-layer session id (0: none).
+    pub session_id: u64,
+    /// Initial receive window the sender grants each stream.
+    pub initial_max_stream_data: u64,
+    /// Initial receive window the sender grants the session.
+    pub initial_max_data: u64,
+    /// Initial number of streams the sender lets its peer open.
+    pub initial_max_streams: u64,
 }
 
 impl Default for TransportParams {
@@ -53,6 +69,10 @@ impl Default for TransportParams {
             max_udp_payload: 1452,
             idle_timeout_ms: 30_000,
             max_ack_delay_ms: 25,
+            session_id: 0,
+            initial_max_stream_data: 256 * 1024,
+            initial_max_data: 1024 * 1024,
+            initial_max_streams: 1024,
         }
     }
 }
@@ -96,6 +116,24 @@ impl TransportParams {
             &mut entries,
             param_id::MAX_ACK_DELAY_MS,
             self.max_ack_delay_ms.into(),
+        );
+        write_varint(&mut entries, param_id::SESSION_ID);
+        write_varint(&mut entries, 8);
+        entries.extend_from_slice(&self.session_id.to_be_bytes());
+        put_varint(
+            &mut entries,
+            param_id::INITIAL_MAX_STREAM_DATA,
+            self.initial_max_stream_data,
+        );
+        put_varint(
+            &mut entries,
+            param_id::INITIAL_MAX_DATA,
+            self.initial_max_data,
+        );
+        put_varint(
+            &mut entries,
+            param_id::INITIAL_MAX_STREAMS,
+            self.initial_max_streams,
         );
         write_varint(out, entries.len() as u64);
         out.extend_from_slice(&entries);
@@ -147,6 +185,24 @@ impl TransportParams {
                         .map_err(|_| HandshakeError::Malformed("max_ack_delay_ms out of range"))?;
                 }
                 // Unknown parameters are ignored so that peers can add new ones.
+                param_id::SESSION_ID => {
+                    let bytes: [u8; 8] = value
+                        .try_into()
+                        .map_err(|_| HandshakeError::Malformed("session_id is not 8 bytes"))?;
+                    params.session_id = u64::from_be_bytes(bytes);
+                }
+                param_id::INITIAL_MAX_STREAM_DATA => {
+                    params.initial_max_stream_data =
+                        value_varint(value, "initial_max_stream_data is not one varint")?;
+                }
+                param_id::INITIAL_MAX_DATA => {
+                    params.initial_max_data =
+                        value_varint(value, "initial_max_data is not one varint")?;
+                }
+                param_id::INITIAL_MAX_STREAMS => {
+                    params.initial_max_streams =
+                        value_varint(value, "initial_max_streams is not one varint")?;
+                }
                 _ => {}
             }
         }
@@ -161,17 +217,32 @@ mod tests {
 
     fn arb_params() -> impl Strategy<Value = TransportParams> {
         (
-            any::<u8>(),
-            MIN_UDP_PAYLOAD..=u16::MAX,
-            any::<u32>(),
-            any::<u16>(),
+            (
+                any::<u8>(),
+                MIN_UDP_PAYLOAD..=u16::MAX,
+                any::<u32>(),
+                any::<u16>(),
+            ),
+            (
+                any::<u64>(),
+                0..=crate::codec::VARINT_MAX,
+                0..=crate::codec::VARINT_MAX,
+                0..=crate::codec::VARINT_MAX,
+            ),
         )
             .prop_map(
-                |(suites, max_udp_payload, idle_timeout_ms, max_ack_delay_ms)| TransportParams {
+                |(
+                    (suites, max_udp_payload, idle_timeout_ms, max_ack_delay_ms),
+                    (session_id, msd, md, ms),
+                )| TransportParams {
                     suites,
                     max_udp_payload,
                     idle_timeout_ms,
                     max_ack_delay_ms,
+                    session_id,
+                    initial_max_stream_data: msd,
+                    initial_max_data: md,
+                    initial_max_streams: ms,
                 },
             )
     }

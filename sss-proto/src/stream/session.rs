@@ -1,0 +1,688 @@
+//! A session: the streams between two hosts, independent of the channel that carries them.
+//!
+//! The application side of the API lives here (open, write, read, records, datagrams,
+//! substreams, priorities, reset); [`super::wire`] implements [`crate::channel::Upper`] so a
+//! channel can carry the session's frames.
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::BuildHasherDefault;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::datagram::{Outgoing, Reassembly};
+use super::frames::StreamId;
+use super::scheduler::Scheduler;
+use super::state::{flag, Kind, StreamState};
+use super::{ErrorCode, IdHasher, LinkStatus, SessionConfig, SessionEvent, StreamError};
+use crate::identity::Eid;
+use crate::ranges::RangeSet;
+
+/// Control frames waiting to be sent.
+#[derive(Debug, Copy, Clone, Eq, PartialEq)]
+pub(crate) enum Control {
+    MaxStreamData(StreamId),
+    Reset {
+        id: StreamId,
+        code: u64,
+        final_size: u64,
+    },
+    Stop {
+        id: StreamId,
+        code: u64,
+    },
+}
+
+/// How a new channel relates to the session.
+#[derive(Debug, Copy, Clone, Eq, PartialEq)]
+pub enum Attach {
+    /// The first channel of this session.
+    Fresh,
+    /// A new channel of the same session: streams resume.
+    Resumed,
+    /// The peer's session changed (it restarted): every old stream was reset.
+    PeerRestarted,
+}
+
+/// The streams between this host and one peer.
+pub struct Session {
+    pub(crate) config: Arc<SessionConfig>,
+    pub(crate) remote_eid: Eid,
+    /// Our side bit in stream ids.
+    pub(crate) side: bool,
+    pub(crate) local_session_id: u64,
+    pub(crate) remote_session_id: Option<u64>,
+    pub(crate) streams: HashMap<StreamId, StreamState, BuildHasherDefault<IdHasher>>,
+    /// Next counter of a stream we open.
+    pub(crate) next_counter: u64,
+    /// Streams we may open: counters below this.
+    pub(crate) peer_max_streams: u64,
+    /// Streams the peer may open: counters below this.
+    pub(crate) local_max_streams: u64,
+    pub(crate) max_streams_queued: bool,
+    /// Counters of peer streams ever opened (to tell late frames of finished streams).
+    pub(crate) peer_opened: RangeSet,
+    /// Session send limit given by the peer, and new bytes sent so far.
+    pub(crate) peer_max_data: u64,
+    pub(crate) data_sent: u64,
+    /// Session receive limit we gave, its window, bytes received (unique) and read.
+    pub(crate) local_max_data: u64,
+    pub(crate) data_window: u64,
+    pub(crate) data_received: u64,
+    pub(crate) data_read: u64,
+    pub(crate) data_window_moved_at: Option<Instant>,
+    pub(crate) max_data_queued: bool,
+    pub(crate) control: VecDeque<Control>,
+    pub(crate) scheduler: Scheduler,
+    /// Streams waiting for MAX_DATA or MAX_STREAMS.
+    pub(crate) session_blocked: Vec<StreamId>,
+    pub(crate) credit_blocked: Vec<StreamId>,
+    pub(crate) reassembly: Reassembly,
+    pub(crate) events: VecDeque<SessionEvent>,
+    pub(crate) link: LinkStatus,
+    pub(crate) detached_since: Option<Instant>,
+    pub(crate) rtt: Duration,
+    /// Set when the peer broke the protocol; the driver closes the channel.
+    pub(crate) violation: Option<(u64, String)>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("remote", &self.remote_eid)
+            .field("streams", &self.streams.len())
+            .field("link", &self.link)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Session {
+    /// A session with `remote`; `local_session_id` is a fresh random number.
+    pub fn new(config: Arc<SessionConfig>, local: Eid, remote: Eid, local_session_id: u64) -> Self {
+        let reassembly =
+            Reassembly::new(config.datagram_reassembly_limit, config.max_datagram_size);
+        Self {
+            remote_eid: remote,
+            side: local.as_bytes() > remote.as_bytes(),
+            local_session_id,
+            remote_session_id: None,
+            streams: HashMap::default(),
+            next_counter: 1,
+            peer_max_streams: config.initial_max_streams,
+            local_max_streams: config.initial_max_streams,
+            max_streams_queued: false,
+            peer_opened: RangeSet::new(),
+            peer_max_data: config.initial_max_data,
+            data_sent: 0,
+            local_max_data: config.initial_max_data,
+            data_window: config.initial_max_data,
+            data_received: 0,
+            data_read: 0,
+            data_window_moved_at: None,
+            max_data_queued: false,
+            control: VecDeque::new(),
+            scheduler: Scheduler::default(),
+            session_blocked: Vec::new(),
+            credit_blocked: Vec::new(),
+            reassembly,
+            events: VecDeque::new(),
+            link: LinkStatus::Down,
+            detached_since: None,
+            rtt: Duration::from_millis(100),
+            violation: None,
+            config,
+        }
+    }
+
+    /// The peer.
+    pub fn remote_eid(&self) -> Eid {
+        self.remote_eid
+    }
+
+    /// Our session id (sent in handshakes).
+    pub fn local_session_id(&self) -> u64 {
+        self.local_session_id
+    }
+
+    /// Number of live streams.
+    pub fn stream_count(&self) -> usize {
+        self.streams.len()
+    }
+
+    /// The link status shared by every stream of the session.
+    pub fn link_status(&self) -> LinkStatus {
+        self.link
+    }
+
+    /// A protocol violation by the peer, if one happened: (close code, reason). The driver
+    /// closes the channel with it.
+    pub fn take_violation(&mut self) -> Option<(u64, String)> {
+        self.violation.take()
+    }
+
+    // ------------------------------------------------------------ channel life
+
+    /// A channel to the peer is established; `remote_session_id` came in its handshake.
+    pub fn attach(&mut self, now: Instant, remote_session_id: u64) -> Attach {
+        let outcome = match self.remote_session_id {
+            None => Attach::Fresh,
+            Some(id) if id == remote_session_id => Attach::Resumed,
+            Some(_) => {
+                self.reset_all(ErrorCode::PEER_RESTARTED);
+                Attach::PeerRestarted
+            }
+        };
+        self.remote_session_id = Some(remote_session_id);
+        self.detached_since = None;
+        if outcome == Attach::Resumed {
+            // The peer may have lost our last window updates with the old channel.
+            self.max_data_queued = true;
+            self.max_streams_queued = true;
+            let ids: Vec<StreamId> = self.streams.keys().copied().collect();
+            for id in ids {
+                self.queue_max_stream_data(id);
+            }
+        }
+        let _ = now;
+        self.set_link(LinkStatus::Up);
+        outcome
+    }
+
+    /// The channel closed. Its unacknowledged frames were reported lost and are queued
+    /// again; the streams wait for the next channel.
+    pub fn detach(&mut self, now: Instant) {
+        self.detached_since.get_or_insert(now);
+        self.set_link(LinkStatus::Down);
+    }
+
+    /// Updates the link status from the channel's consecutive probe timeouts.
+    pub fn update_link(&mut self, pto_count: u32, rtt: Duration) {
+        self.rtt = rtt;
+        if self.detached_since.is_some() {
+            return;
+        }
+        let status = if pto_count >= 2 {
+            LinkStatus::Stalled
+        } else {
+            LinkStatus::Up
+        };
+        self.set_link(status);
+    }
+
+    fn set_link(&mut self, status: LinkStatus) {
+        if self.link != status {
+            self.link = status;
+            self.events.push_back(SessionEvent::Link(status));
+        }
+    }
+
+    /// Resets every stream (locally) with `code` and starts afresh.
+    fn reset_all(&mut self, code: u64) {
+        let ids: Vec<StreamId> = self.streams.keys().copied().collect();
+        for id in ids {
+            self.events.push_back(SessionEvent::Reset { id, code });
+        }
+        self.streams.clear();
+        self.scheduler = Scheduler::default();
+        self.control.clear();
+        self.session_blocked.clear();
+        self.credit_blocked.clear();
+        self.peer_opened = RangeSet::new();
+        self.next_counter = 1;
+        self.peer_max_streams = self.config.initial_max_streams;
+        self.local_max_streams = self.config.initial_max_streams;
+        self.peer_max_data = self.config.initial_max_data;
+        self.local_max_data = self.config.initial_max_data;
+        self.data_window = self.config.initial_max_data;
+        self.data_sent = 0;
+        self.data_received = 0;
+        self.data_read = 0;
+        self.reassembly = Reassembly::new(
+            self.config.datagram_reassembly_limit,
+            self.config.max_datagram_size,
+        );
+    }
+
+    // ------------------------------------------------------------ timers
+
+    /// When [`handle_timeout`](Self::handle_timeout) should run next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let detach = self
+            .detached_since
+            .map(|t| t + self.config.detached_timeout);
+        match (detach, self.reassembly.next_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Expires incomplete datagrams and, after `detached_timeout` without a channel, resets
+    /// every stream with `LINK_DOWN`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.reassembly.expire(now);
+        if let Some(since) = self.detached_since {
+            if now >= since + self.config.detached_timeout && !self.streams.is_empty() {
+                self.reset_all(ErrorCode::LINK_DOWN);
+                self.detached_since = None;
+            }
+        }
+    }
+
+    // ------------------------------------------------------------ opening
+
+    fn new_local_id(&mut self) -> StreamId {
+        let id = StreamId::new(self.side, self.next_counter);
+        self.next_counter += 1;
+        id
+    }
+
+    /// Opens a top-level stream for (`service`, `protocol`). Data written to it is sent at
+    /// once; the peer accepts or refuses the stream.
+    pub fn open(&mut self, service: &str, protocol: &str) -> Result<StreamId, StreamError> {
+        if !(1..=255).contains(&service.len()) || !(1..=255).contains(&protocol.len()) {
+            return Err(StreamError::BadName);
+        }
+        let id = self.new_local_id();
+        let mut st = StreamState::new(
+            None,
+            Kind::Top,
+            self.config.initial_max_stream_data,
+            self.config.initial_max_stream_data,
+        );
+        st.set(flag::ACCEPTED);
+        st.extra().names = Some((service.to_owned(), protocol.to_owned()));
+        self.streams.insert(id, st);
+        self.schedule(id);
+        Ok(id)
+    }
+
+    /// Opens a substream of `parent`, without a round trip: it can be written at once.
+    pub fn open_substream(&mut self, parent: StreamId) -> Result<StreamId, StreamError> {
+        self.open_child(parent, Kind::Sub)
+    }
+
+    fn open_child(&mut self, parent: StreamId, kind: Kind) -> Result<StreamId, StreamError> {
+        self.live(parent)?;
+        let id = self.new_local_id();
+        let mut st = StreamState::new(
+            Some(parent),
+            kind,
+            self.config.initial_max_stream_data,
+            self.config.initial_max_stream_data,
+        );
+        st.set(flag::ACCEPTED);
+        self.streams.insert(id, st);
+        self.schedule(id);
+        Ok(id)
+    }
+
+    fn live(&self, id: StreamId) -> Result<&StreamState, StreamError> {
+        let st = self.streams.get(&id).ok_or(StreamError::UnknownStream)?;
+        if let Some(code) = st.reset_code() {
+            return Err(StreamError::Reset(code));
+        }
+        Ok(st)
+    }
+
+    fn live_mut(&mut self, id: StreamId) -> Result<&mut StreamState, StreamError> {
+        let st = self
+            .streams
+            .get_mut(&id)
+            .ok_or(StreamError::UnknownStream)?;
+        if let Some(code) = st.reset_code() {
+            return Err(StreamError::Reset(code));
+        }
+        Ok(st)
+    }
+
+    /// Puts `id` in the send queue if it has something to send and is not queued or blocked.
+    pub(crate) fn schedule(&mut self, id: StreamId) {
+        let Some(st) = self.streams.get_mut(&id) else {
+            return;
+        };
+        if st.has(
+            flag::SCHEDULED | flag::CREDIT_BLOCKED | flag::STREAM_BLOCKED | flag::SESSION_BLOCKED,
+        ) {
+            return;
+        }
+        st.set(flag::SCHEDULED);
+        let p = st.priority;
+        self.scheduler.push(id, p);
+    }
+
+    // ------------------------------------------------------------ writing
+
+    /// Bytes that `id` can still buffer for sending before writes are refused.
+    pub fn write_capacity(&self, id: StreamId) -> usize {
+        self.streams.get(&id).map_or(0, |st| {
+            self.config.send_buffer.saturating_sub(st.send.buffered())
+        })
+    }
+
+    /// Queues bytes for sending; returns how many were taken (fewer than `data.len()` when
+    /// the stream's send buffer is full: wait for [`SessionEvent::Writable`]).
+    pub fn write(&mut self, id: StreamId, data: &[u8]) -> Result<usize, StreamError> {
+        let cap = self.write_capacity(id);
+        let st = self.live_mut(id)?;
+        if st.send.is_finished() || st.has(flag::SEND_RESET) {
+            return Err(StreamError::Finished);
+        }
+        if st.has(flag::STOP_RECEIVED) {
+            return Err(StreamError::Stopped);
+        }
+        let n = data.len().min(cap);
+        if n == 0 && !data.is_empty() {
+            st.set(flag::WRITABLE_WANTED);
+            return Ok(0);
+        }
+        st.send.write(&data[..n]);
+        self.schedule(id);
+        Ok(n)
+    }
+
+    /// Writes `data` followed by a record boundary: bytes written before with
+    /// [`write`](Self::write) form the head of the record. All of `data` is taken (records are
+    /// atomic), even beyond the send buffer's nominal capacity.
+    pub fn write_record(&mut self, id: StreamId, data: &[u8]) -> Result<(), StreamError> {
+        let st = self.live_mut(id)?;
+        if st.send.is_finished() || st.has(flag::SEND_RESET) {
+            return Err(StreamError::Finished);
+        }
+        if st.has(flag::STOP_RECEIVED) {
+            return Err(StreamError::Stopped);
+        }
+        st.send.write(data);
+        st.send.mark_record();
+        self.schedule(id);
+        Ok(())
+    }
+
+    /// Sends a datagram on stream `id`: best-effort (delivered whole or not at all) or
+    /// reliable (an ephemeral substream the peer reads as one unit).
+    pub fn write_datagram(
+        &mut self,
+        id: StreamId,
+        data: &[u8],
+        reliable: bool,
+    ) -> Result<(), StreamError> {
+        if data.len() as u64 > self.config.max_datagram_size {
+            return Err(StreamError::DatagramTooLarge);
+        }
+        if reliable {
+            let child = self.open_child(id, Kind::Datagram)?;
+            let st = self.streams.get_mut(&child).expect("just opened");
+            st.send.write(data);
+            let _ = st.send.finish();
+            // Our receiving side of an ephemeral datagram stream carries nothing.
+            st.set(flag::RECV_RESET);
+            return Ok(());
+        }
+        let limit = self.config.outgoing_datagram_limit;
+        let st = self.live_mut(id)?;
+        let extra = st.extra();
+        let datagram_id = extra.next_datagram_id;
+        extra.next_datagram_id += 1;
+        extra
+            .outgoing
+            .get_or_insert_with(|| Outgoing::new(limit))
+            .push(id.0, datagram_id, Bytes::copy_from_slice(data))
+            .map_err(|_| StreamError::DatagramTooLarge)?;
+        self.schedule(id);
+        Ok(())
+    }
+
+    /// Ends our sending direction after the data written so far.
+    pub fn finish(&mut self, id: StreamId) -> Result<(), StreamError> {
+        let st = self.live_mut(id)?;
+        if !st.send.is_finished() {
+            let _ = st.send.finish();
+        }
+        self.schedule(id);
+        Ok(())
+    }
+
+    /// Abandons the stream in both directions with an application code.
+    pub fn reset(&mut self, id: StreamId, code: u64) -> Result<(), StreamError> {
+        let st = self
+            .streams
+            .get_mut(&id)
+            .ok_or(StreamError::UnknownStream)?;
+        if !st.has(flag::SEND_RESET) {
+            st.set(flag::SEND_RESET);
+            let final_size = st.send.reset();
+            self.control.push_back(Control::Reset {
+                id,
+                code,
+                final_size,
+            });
+        }
+        if !st.has(flag::RECV_RESET) {
+            st.set(flag::RECV_RESET);
+            self.control.push_back(Control::Stop { id, code });
+            let unread = st.recv.buffered() as u64;
+            self.data_read += unread;
+        }
+        st.extra().reset_code = Some(code);
+        self.forget_if_done(id);
+        Ok(())
+    }
+
+    /// Sets the send priority of `id` (higher first); takes effect with the next packet.
+    pub fn set_priority(&mut self, id: StreamId, priority: i32) -> Result<(), StreamError> {
+        let st = self
+            .streams
+            .get_mut(&id)
+            .ok_or(StreamError::UnknownStream)?;
+        let old = st.priority;
+        st.priority = priority;
+        if st.has(flag::SCHEDULED) && old != priority {
+            self.scheduler.remove(id, old);
+            self.scheduler.push(id, priority);
+        }
+        Ok(())
+    }
+
+    /// The send priority of `id`.
+    pub fn priority(&self, id: StreamId) -> Result<i32, StreamError> {
+        Ok(self
+            .streams
+            .get(&id)
+            .ok_or(StreamError::UnknownStream)?
+            .priority)
+    }
+
+    // ------------------------------------------------------------ reading
+
+    /// Reads bytes, never across a record boundary. `Ok(0)` means nothing is readable now
+    /// (or the end, see [`at_end`](Self::at_end)).
+    pub fn read(&mut self, id: StreamId, buf: &mut [u8]) -> Result<usize, StreamError> {
+        let st = self.live_mut(id)?;
+        let n = st.recv.read(buf);
+        st.clear(flag::READABLE_NOTIFIED);
+        self.on_read(id, n as u64);
+        Ok(n)
+    }
+
+    /// Bytes readable now (up to the next record boundary).
+    pub fn bytes_available(&self, id: StreamId) -> Result<usize, StreamError> {
+        Ok(self.live(id)?.recv.bytes_available())
+    }
+
+    /// The next complete record, or `None`. A record longer than `max` is cut to `max` bytes
+    /// and the rest discarded; the flag says so.
+    pub fn read_record(
+        &mut self,
+        id: StreamId,
+        max: usize,
+    ) -> Result<Option<(Vec<u8>, bool)>, StreamError> {
+        let st = self.live_mut(id)?;
+        let before = st.recv.read_offset();
+        let r = st.recv.read_record(max);
+        let consumed = st.recv.read_offset() - before;
+        st.clear(flag::READABLE_NOTIFIED);
+        self.on_read(id, consumed);
+        Ok(r)
+    }
+
+    /// Complete records waiting to be read.
+    pub fn pending_records(&self, id: StreamId) -> Result<usize, StreamError> {
+        Ok(self.live(id)?.recv.pending_records())
+    }
+
+    /// Size of the next complete record.
+    pub fn pending_record_size(&self, id: StreamId) -> Result<Option<usize>, StreamError> {
+        Ok(self.live(id)?.recv.pending_record_size())
+    }
+
+    /// Whether the peer finished its direction and everything was read.
+    pub fn at_end(&self, id: StreamId) -> Result<bool, StreamError> {
+        Ok(self.live(id)?.recv.at_end())
+    }
+
+    /// The next datagram (best-effort or reliable) received on `id`.
+    pub fn read_datagram(&mut self, id: StreamId) -> Result<Option<Vec<u8>>, StreamError> {
+        let st = self.live_mut(id)?;
+        let d = st.extra.as_mut().and_then(|e| e.datagrams.pop_front());
+        self.forget_if_done(id);
+        Ok(d)
+    }
+
+    /// Datagrams waiting on `id`.
+    pub fn pending_datagrams(&self, id: StreamId) -> Result<usize, StreamError> {
+        Ok(self
+            .live(id)?
+            .extra
+            .as_ref()
+            .map_or(0, |e| e.datagrams.len()))
+    }
+
+    /// Accounts `n` bytes read from `id` and moves the receive windows.
+    fn on_read(&mut self, id: StreamId, n: u64) {
+        if n == 0 {
+            self.forget_if_done(id);
+            return;
+        }
+        self.data_read += n;
+        if let Some(st) = self.streams.get_mut(&id) {
+            st.clear(flag::BLOCKED_NOTIFIED);
+            let read = st.recv.read_offset();
+            // Announce more room once half the window is used (the new limit is computed
+            // when the frame is written, after the window may have grown).
+            if st.recv_limit.saturating_sub(read) < st.recv_window / 2
+                && st.recv.final_size().is_none()
+            {
+                self.queue_max_stream_data(id);
+            }
+        }
+        if self.local_max_data.saturating_sub(self.data_read) < self.data_window / 2 {
+            self.max_data_queued = true;
+        }
+        self.forget_if_done(id);
+    }
+
+    /// Grows windows that were used up within two round trips (called when a window moves,
+    /// with the time).
+    pub(crate) fn autotune(&mut self, id: StreamId, now: Instant) {
+        let two_rtt = self.rtt * 2;
+        let max_stream = self.config.max_stream_window;
+        if let Some(st) = self.streams.get_mut(&id) {
+            if let Some(prev) = st.window_moved_at {
+                if now.saturating_duration_since(prev) < two_rtt && st.recv_window < max_stream {
+                    st.recv_window = (st.recv_window * 2).min(max_stream);
+                }
+            }
+            st.window_moved_at = Some(now);
+        }
+        if let Some(prev) = self.data_window_moved_at {
+            if now.saturating_duration_since(prev) < two_rtt
+                && self.data_window < self.config.max_session_window
+            {
+                self.data_window = (self.data_window * 2).min(self.config.max_session_window);
+            }
+        }
+        self.data_window_moved_at = Some(now);
+    }
+
+    pub(crate) fn queue_max_stream_data(&mut self, id: StreamId) {
+        if let Some(st) = self.streams.get_mut(&id) {
+            if !st.has(flag::MAX_DATA_QUEUED) && !st.has(flag::RECV_RESET) {
+                st.set(flag::MAX_DATA_QUEUED);
+                self.control.push_back(Control::MaxStreamData(id));
+            }
+        }
+    }
+
+    // ------------------------------------------------------------ substreams
+
+    /// Starts (or stops) accepting incoming substreams on `id`.
+    pub fn listen(&mut self, id: StreamId, on: bool) -> Result<(), StreamError> {
+        let st = self.live_mut(id)?;
+        if on {
+            st.set(flag::LISTENING);
+        } else {
+            st.clear(flag::LISTENING);
+        }
+        Ok(())
+    }
+
+    /// The next incoming substream of `id`, if one is queued.
+    pub fn accept_substream(&mut self, id: StreamId) -> Result<Option<StreamId>, StreamError> {
+        let st = self.live_mut(id)?;
+        Ok(st.extra.as_mut().and_then(|e| e.accept_queue.pop_front()))
+    }
+
+    /// Accepts an incoming top-level stream announced by [`SessionEvent::IncomingStream`].
+    pub fn accept(&mut self, id: StreamId) -> Result<(), StreamError> {
+        self.live_mut(id)?.set(flag::ACCEPTED);
+        Ok(())
+    }
+
+    /// The parent of a substream (`None` for top-level streams).
+    pub fn parent(&self, id: StreamId) -> Result<Option<StreamId>, StreamError> {
+        Ok(self
+            .streams
+            .get(&id)
+            .ok_or(StreamError::UnknownStream)?
+            .parent)
+    }
+
+    /// The (service, protocol) of a top-level stream.
+    pub fn service(&self, id: StreamId) -> Option<(&str, &str)> {
+        let st = self.streams.get(&id)?;
+        st.extra
+            .as_ref()?
+            .names
+            .as_ref()
+            .map(|(s, p)| (s.as_str(), p.as_str()))
+    }
+
+    // ------------------------------------------------------------ events
+
+    /// The next event for the application.
+    pub fn poll_event(&mut self) -> Option<SessionEvent> {
+        self.events.pop_front()
+    }
+
+    /// Forgets a stream whose both directions are over, returning stream credit to the peer
+    /// for streams it opened.
+    pub(crate) fn forget_if_done(&mut self, id: StreamId) {
+        let Some(st) = self.streams.get(&id) else {
+            return;
+        };
+        if !st.is_done() {
+            return;
+        }
+        let priority = st.priority;
+        let scheduled = st.has(flag::SCHEDULED);
+        self.streams.remove(&id);
+        if scheduled {
+            self.scheduler.remove(id, priority);
+        }
+        self.reassembly.forget_stream(id.0);
+        if id.side() != self.side {
+            self.local_max_streams += 1;
+            self.max_streams_queued = true;
+        }
+    }
+}

@@ -1,0 +1,573 @@
+//! The session as a channel's upper layer: building stream-layer frames into packets,
+//! handling received ones, and re-queueing what was lost.
+
+use std::time::Instant;
+
+use super::frames::{DatagramFrame, OpenInfo, StreamFrame, StreamId, StreamLayerFrame};
+use super::session::{Control, Session};
+use super::state::{flag, Kind, StreamState};
+use super::{ErrorCode, SessionEvent};
+use crate::channel::{CloseCode, Upper, UpperError};
+use crate::frame::FrameType;
+
+/// What the session remembers about a frame in flight, to release or re-send its content.
+#[derive(Debug, Copy, Clone, Eq, PartialEq)]
+pub enum SentFrame {
+    /// Stream data (and FIN) at `offset..offset + len`; `open` if it carried OPEN info.
+    Stream {
+        /// The stream.
+        id: StreamId,
+        /// First byte.
+        offset: u64,
+        /// Data length.
+        len: u32,
+        /// Carried the FIN.
+        fin: bool,
+        /// Carried OPEN information.
+        open: bool,
+    },
+    /// A MAX_DATA frame.
+    MaxData,
+    /// A MAX_STREAMS frame.
+    MaxStreams,
+    /// A control frame for a stream.
+    Control(ControlMeta),
+}
+
+/// A control frame in flight (opaque outside the session).
+#[derive(Debug, Copy, Clone, Eq, PartialEq)]
+pub struct ControlMeta(pub(crate) Control);
+
+fn violation(reason: String) -> UpperError {
+    UpperError {
+        code: CloseCode::PROTOCOL_VIOLATION.0,
+        reason,
+    }
+}
+
+impl Session {
+    fn write_control(
+        &mut self,
+        now: Instant,
+        buf: &mut Vec<u8>,
+        limit: usize,
+        metas: &mut Vec<SentFrame>,
+    ) {
+        if self.max_data_queued {
+            self.autotune_session(now);
+            let frame = StreamLayerFrame::MaxData(self.local_max_data);
+            if buf.len() + frame.encoded_len() <= limit {
+                frame.encode(buf);
+                metas.push(SentFrame::MaxData);
+                self.max_data_queued = false;
+            }
+        }
+        if self.max_streams_queued {
+            let frame = StreamLayerFrame::MaxStreams(self.local_max_streams);
+            if buf.len() + frame.encoded_len() <= limit {
+                frame.encode(buf);
+                metas.push(SentFrame::MaxStreams);
+                self.max_streams_queued = false;
+            }
+        }
+        while let Some(&c) = self.control.front() {
+            let frame = match c {
+                Control::MaxStreamData(id) => {
+                    self.autotune(id, now);
+                    let Some(st) = self.streams.get_mut(&id) else {
+                        self.control.pop_front();
+                        continue;
+                    };
+                    st.recv_limit = st.recv_limit.max(st.recv.read_offset() + st.recv_window);
+                    StreamLayerFrame::MaxStreamData {
+                        id,
+                        max: st.recv_limit,
+                    }
+                }
+                Control::Reset {
+                    id,
+                    code,
+                    final_size,
+                } => StreamLayerFrame::ResetStream {
+                    id,
+                    code,
+                    final_size,
+                },
+                Control::Stop { id, code } => StreamLayerFrame::StopSending { id, code },
+            };
+            if buf.len() + frame.encoded_len() > limit {
+                return;
+            }
+            frame.encode(buf);
+            self.control.pop_front();
+            if let Control::MaxStreamData(id) = c {
+                if let Some(st) = self.streams.get_mut(&id) {
+                    st.clear(flag::MAX_DATA_QUEUED);
+                }
+            }
+            metas.push(SentFrame::Control(ControlMeta(c)));
+        }
+    }
+
+    fn autotune_session(&mut self, now: Instant) {
+        let two_rtt = self.rtt * 2;
+        if let Some(prev) = self.data_window_moved_at {
+            if now.saturating_duration_since(prev) < two_rtt {
+                self.data_window = (self.data_window * 2).min(self.config.max_session_window);
+            }
+        }
+        self.data_window_moved_at = Some(now);
+        self.local_max_data = self.local_max_data.max(self.data_read + self.data_window);
+    }
+
+    /// Writes one frame for stream `id` (a datagram fragment or stream data). Returns whether
+    /// the stream still has something to send now.
+    fn write_stream(
+        &mut self,
+        id: StreamId,
+        buf: &mut Vec<u8>,
+        limit: usize,
+        metas: &mut Vec<SentFrame>,
+    ) -> StreamTurn {
+        let side = self.side;
+        let peer_max_streams = self.peer_max_streams;
+        let session_room = self.peer_max_data.saturating_sub(self.data_sent);
+        let Some(st) = self.streams.get_mut(&id) else {
+            return StreamTurn::Gone;
+        };
+        if id.side() == side && id.counter() >= peer_max_streams {
+            return StreamTurn::CreditBlocked;
+        }
+        let space = limit.saturating_sub(buf.len());
+        // Best-effort datagrams first: they are latency-sensitive and never re-sent.
+        if let Some(out) = st.extra.as_mut().and_then(|e| e.outgoing.as_mut()) {
+            if out.has_pending() {
+                let probe = DatagramFrame::max_data_len(id, u64::MAX, u64::MAX, u64::MAX, space);
+                if let Some(max) = probe.filter(|&m| m > 0) {
+                    if let Some(frag) = out.next_fragment(max) {
+                        DatagramFrame::write_header(
+                            buf,
+                            id,
+                            frag.datagram_id,
+                            frag.total_len,
+                            frag.frag_offset,
+                            frag.data.len(),
+                        );
+                        buf.extend_from_slice(&frag.data);
+                        return if st.has_outgoing_datagrams() || st.send.has_pending(st.send_limit)
+                        {
+                            StreamTurn::More
+                        } else {
+                            StreamTurn::Done
+                        };
+                    }
+                } else {
+                    return StreamTurn::NoRoom;
+                }
+            }
+        }
+        let open_names;
+        let open = if st.has(flag::OPEN_ACKED) {
+            None
+        } else {
+            Some(match st.kind {
+                Kind::Top => {
+                    open_names = st
+                        .extra
+                        .as_ref()
+                        .and_then(|e| e.names.clone())
+                        .unwrap_or_default();
+                    OpenInfo::Top {
+                        service: &open_names.0,
+                        protocol: &open_names.1,
+                    }
+                }
+                Kind::Sub | Kind::Datagram => OpenInfo::Sub {
+                    parent: st.parent.unwrap_or(StreamId(0)),
+                    datagram: st.kind == Kind::Datagram,
+                },
+            })
+        };
+        let stream_limit = st.send_limit;
+        let flow_limit = stream_limit.min(st.send.unsent().saturating_add(session_room));
+        if !st.send.has_pending(flow_limit) {
+            return if st.send.has_pending(u64::MAX) {
+                if flow_limit >= stream_limit {
+                    StreamTurn::StreamBlocked
+                } else {
+                    StreamTurn::SessionBlocked
+                }
+            } else {
+                StreamTurn::Done
+            };
+        }
+        let Some(max) = StreamFrame::max_data_len(id, st.send.write_offset(), open.as_ref(), space)
+        else {
+            return StreamTurn::NoRoom;
+        };
+        let unsent_before = st.send.unsent();
+        let Some(chunk) = st.send.next_chunk(max, flow_limit) else {
+            return StreamTurn::Done;
+        };
+        StreamFrame::write_header(
+            buf,
+            id,
+            chunk.offset,
+            chunk.len,
+            chunk.fin,
+            chunk.record,
+            open.as_ref(),
+        );
+        st.send.copy_to(&chunk, buf);
+        metas.push(SentFrame::Stream {
+            id,
+            offset: chunk.offset,
+            len: chunk.len as u32,
+            fin: chunk.fin,
+            open: open.is_some(),
+        });
+        let new_bytes = st.send.unsent().saturating_sub(unsent_before);
+        let more = st.send.has_pending(u64::MAX) || st.has_outgoing_datagrams();
+        self.data_sent += new_bytes;
+        if more {
+            StreamTurn::More
+        } else {
+            StreamTurn::Done
+        }
+    }
+
+    /// A STREAM frame arrived.
+    fn on_stream_frame(&mut self, now: Instant, f: &StreamFrame<'_>) -> Result<(), UpperError> {
+        let id = f.id;
+        if !self.streams.contains_key(&id) {
+            if !self.open_remote(now, id, f.open.as_ref())? {
+                return Ok(()); // a late frame of a finished stream, or a refused one
+            }
+        }
+        let st = self.streams.get_mut(&id).expect("opened above");
+        if st.has(flag::RECV_RESET) {
+            return Ok(());
+        }
+        let limit = st.recv_limit;
+        let new = st
+            .recv
+            .insert(f.offset, f.data, f.record, f.fin, limit)
+            .map_err(|e| violation(format!("stream {id}: {e}")))?;
+        self.data_received += new;
+        if self.data_received > self.local_max_data {
+            return Err(violation("session flow-control limit exceeded".into()));
+        }
+        self.after_receive(id);
+        Ok(())
+    }
+
+    /// Creates a stream the peer opened. `Ok(false)` if the frame is to be ignored.
+    fn open_remote(
+        &mut self,
+        _now: Instant,
+        id: StreamId,
+        open: Option<&OpenInfo<'_>>,
+    ) -> Result<bool, UpperError> {
+        if id.side() == self.side {
+            // One of ours that we already forgot (late retransmission), or never opened.
+            return if id.counter() < self.next_counter {
+                Ok(false)
+            } else {
+                Err(violation(format!(
+                    "frame for stream {id} that we never opened"
+                )))
+            };
+        }
+        if self.peer_opened.contains(id.counter()) {
+            return Ok(false);
+        }
+        if id.counter() >= self.local_max_streams {
+            return Err(UpperError {
+                code: CloseCode::RESOURCE_EXHAUSTED.0,
+                reason: format!(
+                    "stream {id} opened beyond the stream credit {}",
+                    self.local_max_streams
+                ),
+            });
+        }
+        let Some(open) = open else {
+            return Err(violation(format!(
+                "first frame of stream {id} lacks OPEN information"
+            )));
+        };
+        self.peer_opened.insert_one(id.counter());
+        let (send_limit, window) = (
+            self.config.initial_max_stream_data,
+            self.config.initial_max_stream_data,
+        );
+        match *open {
+            OpenInfo::Top { service, protocol } => {
+                let mut st = StreamState::new(None, Kind::Top, send_limit, window);
+                st.extra().names = Some((service.to_owned(), protocol.to_owned()));
+                st.set(flag::OPEN_ACKED);
+                self.streams.insert(id, st);
+                self.events.push_back(SessionEvent::IncomingStream {
+                    id,
+                    service: service.to_owned(),
+                    protocol: protocol.to_owned(),
+                });
+            }
+            OpenInfo::Sub { parent, datagram } => {
+                let kind = if datagram { Kind::Datagram } else { Kind::Sub };
+                let mut st = StreamState::new(Some(parent), kind, send_limit, window);
+                st.set(flag::OPEN_ACKED | flag::ACCEPTED);
+                let refusal = match self.streams.get_mut(&parent) {
+                    None => Some(ErrorCode::NO_PARENT),
+                    Some(p) if p.reset_code().is_some() => Some(ErrorCode::NO_PARENT),
+                    Some(p) if !datagram && !p.has(flag::LISTENING) => Some(ErrorCode::REFUSED),
+                    Some(p) => {
+                        if !datagram {
+                            p.extra().accept_queue.push_back(id);
+                            self.events.push_back(SessionEvent::NewSubstream { parent });
+                        }
+                        None
+                    }
+                };
+                if datagram {
+                    // Nothing ever flows back on a reliable datagram.
+                    let _ = st.send.finish();
+                }
+                self.streams.insert(id, st);
+                if let Some(code) = refusal {
+                    self.reset(id, code).ok();
+                    self.forget_if_done(id);
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// After data arrived on `id`: deliver reliable datagrams, tell the application.
+    fn after_receive(&mut self, id: StreamId) {
+        let Some(st) = self.streams.get_mut(&id) else {
+            return;
+        };
+        if st.kind == Kind::Datagram {
+            let before = st.recv.read_offset();
+            if let Some(data) = st.recv.read_all() {
+                let consumed = st.recv.read_offset() - before;
+                let parent = st.parent;
+                self.data_read += consumed;
+                if let Some(p) = parent.and_then(|p| self.streams.get_mut(&p)) {
+                    p.extra().datagrams.push_back(data);
+                    self.events
+                        .push_back(SessionEvent::Datagram(parent.expect("checked")));
+                }
+                self.forget_if_done(id);
+            }
+            return;
+        }
+        let readable =
+            st.recv.bytes_available() > 0 || st.recv.has_pending_records() || st.recv.at_end();
+        if readable && !st.has(flag::READABLE_NOTIFIED) {
+            st.set(flag::READABLE_NOTIFIED);
+            self.events.push_back(SessionEvent::Readable(id));
+        }
+        if st.recv.max_received() >= st.recv_limit && !st.has(flag::BLOCKED_NOTIFIED) {
+            st.set(flag::BLOCKED_NOTIFIED);
+            self.events.push_back(SessionEvent::ReceiveBlocked(id));
+        }
+    }
+
+    fn unblock(&mut self, list: fn(&mut Session) -> &mut Vec<StreamId>, f: u16) {
+        let ids = std::mem::take(list(self));
+        for id in ids {
+            if let Some(st) = self.streams.get_mut(&id) {
+                st.clear(f);
+            }
+            self.schedule(id);
+        }
+    }
+}
+
+/// What happened on one stream's turn in the scheduler.
+enum StreamTurn {
+    More,
+    Done,
+    NoRoom,
+    Gone,
+    CreditBlocked,
+    StreamBlocked,
+    SessionBlocked,
+}
+
+impl Upper for Session {
+    type Meta = SentFrame;
+
+    fn has_pending(&self) -> bool {
+        self.max_data_queued
+            || self.max_streams_queued
+            || !self.control.is_empty()
+            || !self.scheduler.is_empty()
+    }
+
+    fn write_frames(
+        &mut self,
+        now: Instant,
+        buf: &mut Vec<u8>,
+        space: usize,
+        metas: &mut Vec<SentFrame>,
+    ) {
+        let limit = buf.len() + space;
+        self.write_control(now, buf, limit, metas);
+        while let Some((id, _)) = self.scheduler.pop() {
+            let turn = self.write_stream(id, buf, limit, metas);
+            let Some(st) = self.streams.get_mut(&id) else {
+                continue;
+            };
+            st.clear(flag::SCHEDULED);
+            match turn {
+                StreamTurn::More => self.schedule(id),
+                StreamTurn::NoRoom => {
+                    self.schedule(id);
+                    break;
+                }
+                StreamTurn::Done | StreamTurn::Gone => {
+                    if st.has(flag::WRITABLE_WANTED) {
+                        st.clear(flag::WRITABLE_WANTED);
+                        self.events.push_back(SessionEvent::Writable(id));
+                    }
+                }
+                StreamTurn::CreditBlocked => {
+                    st.set(flag::CREDIT_BLOCKED);
+                    self.credit_blocked.push(id);
+                }
+                StreamTurn::StreamBlocked => st.set(flag::STREAM_BLOCKED),
+                StreamTurn::SessionBlocked => {
+                    st.set(flag::SESSION_BLOCKED);
+                    self.session_blocked.push(id);
+                }
+            }
+            if limit.saturating_sub(buf.len()) < 8 {
+                break;
+            }
+        }
+    }
+
+    fn handle_frame(&mut self, now: Instant, ty: FrameType, body: &[u8]) -> Result<(), UpperError> {
+        let frame = StreamLayerFrame::decode(ty, body)
+            .map_err(|e| violation(format!("bad stream-layer frame: {e}")))?;
+        match frame {
+            StreamLayerFrame::Stream(f) => self.on_stream_frame(now, &f)?,
+            StreamLayerFrame::ResetStream { id, code, .. } => {
+                if let Some(st) = self.streams.get_mut(&id) {
+                    if !st.has(flag::RECV_RESET) {
+                        st.set(flag::RECV_RESET);
+                        let unread = st.recv.buffered() as u64;
+                        st.extra().reset_code.get_or_insert(code);
+                        self.data_read += unread;
+                        self.events.push_back(SessionEvent::Reset { id, code });
+                        // The application cannot use a half-reset stream: reset ours too.
+                        self.reset(id, code).ok();
+                    }
+                }
+            }
+            StreamLayerFrame::StopSending { id, code } => {
+                if let Some(st) = self.streams.get_mut(&id) {
+                    st.set(flag::STOP_RECEIVED);
+                    if !st.has(flag::SEND_RESET) {
+                        self.reset(id, code).ok();
+                        self.events.push_back(SessionEvent::Reset { id, code });
+                    }
+                }
+            }
+            StreamLayerFrame::MaxData(m) => {
+                if m > self.peer_max_data {
+                    self.peer_max_data = m;
+                    self.unblock(|s| &mut s.session_blocked, flag::SESSION_BLOCKED);
+                }
+            }
+            StreamLayerFrame::MaxStreamData { id, max } => {
+                if let Some(st) = self.streams.get_mut(&id) {
+                    if max > st.send_limit {
+                        st.send_limit = max;
+                        st.clear(flag::STREAM_BLOCKED);
+                        self.schedule(id);
+                    }
+                }
+            }
+            StreamLayerFrame::MaxStreams(n) => {
+                if n > self.peer_max_streams {
+                    self.peer_max_streams = n;
+                    self.unblock(|s| &mut s.credit_blocked, flag::CREDIT_BLOCKED);
+                }
+            }
+            StreamLayerFrame::Datagram(f) => {
+                let wait = (self.rtt * 4).max(std::time::Duration::from_millis(200));
+                if let Some(data) = self.reassembly.insert(
+                    now,
+                    now + wait,
+                    f.stream.0,
+                    f.datagram_id,
+                    f.total_len,
+                    f.frag_offset,
+                    f.data,
+                ) {
+                    if let Some(st) = self.streams.get_mut(&f.stream) {
+                        if st.reset_code().is_none() {
+                            st.extra().datagrams.push_back(data);
+                            self.events.push_back(SessionEvent::Datagram(f.stream));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn on_acked(&mut self, meta: SentFrame) {
+        if let SentFrame::Stream {
+            id,
+            offset,
+            len,
+            fin,
+            open,
+        } = meta
+        {
+            if let Some(st) = self.streams.get_mut(&id) {
+                if open {
+                    st.set(flag::OPEN_ACKED);
+                    if let Some(e) = st.extra.as_mut() {
+                        if st.kind == Kind::Top {
+                            // Keep the names for `service()`; they are no longer sent.
+                            let _ = &e.names;
+                        }
+                    }
+                }
+                st.send.on_acked(offset, len as usize, fin);
+                self.forget_if_done(id);
+            }
+        }
+    }
+
+    fn on_lost(&mut self, meta: SentFrame) {
+        match meta {
+            SentFrame::Stream {
+                id,
+                offset,
+                len,
+                fin,
+                ..
+            } => {
+                if let Some(st) = self.streams.get_mut(&id) {
+                    if !st.has(flag::SEND_RESET) {
+                        st.send.on_lost(offset, len as usize, fin);
+                        self.schedule(id);
+                    }
+                }
+            }
+            SentFrame::MaxData => self.max_data_queued = true,
+            SentFrame::MaxStreams => self.max_streams_queued = true,
+            SentFrame::Control(ControlMeta(c)) => match c {
+                Control::MaxStreamData(id) => self.queue_max_stream_data(id),
+                other => self.control.push_back(other),
+            },
+        }
+    }
+}
