@@ -3,10 +3,10 @@
 //! message must be byte-identical, payloads must decrypt on the other side, and both must
 //! end with the same handshake hash and transport keys.
 //!
-//! snow's `dangerously_get_raw_split` needs its `risky-raw-split` feature, which the workspace
-//! does not enable; the transport keys are compared instead through their first ciphertext:
-//! the same plaintext under the same key and nonce 0 gives the same bytes only if the keys
-//! are equal.
+//! The transport keys are compared twice: directly, byte for byte, with snow's raw `Split()`
+//! output (`dangerously_get_raw_split`, from snow's `risky-raw-split` feature, enabled for the
+//! tests only), and through their first ciphertext (the same plaintext under the same key and
+//! nonce 0 gives the same bytes only if the keys are equal).
 
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -195,6 +195,16 @@ fn our_initiator_against_snow() {
     assert_eq!(est.remote_index, 9);
     assert_eq!(&est.keys.handshake_hash[..], snow_r.get_handshake_hash());
 
+    // Split() gives (k1, k2) on both sides: k1 carries initiator-to-responder traffic.
+    let (k1, k2) = snow_r.dangerously_get_raw_split();
+    assert_eq!(k1, *est.keys.send, "initiator send key = snow responder's k1");
+    assert_eq!(k2, *est.keys.recv, "initiator receive key = snow responder's k2");
+    // snow's initiator, whose first message equals ours, reads the same response and ends
+    // with the same keys.
+    let mut scratch = vec![0; 1024];
+    snow_i.read_message(&noise2[..n], &mut scratch).unwrap();
+    assert_eq!(snow_i.dangerously_get_raw_split(), (k1, k2));
+
     let mut snow_t = snow_r.into_transport_mode().unwrap();
     // The responder sends with k2 = our receive key.
     assert_eq!(
@@ -260,6 +270,13 @@ fn snow_initiator_against_our_responder() {
     let m = snow_i.read_message(noise2, &mut payload).unwrap();
     assert_eq!(&payload[..m], &reply_bytes[..]);
     assert_eq!(&keys.handshake_hash[..], snow_i.get_handshake_hash());
+
+    // The responder sends with k2 and receives with k1, in snow's split as in ours.
+    let (k1, k2) = snow_i.dangerously_get_raw_split();
+    assert_eq!(k2, *keys.send, "responder send key = snow initiator's k2");
+    assert_eq!(k1, *keys.recv, "responder receive key = snow initiator's k1");
+    assert_eq!(snow_r.dangerously_get_raw_split(), (k1, k2));
+    assert_ne!(k1, k2);
 
     let mut snow_t = snow_i.into_transport_mode().unwrap();
     // The initiator sends with k1 = the responder's receive key.

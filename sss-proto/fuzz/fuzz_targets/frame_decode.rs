@@ -13,7 +13,10 @@ fuzz_target!(|data: &[u8]| {
         frame.encode(&mut buf);
         assert_eq!(buf.len(), frame.encoded_len());
         consumed += buf.len();
-        assert!(consumed <= data.len(), "frames re-encode longer than their input");
+        assert!(
+            consumed <= data.len(),
+            "frames re-encode longer than their input"
+        );
         let again: Vec<Frame<'_>> = Frames::new(&buf)
             .collect::<Result<_, _>>()
             .expect("a re-encoded frame decodes");
