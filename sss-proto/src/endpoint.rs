@@ -56,6 +56,31 @@ impl EndpointConfig {
     }
 }
 
+/// The stream layer's part of the handshake: its session id and the limits it grants.
+#[derive(Debug, Clone, Copy, Eq, PartialEq)]
+pub struct LayerParams {
+    /// The local session id for this peer (0: no stream layer).
+    pub session_id: u64,
+    /// Initial receive window of each stream.
+    pub initial_max_stream_data: u64,
+    /// Initial receive window of the session.
+    pub initial_max_data: u64,
+    /// Initial number of streams the peer may open.
+    pub initial_max_streams: u64,
+}
+
+impl Default for LayerParams {
+    fn default() -> Self {
+        let d = TransportParams::default();
+        Self {
+            session_id: 0,
+            initial_max_stream_data: d.initial_max_stream_data,
+            initial_max_data: d.initial_max_data,
+            initial_max_streams: d.initial_max_streams,
+        }
+    }
+}
+
 /// What a datagram means to the endpoint.
 #[derive(Debug)]
 #[must_use]
@@ -221,9 +246,13 @@ impl Endpoint {
         ChaCha20Rng::from_seed(seed)
     }
 
-    fn local_params(&self) -> TransportParams {
+    fn local_params(&self, layer: &LayerParams) -> TransportParams {
         let c = &self.config.channel;
         TransportParams {
+            session_id: layer.session_id,
+            initial_max_stream_data: layer.initial_max_stream_data,
+            initial_max_data: layer.initial_max_data,
+            initial_max_streams: layer.initial_max_streams,
             suites: c.suites,
             max_udp_payload: c.max_udp_payload,
             idle_timeout_ms: u32::try_from(c.idle_timeout.as_millis()).unwrap_or(u32::MAX),
@@ -232,8 +261,9 @@ impl Endpoint {
         }
     }
 
-    /// Starts a handshake with `remote` at `addr` for (`service`, `protocol`). The returned
-    /// channel sends the initiation on its first `poll_transmit`.
+    /// Starts a handshake with `remote` at `addr` for (`service`, `protocol`) with no stream
+    /// layer parameters (see [`connect_with`](Self::connect_with)). The returned channel sends
+    /// the initiation on its first `poll_transmit`.
     pub fn connect<M>(
         &mut self,
         now: Instant,
@@ -241,6 +271,26 @@ impl Endpoint {
         addr: SocketAddr,
         service: &str,
         protocol: &str,
+    ) -> Result<(ChannelHandle, Channel<M>), ConnectError> {
+        self.connect_with(
+            now,
+            remote,
+            addr,
+            service,
+            protocol,
+            &LayerParams::default(),
+        )
+    }
+
+    /// Starts a handshake carrying the stream layer's session id and initial limits.
+    pub fn connect_with<M>(
+        &mut self,
+        now: Instant,
+        remote: Eid,
+        addr: SocketAddr,
+        service: &str,
+        protocol: &str,
+        layer: &LayerParams,
     ) -> Result<(ChannelHandle, Channel<M>), ConnectError> {
         if remote == self.eid() {
             return Err(ConnectError::SelfConnect);
@@ -252,7 +302,7 @@ impl Endpoint {
         let hello = Hello {
             service: service.to_owned(),
             protocol: protocol.to_owned(),
-            params: self.local_params(),
+            params: self.local_params(layer),
         };
         let (handle, index) = self.allocate();
         let unix = self.unix_nanos(now);
@@ -373,18 +423,30 @@ impl Endpoint {
         }
     }
 
-    /// Accepts an incoming handshake: the returned channel sends the response on its first
-    /// `poll_transmit` and is established at once.
+    /// Accepts an incoming handshake with no stream layer parameters (see
+    /// [`accept_with`](Self::accept_with)): the returned channel sends the response on its
+    /// first `poll_transmit` and is established at once.
     pub fn accept<M>(
         &mut self,
         now: Instant,
         incoming: Box<Incoming>,
     ) -> Result<(ChannelHandle, Channel<M>), AcceptError> {
+        self.accept_with(now, incoming, &LayerParams::default())
+    }
+
+    /// Accepts an incoming handshake, answering with the stream layer's session id and
+    /// initial limits.
+    pub fn accept_with<M>(
+        &mut self,
+        now: Instant,
+        incoming: Box<Incoming>,
+        layer: &LayerParams,
+    ) -> Result<(ChannelHandle, Channel<M>), AcceptError> {
         let ours = self.config.channel.suites;
         let suite =
             Suite::negotiate(ours, incoming.params().suites).ok_or(AcceptError::NoCommonSuite)?;
         let (handle, index) = self.allocate();
-        let params = self.local_params();
+        let params = self.local_params(layer);
         let peer_params = *incoming.params();
         let remote_eid = incoming.remote_eid();
         let remote_index = incoming.pending.initiator_index();

@@ -114,8 +114,8 @@ fn spec_init_payload(h: &Hosts) -> Vec<u8> {
     // session_id = 0, initial_max_stream_data = 256 KiB, initial_max_data = 1 MiB,
     // initial_max_streams = 1024
     p.extend_from_slice(&[
-        42, 1, 1, 1, 2, 2, 0x45, 0xac, 3, 4, 0x80, 0, 0x75, 0x30, 4, 1, 25, 5, 8, 0, 0, 0, 0, 0,
-        0, 0, 0, 6, 4, 0x80, 4, 0, 0, 7, 4, 0x80, 0x10, 0, 0, 8, 2, 0x44, 0,
+        42, 1, 1, 1, 2, 2, 0x45, 0xac, 3, 4, 0x80, 0, 0x75, 0x30, 4, 1, 25, 5, 8, 0, 0, 0, 0, 0, 0,
+        0, 0, 6, 4, 0x80, 4, 0, 0, 7, 4, 0x80, 0x10, 0, 0, 8, 2, 0x44, 0,
     ]);
     p.resize(INIT_PAYLOAD_LEN, 0);
     p
@@ -197,8 +197,14 @@ fn our_initiator_against_snow() {
 
     // Split() gives (k1, k2) on both sides: k1 carries initiator-to-responder traffic.
     let (k1, k2) = snow_r.dangerously_get_raw_split();
-    assert_eq!(k1, *est.keys.send, "initiator send key = snow responder's k1");
-    assert_eq!(k2, *est.keys.recv, "initiator receive key = snow responder's k2");
+    assert_eq!(
+        k1, *est.keys.send,
+        "initiator send key = snow responder's k1"
+    );
+    assert_eq!(
+        k2, *est.keys.recv,
+        "initiator receive key = snow responder's k2"
+    );
     // snow's initiator, whose first message equals ours, reads the same response and ends
     // with the same keys.
     let mut scratch = vec![0; 1024];
@@ -274,7 +280,10 @@ fn snow_initiator_against_our_responder() {
     // The responder sends with k2 and receives with k1, in snow's split as in ours.
     let (k1, k2) = snow_i.dangerously_get_raw_split();
     assert_eq!(k2, *keys.send, "responder send key = snow initiator's k2");
-    assert_eq!(k1, *keys.recv, "responder receive key = snow initiator's k1");
+    assert_eq!(
+        k1, *keys.recv,
+        "responder receive key = snow initiator's k1"
+    );
     assert_eq!(snow_r.dangerously_get_raw_split(), (k1, k2));
     assert_ne!(k1, k2);
 

@@ -118,7 +118,10 @@ fn check_decodes(suite: Suite, secret: &[u8; 32], key_phase: bool, datagram: &[u
         let mut bad = datagram.to_vec();
         bad[i] ^= 0x10;
         let (head, body) = bad.split_at_mut(header_len);
-        assert!(PacketKey::new(suite, secret).open(pn, head, body).is_err(), "byte {i}");
+        assert!(
+            PacketKey::new(suite, secret).open(pn, head, body).is_err(),
+            "byte {i}"
+        );
     }
 }
 
@@ -133,7 +136,12 @@ fn generate() -> String {
     let cases = [
         ("chacha20_poly1305", Suite::ChaCha20Poly1305, k1, false),
         ("aes_256_gcm", Suite::Aes256Gcm, k1, false),
-        ("chacha20_poly1305_k1_next", Suite::ChaCha20Poly1305, *k1_next, true),
+        (
+            "chacha20_poly1305_k1_next",
+            Suite::ChaCha20Poly1305,
+            *k1_next,
+            true,
+        ),
     ];
     for (name, suite, secret, phase) in cases {
         let datagram = protect(suite, &secret, phase);
@@ -194,7 +202,12 @@ fn committed_datagrams_decode() {
     let cases = [
         ("chacha20_poly1305", Suite::ChaCha20Poly1305, k1, false),
         ("aes_256_gcm", Suite::Aes256Gcm, k1, false),
-        ("chacha20_poly1305_k1_next", Suite::ChaCha20Poly1305, k1_next, true),
+        (
+            "chacha20_poly1305_k1_next",
+            Suite::ChaCha20Poly1305,
+            k1_next,
+            true,
+        ),
     ];
     for (name, suite, secret, phase) in cases {
         let datagram = get(&format!("datagram_{name}"));

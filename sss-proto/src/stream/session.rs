@@ -66,6 +66,8 @@ pub struct Session {
     /// Session send limit given by the peer, and new bytes sent so far.
     pub(crate) peer_max_data: u64,
     pub(crate) data_sent: u64,
+    /// Initial send window of each stream, from the peer's handshake.
+    pub(crate) peer_initial_max_stream_data: u64,
     /// Session receive limit we gave, its window, bytes received (unique) and read.
     pub(crate) local_max_data: u64,
     pub(crate) data_window: u64,
@@ -115,6 +117,7 @@ impl Session {
             peer_opened: RangeSet::new(),
             peer_max_data: config.initial_max_data,
             data_sent: 0,
+            peer_initial_max_stream_data: config.initial_max_stream_data,
             local_max_data: config.initial_max_data,
             data_window: config.initial_max_data,
             data_received: 0,
@@ -155,6 +158,16 @@ impl Session {
         self.link
     }
 
+    /// The handshake parameters of the stream layer for a channel to this peer.
+    pub fn layer_params(&self) -> crate::endpoint::LayerParams {
+        crate::endpoint::LayerParams {
+            session_id: self.local_session_id,
+            initial_max_stream_data: self.config.initial_max_stream_data,
+            initial_max_data: self.config.initial_max_data,
+            initial_max_streams: self.config.initial_max_streams,
+        }
+    }
+
     /// A protocol violation by the peer, if one happened: (close code, reason). The driver
     /// closes the channel with it.
     pub fn take_violation(&mut self) -> Option<(u64, String)> {
@@ -163,8 +176,10 @@ impl Session {
 
     // ------------------------------------------------------------ channel life
 
-    /// A channel to the peer is established; `remote_session_id` came in its handshake.
-    pub fn attach(&mut self, now: Instant, remote_session_id: u64) -> Attach {
+    /// A channel to the peer is established; `peer` are the parameters of its handshake
+    /// (session id and initial limits).
+    pub fn attach(&mut self, now: Instant, peer: &crate::handshake::TransportParams) -> Attach {
+        let remote_session_id = peer.session_id;
         let outcome = match self.remote_session_id {
             None => Attach::Fresh,
             Some(id) if id == remote_session_id => Attach::Resumed,
@@ -183,6 +198,14 @@ impl Session {
             for id in ids {
                 self.queue_max_stream_data(id);
             }
+        } else {
+            // The peer's limits for a new session come from its handshake.
+            self.peer_max_data = peer.initial_max_data;
+            self.peer_max_streams = peer.initial_max_streams;
+            for st in self.streams.values_mut() {
+                st.send_limit = peer.initial_max_stream_data;
+            }
+            self.peer_initial_max_stream_data = peer.initial_max_stream_data;
         }
         let _ = now;
         self.set_link(LinkStatus::Up);
