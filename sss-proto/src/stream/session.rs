@@ -168,6 +168,20 @@ impl Session {
         }
     }
 
+    /// Nothing waits to be sent or acknowledged: every byte written was acknowledged.
+    pub fn is_quiescent(&self) -> bool {
+        !self.max_data_queued
+            && !self.max_streams_queued
+            && self.control.is_empty()
+            && self.scheduler.is_empty()
+            && self.session_blocked.is_empty()
+            && self.credit_blocked.is_empty()
+            && self.streams.values().all(|st| {
+                (st.send.buffered() == 0 && (!st.send.is_finished() || st.send.is_fully_acked()))
+                    || st.has(flag::SEND_RESET)
+            })
+    }
+
     /// A protocol violation by the peer, if one happened: (close code, reason). The driver
     /// closes the channel with it.
     pub fn take_violation(&mut self) -> Option<(u64, String)> {

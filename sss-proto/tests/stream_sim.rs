@@ -1,0 +1,251 @@
+//! The stream layer on the simulated network: random trees of streams and substreams with
+//! random writes, records, datagrams, finishes and resets under impairments, checked for
+//! exactly-once, in-order delivery; and streams that survive the death of their channel.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use rand_chacha::rand_core::{RngCore, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use sss_proto::endpoint::EndpointConfig;
+use sss_proto::sim::{LinkConfig, Network, NodeId};
+use sss_proto::stream::{SessionConfig, SessionEvent, StreamId};
+use sss_proto::testkit::session_host::SessionHost;
+use sss_proto::testkit::{addr, identity};
+use sss_proto::Eid;
+
+const SERVICE: (&str, &str) = ("test", "streams/1");
+
+fn seeds(default: u64) -> u64 {
+    std::env::var("SSS_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+struct World {
+    net: Network<SessionHost>,
+    a: NodeId,
+    b: NodeId,
+    a_eid: Eid,
+    b_eid: Eid,
+}
+
+fn world(seed: u64, link: LinkConfig) -> World {
+    let start = Instant::now();
+    let mut net = Network::new(seed, start);
+    let (ida, idb) = (identity(seed * 2 + 1), identity(seed * 2 + 2));
+    let mut ca = EndpointConfig::new([seed as u8; 32]);
+    let mut cb = EndpointConfig::new([seed as u8 ^ 0xff; 32]);
+    for c in [&mut ca, &mut cb] {
+        let mut ch = sss_proto::ChannelConfig::default();
+        ch.initial_rtt = Duration::from_millis(100);
+        ch.handshake_timeout = Duration::from_secs(120);
+        c.channel = std::sync::Arc::new(ch);
+    }
+    let ha = SessionHost::new(&ida, ca, SessionConfig::default(), start);
+    let mut hb = SessionHost::new(&idb, cb, SessionConfig::default(), start);
+    hb.listeners.push((SERVICE.0.into(), SERVICE.1.into()));
+    let a = net.add_node(addr(1), ha);
+    let b = net.add_node(addr(2), hb);
+    net.connect(addr(1), addr(2), link);
+    World {
+        net,
+        a,
+        b,
+        a_eid: ida.eid(),
+        b_eid: idb.eid(),
+    }
+}
+
+/// What the sender did on one stream.
+#[derive(Default, Debug)]
+struct Sent {
+    records: Vec<Vec<u8>>,
+    tail: Vec<u8>,
+    finished: bool,
+    reset: bool,
+}
+
+/// B's application: listens on every stream, accepts every substream.
+fn serve(w: &mut World) {
+    let a_eid = w.a_eid;
+    let host = w.net.node_mut(w.b);
+    let events: Vec<SessionEvent> = host.events.drain(..).map(|(_, e)| e).collect();
+    let session = host.sessions.get_mut(&a_eid).expect("session with A");
+    for e in events {
+        match e {
+            SessionEvent::IncomingStream { id, .. } => {
+                session.listen(id, true).ok();
+            }
+            SessionEvent::NewSubstream { parent } => {
+                while let Ok(Some(child)) = session.accept_substream(parent) {
+                    session.listen(child, true).ok();
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+fn run_random_tree(seed: u64, link: LinkConfig) {
+    let mut w = world(seed, link);
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut sent: BTreeMap<StreamId, Sent> = BTreeMap::new();
+    let mut datagrams_reliable: BTreeMap<Vec<u8>, StreamId> = BTreeMap::new();
+    let mut datagrams_best: BTreeSet<Vec<u8>> = BTreeSet::new();
+    let mut next_tag = 0u32;
+    let (a, b_eid) = (w.a, w.b_eid);
+    let ops = 20 + rng.next_u32() % 40;
+    for _ in 0..ops {
+        let now = w.net.now();
+        let host = w.net.node_mut(a);
+        let open: Vec<StreamId> = sent
+            .iter()
+            .filter(|(_, s)| !s.finished && !s.reset)
+            .map(|(id, _)| *id)
+            .collect();
+        let pick = |rng: &mut ChaCha8Rng| open[(rng.next_u32() as usize) % open.len()];
+        match rng.next_u32() % 10 {
+            _ if open.is_empty() => {
+                let id = host.open(now, b_eid, addr(2), SERVICE.0, SERVICE.1).unwrap();
+                sent.insert(id, Sent::default());
+            }
+            0 => {
+                let id = host.open(now, b_eid, addr(2), SERVICE.0, SERVICE.1).unwrap();
+                sent.insert(id, Sent::default());
+            }
+            1 | 2 => {
+                let parent = pick(&mut rng);
+                let s = host.sessions.get_mut(&b_eid).unwrap();
+                let id = s.open_substream(parent).unwrap();
+                sent.insert(id, Sent::default());
+            }
+            3..=5 => {
+                let id = pick(&mut rng);
+                let len = (rng.next_u32() % 3000) as usize;
+                let mut data = vec![0u8; len];
+                rng.fill_bytes(&mut data);
+                let s = host.sessions.get_mut(&b_eid).unwrap();
+                let as_record = rng.next_u32() % 2 == 0;
+                let entry = sent.get_mut(&id).unwrap();
+                if as_record {
+                    s.write_record(id, &data).unwrap();
+                    entry.tail.extend_from_slice(&data);
+                    if !entry.tail.is_empty() {
+                        let rec = std::mem::take(&mut entry.tail);
+                        entry.records.push(rec);
+                    }
+                } else {
+                    assert_eq!(s.write(id, &data).unwrap(), len);
+                    entry.tail.extend_from_slice(&data);
+                }
+            }
+            6 => {
+                let id = pick(&mut rng);
+                let reliable = rng.next_u32() % 2 == 0;
+                let len = 1 + (rng.next_u32() % 6000) as usize;
+                let mut data = vec![0u8; len];
+                rng.fill_bytes(&mut data);
+                data[..4].copy_from_slice(&next_tag.to_be_bytes());
+                next_tag += 1;
+                let s = host.sessions.get_mut(&b_eid).unwrap();
+                s.write_datagram(id, &data, reliable).unwrap();
+                if reliable {
+                    datagrams_reliable.insert(data, id);
+                } else {
+                    datagrams_best.insert(data);
+                }
+            }
+            7 | 8 => {
+                let id = pick(&mut rng);
+                host.sessions.get_mut(&b_eid).unwrap().finish(id).unwrap();
+                let entry = sent.get_mut(&id).unwrap();
+                entry.finished = true;
+            }
+            _ => {
+                let id = pick(&mut rng);
+                host.sessions.get_mut(&b_eid).unwrap().reset(id, 0x100).unwrap();
+                sent.get_mut(&id).unwrap().reset = true;
+            }
+        }
+        w.net.wake(a);
+        let step = Duration::from_millis(u64::from(rng.next_u32() % 30));
+        w.net.run_for(step).unwrap();
+        serve(&mut w);
+    }
+    // Let everything arrive.
+    for _ in 0..600 {
+        w.net.run_for(Duration::from_millis(200)).unwrap();
+        serve(&mut w);
+        let a_session = w.net.node(a).sessions.get(&b_eid);
+        let idle = a_session.is_some_and(|s| s.is_quiescent());
+        if idle {
+            break;
+        }
+    }
+    // Read everything at B and compare.
+    let host = w.net.node_mut(w.b);
+    let session = host.sessions.get_mut(&w.a_eid).expect("B has the session");
+    let mut got_reliable = BTreeSet::new();
+    let mut got_best = BTreeSet::new();
+    for (id, s) in &sent {
+        if s.reset {
+            continue;
+        }
+        let mut records = Vec::new();
+        while let Ok(Some((rec, truncated))) = session.read_record(*id, usize::MAX) {
+            assert!(!truncated);
+            records.push(rec);
+        }
+        let mut tail = Vec::new();
+        let mut buf = vec![0u8; 4096];
+        while let Ok(n) = session.read(*id, &mut buf) {
+            if n == 0 {
+                break;
+            }
+            tail.extend_from_slice(&buf[..n]);
+        }
+        let mut want_records = s.records.clone();
+        let mut want_tail = s.tail.clone();
+        if s.finished && !want_tail.is_empty() {
+            want_records.push(std::mem::take(&mut want_tail));
+        }
+        assert_eq!(records.len(), want_records.len(), "seed {seed}: stream {id}: record count");
+        assert!(records == want_records, "seed {seed}: stream {id}: records differ");
+        assert!(tail == want_tail, "seed {seed}: stream {id}: trailing bytes differ ({} vs {})", tail.len(), want_tail.len());
+        if s.finished {
+            assert_eq!(session.at_end(*id), Ok(true), "seed {seed}: stream {id} not at end");
+        }
+        while let Ok(Some(d)) = session.read_datagram(*id) {
+            let fresh = if datagrams_reliable.contains_key(&d) {
+                got_reliable.insert(d)
+            } else {
+                assert!(datagrams_best.contains(&d), "seed {seed}: a datagram nobody sent");
+                got_best.insert(d)
+            };
+            assert!(fresh, "seed {seed}: a datagram was delivered twice");
+        }
+    }
+    // Every reliable datagram whose stream was not reset arrived (exactly once, checked above).
+    for (d, parent) in &datagrams_reliable {
+        if !sent[parent].reset {
+            assert!(got_reliable.contains(d), "seed {seed}: a reliable datagram on {parent} was lost");
+        }
+    }
+    let _ = got_best;
+}
+
+#[test]
+fn random_stream_trees_are_delivered_exactly_under_impairments() {
+    for seed in 0..seeds(1000) {
+        let mut link = LinkConfig::with_latency(Duration::from_millis(5 + seed % 15));
+        link.loss = (seed % 21) as f64 / 100.0;
+        link.reorder = 0.03;
+        link.reorder_delay = Duration::from_millis(5);
+        link.duplicate = 0.01;
+        link.corrupt = 0.005;
+        link.bandwidth_bps = Some(50_000_000);
+        run_random_tree(seed, link);
+    }
+}
