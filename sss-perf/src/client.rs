@@ -57,7 +57,11 @@ pub struct RequestsPlan {
 }
 
 /// Connects, measures connect time with a probe, then uploads and verifies.
-pub async fn upload<D: Dialer>(dialer: &D, target: &Target, plan: UploadPlan) -> Result<UploadReport> {
+pub async fn upload<D: Dialer>(
+    dialer: &D,
+    target: &Target,
+    plan: UploadPlan,
+) -> Result<UploadReport> {
     if plan.streams == 0 {
         return Err(PerfError::Config("--streams must be at least 1".into()));
     }
@@ -78,7 +82,12 @@ pub async fn upload<D: Dialer>(dialer: &D, target: &Target, plan: UploadPlan) ->
     let elapsed = start.elapsed();
     conn.close();
     dialer.shutdown().await;
-    Ok(UploadReport::new(plan.bytes, plan.streams, elapsed, connect))
+    Ok(UploadReport::new(
+        plan.bytes,
+        plan.streams,
+        elapsed,
+        connect,
+    ))
 }
 
 /// Connects, then makes `plan.requests` round trips, one at a time, each on a new stream.
@@ -112,7 +121,13 @@ pub async fn connect_and_probe<D: Dialer>(
     let conn = dialer.connect(target).await?;
     let (mut send, mut recv) = conn.open_bi().await?;
     let mut header = Vec::with_capacity(HEADER_LEN);
-    Header { kind: Kind::PROBE, stream: u32::MAX, seed, len: 0 }.encode(&mut header);
+    Header {
+        kind: Kind::PROBE,
+        stream: u32::MAX,
+        seed,
+        len: 0,
+    }
+    .encode(&mut header);
     let io = |e| PerfError::io("probe", e);
     send.write_all(&header).await.map_err(io)?;
     send.shutdown().await.map_err(io)?;
@@ -137,11 +152,19 @@ async fn upload_stream<C: Conn>(
     let corrupt = corrupt.filter(|c| c.stream == stream).map(|c| c.offset);
     let written = async {
         let mut buf = Vec::with_capacity(CHUNK);
-        Header { kind: Kind::UPLOAD, stream, seed, len }.encode(&mut buf);
+        Header {
+            kind: Kind::UPLOAD,
+            stream,
+            seed,
+            len,
+        }
+        .encode(&mut buf);
         let mut offset = 0u64;
         loop {
             let head = buf.len();
-            let n = usize::try_from(len - offset).unwrap_or(CHUNK).min(CHUNK - head);
+            let n = usize::try_from(len - offset)
+                .unwrap_or(CHUNK)
+                .min(CHUNK - head);
             buf.resize(head + n, 0);
             pattern.fill(offset, &mut buf[head..]);
             if let Some(at) = corrupt.filter(|at| (offset..offset + n as u64).contains(at)) {
@@ -161,11 +184,16 @@ async fn upload_stream<C: Conn>(
     // stream, and its reply says why.
     let reply = read_reply(&mut recv).await;
     match (written, reply) {
-        (_, Ok(reply)) if reply.status != Status::OK => {
-            Err(PerfError::Rejected { stream, status: reply.status, value: reply.value })
-        }
+        (_, Ok(reply)) if reply.status != Status::OK => Err(PerfError::Rejected {
+            stream,
+            status: reply.status,
+            value: reply.value,
+        }),
         (Err(e), _) => Err(PerfError::io(format!("writing stream {stream}"), e)),
-        (Ok(()), Err(e)) => Err(PerfError::io(format!("reading reply on stream {stream}"), e)),
+        (Ok(()), Err(e)) => Err(PerfError::io(
+            format!("reading reply on stream {stream}"),
+            e,
+        )),
         (Ok(()), Ok(reply)) => {
             check_reply(stream, reply, len)?;
             expect_end(&mut recv, stream).await
@@ -178,20 +206,35 @@ async fn request<C: Conn>(conn: &C, stream: u32, size: u64, seed: u64) -> Result
     let io = |what: &str, e| PerfError::io(format!("{what} request {stream}"), e);
     let body = usize::try_from(size).map_err(|_| PerfError::Config("--size too large".into()))?;
     let mut buf = Vec::with_capacity(HEADER_LEN + body);
-    Header { kind: Kind::REQUEST, stream, seed, len: size }.encode(&mut buf);
+    Header {
+        kind: Kind::REQUEST,
+        stream,
+        seed,
+        len: size,
+    }
+    .encode(&mut buf);
     buf.resize(HEADER_LEN + body, 0);
     Pattern::new(seed, stream, Direction::Request).fill(0, &mut buf[HEADER_LEN..]);
     send.write_all(&buf).await.map_err(|e| io("writing", e))?;
     send.shutdown().await.map_err(|e| io("finishing", e))?;
-    let reply = read_reply(&mut recv).await.map_err(|e| io("reading reply to", e))?;
+    let reply = read_reply(&mut recv)
+        .await
+        .map_err(|e| io("reading reply to", e))?;
     check_reply(stream, reply, size)?;
     // Read the whole response (and its end) and verify it.
     buf.resize(body, 0);
-    recv.read_exact(&mut buf).await.map_err(|e| io("reading response to", e))?;
+    recv.read_exact(&mut buf)
+        .await
+        .map_err(|e| io("reading response to", e))?;
     let mut scratch = vec![0u8; body.clamp(1, CHUNK)];
-    Pattern::new(seed, stream, Direction::Response).verify(0, &buf, &mut scratch).map_err(|m| {
-        PerfError::ResponseMismatch { stream, offset: m.offset, expected: m.expected, got: m.got }
-    })?;
+    Pattern::new(seed, stream, Direction::Response)
+        .verify(0, &buf, &mut scratch)
+        .map_err(|m| PerfError::ResponseMismatch {
+            stream,
+            offset: m.offset,
+            expected: m.expected,
+            got: m.got,
+        })?;
     expect_end(&mut recv, stream).await
 }
 
@@ -203,7 +246,11 @@ async fn read_reply<R: AsyncRead + Unpin>(recv: &mut R) -> std::io::Result<Reply
 
 fn check_reply(stream: u32, reply: Reply, len: u64) -> Result<()> {
     if reply.status != Status::OK {
-        return Err(PerfError::Rejected { stream, status: reply.status, value: reply.value });
+        return Err(PerfError::Rejected {
+            stream,
+            status: reply.status,
+            value: reply.value,
+        });
     }
     if reply.value != len {
         return Err(PerfError::Protocol(format!(
@@ -218,7 +265,9 @@ async fn expect_end<R: AsyncRead + Unpin>(recv: &mut R, stream: u32) -> Result<(
     let mut extra = [0u8; 1];
     match recv.read(&mut extra).await {
         Ok(0) => Ok(()),
-        Ok(_) => Err(PerfError::Protocol(format!("extra bytes after the reply on stream {stream}"))),
+        Ok(_) => Err(PerfError::Protocol(format!(
+            "extra bytes after the reply on stream {stream}"
+        ))),
         Err(e) => Err(PerfError::io(format!("reading end of stream {stream}"), e)),
     }
 }

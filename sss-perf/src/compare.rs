@@ -43,7 +43,12 @@ pub struct CompareArgs {
     #[arg(long, value_enum, value_delimiter = ',', default_value = "quinn,sss")]
     pub stacks: Vec<StackKind>,
     /// Scenarios to run.
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "bulk1,bulk-many,connect,rr,lossy")]
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "bulk1,bulk-many,connect,rr,lossy"
+    )]
     pub scenarios: Vec<Scenario>,
     /// Bytes per bulk run.
     #[arg(long, value_parser = crate::parse_size, default_value = "1G")]
@@ -114,7 +119,9 @@ pub fn run(args: &CompareArgs) -> Result<()> {
             match runner.relay_template() {
                 Some(t) => Some(t),
                 None => {
-                    eprintln!("compare: no impairment relay (see --relay-cmd); lossy scenario skipped");
+                    eprintln!(
+                        "compare: no impairment relay (see --relay-cmd); lossy scenario skipped"
+                    );
                     continue;
                 }
             }
@@ -125,13 +132,25 @@ pub fn run(args: &CompareArgs) -> Result<()> {
             for &stack in &args.stacks {
                 let before = UdpCounters::read();
                 let results = runner.scenario(scenario, stack, relay.as_deref());
-                udp.entry(stack.to_string()).or_default().add(&UdpCounters::read().since(&before));
+                udp.entry(stack.to_string())
+                    .or_default()
+                    .add(&UdpCounters::read().since(&before));
                 for (label, unit, outcome) in results {
-                    eprintln!("compare: [{label} {round}/{}] {stack}: {}", args.rounds, describe(&outcome));
+                    eprintln!(
+                        "compare: [{label} {round}/{}] {stack}: {}",
+                        args.rounds,
+                        describe(&outcome)
+                    );
                     let row = match rows.iter_mut().find(|(l, _)| *l == label) {
                         Some((_, row)) => row,
                         None => {
-                            rows.push((label.clone(), Row { unit, ..Row::default() }));
+                            rows.push((
+                                label.clone(),
+                                Row {
+                                    unit,
+                                    ..Row::default()
+                                },
+                            ));
                             &mut rows.last_mut().expect("just pushed").1
                         }
                     };
@@ -233,21 +252,41 @@ impl<'a> Runner<'a> {
     ) -> Vec<(String, &'static str, Outcome)> {
         let a = self.args;
         let bulk = |streams: u32, bytes: u64| {
-            vec!["--bytes".to_string(), bytes.to_string(), "--streams".into(), streams.to_string()]
+            vec![
+                "--bytes".to_string(),
+                bytes.to_string(),
+                "--streams".into(),
+                streams.to_string(),
+            ]
         };
         match scenario {
             Scenario::Bulk1 => {
                 let label = format!("bulk, 1 stream, {}", human(a.bulk_bytes));
-                vec![(label, "Gbit/s", self.pair(stack, &bulk(1, a.bulk_bytes), None))]
+                vec![(
+                    label,
+                    "Gbit/s",
+                    self.pair(stack, &bulk(1, a.bulk_bytes), None),
+                )]
             }
             Scenario::BulkMany => {
-                let label = format!("bulk, {} streams, {} total", a.many_streams, human(a.bulk_bytes));
-                vec![(label, "Gbit/s", self.pair(stack, &bulk(a.many_streams, a.bulk_bytes), None))]
+                let label = format!(
+                    "bulk, {} streams, {} total",
+                    a.many_streams,
+                    human(a.bulk_bytes)
+                );
+                vec![(
+                    label,
+                    "Gbit/s",
+                    self.pair(stack, &bulk(a.many_streams, a.bulk_bytes), None),
+                )]
             }
             Scenario::Connect => {
                 let label = "connect to first byte".to_string();
                 let outcomes = self.connects(stack, a.connects);
-                outcomes.into_iter().map(|o| (label.clone(), "ms", o)).collect()
+                outcomes
+                    .into_iter()
+                    .map(|o| (label.clone(), "ms", o))
+                    .collect()
             }
             Scenario::Rr => {
                 let args = vec![
@@ -274,7 +313,8 @@ impl<'a> Runner<'a> {
                         human(a.lossy_bytes),
                         a.rtt_ms
                     );
-                    let outcome = self.pair(stack, &bulk(1, a.lossy_bytes), relay.map(|t| (t, loss)));
+                    let outcome =
+                        self.pair(stack, &bulk(1, a.lossy_bytes), relay.map(|t| (t, loss)));
                     (label, "Gbit/s", outcome)
                 })
                 .collect(),
@@ -284,27 +324,45 @@ impl<'a> Runner<'a> {
     /// Starts a server; `Err(outcome)` when it could not (not implemented or failed).
     fn server(&self, stack: StackKind) -> std::result::Result<(Guard, String, String), Outcome> {
         let mut cmd = self.command(1);
-        cmd.args(["server", "--listen", "127.0.0.1:0", "--stack", &stack.to_string()])
-            .args(["--cipher", &cipher_arg(self.args.cipher)])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped());
-        let child = cmd.spawn().map_err(|e| Outcome::Failed(format!("spawning server: {e}")))?;
+        cmd.args([
+            "server",
+            "--listen",
+            "127.0.0.1:0",
+            "--stack",
+            &stack.to_string(),
+        ])
+        .args(["--cipher", &cipher_arg(self.args.cipher)])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped());
+        let child = cmd
+            .spawn()
+            .map_err(|e| Outcome::Failed(format!("spawning server: {e}")))?;
         let mut guard = Guard(child);
         let stdout = guard.0.stdout.take().expect("stdout is piped");
         let mut line = String::new();
         let _ = BufReader::new(stdout).read_line(&mut line);
-        let parsed = line.trim().strip_prefix("eid=").and_then(|rest| rest.split_once(" addr="));
+        let parsed = line
+            .trim()
+            .strip_prefix("eid=")
+            .and_then(|rest| rest.split_once(" addr="));
         match parsed {
             Some((eid, addr)) => Ok((guard, eid.to_owned(), addr.to_owned())),
             None => match guard.0.wait().map(|s| s.code()) {
                 Ok(Some(2)) => Err(Outcome::NotImplemented),
-                status => Err(Outcome::Failed(format!("server printed {line:?}, exit {status:?}"))),
+                status => Err(Outcome::Failed(format!(
+                    "server printed {line:?}, exit {status:?}"
+                ))),
             },
         }
     }
 
     /// A server and one client with `client_args`, optionally through the relay.
-    fn pair(&self, stack: StackKind, client_args: &[String], relay: Option<(&str, f64)>) -> Outcome {
+    fn pair(
+        &self,
+        stack: StackKind,
+        client_args: &[String],
+        relay: Option<(&str, f64)>,
+    ) -> Outcome {
         let (_server, eid, addr) = match self.server(stack) {
             Ok(s) => s,
             Err(outcome) => return outcome,
@@ -326,7 +384,9 @@ impl<'a> Runner<'a> {
             Err(outcome) => return vec![outcome],
         };
         let args = ["--bytes", "1", "--streams", "1"].map(String::from);
-        (0..n).map(|_| self.client(stack, &format!("{eid}@{addr}"), &args)).collect()
+        (0..n)
+            .map(|_| self.client(stack, &format!("{eid}@{addr}"), &args))
+            .collect()
     }
 
     fn client(&self, stack: StackKind, target: &str, extra: &[String]) -> Outcome {
@@ -345,14 +405,19 @@ impl<'a> Runner<'a> {
         let status = loop {
             match guard.0.try_wait() {
                 Ok(Some(status)) => break status,
-                Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
                 Ok(None) => return Outcome::Failed("timed out".into()),
                 Err(e) => return Outcome::Failed(format!("waiting for client: {e}")),
             }
         };
         let mut out = String::new();
         if let Some(stdout) = guard.0.stdout.take() {
-            for line in BufReader::new(stdout).lines().map_while(std::result::Result::ok) {
+            for line in BufReader::new(stdout)
+                .lines()
+                .map_while(std::result::Result::ok)
+            {
                 out = line;
             }
         }
@@ -366,7 +431,12 @@ impl<'a> Runner<'a> {
         }
     }
 
-    fn relay(&self, template: &str, loss_pct: f64, forward: &str) -> std::result::Result<(Guard, String), String> {
+    fn relay(
+        &self,
+        template: &str,
+        loss_pct: f64,
+        forward: &str,
+    ) -> std::result::Result<(Guard, String), String> {
         let port = std::net::UdpSocket::bind("127.0.0.1:0")
             .and_then(|s| s.local_addr())
             .map_err(|e| format!("finding a relay port: {e}"))?
@@ -377,7 +447,10 @@ impl<'a> Runner<'a> {
             .replace("{forward}", forward)
             .replace("{loss_pct}", &loss_pct.to_string())
             .replace("{loss}", &(loss_pct / 100.0).to_string())
-            .replace("{delay_ms}", &(f64::from(self.args.rtt_ms) / 2.0).to_string())
+            .replace(
+                "{delay_ms}",
+                &(f64::from(self.args.rtt_ms) / 2.0).to_string(),
+            )
             .replace("{rtt_ms}", &self.args.rtt_ms.to_string());
         let mut words = command.split_whitespace();
         let program = words.next().ok_or("empty relay command")?;
@@ -461,10 +534,25 @@ fn cell(row: &Row, stack: StackKind) -> (String, Option<f64>) {
     match row.samples.get(&key).and_then(|v| summary(v)) {
         Some((median, min, max)) => {
             let n = row.samples[&key].len();
-            let failed = if row.missing.contains_key(&key) { " +FAILED" } else { "" };
-            (format!("{} [{} .. {}] n={n}{failed}", fmt(median), fmt(min), fmt(max)), Some(median))
+            let failed = if row.missing.contains_key(&key) {
+                " +FAILED"
+            } else {
+                ""
+            };
+            (
+                format!(
+                    "{} [{} .. {}] n={n}{failed}",
+                    fmt(median),
+                    fmt(min),
+                    fmt(max)
+                ),
+                Some(median),
+            )
         }
-        None => (row.missing.get(&key).copied().unwrap_or("-").to_owned(), None),
+        None => (
+            row.missing.get(&key).copied().unwrap_or("-").to_owned(),
+            None,
+        ),
     }
 }
 
@@ -517,9 +605,15 @@ fn machine_line(args: &CompareArgs) -> String {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = cpuinfo
         .lines()
-        .find_map(|l| l.strip_prefix("model name").and_then(|r| r.split_once(':')).map(|(_, m)| m.trim()))
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .and_then(|r| r.split_once(':'))
+                .map(|(_, m)| m.trim())
+        })
         .unwrap_or("unknown CPU");
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
     format!(
         "machine: {cpus} CPUs, {model}; rounds {}; pinned {}; cipher {}",
         args.rounds,

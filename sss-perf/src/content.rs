@@ -58,7 +58,10 @@ impl Pattern {
 
     /// The content word at `index` (bytes `8 * index .. 8 * index + 8`).
     fn word(&self, index: u64) -> [u8; 8] {
-        mix(self.key.wrapping_add(index.wrapping_add(1).wrapping_mul(GOLDEN))).to_le_bytes()
+        mix(self
+            .key
+            .wrapping_add(index.wrapping_add(1).wrapping_mul(GOLDEN)))
+        .to_le_bytes()
     }
 
     /// Writes the content bytes `offset .. offset + buf.len()` into `buf`.
@@ -66,7 +69,11 @@ impl Pattern {
         let mut index = offset / 8;
         // `offset % 8 < 8`, so the cast cannot truncate.
         let skip = (offset % 8) as usize;
-        let head_len = if skip == 0 { 0 } else { (8 - skip).min(buf.len()) };
+        let head_len = if skip == 0 {
+            0
+        } else {
+            (8 - skip).min(buf.len())
+        };
         let (head, rest) = buf.split_at_mut(head_len);
         if !head.is_empty() {
             head.copy_from_slice(&self.word(index)[skip..skip + head_len]);
@@ -99,7 +106,11 @@ impl Pattern {
                     .enumerate()
                     .find(|(_, (e, g))| e != g)
                     .expect("unequal slices of equal length differ somewhere");
-                return Err(Mismatch { offset: at + i as u64, expected: *e, got: *g });
+                return Err(Mismatch {
+                    offset: at + i as u64,
+                    expected: *e,
+                    got: *g,
+                });
             }
             at += piece.len() as u64;
         }
@@ -150,7 +161,10 @@ mod tests {
             counts[usize::from(*b)] += 1;
         }
         // 65536 bytes over 256 values: 256 expected each; a stuck generator fails this.
-        assert!(counts.iter().all(|&c| (150..400).contains(&c)), "{counts:?}");
+        assert!(
+            counts.iter().all(|&c| (150..400).contains(&c)),
+            "{counts:?}"
+        );
         assert_ne!(v[..4096], v[4096..8192]);
     }
 

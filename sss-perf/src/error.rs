@@ -66,7 +66,10 @@ fn status_name(status: Status) -> &'static str {
 impl PerfError {
     /// Wraps an I/O error with what the harness was doing.
     pub fn io(context: impl Into<String>, source: impl Into<io::Error>) -> Self {
-        Self::Io { context: context.into(), source: source.into() }
+        Self::Io {
+            context: context.into(),
+            source: source.into(),
+        }
     }
 
     /// The process exit code for this error: 2 for an unbuilt stack or bad usage, 1 otherwise.

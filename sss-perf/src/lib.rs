@@ -31,7 +31,9 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (digits, unit) = t.split_at(split);
-    let n: u64 = digits.parse().map_err(|_| format!("{text:?} is not a byte count"))?;
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a byte count"))?;
     let mult: u64 = match unit {
         "" => 1,
         "k" | "K" | "kB" | "KB" => 1_000,
@@ -40,9 +42,14 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         "Ki" | "KiB" => 1 << 10,
         "Mi" | "MiB" => 1 << 20,
         "Gi" | "GiB" => 1 << 30,
-        _ => return Err(format!("unknown unit {unit:?} in {text:?} (k, M, G, Ki, Mi, Gi)")),
+        _ => {
+            return Err(format!(
+                "unknown unit {unit:?} in {text:?} (k, M, G, Ki, Mi, Gi)"
+            ))
+        }
     };
-    n.checked_mul(mult).ok_or_else(|| format!("{text:?} overflows 64 bits"))
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{text:?} overflows 64 bits"))
 }
 
 #[cfg(test)]

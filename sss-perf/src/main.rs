@@ -13,7 +13,11 @@ use sss_perf::tuning::Tuning;
 use sss_perf::{parse_size, run, PerfError, StackKind, Target};
 
 #[derive(Parser)]
-#[command(name = "sss-perf", about = "Measure SSS against quinn on loopback", version)]
+#[command(
+    name = "sss-perf",
+    about = "Measure SSS against quinn on loopback",
+    version
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -106,23 +110,47 @@ fn current_thread() -> Result<tokio::runtime::Runtime, PerfError> {
 
 async fn run_command(command: Command) -> Result<(), PerfError> {
     match command {
-        Command::Server { listen, key, stack, tuning } => {
+        Command::Server {
+            listen,
+            key,
+            stack,
+            tuning,
+        } => {
             eprintln!("sss-perf server: stack={stack} {tuning}");
             run::server(stack, listen, key.as_deref(), &tuning, |eid, addr| {
                 println!("eid={eid} addr={addr}");
             })
             .await
         }
-        Command::Client { connect, bytes, streams, requests, size, seed, stack, corrupt, tuning } => {
+        Command::Client {
+            connect,
+            bytes,
+            streams,
+            requests,
+            size,
+            seed,
+            stack,
+            corrupt,
+            tuning,
+        } => {
             let target: Target = connect.parse()?;
             eprintln!("sss-perf client: stack={stack} {tuning}");
             let line = match (bytes, requests, size) {
                 (Some(bytes), None, _) => {
-                    let plan = UploadPlan { bytes, streams, seed, corrupt };
+                    let plan = UploadPlan {
+                        bytes,
+                        streams,
+                        seed,
+                        corrupt,
+                    };
                     json_line(&run::upload(stack, &target, &tuning, plan).await?)
                 }
                 (None, Some(requests), Some(size)) => {
-                    let plan = RequestsPlan { requests, size, seed };
+                    let plan = RequestsPlan {
+                        requests,
+                        size,
+                        seed,
+                    };
                     json_line(&run::requests(stack, &target, &tuning, plan).await?)
                 }
                 _ => {

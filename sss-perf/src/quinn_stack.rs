@@ -30,9 +30,15 @@ pub fn udp_socket(addr: SocketAddr, buffer: usize) -> Result<(std::net::UdpSocke
     let _ = socket.set_recv_buffer_size(buffer);
     let _ = socket.set_send_buffer_size(buffer);
     socket.bind(&addr.into()).map_err(|e| io("binding", e))?;
-    socket.set_nonblocking(true).map_err(|e| io("setting non-blocking", e))?;
-    let rcv = socket.recv_buffer_size().map_err(|e| io("reading SO_RCVBUF", e))?;
-    let snd = socket.send_buffer_size().map_err(|e| io("reading SO_SNDBUF", e))?;
+    socket
+        .set_nonblocking(true)
+        .map_err(|e| io("setting non-blocking", e))?;
+    let rcv = socket
+        .recv_buffer_size()
+        .map_err(|e| io("reading SO_RCVBUF", e))?;
+    let snd = socket
+        .send_buffer_size()
+        .map_err(|e| io("reading SO_SNDBUF", e))?;
     Ok((socket.into(), rcv, snd))
 }
 
@@ -61,7 +67,9 @@ fn endpoint(
     let mut config = EndpointConfig::default();
     config
         .max_udp_payload_size(tuning.max_udp_payload)
-        .map_err(|e| PerfError::Config(format!("max UDP payload {}: {e}", tuning.max_udp_payload)))?;
+        .map_err(|e| {
+            PerfError::Config(format!("max UDP payload {}: {e}", tuning.max_udp_payload))
+        })?;
     let (socket, rcv, snd) = udp_socket(addr, tuning.socket_buffer)?;
     tracing::info!(%addr, rcv, snd, "quinn socket buffers granted");
     Endpoint::new(config, server, socket, Arc::new(TokioRuntime))
@@ -79,18 +87,23 @@ impl QuinnListener {
     pub fn bind(addr: SocketAddr, key_file: Option<&Path>, tuning: &Tuning) -> Result<Self> {
         let cert = ServerCert::load_or_generate(key_file)?;
         let tls_err = |e: rustls::Error| PerfError::Config(format!("TLS configuration: {e}"));
-        let mut tls = rustls::ServerConfig::builder_with_provider(quinn_tls::provider(tuning.cipher.resolve()))
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(tls_err)?
-            .with_no_client_auth()
-            .with_single_cert(vec![cert.cert], cert.key)
-            .map_err(tls_err)?;
+        let mut tls = rustls::ServerConfig::builder_with_provider(quinn_tls::provider(
+            tuning.cipher.resolve(),
+        ))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(tls_err)?
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.cert], cert.key)
+        .map_err(tls_err)?;
         tls.alpn_protocols = vec![quinn_tls::ALPN.to_vec()];
         let crypto = QuicServerConfig::with_initial(Arc::new(tls), quinn_tls::initial_suite())
             .map_err(|e| PerfError::Config(e.to_string()))?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
         server.transport_config(Arc::new(transport_config(tuning)?));
-        Ok(Self { endpoint: endpoint(addr, tuning, Some(server))?, identity: cert.identity })
+        Ok(Self {
+            endpoint: endpoint(addr, tuning, Some(server))?,
+            identity: cert.identity,
+        })
     }
 }
 
@@ -103,13 +116,17 @@ impl Listener for QuinnListener {
     }
 
     fn local_addr(&self) -> Result<SocketAddr> {
-        self.endpoint.local_addr().map_err(|e| PerfError::io("reading local address", e))
+        self.endpoint
+            .local_addr()
+            .map_err(|e| PerfError::io("reading local address", e))
     }
 
     async fn accept(&self) -> Option<Self::Incoming> {
         let incoming = self.endpoint.accept().await?;
         Some(Box::pin(async move {
-            let conn = incoming.await.map_err(|e| PerfError::io("quinn handshake", e))?;
+            let conn = incoming
+                .await
+                .map_err(|e| PerfError::io("quinn handshake", e))?;
             Ok(QuinnConn(conn))
         }))
     }
@@ -156,7 +173,9 @@ impl Dialer for QuinnDialer {
             .endpoint
             .connect(target.addr, quinn_tls::SERVER_NAME)
             .map_err(|e| PerfError::Config(format!("connecting to {target}: {e}")))?;
-        let conn = connecting.await.map_err(|e| PerfError::io(format!("connecting to {target}"), e))?;
+        let conn = connecting
+            .await
+            .map_err(|e| PerfError::io(format!("connecting to {target}"), e))?;
         Ok(QuinnConn(conn))
     }
 
@@ -176,7 +195,10 @@ impl Conn for QuinnConn {
     type Recv = quinn::RecvStream;
 
     async fn open_bi(&self) -> Result<(Self::Send, Self::Recv)> {
-        self.0.open_bi().await.map_err(|e| PerfError::io("opening stream", e))
+        self.0
+            .open_bi()
+            .await
+            .map_err(|e| PerfError::io("opening stream", e))
     }
 
     async fn accept_bi(&self) -> Result<Option<(Self::Send, Self::Recv)>> {

@@ -97,7 +97,10 @@ pub fn provider(cipher: Cipher) -> Arc<CryptoProvider> {
         Cipher::Aes256 => rustls::crypto::ring::cipher_suite::TLS13_AES_256_GCM_SHA384,
         Cipher::Chacha20 => rustls::crypto::ring::cipher_suite::TLS13_CHACHA20_POLY1305_SHA256,
     };
-    Arc::new(CryptoProvider { cipher_suites: vec![suite], ..rustls::crypto::ring::default_provider() })
+    Arc::new(CryptoProvider {
+        cipher_suites: vec![suite],
+        ..rustls::crypto::ring::default_provider()
+    })
 }
 
 /// The suite RFC 9001 fixes for Initial packets, which quinn needs even when the negotiated
@@ -120,8 +123,15 @@ pub struct PinnedServer {
 impl PinnedServer {
     /// A verifier for `identity` (or [`ANY_IDENTITY`]).
     pub fn new(identity: &str, provider: &CryptoProvider) -> Result<Self> {
-        let pin = if identity == ANY_IDENTITY { None } else { Some(parse_identity(identity)?) };
-        Ok(Self { pin, algorithms: provider.signature_verification_algorithms })
+        let pin = if identity == ANY_IDENTITY {
+            None
+        } else {
+            Some(parse_identity(identity)?)
+        };
+        Ok(Self {
+            pin,
+            algorithms: provider.signature_verification_algorithms,
+        })
     }
 }
 
@@ -182,7 +192,10 @@ mod tests {
     fn identity_is_52_chars_and_parses_back() {
         let cert = ServerCert::load_or_generate(None).unwrap();
         assert_eq!(cert.identity.len(), 52);
-        assert!(cert.identity.bytes().all(|b| b.is_ascii_lowercase() || (b'2'..=b'7').contains(&b)));
+        assert!(cert
+            .identity
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || (b'2'..=b'7').contains(&b)));
         let digest = parse_identity(&cert.identity).unwrap();
         assert_eq!(base32().encode(&digest), cert.identity);
         assert!(parse_identity("abc").is_err());
@@ -196,6 +209,9 @@ mod tests {
         let second = ServerCert::load_or_generate(Some(&path)).unwrap();
         std::fs::remove_file(&path).unwrap();
         assert_eq!(first.identity, second.identity);
-        assert_ne!(first.identity, ServerCert::load_or_generate(None).unwrap().identity);
+        assert_ne!(
+            first.identity,
+            ServerCert::load_or_generate(None).unwrap().identity
+        );
     }
 }

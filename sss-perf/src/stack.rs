@@ -101,7 +101,10 @@ impl FromStr for Target {
         let addr = addr
             .parse()
             .map_err(|e| PerfError::Config(format!("bad address {addr:?} in {s:?}: {e}")))?;
-        Ok(Self { eid: eid.to_owned(), addr })
+        Ok(Self {
+            eid: eid.to_owned(),
+            addr,
+        })
     }
 }
 

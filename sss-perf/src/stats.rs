@@ -40,8 +40,18 @@ impl UploadReport {
     /// Builds the report, deriving `gbps` from `bytes` and `elapsed`.
     pub fn new(bytes: u64, streams: u32, elapsed: Duration, connect: Duration) -> Self {
         let secs = elapsed.as_secs_f64();
-        let gbps = if secs > 0.0 { bytes as f64 * 8.0 / secs / 1e9 } else { 0.0 };
-        Self { bytes, streams, secs, gbps, connect_ms: connect.as_secs_f64() * 1e3 }
+        let gbps = if secs > 0.0 {
+            bytes as f64 * 8.0 / secs / 1e9
+        } else {
+            0.0
+        };
+        Self {
+            bytes,
+            streams,
+            secs,
+            gbps,
+            connect_ms: connect.as_secs_f64() * 1e3,
+        }
     }
 }
 
@@ -79,7 +89,11 @@ pub fn summary(values: &[f64]) -> Option<(f64, f64, f64)> {
     let mut v = values.to_vec();
     v.sort_by(f64::total_cmp);
     let n = v.len();
-    let median = if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 };
+    let median = if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    };
     Some((median, v[0], v[n - 1]))
 }
 
@@ -94,10 +108,18 @@ mod tests {
 
     #[test]
     fn upload_json_has_exactly_the_documented_keys_in_order() {
-        let r = UploadReport::new(1_000_000_000, 4, Duration::from_secs(2), Duration::from_millis(3));
+        let r = UploadReport::new(
+            1_000_000_000,
+            4,
+            Duration::from_secs(2),
+            Duration::from_millis(3),
+        );
         let line = json_line(&r);
         assert!(!line.contains('\n'));
-        assert_eq!(line, r#"{"bytes":1000000000,"streams":4,"secs":2.0,"gbps":4.0,"connect_ms":3.0}"#);
+        assert_eq!(
+            line,
+            r#"{"bytes":1000000000,"streams":4,"secs":2.0,"gbps":4.0,"connect_ms":3.0}"#
+        );
         let back: UploadReport = serde_json::from_str(&line).unwrap();
         assert_eq!(back, r);
     }

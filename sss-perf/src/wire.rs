@@ -129,7 +129,12 @@ mod tests {
 
     #[test]
     fn header_round_trips_and_has_the_documented_layout() {
-        let h = Header { kind: Kind::UPLOAD, stream: 0x0102_0304, seed: 5, len: 1 << 40 };
+        let h = Header {
+            kind: Kind::UPLOAD,
+            stream: 0x0102_0304,
+            seed: 5,
+            len: 1 << 40,
+        };
         let mut buf = Vec::new();
         h.encode(&mut buf);
         assert_eq!(buf.len(), HEADER_LEN);
@@ -149,7 +154,10 @@ mod tests {
     #[test]
     fn reply_round_trips_any_status() {
         for status in [Status::OK, Status::MISMATCH, Status(200)] {
-            let r = Reply { status, value: 123_456_789 };
+            let r = Reply {
+                status,
+                value: 123_456_789,
+            };
             assert_eq!(Reply::decode(&r.encode()), r);
         }
     }
