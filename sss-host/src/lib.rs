@@ -6,4 +6,5 @@
 pub mod impair;
 pub mod udp;
 
+pub use impair::{ImpairConfig, Relay, RelayConfig, RelayHandle, RelayStats};
 pub use udp::{Datagram, RecvBatch, UdpSocket};
