@@ -165,7 +165,7 @@ struct EventLoop {
 
 /// What woke the event loop.
 enum Wake {
-    Config(bool),
+    Config,
     FromClient(io::Result<usize>),
     FromTarget(io::Result<usize>),
     Timer,
@@ -212,18 +212,25 @@ impl EventLoop {
                 }
             };
             let wake = tokio::select! {
-                changed = config_rx.changed() => Wake::Config(changed.is_ok()),
+                _ = config_rx.changed() => Wake::Config,
                 r = from_client.recv(&self.client_side) => Wake::FromClient(r),
                 r = from_target.recv(&self.target_side) => Wake::FromTarget(r),
                 () = timer => Wake::Timer,
             };
-            match wake {
-                Wake::Config(false) => return,
-                Wake::Config(true) => {
+            // A configuration set before a datagram was sent applies to that datagram,
+            // whichever branch `select!` happened to pick first.
+            // (`changed()` marks the new value seen, hence the `Wake::Config` test.)
+            match config_rx.has_changed() {
+                Ok(changed) if changed || matches!(wake, Wake::Config) => {
                     let config = config_rx.borrow_and_update().clone();
                     forward.set_config(&config.forward);
                     backward.set_config(&config.backward);
                 }
+                Ok(_) => {}
+                Err(_) => return,
+            }
+            match wake {
+                Wake::Config | Wake::Timer => {}
                 Wake::FromClient(r) => {
                     if recv_failed(r).await {
                         continue;
@@ -252,7 +259,6 @@ impl EventLoop {
                         }
                     }
                 }
-                Wake::Timer => {}
             }
         }
     }
