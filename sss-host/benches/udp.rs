@@ -5,13 +5,17 @@
 //! datagrams (64 x 1452 B exceeds one UDP send, so it goes out as 45 + 19), GRO on.
 //! The sender runs flat out; what the receiver counts is the figure that matters.
 //!
-//! `cargo bench -p sss-host --bench udp [-- SECONDS]` (default 2 s per case).
+//! Then the same through the impairment relay with no impairment (sender -> relay ->
+//! receiver, three threads on two cores): the relay's own forwarding ceiling.
+//!
+//! `cargo bench -p sss-host --bench udp [-- SECONDS] [direct|relay]` (default 2 s per case).
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
+use sss_host::impair::{ImpairConfig, Relay};
 use sss_host::udp::{RecvBatch, UdpSocket};
 use sss_proto::Transmit;
 
@@ -108,31 +112,69 @@ fn main() {
         .unwrap_or(2.0);
     let duration = Duration::from_secs_f64(seconds);
     println!("udp loopback, {SEGMENT}-byte datagrams, {seconds} s per case");
-    for segments in [1, 10, 64] {
-        let done = Arc::new(AtomicBool::new(false));
-        let (addr_tx, addr_rx) = mpsc::channel();
-        let rx = {
-            let done = done.clone();
-            std::thread::spawn(move || receiver(addr_tx, done))
-        };
-        let to = addr_rx.recv().expect("receiver address");
-        let tx = std::thread::spawn(move || sender(to, segments, duration))
-            .join()
-            .expect("sender thread");
-        done.store(true, Ordering::Release);
-        let rx = rx.join().expect("receiver thread");
+    // `direct` or `relay` on the command line runs only those cases.
+    let only = std::env::args().find(|a| a == "direct" || a == "relay");
+    let wanted = |case: &str| only.as_deref().is_none_or(|o| o == case);
+    for segments in [1, 10, 64].into_iter().filter(|_| wanted("direct")) {
+        run_case(
+            &format!("direct gso={segments:>2}"),
+            segments,
+            duration,
+            false,
+        );
+    }
+    for segments in [10, 44].into_iter().filter(|_| wanted("relay")) {
+        run_case(
+            &format!("relay  gso={segments:>2}"),
+            segments,
+            duration,
+            true,
+        );
+    }
+}
+
+fn run_case(name: &str, segments: usize, duration: Duration, through_relay: bool) {
+    let done = Arc::new(AtomicBool::new(false));
+    let (addr_tx, addr_rx) = mpsc::channel();
+    let rx = {
+        let done = done.clone();
+        std::thread::spawn(move || receiver(addr_tx, done))
+    };
+    let receiver_addr = addr_rx.recv().expect("receiver address");
+    let relay = through_relay.then(|| {
+        Relay::start(
+            (Ipv4Addr::LOCALHOST, 0).into(),
+            receiver_addr,
+            ImpairConfig::default(),
+        )
+        .expect("relay")
+    });
+    let to = relay.as_ref().map_or(receiver_addr, |r| r.local_addr());
+    let tx = std::thread::spawn(move || sender(to, segments, duration))
+        .join()
+        .expect("sender thread");
+    done.store(true, Ordering::Release);
+    let rx = rx.join().expect("receiver thread");
+    println!(
+        "{name}: sent {:6.2} Gbit/s ({:>9.0} dgram/s, {:>7.0} send calls/s) | \
+         received {:6.2} Gbit/s ({:>9.0} dgram/s, {:>7.0} recv calls/s, {:5.1} dgram/call) | \
+         loss {:4.1}%",
+        gbit(tx.bytes, tx.elapsed),
+        per_sec(tx.datagrams, tx.elapsed),
+        per_sec(tx.calls, tx.elapsed),
+        gbit(rx.bytes, rx.elapsed),
+        per_sec(rx.datagrams, rx.elapsed),
+        per_sec(rx.calls, rx.elapsed),
+        rx.datagrams as f64 / rx.calls.max(1) as f64,
+        100.0 * (1.0 - rx.datagrams as f64 / tx.datagrams.max(1) as f64),
+    );
+    if let Some(relay) = relay {
+        let s = relay.stats().forward;
         println!(
-            "gso={segments:>2}: sent {:6.2} Gbit/s ({:>9.0} dgram/s, {:>8.0} send calls/s) | \
-             received {:6.2} Gbit/s ({:>9.0} dgram/s, {:>8.0} recv calls/s, {:5.1} dgram/call) | \
-             loss {:4.1}%",
-            gbit(tx.bytes, tx.elapsed),
-            per_sec(tx.datagrams, tx.elapsed),
-            per_sec(tx.calls, tx.elapsed),
-            gbit(rx.bytes, rx.elapsed),
-            per_sec(rx.datagrams, rx.elapsed),
-            per_sec(rx.calls, rx.elapsed),
-            rx.datagrams as f64 / rx.calls.max(1) as f64,
-            100.0 * (1.0 - rx.datagrams as f64 / tx.datagrams.max(1) as f64),
+            "        relay: received {} forwarded {} dropped {}",
+            s.received,
+            s.forwarded,
+            s.dropped_queue + s.send_errors
         );
     }
 }

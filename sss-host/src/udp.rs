@@ -10,7 +10,7 @@
 
 mod batch;
 
-pub use batch::{Datagram, RecvBatch, DEFAULT_BUFFERS, DEFAULT_BUFFER_SIZE};
+pub use batch::{Datagram, GroBuffer, RecvBatch, DEFAULT_BUFFERS, DEFAULT_BUFFER_SIZE};
 pub use quinn_udp::RecvMeta;
 
 use std::future::poll_fn;

@@ -92,6 +92,32 @@ impl Lane {
         self.config = config;
     }
 
+    /// Whether datagrams arriving now would leave at once and untouched: no impairment is
+    /// configured and nothing is held (which could be overtaken). The relay then forwards
+    /// a received GRO buffer as it is, without copying it.
+    pub(crate) fn is_transparent(&self) -> bool {
+        let c = &self.config;
+        self.queue.is_empty()
+            && c.delay.is_zero()
+            && c.jitter.is_zero()
+            && c.loss == 0.0
+            && c.reorder == 0.0
+            && c.duplicate == 0.0
+            && c.corrupt == 0.0
+            && c.rate_bps.is_none()
+    }
+
+    /// Accounts for `count` datagrams of `bytes` in total forwarded untouched while the
+    /// lane [`is_transparent`](Self::is_transparent). Draws what [`Lane::ingest`] would, so
+    /// the random sequence does not depend on which path a datagram took.
+    pub(crate) fn pass_through(&mut self, count: usize, bytes: usize) {
+        add(&self.counters.received, count as u64);
+        add(&self.counters.received_bytes, bytes as u64);
+        for _ in 0..count * 4 {
+            self.rng.next_u64();
+        }
+    }
+
     /// A uniform draw in `[0, 1)`.
     fn uniform(&mut self) -> f64 {
         (self.rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64
@@ -375,6 +401,33 @@ mod tests {
         let flipped: u32 = buf.iter().map(|b| (b ^ 0x55).count_ones()).sum();
         assert_eq!(flipped, 1);
         assert_eq!(l.counters.snapshot().corrupted, 1);
+    }
+
+    #[test]
+    fn pass_through_keeps_the_random_sequence_of_ingest() {
+        let config = ImpairConfig {
+            seed: 5,
+            ..ImpairConfig::default()
+        };
+        let (mut a, mut b) = (lane(config.clone()), lane(config));
+        let now = Instant::now();
+        assert!(a.is_transparent());
+        for _ in 0..10 {
+            a.ingest(now, &[0; 10]);
+        }
+        drain(&mut a, now);
+        b.pass_through(10, 100);
+        assert_eq!(a.rng.next_u64(), b.rng.next_u64());
+        assert_eq!(
+            a.counters.snapshot().received,
+            b.counters.snapshot().received
+        );
+        a.set_config(&ImpairConfig {
+            delay: Duration::from_millis(1),
+            seed: 5,
+            ..ImpairConfig::default()
+        });
+        assert!(!a.is_transparent());
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The relay's thread and event loop, and the handle that controls it.
 
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use super::lane::Lane;
 use super::stats::{add, Counters};
 use super::{RelayConfig, RelayStats};
-use crate::udp::{canonical_addr, RecvBatch, UdpSocket, GSO_MAX_BYTES};
+use crate::udp::{canonical_addr, GroBuffer, RecvBatch, UdpSocket, GSO_MAX_BYTES};
 
 /// Starts impairment relays; see the [module documentation](super).
 #[derive(Debug)]
@@ -236,12 +236,21 @@ impl EventLoop {
                         continue;
                     }
                     let now = Instant::now();
-                    for d in from_client.datagrams() {
-                        let client = *self.client.get_or_init(|| d.from);
-                        if d.from == client {
-                            forward.ingest(now, d.data);
+                    for buffer in from_client.buffers() {
+                        let client = *self.client.get_or_init(|| buffer.from);
+                        if buffer.from != client {
+                            add(
+                                &fwd_counters.dropped_foreign,
+                                buffer.datagram_count() as u64,
+                            );
+                        } else if forward.is_transparent() {
+                            forward.pass_through(buffer.datagram_count(), buffer.data.len());
+                            send_buffer(&self.target_side, self.target, &buffer, fwd_counters)
+                                .await;
                         } else {
-                            add(&fwd_counters.dropped_foreign, 1);
+                            for data in buffer.data.chunks(buffer.stride) {
+                                forward.ingest(now, data);
+                            }
                         }
                     }
                 }
@@ -250,16 +259,70 @@ impl EventLoop {
                         continue;
                     }
                     let now = Instant::now();
-                    let known = self.client.get().is_some();
-                    for d in from_target.datagrams() {
-                        if known && d.from == self.target {
-                            backward.ingest(now, d.data);
+                    let client = self.client.get().copied();
+                    for buffer in from_target.buffers() {
+                        let Some(client) = client.filter(|_| buffer.from == self.target) else {
+                            add(
+                                &bwd_counters.dropped_foreign,
+                                buffer.datagram_count() as u64,
+                            );
+                            continue;
+                        };
+                        if backward.is_transparent() {
+                            backward.pass_through(buffer.datagram_count(), buffer.data.len());
+                            send_buffer(&self.client_side, client, &buffer, bwd_counters).await;
                         } else {
-                            add(&bwd_counters.dropped_foreign, 1);
+                            for data in buffer.data.chunks(buffer.stride) {
+                                backward.ingest(now, data);
+                            }
                         }
                     }
                 }
             }
+        }
+    }
+}
+
+/// Forwards a received GRO buffer as it is, as one GSO batch.
+async fn send_buffer(
+    socket: &UdpSocket,
+    destination: SocketAddr,
+    buffer: &GroBuffer<'_>,
+    counters: &Counters,
+) {
+    let count = buffer.datagram_count();
+    let transmit = Transmit {
+        destination,
+        size: buffer.data.len(),
+        segment_size: (count > 1).then_some(buffer.stride),
+        ecn: None,
+        src_ip: None,
+    };
+    sent(
+        socket.send(&transmit, buffer.data).await,
+        destination,
+        count,
+        buffer.data.len(),
+        counters,
+    );
+}
+
+/// Counts the outcome of sending `count` datagrams of `bytes` in total.
+fn sent(
+    result: io::Result<()>,
+    destination: SocketAddr,
+    count: usize,
+    bytes: usize,
+    counters: &Counters,
+) {
+    match result {
+        Ok(()) => {
+            add(&counters.forwarded, count as u64);
+            add(&counters.forwarded_bytes, bytes as u64);
+        }
+        Err(e) => {
+            tracing::debug!("impairment relay: send to {destination} failed: {e}");
+            add(&counters.send_errors, count as u64);
         }
     }
 }
@@ -286,9 +349,8 @@ async fn send_due(
     counters: &Counters,
 ) {
     while let Some(batch) = lane.poll_batch(now, out) {
-        let count = batch.count as u64;
         let Some(destination) = destination else {
-            add(&counters.dropped_foreign, count);
+            add(&counters.dropped_foreign, batch.count as u64);
             continue;
         };
         let transmit = Transmit {
@@ -296,17 +358,14 @@ async fn send_due(
             size: out.len(),
             segment_size: (batch.count > 1).then_some(batch.segment),
             ecn: None,
-            src_ip: None::<IpAddr>,
+            src_ip: None,
         };
-        match socket.send(&transmit, out).await {
-            Ok(()) => {
-                add(&counters.forwarded, count);
-                add(&counters.forwarded_bytes, out.len() as u64);
-            }
-            Err(e) => {
-                tracing::debug!("impairment relay: send to {destination} failed: {e}");
-                add(&counters.send_errors, count);
-            }
-        }
+        sent(
+            socket.send(&transmit, out).await,
+            destination,
+            batch.count,
+            out.len(),
+            counters,
+        );
     }
 }

@@ -43,6 +43,29 @@ pub struct Datagram<'a> {
     pub data: &'a mut [u8],
 }
 
+/// One receive buffer of a [`RecvBatch`]: one or more datagrams from the same peer (a GRO
+/// batch), each `stride` bytes but the last.
+#[derive(Debug)]
+pub struct GroBuffer<'a> {
+    /// The peer that sent them (canonical).
+    pub from: SocketAddr,
+    /// The local address they were sent to, when the platform reports it.
+    pub dst_ip: Option<IpAddr>,
+    /// Their ECN codepoint.
+    pub ecn: Option<EcnCodepoint>,
+    /// The size of each datagram but the last (never 0).
+    pub stride: usize,
+    /// The datagrams, back to back.
+    pub data: &'a mut [u8],
+}
+
+impl GroBuffer<'_> {
+    /// Number of datagrams in the buffer.
+    pub fn datagram_count(&self) -> usize {
+        self.data.len().div_ceil(self.stride)
+    }
+}
+
 impl Default for RecvBatch {
     fn default() -> Self {
         Self::new()
@@ -119,27 +142,38 @@ impl RecvBatch {
             .sum()
     }
 
-    /// The datagrams of the last receive, in arrival order. Zero-length datagrams are
-    /// skipped: no SSS packet is empty.
-    pub fn datagrams(&mut self) -> impl Iterator<Item = Datagram<'_>> + '_ {
+    /// The buffers filled by the last receive, whole (relays forward a GRO batch as one GSO
+    /// batch without splitting it). Empty buffers are skipped.
+    pub fn buffers(&mut self) -> impl Iterator<Item = GroBuffer<'_>> + '_ {
         let buffer_size = self.buffer_size;
         self.storage
             .chunks_mut(buffer_size)
             .zip(&self.meta[..self.filled])
-            .flat_map(move |(buf, m)| {
+            .filter(|(_, m)| m.len > 0)
+            .map(move |(buf, m)| {
                 let len = m.len.min(buffer_size);
-                let from = canonical_addr(m.addr);
-                let dst_ip = m.dst_ip.map(|ip| ip.to_canonical());
-                let ecn = m.ecn.map(ecn_from_quinn);
-                buf[..len]
-                    .chunks_mut(stride(m, len))
-                    .map(move |data| Datagram {
-                        from,
-                        dst_ip,
-                        ecn,
-                        data,
-                    })
+                GroBuffer {
+                    from: canonical_addr(m.addr),
+                    dst_ip: m.dst_ip.map(|ip| ip.to_canonical()),
+                    ecn: m.ecn.map(ecn_from_quinn),
+                    stride: stride(m, len),
+                    data: &mut buf[..len],
+                }
             })
+    }
+
+    /// The datagrams of the last receive, in arrival order. Zero-length datagrams are
+    /// skipped: no SSS packet is empty.
+    pub fn datagrams(&mut self) -> impl Iterator<Item = Datagram<'_>> + '_ {
+        self.buffers().flat_map(|b| {
+            let (from, dst_ip, ecn) = (b.from, b.dst_ip, b.ecn);
+            b.data.chunks_mut(b.stride).map(move |data| Datagram {
+                from,
+                dst_ip,
+                ecn,
+                data,
+            })
+        })
     }
 }
 
