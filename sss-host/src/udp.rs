@@ -17,6 +17,7 @@ use std::future::poll_fn;
 use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::task::{ready, Context, Poll};
 
 use socket2::{Domain, Protocol, Socket, Type};
@@ -47,9 +48,9 @@ pub struct UdpSocket {
     /// Upper bound on segments per `sendmsg`, below quinn-udp's own (see
     /// [`UdpSocket::limit_gso_segments`]).
     gso_limit: AtomicUsize,
-    /// Bytes of the current transmit already sent when a batch had to be split (GSO
-    /// fallback or a batch larger than the GSO limit) and the socket became full midway.
-    send_progress: AtomicUsize,
+    /// How much of a split batch (GSO fallback, or a batch above the GSO limits) was sent
+    /// before the socket became full midway.
+    send_progress: Mutex<SendProgress>,
     send_buffer: usize,
     recv_buffer: usize,
 }
@@ -85,7 +86,7 @@ impl UdpSocket {
             state,
             ipv6: addr.is_ipv6(),
             gso_limit: AtomicUsize::new(usize::MAX),
-            send_progress: AtomicUsize::new(0),
+            send_progress: Mutex::new(SendProgress::default()),
             send_buffer,
             recv_buffer,
         })
@@ -143,7 +144,9 @@ impl UdpSocket {
     /// A GSO batch goes out in one `sendmsg` when it fits [`UdpSocket::max_gso_segments`],
     /// else in several. When the kernel refuses GSO, the batch is re-sent as single
     /// datagrams. On `Poll::Pending` (socket buffer full), call again with the same transmit
-    /// and contents once woken: the part already sent is remembered and not sent twice.
+    /// and contents once woken: the part of a split batch already sent is remembered (keyed
+    /// by destination, size and buffer address) and not sent twice; a different transmit
+    /// starts afresh.
     ///
     /// Errors (unreachable destination, message too large, ...) concern this transmit only;
     /// UDP is unreliable and the protocol retransmits, so the driver logs and carries on.
@@ -159,8 +162,20 @@ impl UdpSocket {
                 "transmit size exceeds its contents",
             )));
         };
-        let result = ready!(self.poll_send_inner(cx, transmit, contents));
-        self.send_progress.store(0, Ordering::Relaxed);
+        let key = SendProgress {
+            destination: Some(transmit.destination),
+            contents: contents.as_ptr() as usize,
+            size: transmit.size,
+            segment_size: transmit.segment_size,
+            sent: 0,
+        };
+        let mut progress = self.send_progress.lock().unwrap_or_else(|e| e.into_inner());
+        if !progress.continues(&key) {
+            // A different transmit than the one left half sent: that one was abandoned.
+            *progress = key;
+        }
+        let result = ready!(self.poll_send_inner(cx, transmit, contents, &mut progress.sent));
+        progress.sent = 0;
         Poll::Ready(result)
     }
 
@@ -174,6 +189,7 @@ impl UdpSocket {
         cx: &mut Context<'_>,
         transmit: &Transmit,
         contents: &[u8],
+        progress: &mut usize,
     ) -> Poll<io::Result<()>> {
         let segment = match transmit.segment_size {
             Some(s) if s > 0 && s < contents.len() => s,
@@ -185,7 +201,7 @@ impl UdpSocket {
         let src_ip = transmit.src_ip;
         let ecn = transmit.ecn.map(ecn_to_quinn);
         loop {
-            let offset = self.send_progress.load(Ordering::Relaxed);
+            let offset = *progress;
             let Some(rest) = contents.get(offset..).filter(|r| !r.is_empty()) else {
                 return Poll::Ready(Ok(()));
             };
@@ -206,8 +222,7 @@ impl UdpSocket {
             });
             match sent {
                 Ok(()) => {
-                    self.send_progress
-                        .store(offset + chunk_len, Ordering::Relaxed);
+                    *progress = offset + chunk_len;
                 }
                 // `try_io` cleared the readiness: the next `poll_send_ready` registers us.
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -274,6 +289,23 @@ impl UdpSocket {
             IpAddr::V4(v4) if self.ipv6 => IpAddr::V6(v4.to_ipv6_mapped()),
             ip => ip,
         }
+    }
+}
+
+/// The transmit being sent and how far: `poll_send` resumes a split batch only when called
+/// again with the same transmit over the same buffer.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct SendProgress {
+    destination: Option<SocketAddr>,
+    contents: usize,
+    size: usize,
+    segment_size: Option<usize>,
+    sent: usize,
+}
+
+impl SendProgress {
+    fn continues(&self, other: &Self) -> bool {
+        self.sent > 0 && Self { sent: 0, ..*self } == *other
     }
 }
 
