@@ -2,3 +2,9 @@
 //! driven by a tokio task through `quinn-udp` (GSO/GRO), with `Host`, listeners and streams
 //! implementing `AsyncRead`/`AsyncWrite`. See issue 4.
 #![forbid(unsafe_code)]
+
+pub mod impair;
+pub mod udp;
+
+pub use impair::{ImpairConfig, Relay, RelayConfig, RelayHandle, RelayStats};
+pub use udp::{Datagram, RecvBatch, UdpSocket};
