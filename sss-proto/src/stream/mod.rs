@@ -1,6 +1,179 @@
 //! The stream layer: sessions of hereditary streams over channels (see `spec/streams.md`).
+//!
+//! A [`Session`] holds every stream between this host and one peer. It is independent of the
+//! channel that carries it: it implements [`crate::channel::Upper`], so a channel writes the
+//! session's frames into its packets and reports them acknowledged or lost; when the channel
+//! dies the session keeps its streams, and a new channel to the same peer resumes them.
 
 pub mod datagram;
 pub mod frames;
 pub mod recv_buf;
 pub mod send_buf;
+
+mod scheduler;
+mod session;
+mod state;
+mod wire;
+
+use std::hash::Hasher;
+use std::time::Duration;
+
+pub use frames::StreamId;
+pub use session::{Attach, Session};
+pub use wire::{ControlMeta, SentFrame};
+
+/// Limits and windows of the stream layer.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// Streams the peer may have open at once (credit granted up front and renewed as its
+    /// streams end).
+    pub initial_max_streams: u64,
+    /// Initial receive window of each stream, in bytes.
+    pub initial_max_stream_data: u64,
+    /// Initial receive window of the whole session, in bytes.
+    pub initial_max_data: u64,
+    /// Largest receive window a stream may grow to.
+    pub max_stream_window: u64,
+    /// Largest receive window the session may grow to.
+    pub max_session_window: u64,
+    /// Bytes a stream buffers for sending before `write` takes fewer than offered.
+    pub send_buffer: usize,
+    /// Largest datagram (best-effort or reliable) accepted for sending or reassembly.
+    pub max_datagram_size: u64,
+    /// Bytes of incomplete best-effort datagrams held for reassembly (whole session).
+    pub datagram_reassembly_limit: usize,
+    /// Bytes of best-effort datagrams queued for sending per stream; older ones are dropped
+    /// first when it overflows.
+    pub outgoing_datagram_limit: usize,
+    /// How long a session without a channel keeps its streams before resetting them with
+    /// [`ErrorCode::LINK_DOWN`].
+    pub detached_timeout: Duration,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            initial_max_streams: 1024,
+            initial_max_stream_data: 256 * 1024,
+            initial_max_data: 1024 * 1024,
+            max_stream_window: 16 * 1024 * 1024,
+            max_session_window: 64 * 1024 * 1024,
+            send_buffer: 1024 * 1024,
+            max_datagram_size: 1024 * 1024,
+            datagram_reassembly_limit: 4 * 1024 * 1024,
+            outgoing_datagram_limit: 1024 * 1024,
+            detached_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The state of the path under a session, shared by all its streams.
+#[derive(Debug, Copy, Clone, Eq, PartialEq)]
+pub enum LinkStatus {
+    /// A channel is established and acknowledges data.
+    Up,
+    /// First sign of trouble: no acknowledgement for two probe timeouts in a row.
+    Stalled,
+    /// No channel: the streams wait for a new one (until the detached timeout).
+    Down,
+}
+
+/// Something the application should know about.
+#[derive(Debug, Clone, Eq, PartialEq)]
+pub enum SessionEvent {
+    /// The peer opened a top-level stream for (`service`, `protocol`).
+    IncomingStream {
+        /// The new stream.
+        id: StreamId,
+        /// Requested service.
+        service: String,
+        /// Requested protocol.
+        protocol: String,
+    },
+    /// A substream of `parent` waits in its accept queue.
+    NewSubstream {
+        /// The listening stream.
+        parent: StreamId,
+    },
+    /// Data, a record or the end of the stream can be read.
+    Readable(StreamId),
+    /// The stream's receive window is full: the application should read.
+    ReceiveBlocked(StreamId),
+    /// The stream can take more data after a `write` took less than offered.
+    Writable(StreamId),
+    /// The stream was reset (by the peer, or locally by the session) with `code`.
+    Reset {
+        /// The stream.
+        id: StreamId,
+        /// Application or [`ErrorCode`] code.
+        code: u64,
+    },
+    /// A datagram waits on the stream.
+    Datagram(StreamId),
+    /// The link status changed (applies to every stream of the session).
+    Link(LinkStatus),
+}
+
+/// Why a stream operation failed.
+#[derive(Debug, Clone, Copy, Eq, PartialEq, thiserror::Error)]
+pub enum StreamError {
+    /// No such stream (never opened, or finished and forgotten).
+    #[error("unknown stream")]
+    UnknownStream,
+    /// The stream was reset with this code (by the peer or locally).
+    #[error("stream reset with code {0}")]
+    Reset(u64),
+    /// Service and protocol names must be 1 to 255 bytes.
+    #[error("service and protocol names must be 1 to 255 bytes")]
+    BadName,
+    /// The sending direction was finished already.
+    #[error("the stream's sending direction is finished")]
+    Finished,
+    /// The peer asked us to stop sending.
+    #[error("the peer stopped reading this stream")]
+    Stopped,
+    /// The datagram exceeds the configured maximum size.
+    #[error("datagram larger than the configured maximum")]
+    DatagramTooLarge,
+    /// A record needs at least one byte (written before with `write`, or given).
+    #[error("empty record")]
+    EmptyRecord,
+}
+
+/// Reset codes the stream layer itself uses (applications use their own, below `1 << 32`).
+#[derive(Debug)]
+pub struct ErrorCode;
+
+impl ErrorCode {
+    /// The substream's parent does not exist (any more).
+    pub const NO_PARENT: u64 = 0x1_0000_0001;
+    /// The parent does not accept substreams (not listening).
+    pub const REFUSED: u64 = 0x1_0000_0002;
+    /// No listener for the stream's (service, protocol).
+    pub const UNKNOWN_SERVICE: u64 = 0x1_0000_0003;
+    /// The peer restarted: its new session does not know the stream.
+    pub const PEER_RESTARTED: u64 = 0x1_0000_0004;
+    /// No channel came back within the detached timeout.
+    pub const LINK_DOWN: u64 = 0x1_0000_0005;
+}
+
+/// A hasher for stream ids (already unique integers; no need for SipHash).
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        // Spread the bits: ids are small sequential counters.
+        self.0.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
