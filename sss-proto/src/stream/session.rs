@@ -76,10 +76,14 @@ pub struct Session {
     pub(crate) data_window_moved_at: Option<Instant>,
     pub(crate) max_data_queued: bool,
     pub(crate) control: VecDeque<Control>,
+    /// Control frames (and MAX_DATA, MAX_STREAMS) sent and not yet acknowledged or lost.
+    pub(crate) control_in_flight: usize,
     pub(crate) scheduler: Scheduler,
     /// Streams waiting for MAX_DATA or MAX_STREAMS.
     pub(crate) session_blocked: Vec<StreamId>,
     pub(crate) credit_blocked: Vec<StreamId>,
+    /// Peer substreams whose parent's OPEN has not arrived yet, by parent.
+    pub(crate) orphans: HashMap<StreamId, Vec<StreamId>, BuildHasherDefault<IdHasher>>,
     pub(crate) reassembly: Reassembly,
     pub(crate) events: VecDeque<SessionEvent>,
     pub(crate) link: LinkStatus,
@@ -125,9 +129,11 @@ impl Session {
             data_window_moved_at: None,
             max_data_queued: false,
             control: VecDeque::new(),
+            control_in_flight: 0,
             scheduler: Scheduler::default(),
             session_blocked: Vec::new(),
             credit_blocked: Vec::new(),
+            orphans: HashMap::default(),
             reassembly,
             events: VecDeque::new(),
             link: LinkStatus::Down,
@@ -172,13 +178,17 @@ impl Session {
     pub fn is_quiescent(&self) -> bool {
         !self.max_data_queued
             && !self.max_streams_queued
+            && self.control_in_flight == 0
             && self.control.is_empty()
             && self.scheduler.is_empty()
             && self.session_blocked.is_empty()
             && self.credit_blocked.is_empty()
             && self.streams.values().all(|st| {
-                (st.send.buffered() == 0 && (!st.send.is_finished() || st.send.is_fully_acked()))
-                    || st.has(flag::SEND_RESET)
+                let open_done = st.has(flag::OPEN_ACKED) || !st.has(flag::OPEN_IN_FLIGHT);
+                open_done
+                    && ((st.send.buffered() == 0
+                        && (!st.send.is_finished() || st.send.is_fully_acked()))
+                        || st.has(flag::SEND_RESET))
             })
     }
 
@@ -265,6 +275,7 @@ impl Session {
         self.control.clear();
         self.session_blocked.clear();
         self.credit_blocked.clear();
+        self.orphans.clear();
         self.peer_opened = RangeSet::new();
         self.next_counter = 1;
         self.peer_max_streams = self.config.initial_max_streams;
@@ -430,7 +441,9 @@ impl Session {
             return Err(StreamError::Stopped);
         }
         st.send.write(data);
-        st.send.mark_record();
+        if !st.send.mark_record() {
+            return Err(StreamError::EmptyRecord);
+        }
         self.schedule(id);
         Ok(())
     }
@@ -450,7 +463,7 @@ impl Session {
             let child = self.open_child(id, Kind::Datagram)?;
             let st = self.streams.get_mut(&child).expect("just opened");
             st.send.write(data);
-            let _ = st.send.finish();
+            st.send.finish();
             // Our receiving side of an ephemeral datagram stream carries nothing.
             st.set(flag::RECV_RESET);
             return Ok(());
@@ -463,7 +476,7 @@ impl Session {
         extra
             .outgoing
             .get_or_insert_with(|| Outgoing::new(limit))
-            .push(id.0, datagram_id, Bytes::copy_from_slice(data))
+            .push(datagram_id, Bytes::copy_from_slice(data))
             .map_err(|_| StreamError::DatagramTooLarge)?;
         self.schedule(id);
         Ok(())
@@ -473,7 +486,7 @@ impl Session {
     pub fn finish(&mut self, id: StreamId) -> Result<(), StreamError> {
         let st = self.live_mut(id)?;
         if !st.send.is_finished() {
-            let _ = st.send.finish();
+            st.send.finish();
         }
         self.schedule(id);
         Ok(())
@@ -652,13 +665,16 @@ impl Session {
 
     // ------------------------------------------------------------ substreams
 
-    /// Starts (or stops) accepting incoming substreams on `id`.
+    /// Whether incoming substreams of `id` are queued for
+    /// [`accept_substream`](Self::accept_substream) (the default) or refused with
+    /// [`ErrorCode::REFUSED`]. Streams queue by default so a substream opened right after its
+    /// parent is not refused before the application had a chance to call this.
     pub fn listen(&mut self, id: StreamId, on: bool) -> Result<(), StreamError> {
         let st = self.live_mut(id)?;
         if on {
-            st.set(flag::LISTENING);
+            st.clear(flag::REFUSING);
         } else {
-            st.clear(flag::LISTENING);
+            st.set(flag::REFUSING);
         }
         Ok(())
     }

@@ -52,7 +52,12 @@ pub struct SessionHost {
 
 impl SessionHost {
     /// A host for `identity`.
-    pub fn new(identity: &Identity, config: EndpointConfig, session_config: SessionConfig, now: Instant) -> Self {
+    pub fn new(
+        identity: &Identity,
+        config: EndpointConfig,
+        session_config: SessionConfig,
+        now: Instant,
+    ) -> Self {
         // A generator of its own for session ids, derived from the endpoint's seed.
         let mut seed = config.rng_seed;
         seed[31] ^= 0x5a;
@@ -88,7 +93,14 @@ impl SessionHost {
     }
 
     /// Makes sure a channel to `peer` at `addr` exists or is being set up.
-    pub fn ensure_channel(&mut self, now: Instant, peer: Eid, addr: SocketAddr, service: &str, protocol: &str) {
+    pub fn ensure_channel(
+        &mut self,
+        now: Instant,
+        peer: Eid,
+        addr: SocketAddr,
+        service: &str,
+        protocol: &str,
+    ) {
         if self.has_channel(peer) {
             return;
         }
@@ -101,7 +113,14 @@ impl SessionHost {
     }
 
     /// Opens a top-level stream to `peer` (creating the channel if needed).
-    pub fn open(&mut self, now: Instant, peer: Eid, addr: SocketAddr, service: &str, protocol: &str) -> Result<StreamId, StreamError> {
+    pub fn open(
+        &mut self,
+        now: Instant,
+        peer: Eid,
+        addr: SocketAddr,
+        service: &str,
+        protocol: &str,
+    ) -> Result<StreamId, StreamError> {
         self.ensure_channel(now, peer, addr, service, protocol);
         self.session(peer).open(service, protocol)
     }
@@ -159,11 +178,18 @@ impl SessionHost {
         let listeners = self.listeners.clone();
         for (peer, session) in &mut self.sessions {
             while let Some(e) = session.poll_event() {
-                if let SessionEvent::IncomingStream { id, service, protocol } = &e {
+                if let SessionEvent::IncomingStream {
+                    id,
+                    service,
+                    protocol,
+                } = &e
+                {
                     if listeners.iter().any(|(s, p)| s == service && p == protocol) {
                         session.accept(*id).ok();
                     } else {
-                        session.reset(*id, crate::stream::ErrorCode::UNKNOWN_SERVICE).ok();
+                        session
+                            .reset(*id, crate::stream::ErrorCode::UNKNOWN_SERVICE)
+                            .ok();
                     }
                 }
                 self.events.push((*peer, e));
@@ -173,7 +199,13 @@ impl SessionHost {
 }
 
 impl Node for SessionHost {
-    fn handle_datagram(&mut self, now: Instant, _local: SocketAddr, from: SocketAddr, data: &mut [u8]) {
+    fn handle_datagram(
+        &mut self,
+        now: Instant,
+        _local: SocketAddr,
+        from: SocketAddr,
+        data: &mut [u8],
+    ) {
         let mut buf = Vec::new();
         match self.endpoint.handle(now, from, data, &mut buf) {
             Some(DatagramEvent::Channel(h)) => {
@@ -184,7 +216,10 @@ impl Node for SessionHost {
                 }
             }
             Some(DatagramEvent::Incoming(incoming)) => {
-                let wanted = (incoming.service().to_owned(), incoming.protocol().to_owned());
+                let wanted = (
+                    incoming.service().to_owned(),
+                    incoming.protocol().to_owned(),
+                );
                 if self.listeners.contains(&wanted) {
                     let peer = incoming.remote_eid();
                     let layer = self.session(peer).layer_params();
@@ -195,7 +230,12 @@ impl Node for SessionHost {
                         let params = *self.channels[&h].channel.peer_params();
                         session.attach(now, &params);
                     }
-                } else if let Some(t) = self.endpoint.refuse(incoming, RefuseCode::UNKNOWN_SERVICE, "no such service", &mut buf) {
+                } else if let Some(t) = self.endpoint.refuse(
+                    incoming,
+                    RefuseCode::UNKNOWN_SERVICE,
+                    "no such service",
+                    &mut buf,
+                ) {
                     self.out.push((buf[..t.size].to_vec(), t));
                 }
             }
@@ -228,7 +268,10 @@ impl Node for SessionHost {
     }
 
     fn poll_timeout(&mut self) -> Option<Instant> {
-        let c = self.channels.values().filter_map(|s| s.channel.poll_timeout());
+        let c = self
+            .channels
+            .values()
+            .filter_map(|s| s.channel.poll_timeout());
         let s = self.sessions.values().filter_map(|s| s.poll_timeout());
         c.chain(s).min()
     }
