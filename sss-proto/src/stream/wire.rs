@@ -343,12 +343,19 @@ impl Session {
                     // Nothing ever flows back on a reliable datagram.
                     st.set(flag::SEND_RESET);
                     st.send.reset();
+                    // It is read only whole: give it room for the largest datagram at once.
+                    let max = self.config.max_datagram_size.max(window);
+                    st.recv_limit = max;
+                    st.recv_window = max;
                 }
                 let parent_pending = parent.side() != self.side
                     && parent.counter() >= 1
                     && !self.peer_opened.contains(parent.counter())
                     && parent.counter() < self.local_max_streams;
                 self.streams.insert(id, st);
+                if datagram && self.config.max_datagram_size > window {
+                    self.queue_max_stream_data(id);
+                }
                 if parent_pending {
                     // The parent's OPEN is still on its way (substreams need no round trip,
                     // so their frames may overtake it): hold the child until it arrives.
@@ -521,6 +528,11 @@ impl Upper for Session {
             st.clear(flag::SCHEDULED);
             let mut stop = false;
             match turn {
+                StreamTurn::More if st.kind == Kind::Datagram => {
+                    st.set(flag::SCHEDULED);
+                    let p = st.priority;
+                    self.scheduler.push_front(id, p);
+                }
                 StreamTurn::More => self.schedule(id),
                 StreamTurn::NoRoom => {
                     self.schedule(id);
