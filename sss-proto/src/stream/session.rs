@@ -159,6 +159,42 @@ impl Session {
         self.streams.len()
     }
 
+    /// Bytes the session holds for its streams: unacknowledged sent data, received data not
+    /// yet read (gaps included), incomplete datagrams and queued datagrams. Bounded by the
+    /// configured windows and limits whatever the peer sends.
+    pub fn buffered_bytes(&self) -> usize {
+        let streams: usize = self
+            .streams
+            .values()
+            .map(|st| {
+                let queued = st.extra.as_ref().map_or(0, |e| {
+                    e.datagrams.iter().map(Vec::len).sum::<usize>()
+                        + e.outgoing.as_ref().map_or(0, |o| o.bytes())
+                });
+                st.send.buffered() + st.recv.buffered() + queued
+            })
+            .sum();
+        streams + self.reassembly.charged()
+    }
+
+    /// A one-line-per-stream dump of flow-control state, for debugging.
+    #[doc(hidden)]
+    pub fn debug_streams(&self) -> String {
+        let mut out = format!(
+            "peer_max_data {} data_sent {} local_max_data {} data_received {} data_read {} sched_empty {} ctl {} ctl_in_flight {} sess_blocked {:?}\n",
+            self.peer_max_data, self.data_sent, self.local_max_data, self.data_received, self.data_read,
+            self.scheduler.is_empty(), self.control.len(), self.control_in_flight, self.session_blocked
+        );
+        for (id, st) in &self.streams {
+            out += &format!(
+                "  {id}: flags {:#x} send_limit {} sent {} written {} buffered {} recv_limit {} read {} max_recv {}\n",
+                st.flags, st.send_limit, st.send.sent_offset(), st.send.write_offset(), st.send.buffered(),
+                st.recv_limit, st.recv.read_offset(), st.recv.max_received()
+            );
+        }
+        out
+    }
+
     /// The link status shared by every stream of the session.
     pub fn link_status(&self) -> LinkStatus {
         self.link

@@ -236,7 +236,12 @@ impl Session {
             return StreamTurn::NoRoom;
         };
         let Some(chunk) = st.send.next_chunk(max, flow_limit) else {
-            return StreamTurn::Done;
+            // Pending data that did not fit: try again in the next packet.
+            return if max == 0 {
+                StreamTurn::NoRoom
+            } else {
+                StreamTurn::Done
+            };
         };
         StreamFrame::write_header(
             buf,
@@ -280,14 +285,17 @@ impl Session {
             return Ok(());
         }
         let limit = st.recv_limit;
+        // Session flow control is checked before anything is stored.
+        let end = f.offset.saturating_add(f.data.len() as u64);
+        let growth = end.saturating_sub(st.recv.max_received());
+        if self.data_received.saturating_add(growth) > self.local_max_data {
+            return Err(violation("session flow-control limit exceeded".into()));
+        }
         let new = st
             .recv
             .insert(f.offset, f.data, f.record, f.fin, limit)
             .map_err(|e| violation(format!("stream {id}: {e}")))?;
         self.data_received += new;
-        if self.data_received > self.local_max_data {
-            return Err(violation("session flow-control limit exceeded".into()));
-        }
         self.after_receive(id);
         Ok(())
     }
