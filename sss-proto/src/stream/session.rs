@@ -187,8 +187,8 @@ impl Session {
         );
         for (id, st) in &self.streams {
             out += &format!(
-                "  {id}: flags {:#x} send_limit {} sent {} written {} buffered {} recv_limit {} read {} max_recv {}\n",
-                st.flags, st.send_limit, st.send.sent_offset(), st.send.write_offset(), st.send.buffered(),
+                "  {id} (parent {:?}, {:?}, queued {}): flags {:#x} send_limit {} sent {} written {} buffered {} recv_limit {} read {} max_recv {}\n",
+                st.parent, st.kind, st.extra.as_ref().map_or(0, |e| e.accept_queue.len()), st.flags, st.send_limit, st.send.sent_offset(), st.send.write_offset(), st.send.buffered(),
                 st.recv_limit, st.recv.read_offset(), st.recv.max_received()
             );
         }
@@ -549,8 +549,16 @@ impl Session {
             let unread = st.recv.buffered() as u64;
             self.data_read += unread;
         }
-        st.extra().reset_code = Some(code);
+        let extra = st.extra();
+        extra.reset_code = Some(code);
+        // What the application can no longer take from a reset stream: its unread datagrams
+        // go, and substreams it never accepted are refused.
+        extra.datagrams.clear();
+        let orphaned: Vec<StreamId> = extra.accept_queue.drain(..).collect();
         self.forget_if_done(id);
+        for child in orphaned {
+            self.reset(child, ErrorCode::NO_PARENT).ok();
+        }
         Ok(())
     }
 

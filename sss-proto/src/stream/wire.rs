@@ -369,6 +369,8 @@ impl Session {
                     // so their frames may overtake it): hold the child until it arrives.
                     self.orphans.entry(parent).or_default().push(id);
                 } else if !self.adopt(parent, id) {
+                    // Refused: children that arrived before it are refused too.
+                    self.refuse_orphans_of(id);
                     return Ok(false);
                 }
             }
@@ -442,10 +444,18 @@ impl Session {
         self.peer_opened.insert_one(id.counter());
         self.local_max_streams += 1;
         self.max_streams_queued = true;
-        if let Some(children) = self.orphans.remove(&id) {
-            for child in children {
+        self.refuse_orphans_of(id);
+    }
+
+    /// Resets the substreams waiting for `parent`, which will never open (and, in turn, their
+    /// own waiting children).
+    fn refuse_orphans_of(&mut self, parent: StreamId) {
+        let mut work = vec![parent];
+        while let Some(p) = work.pop() {
+            for child in self.orphans.remove(&p).unwrap_or_default() {
                 self.reset(child, ErrorCode::NO_PARENT).ok();
                 self.forget_if_done(child);
+                work.push(child);
             }
         }
     }
@@ -559,7 +569,10 @@ impl Upper for Session {
                 StreamTurn::StreamBlocked => st.set(flag::STREAM_BLOCKED),
                 StreamTurn::SessionBlocked => {
                     st.set(flag::SESSION_BLOCKED);
-                    self.session_blocked.push(id);
+                    // (It may be listed already: a re-send cleared its flag meanwhile.)
+                    if !self.session_blocked.contains(&id) {
+                        self.session_blocked.push(id);
+                    }
                 }
             }
             if stop || limit.saturating_sub(buf.len()) < 8 {
@@ -687,6 +700,9 @@ impl Upper for Session {
                     }
                     if !st.has(flag::SEND_RESET) {
                         st.send.on_lost(offset, len as usize, fin, record);
+                        // Re-sends are not flow-controlled: a stream blocked for new data
+                        // still sends them (its turn finds out whether it is blocked again).
+                        st.clear(flag::STREAM_BLOCKED | flag::SESSION_BLOCKED);
                         self.schedule(id);
                     }
                 }
