@@ -62,7 +62,7 @@ impl Default for SessionConfig {
             max_datagram_size: 1024 * 1024,
             datagram_reassembly_limit: 4 * 1024 * 1024,
             outgoing_datagram_limit: 1024 * 1024,
-            detached_timeout: Duration::from_secs(60),
+            detached_timeout: Duration::from_secs(300),
         }
     }
 }
@@ -140,21 +140,26 @@ pub enum StreamError {
     EmptyRecord,
 }
 
-/// Reset codes the stream layer itself uses (applications use their own, below `1 << 32`).
+/// Reset codes the stream layer itself uses (see `spec/streams.md`); applications use codes
+/// from [`ErrorCode::APPLICATION_MIN`] up.
 #[derive(Debug)]
 pub struct ErrorCode;
 
 impl ErrorCode {
-    /// The substream's parent does not exist (any more).
-    pub const NO_PARENT: u64 = 0x1_0000_0001;
-    /// The parent does not accept substreams (not listening).
-    pub const REFUSED: u64 = 0x1_0000_0002;
+    /// No error.
+    pub const NO_ERROR: u64 = 0;
     /// No listener for the stream's (service, protocol).
-    pub const UNKNOWN_SERVICE: u64 = 0x1_0000_0003;
+    pub const UNKNOWN_SERVICE: u64 = 1;
+    /// The parent does not accept substreams.
+    pub const REFUSED: u64 = 2;
+    /// The substream's parent is unknown (closed and forgotten).
+    pub const NO_PARENT: u64 = 3;
     /// The peer restarted: its new session does not know the stream.
-    pub const PEER_RESTARTED: u64 = 0x1_0000_0004;
+    pub const PEER_RESTARTED: u64 = 4;
     /// No channel came back within the detached timeout.
-    pub const LINK_DOWN: u64 = 0x1_0000_0005;
+    pub const LINK_DOWN: u64 = 5;
+    /// The first code applications may use.
+    pub const APPLICATION_MIN: u64 = 0x100;
 }
 
 /// A hasher for stream ids (already unique integers; no need for SipHash).

@@ -5,6 +5,7 @@
 
 pub mod bulk;
 pub mod host;
+pub mod session_host;
 
 use std::net::SocketAddr;
 

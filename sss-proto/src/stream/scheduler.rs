@@ -21,6 +21,16 @@ impl Scheduler {
             .push_back(id);
     }
 
+    /// Queues `id` at the front of its level: it is served next again (a reliable datagram
+    /// is sent to completion before the next one starts, so receivers never hold many
+    /// half-received datagrams).
+    pub(crate) fn push_front(&mut self, id: StreamId, priority: i32) {
+        self.levels
+            .entry(Reverse(priority))
+            .or_default()
+            .push_front(id);
+    }
+
     /// The next stream to serve: the front of the highest non-empty level.
     pub(crate) fn pop(&mut self) -> Option<(StreamId, i32)> {
         let mut entry = self.levels.first_entry()?;

@@ -76,10 +76,14 @@ pub struct Session {
     pub(crate) data_window_moved_at: Option<Instant>,
     pub(crate) max_data_queued: bool,
     pub(crate) control: VecDeque<Control>,
+    /// Control frames (and MAX_DATA, MAX_STREAMS) sent and not yet acknowledged or lost.
+    pub(crate) control_in_flight: usize,
     pub(crate) scheduler: Scheduler,
     /// Streams waiting for MAX_DATA or MAX_STREAMS.
     pub(crate) session_blocked: Vec<StreamId>,
     pub(crate) credit_blocked: Vec<StreamId>,
+    /// Peer substreams whose parent's OPEN has not arrived yet, by parent.
+    pub(crate) orphans: HashMap<StreamId, Vec<StreamId>, BuildHasherDefault<IdHasher>>,
     pub(crate) reassembly: Reassembly,
     pub(crate) events: VecDeque<SessionEvent>,
     pub(crate) link: LinkStatus,
@@ -125,9 +129,11 @@ impl Session {
             data_window_moved_at: None,
             max_data_queued: false,
             control: VecDeque::new(),
+            control_in_flight: 0,
             scheduler: Scheduler::default(),
             session_blocked: Vec::new(),
             credit_blocked: Vec::new(),
+            orphans: HashMap::default(),
             reassembly,
             events: VecDeque::new(),
             link: LinkStatus::Down,
@@ -153,6 +159,42 @@ impl Session {
         self.streams.len()
     }
 
+    /// Bytes the session holds for its streams: unacknowledged sent data, received data not
+    /// yet read (gaps included), incomplete datagrams and queued datagrams. Bounded by the
+    /// configured windows and limits whatever the peer sends.
+    pub fn buffered_bytes(&self) -> usize {
+        let streams: usize = self
+            .streams
+            .values()
+            .map(|st| {
+                let queued = st.extra.as_ref().map_or(0, |e| {
+                    e.datagrams.iter().map(Vec::len).sum::<usize>()
+                        + e.outgoing.as_ref().map_or(0, |o| o.bytes())
+                });
+                st.send.buffered() + st.recv.buffered() + queued
+            })
+            .sum();
+        streams + self.reassembly.charged()
+    }
+
+    /// A one-line-per-stream dump of flow-control state, for debugging.
+    #[doc(hidden)]
+    pub fn debug_streams(&self) -> String {
+        let mut out = format!(
+            "peer_max_data {} data_sent {} local_max_data {} data_received {} data_read {} sched_empty {} ctl {} ctl_in_flight {} sess_blocked {:?}\n",
+            self.peer_max_data, self.data_sent, self.local_max_data, self.data_received, self.data_read,
+            self.scheduler.is_empty(), self.control.len(), self.control_in_flight, self.session_blocked
+        );
+        for (id, st) in &self.streams {
+            out += &format!(
+                "  {id} (parent {:?}, {:?}, queued {}): flags {:#x} send_limit {} sent {} written {} buffered {} recv_limit {} read {} max_recv {}\n",
+                st.parent, st.kind, st.extra.as_ref().map_or(0, |e| e.accept_queue.len()), st.flags, st.send_limit, st.send.sent_offset(), st.send.write_offset(), st.send.buffered(),
+                st.recv_limit, st.recv.read_offset(), st.recv.max_received()
+            );
+        }
+        out
+    }
+
     /// The link status shared by every stream of the session.
     pub fn link_status(&self) -> LinkStatus {
         self.link
@@ -172,13 +214,17 @@ impl Session {
     pub fn is_quiescent(&self) -> bool {
         !self.max_data_queued
             && !self.max_streams_queued
+            && self.control_in_flight == 0
             && self.control.is_empty()
             && self.scheduler.is_empty()
             && self.session_blocked.is_empty()
             && self.credit_blocked.is_empty()
             && self.streams.values().all(|st| {
-                (st.send.buffered() == 0 && (!st.send.is_finished() || st.send.is_fully_acked()))
-                    || st.has(flag::SEND_RESET)
+                let open_done = st.has(flag::OPEN_ACKED) || !st.has(flag::OPEN_IN_FLIGHT);
+                open_done
+                    && ((st.send.buffered() == 0
+                        && (!st.send.is_finished() || st.send.is_fully_acked()))
+                        || st.has(flag::SEND_RESET))
             })
     }
 
@@ -265,6 +311,7 @@ impl Session {
         self.control.clear();
         self.session_blocked.clear();
         self.credit_blocked.clear();
+        self.orphans.clear();
         self.peer_opened = RangeSet::new();
         self.next_counter = 1;
         self.peer_max_streams = self.config.initial_max_streams;
@@ -430,7 +477,9 @@ impl Session {
             return Err(StreamError::Stopped);
         }
         st.send.write(data);
-        st.send.mark_record();
+        if !st.send.mark_record() {
+            return Err(StreamError::EmptyRecord);
+        }
         self.schedule(id);
         Ok(())
     }
@@ -450,7 +499,7 @@ impl Session {
             let child = self.open_child(id, Kind::Datagram)?;
             let st = self.streams.get_mut(&child).expect("just opened");
             st.send.write(data);
-            let _ = st.send.finish();
+            st.send.finish();
             // Our receiving side of an ephemeral datagram stream carries nothing.
             st.set(flag::RECV_RESET);
             return Ok(());
@@ -463,7 +512,7 @@ impl Session {
         extra
             .outgoing
             .get_or_insert_with(|| Outgoing::new(limit))
-            .push(id.0, datagram_id, Bytes::copy_from_slice(data))
+            .push(datagram_id, Bytes::copy_from_slice(data))
             .map_err(|_| StreamError::DatagramTooLarge)?;
         self.schedule(id);
         Ok(())
@@ -473,7 +522,7 @@ impl Session {
     pub fn finish(&mut self, id: StreamId) -> Result<(), StreamError> {
         let st = self.live_mut(id)?;
         if !st.send.is_finished() {
-            let _ = st.send.finish();
+            st.send.finish();
         }
         self.schedule(id);
         Ok(())
@@ -500,8 +549,16 @@ impl Session {
             let unread = st.recv.buffered() as u64;
             self.data_read += unread;
         }
-        st.extra().reset_code = Some(code);
+        let extra = st.extra();
+        extra.reset_code = Some(code);
+        // What the application can no longer take from a reset stream: its unread datagrams
+        // go, and substreams it never accepted are refused.
+        extra.datagrams.clear();
+        let orphaned: Vec<StreamId> = extra.accept_queue.drain(..).collect();
         self.forget_if_done(id);
+        for child in orphaned {
+            self.reset(child, ErrorCode::NO_PARENT).ok();
+        }
         Ok(())
     }
 
@@ -652,13 +709,16 @@ impl Session {
 
     // ------------------------------------------------------------ substreams
 
-    /// Starts (or stops) accepting incoming substreams on `id`.
+    /// Whether incoming substreams of `id` are queued for
+    /// [`accept_substream`](Self::accept_substream) (the default) or refused with
+    /// [`ErrorCode::REFUSED`]. Streams queue by default so a substream opened right after its
+    /// parent is not refused before the application had a chance to call this.
     pub fn listen(&mut self, id: StreamId, on: bool) -> Result<(), StreamError> {
         let st = self.live_mut(id)?;
         if on {
-            st.set(flag::LISTENING);
+            st.clear(flag::REFUSING);
         } else {
-            st.clear(flag::LISTENING);
+            st.set(flag::REFUSING);
         }
         Ok(())
     }

@@ -3,7 +3,9 @@
 
 use std::time::Instant;
 
-use super::frames::{DatagramFrame, OpenInfo, StreamFrame, StreamId, StreamLayerFrame};
+use super::frames::{
+    DatagramFrame, OpenInfo, StreamFrame, StreamFrameError, StreamId, StreamLayerFrame,
+};
 use super::session::{Control, Session};
 use super::state::{flag, Kind, StreamState};
 use super::{ErrorCode, SessionEvent};
@@ -23,6 +25,8 @@ pub enum SentFrame {
         len: u32,
         /// Carried the FIN.
         fin: bool,
+        /// Carried the RECORD flag.
+        record: bool,
         /// Carried OPEN information.
         open: bool,
     },
@@ -59,6 +63,7 @@ impl Session {
             if buf.len() + frame.encoded_len() <= limit {
                 frame.encode(buf);
                 metas.push(SentFrame::MaxData);
+                self.control_in_flight += 1;
                 self.max_data_queued = false;
             }
         }
@@ -67,6 +72,7 @@ impl Session {
             if buf.len() + frame.encoded_len() <= limit {
                 frame.encode(buf);
                 metas.push(SentFrame::MaxStreams);
+                self.control_in_flight += 1;
                 self.max_streams_queued = false;
             }
         }
@@ -106,6 +112,7 @@ impl Session {
                 }
             }
             metas.push(SentFrame::Control(ControlMeta(c)));
+            self.control_in_flight += 1;
         }
     }
 
@@ -139,30 +146,34 @@ impl Session {
             return StreamTurn::CreditBlocked;
         }
         let space = limit.saturating_sub(buf.len());
-        // Best-effort datagrams first: they are latency-sensitive and never re-sent.
-        if let Some(out) = st.extra.as_mut().and_then(|e| e.outgoing.as_mut()) {
-            if out.has_pending() {
-                let probe = DatagramFrame::max_data_len(id, u64::MAX, u64::MAX, u64::MAX, space);
-                if let Some(max) = probe.filter(|&m| m > 0) {
-                    if let Some(frag) = out.next_fragment(max) {
-                        DatagramFrame::write_header(
-                            buf,
-                            id,
-                            frag.datagram_id,
-                            frag.total_len,
-                            frag.frag_offset,
-                            frag.data.len(),
-                        );
-                        buf.extend_from_slice(&frag.data);
-                        return if st.has_outgoing_datagrams() || st.send.has_pending(st.send_limit)
-                        {
-                            StreamTurn::More
-                        } else {
-                            StreamTurn::Done
-                        };
-                    }
-                } else {
+        // Best-effort datagrams first: they are latency-sensitive and never re-sent. (Once the
+        // stream's OPEN has left: the peer drops datagrams of streams it does not know.)
+        let announced = st.has(flag::OPEN_ACKED) || st.has(flag::OPEN_IN_FLIGHT);
+        if let Some(out) = st
+            .extra
+            .as_mut()
+            .and_then(|e| e.outgoing.as_mut())
+            .filter(|_| announced)
+        {
+            if let Some((dgram, total, frag)) = out.peek() {
+                let Some(max) = DatagramFrame::max_data_len(id, dgram, total, frag, space)
+                    .filter(|&m| m > 0 || total == frag)
+                else {
                     return StreamTurn::NoRoom;
+                };
+                if let Some(f) = out.next_fragment(max) {
+                    let n = f.data.len();
+                    DatagramFrame::write_header(
+                        buf,
+                        id,
+                        f.datagram_id,
+                        f.total_len,
+                        f.frag_offset,
+                        n,
+                    );
+                    buf.extend_from_slice(&f.data);
+                    // The next turn finds out whether anything else waits.
+                    return StreamTurn::More;
                 }
             }
         }
@@ -189,7 +200,26 @@ impl Session {
             })
         };
         let stream_limit = st.send_limit;
-        let flow_limit = stream_limit.min(st.send.unsent().saturating_add(session_room));
+        let flow_limit = stream_limit.min(st.send.sent_offset().saturating_add(session_room));
+        if open.is_some() && !st.has(flag::OPEN_IN_FLIGHT) && !st.send.has_pending(flow_limit) {
+            // Nothing to carry the OPEN: announce the stream with an empty frame, so that its
+            // substreams (which may already be on their way) find their parent.
+            let offset = st.send.sent_offset();
+            if StreamFrame::overhead(id, offset, open.as_ref(), 0) > space {
+                return StreamTurn::NoRoom;
+            }
+            StreamFrame::write_header(buf, id, offset, 0, false, false, open.as_ref());
+            st.set(flag::OPEN_IN_FLIGHT);
+            metas.push(SentFrame::Stream {
+                id,
+                offset,
+                len: 0,
+                fin: false,
+                record: false,
+                open: true,
+            });
+            return StreamTurn::More;
+        }
         if !st.send.has_pending(flow_limit) {
             return if st.send.has_pending(u64::MAX) {
                 if flow_limit >= stream_limit {
@@ -205,9 +235,13 @@ impl Session {
         else {
             return StreamTurn::NoRoom;
         };
-        let unsent_before = st.send.unsent();
         let Some(chunk) = st.send.next_chunk(max, flow_limit) else {
-            return StreamTurn::Done;
+            // Pending data that did not fit: try again in the next packet.
+            return if max == 0 {
+                StreamTurn::NoRoom
+            } else {
+                StreamTurn::Done
+            };
         };
         StreamFrame::write_header(
             buf,
@@ -219,14 +253,18 @@ impl Session {
             open.as_ref(),
         );
         st.send.copy_to(&chunk, buf);
+        if open.is_some() {
+            st.set(flag::OPEN_IN_FLIGHT);
+        }
         metas.push(SentFrame::Stream {
             id,
             offset: chunk.offset,
             len: chunk.len as u32,
             fin: chunk.fin,
+            record: chunk.record,
             open: open.is_some(),
         });
-        let new_bytes = st.send.unsent().saturating_sub(unsent_before);
+        let new_bytes = if chunk.fresh { chunk.len as u64 } else { 0 };
         let more = st.send.has_pending(u64::MAX) || st.has_outgoing_datagrams();
         self.data_sent += new_bytes;
         if more {
@@ -239,24 +277,25 @@ impl Session {
     /// A STREAM frame arrived.
     fn on_stream_frame(&mut self, now: Instant, f: &StreamFrame<'_>) -> Result<(), UpperError> {
         let id = f.id;
-        if !self.streams.contains_key(&id) {
-            if !self.open_remote(now, id, f.open.as_ref())? {
-                return Ok(()); // a late frame of a finished stream, or a refused one
-            }
+        if !self.streams.contains_key(&id) && !self.open_remote(now, id, f.open.as_ref())? {
+            return Ok(()); // a late frame of a finished stream, or a refused one
         }
         let st = self.streams.get_mut(&id).expect("opened above");
         if st.has(flag::RECV_RESET) {
             return Ok(());
         }
         let limit = st.recv_limit;
+        // Session flow control is checked before anything is stored.
+        let end = f.offset.saturating_add(f.data.len() as u64);
+        let growth = end.saturating_sub(st.recv.max_received());
+        if self.data_received.saturating_add(growth) > self.local_max_data {
+            return Err(violation("session flow-control limit exceeded".into()));
+        }
         let new = st
             .recv
             .insert(f.offset, f.data, f.record, f.fin, limit)
             .map_err(|e| violation(format!("stream {id}: {e}")))?;
         self.data_received += new;
-        if self.data_received > self.local_max_data {
-            return Err(violation("session flow-control limit exceeded".into()));
-        }
         self.after_receive(id);
         Ok(())
     }
@@ -281,15 +320,7 @@ impl Session {
         if self.peer_opened.contains(id.counter()) {
             return Ok(false);
         }
-        if id.counter() >= self.local_max_streams {
-            return Err(UpperError {
-                code: CloseCode::RESOURCE_EXHAUSTED.0,
-                reason: format!(
-                    "stream {id} opened beyond the stream credit {}",
-                    self.local_max_streams
-                ),
-            });
-        }
+        self.check_credit(id)?;
         let Some(open) = open else {
             return Err(violation(format!(
                 "first frame of stream {id} lacks OPEN information"
@@ -297,7 +328,7 @@ impl Session {
         };
         self.peer_opened.insert_one(id.counter());
         let (send_limit, window) = (
-            self.config.initial_max_stream_data,
+            self.peer_initial_max_stream_data,
             self.config.initial_max_stream_data,
         );
         match *open {
@@ -316,31 +347,117 @@ impl Session {
                 let kind = if datagram { Kind::Datagram } else { Kind::Sub };
                 let mut st = StreamState::new(Some(parent), kind, send_limit, window);
                 st.set(flag::OPEN_ACKED | flag::ACCEPTED);
-                let refusal = match self.streams.get_mut(&parent) {
-                    None => Some(ErrorCode::NO_PARENT),
-                    Some(p) if p.reset_code().is_some() => Some(ErrorCode::NO_PARENT),
-                    Some(p) if !datagram && !p.has(flag::LISTENING) => Some(ErrorCode::REFUSED),
-                    Some(p) => {
-                        if !datagram {
-                            p.extra().accept_queue.push_back(id);
-                            self.events.push_back(SessionEvent::NewSubstream { parent });
-                        }
-                        None
-                    }
-                };
                 if datagram {
                     // Nothing ever flows back on a reliable datagram.
-                    let _ = st.send.finish();
+                    st.set(flag::SEND_RESET);
+                    st.send.reset();
+                    // It is read only whole: give it room for the largest datagram at once.
+                    let max = self.config.max_datagram_size.max(window);
+                    st.recv_limit = max;
+                    st.recv_window = max;
                 }
+                let parent_pending = parent.side() != self.side
+                    && parent.counter() >= 1
+                    && !self.peer_opened.contains(parent.counter())
+                    && parent.counter() < self.local_max_streams;
                 self.streams.insert(id, st);
-                if let Some(code) = refusal {
-                    self.reset(id, code).ok();
-                    self.forget_if_done(id);
+                if datagram && self.config.max_datagram_size > window {
+                    self.queue_max_stream_data(id);
+                }
+                if parent_pending {
+                    // The parent's OPEN is still on its way (substreams need no round trip,
+                    // so their frames may overtake it): hold the child until it arrives.
+                    self.orphans.entry(parent).or_default().push(id);
+                } else if !self.adopt(parent, id) {
+                    // Refused: children that arrived before it are refused too.
+                    self.refuse_orphans_of(id);
                     return Ok(false);
                 }
             }
         }
+        // Children that arrived before this stream.
+        if let Some(children) = self.orphans.remove(&id) {
+            for child in children {
+                if self.adopt(id, child) {
+                    self.after_receive(child);
+                }
+            }
+        }
         Ok(true)
+    }
+
+    /// Stream credit: the peer may open counters 1..local_max_streams.
+    fn check_credit(&self, id: StreamId) -> Result<(), UpperError> {
+        if id.counter() == 0 {
+            return Err(violation("stream counter 0 is not used".into()));
+        }
+        if id.counter() >= self.local_max_streams {
+            return Err(UpperError {
+                code: CloseCode::RESOURCE_EXHAUSTED.0,
+                reason: format!(
+                    "stream {id} opened beyond the stream credit {}",
+                    self.local_max_streams
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Hands the new peer substream `child` to its `parent`'s accept queue (or, for a
+    /// reliable datagram, lets it deliver into the parent's datagram queue). Refuses it with a
+    /// reset if the parent is gone or refuses substreams; returns whether it lives.
+    fn adopt(&mut self, parent: StreamId, child: StreamId) -> bool {
+        let datagram = self
+            .streams
+            .get(&child)
+            .is_some_and(|c| c.kind == Kind::Datagram);
+        let refusal = match self.streams.get_mut(&parent) {
+            None => Some(ErrorCode::NO_PARENT),
+            Some(p) if p.reset_code().is_some() => Some(ErrorCode::NO_PARENT),
+            Some(p) if !datagram && p.has(flag::REFUSING) => Some(ErrorCode::REFUSED),
+            Some(p) => {
+                if !datagram {
+                    p.extra().accept_queue.push_back(child);
+                    self.events.push_back(SessionEvent::NewSubstream { parent });
+                }
+                None
+            }
+        };
+        if let Some(code) = refusal {
+            self.reset(child, code).ok();
+            self.forget_if_done(child);
+            return false;
+        }
+        true
+    }
+
+    /// The peer reset a stream we never saw open: its counter is used up (credit returns to
+    /// the peer) and children waiting for it are refused.
+    fn reset_unopened(&mut self, id: StreamId) {
+        if id.side() == self.side
+            || id.counter() == 0
+            || self.peer_opened.contains(id.counter())
+            || self.check_credit(id).is_err()
+        {
+            return;
+        }
+        self.peer_opened.insert_one(id.counter());
+        self.local_max_streams += 1;
+        self.max_streams_queued = true;
+        self.refuse_orphans_of(id);
+    }
+
+    /// Resets the substreams waiting for `parent`, which will never open (and, in turn, their
+    /// own waiting children).
+    fn refuse_orphans_of(&mut self, parent: StreamId) {
+        let mut work = vec![parent];
+        while let Some(p) = work.pop() {
+            for child in self.orphans.remove(&p).unwrap_or_default() {
+                self.reset(child, ErrorCode::NO_PARENT).ok();
+                self.forget_if_done(child);
+                work.push(child);
+            }
+        }
     }
 
     /// After data arrived on `id`: deliver reliable datagrams, tell the application.
@@ -349,6 +466,11 @@ impl Session {
             return;
         };
         if st.kind == Kind::Datagram {
+            let parent = st.parent;
+            if parent.is_some_and(|p| !self.streams.contains_key(&p)) {
+                return; // an orphan: delivered once its parent opens
+            }
+            let st = self.streams.get_mut(&id).expect("checked above");
             let before = st.recv.read_offset();
             if let Some(data) = st.recv.read_all() {
                 let consumed = st.recv.read_offset() - before;
@@ -422,11 +544,17 @@ impl Upper for Session {
                 continue;
             };
             st.clear(flag::SCHEDULED);
+            let mut stop = false;
             match turn {
+                StreamTurn::More if st.kind == Kind::Datagram => {
+                    st.set(flag::SCHEDULED);
+                    let p = st.priority;
+                    self.scheduler.push_front(id, p);
+                }
                 StreamTurn::More => self.schedule(id),
                 StreamTurn::NoRoom => {
                     self.schedule(id);
-                    break;
+                    stop = true;
                 }
                 StreamTurn::Done | StreamTurn::Gone => {
                     if st.has(flag::WRITABLE_WANTED) {
@@ -441,21 +569,31 @@ impl Upper for Session {
                 StreamTurn::StreamBlocked => st.set(flag::STREAM_BLOCKED),
                 StreamTurn::SessionBlocked => {
                     st.set(flag::SESSION_BLOCKED);
-                    self.session_blocked.push(id);
+                    // (It may be listed already: a re-send cleared its flag meanwhile.)
+                    if !self.session_blocked.contains(&id) {
+                        self.session_blocked.push(id);
+                    }
                 }
             }
-            if limit.saturating_sub(buf.len()) < 8 {
+            if stop || limit.saturating_sub(buf.len()) < 8 {
                 break;
             }
         }
     }
 
     fn handle_frame(&mut self, now: Instant, ty: FrameType, body: &[u8]) -> Result<(), UpperError> {
-        let frame = StreamLayerFrame::decode(ty, body)
-            .map_err(|e| violation(format!("bad stream-layer frame: {e}")))?;
+        let frame = match StreamLayerFrame::decode(ty, body) {
+            Ok(f) => f,
+            // A frame type of a later version: skip it (the channel delimits every frame).
+            Err(StreamFrameError::UnknownType(_)) => return Ok(()),
+            Err(e) => return Err(violation(format!("bad stream-layer frame: {e}"))),
+        };
         match frame {
             StreamLayerFrame::Stream(f) => self.on_stream_frame(now, &f)?,
             StreamLayerFrame::ResetStream { id, code, .. } => {
+                if !self.streams.contains_key(&id) {
+                    self.reset_unopened(id);
+                }
                 if let Some(st) = self.streams.get_mut(&id) {
                     if !st.has(flag::RECV_RESET) {
                         st.set(flag::RECV_RESET);
@@ -522,26 +660,26 @@ impl Upper for Session {
     }
 
     fn on_acked(&mut self, meta: SentFrame) {
-        if let SentFrame::Stream {
-            id,
-            offset,
-            len,
-            fin,
-            open,
-        } = meta
-        {
-            if let Some(st) = self.streams.get_mut(&id) {
-                if open {
-                    st.set(flag::OPEN_ACKED);
-                    if let Some(e) = st.extra.as_mut() {
-                        if st.kind == Kind::Top {
-                            // Keep the names for `service()`; they are no longer sent.
-                            let _ = &e.names;
-                        }
+        match meta {
+            SentFrame::Stream {
+                id,
+                offset,
+                len,
+                fin,
+                record,
+                open,
+            } => {
+                if let Some(st) = self.streams.get_mut(&id) {
+                    if open {
+                        st.set(flag::OPEN_ACKED);
+                        st.clear(flag::OPEN_IN_FLIGHT);
                     }
+                    st.send.on_acked(offset, len as usize, fin, record);
+                    self.forget_if_done(id);
                 }
-                st.send.on_acked(offset, len as usize, fin);
-                self.forget_if_done(id);
+            }
+            SentFrame::MaxData | SentFrame::MaxStreams | SentFrame::Control(_) => {
+                self.control_in_flight = self.control_in_flight.saturating_sub(1);
             }
         }
     }
@@ -553,21 +691,37 @@ impl Upper for Session {
                 offset,
                 len,
                 fin,
-                ..
+                record,
+                open,
             } => {
                 if let Some(st) = self.streams.get_mut(&id) {
+                    if open && !st.has(flag::OPEN_ACKED) {
+                        st.clear(flag::OPEN_IN_FLIGHT);
+                    }
                     if !st.has(flag::SEND_RESET) {
-                        st.send.on_lost(offset, len as usize, fin);
+                        st.send.on_lost(offset, len as usize, fin, record);
+                        // Re-sends are not flow-controlled: a stream blocked for new data
+                        // still sends them (its turn finds out whether it is blocked again).
+                        st.clear(flag::STREAM_BLOCKED | flag::SESSION_BLOCKED);
                         self.schedule(id);
                     }
                 }
             }
-            SentFrame::MaxData => self.max_data_queued = true,
-            SentFrame::MaxStreams => self.max_streams_queued = true,
-            SentFrame::Control(ControlMeta(c)) => match c {
-                Control::MaxStreamData(id) => self.queue_max_stream_data(id),
-                other => self.control.push_back(other),
-            },
+            SentFrame::MaxData => {
+                self.control_in_flight = self.control_in_flight.saturating_sub(1);
+                self.max_data_queued = true;
+            }
+            SentFrame::MaxStreams => {
+                self.control_in_flight = self.control_in_flight.saturating_sub(1);
+                self.max_streams_queued = true;
+            }
+            SentFrame::Control(ControlMeta(c)) => {
+                self.control_in_flight = self.control_in_flight.saturating_sub(1);
+                match c {
+                    Control::MaxStreamData(id) => self.queue_max_stream_data(id),
+                    other => self.control.push_back(other),
+                }
+            }
         }
     }
 }

@@ -52,7 +52,12 @@ pub struct SessionHost {
 
 impl SessionHost {
     /// A host for `identity`.
-    pub fn new(identity: &Identity, config: EndpointConfig, session_config: SessionConfig, now: Instant) -> Self {
+    pub fn new(
+        identity: &Identity,
+        config: EndpointConfig,
+        session_config: SessionConfig,
+        now: Instant,
+    ) -> Self {
         // A generator of its own for session ids, derived from the endpoint's seed.
         let mut seed = config.rng_seed;
         seed[31] ^= 0x5a;
@@ -88,7 +93,14 @@ impl SessionHost {
     }
 
     /// Makes sure a channel to `peer` at `addr` exists or is being set up.
-    pub fn ensure_channel(&mut self, now: Instant, peer: Eid, addr: SocketAddr, service: &str, protocol: &str) {
+    pub fn ensure_channel(
+        &mut self,
+        now: Instant,
+        peer: Eid,
+        addr: SocketAddr,
+        service: &str,
+        protocol: &str,
+    ) {
         if self.has_channel(peer) {
             return;
         }
@@ -101,9 +113,28 @@ impl SessionHost {
     }
 
     /// Opens a top-level stream to `peer` (creating the channel if needed).
-    pub fn open(&mut self, now: Instant, peer: Eid, addr: SocketAddr, service: &str, protocol: &str) -> Result<StreamId, StreamError> {
+    pub fn open(
+        &mut self,
+        now: Instant,
+        peer: Eid,
+        addr: SocketAddr,
+        service: &str,
+        protocol: &str,
+    ) -> Result<StreamId, StreamError> {
         self.ensure_channel(now, peer, addr, service, protocol);
         self.session(peer).open(service, protocol)
+    }
+
+    /// Closes every channel to `peer` but `newest`.
+    fn supersede(&mut self, now: Instant, peer: Eid, newest: ChannelHandle) {
+        let Some(session) = self.sessions.get_mut(&peer) else {
+            return;
+        };
+        for (h, slot) in &mut self.channels {
+            if *h != newest && slot.peer == peer && !slot.channel.is_closing() {
+                slot.channel.close(now, 0, b"superseded", session);
+            }
+        }
     }
 
     /// Kills every channel to `peer` at once (as if the path died), without telling the peer.
@@ -123,9 +154,12 @@ impl SessionHost {
         }
     }
 
-    /// Drains channel and session events, attaching and detaching sessions.
+    /// Drains channel and session events, attaching and detaching sessions. The newest
+    /// established channel to a peer carries its session: older ones are closed (their
+    /// frames in flight are re-queued on the new one).
     fn collect(&mut self, now: Instant) {
         let mut closed = Vec::new();
+        let mut connected = Vec::new();
         for (h, slot) in &mut self.channels {
             let Some(session) = self.sessions.get_mut(&slot.peer) else {
                 continue;
@@ -134,10 +168,9 @@ impl SessionHost {
                 match &e {
                     ChannelEvent::Connected => {
                         session.attach(now, slot.channel.peer_params());
+                        connected.push((slot.peer, *h));
                     }
-                    ChannelEvent::Closed(_) => {
-                        session.detach(now);
-                    }
+                    ChannelEvent::Closed(_) => closed.push((slot.peer, *h)),
                     _ => {}
                 }
                 self.channel_events.push((slot.peer, e));
@@ -145,25 +178,46 @@ impl SessionHost {
             if let Some((code, reason)) = session.take_violation() {
                 slot.channel.close(now, code, reason.as_bytes(), session);
             }
-            if slot.channel.is_established() {
+            if slot.channel.is_established() && !slot.channel.is_closing() {
                 session.update_link(slot.channel.pto_count(), slot.channel.rtt().smoothed());
             }
-            if slot.channel.is_closed() {
-                closed.push(*h);
+            if slot.channel.is_closed() && !closed.iter().any(|(_, c)| c == h) {
+                closed.push((slot.peer, *h));
             }
         }
-        for h in closed {
-            self.channels.remove(&h);
-            self.endpoint.forget(h);
+        for (peer, newest) in connected {
+            self.supersede(now, peer, newest);
+        }
+        for (peer, h) in closed {
+            if self.channels.get(&h).is_some_and(|s| s.channel.is_closed()) {
+                self.channels.remove(&h);
+                self.endpoint.forget(h);
+            }
+            let live = self
+                .channels
+                .values()
+                .any(|c| c.peer == peer && c.channel.is_established() && !c.channel.is_closing());
+            if !live {
+                if let Some(session) = self.sessions.get_mut(&peer) {
+                    session.detach(now);
+                }
+            }
         }
         let listeners = self.listeners.clone();
         for (peer, session) in &mut self.sessions {
             while let Some(e) = session.poll_event() {
-                if let SessionEvent::IncomingStream { id, service, protocol } = &e {
+                if let SessionEvent::IncomingStream {
+                    id,
+                    service,
+                    protocol,
+                } = &e
+                {
                     if listeners.iter().any(|(s, p)| s == service && p == protocol) {
                         session.accept(*id).ok();
                     } else {
-                        session.reset(*id, crate::stream::ErrorCode::UNKNOWN_SERVICE).ok();
+                        session
+                            .reset(*id, crate::stream::ErrorCode::UNKNOWN_SERVICE)
+                            .ok();
                     }
                 }
                 self.events.push((*peer, e));
@@ -173,7 +227,13 @@ impl SessionHost {
 }
 
 impl Node for SessionHost {
-    fn handle_datagram(&mut self, now: Instant, _local: SocketAddr, from: SocketAddr, data: &mut [u8]) {
+    fn handle_datagram(
+        &mut self,
+        now: Instant,
+        _local: SocketAddr,
+        from: SocketAddr,
+        data: &mut [u8],
+    ) {
         let mut buf = Vec::new();
         match self.endpoint.handle(now, from, data, &mut buf) {
             Some(DatagramEvent::Channel(h)) => {
@@ -184,7 +244,10 @@ impl Node for SessionHost {
                 }
             }
             Some(DatagramEvent::Incoming(incoming)) => {
-                let wanted = (incoming.service().to_owned(), incoming.protocol().to_owned());
+                let wanted = (
+                    incoming.service().to_owned(),
+                    incoming.protocol().to_owned(),
+                );
                 if self.listeners.contains(&wanted) {
                     let peer = incoming.remote_eid();
                     let layer = self.session(peer).layer_params();
@@ -194,8 +257,14 @@ impl Node for SessionHost {
                         let session = self.sessions.get_mut(&peer).expect("created");
                         let params = *self.channels[&h].channel.peer_params();
                         session.attach(now, &params);
+                        self.supersede(now, peer, h);
                     }
-                } else if let Some(t) = self.endpoint.refuse(incoming, RefuseCode::UNKNOWN_SERVICE, "no such service", &mut buf) {
+                } else if let Some(t) = self.endpoint.refuse(
+                    incoming,
+                    RefuseCode::UNKNOWN_SERVICE,
+                    "no such service",
+                    &mut buf,
+                ) {
                     self.out.push((buf[..t.size].to_vec(), t));
                 }
             }
@@ -228,7 +297,10 @@ impl Node for SessionHost {
     }
 
     fn poll_timeout(&mut self) -> Option<Instant> {
-        let c = self.channels.values().filter_map(|s| s.channel.poll_timeout());
+        let c = self
+            .channels
+            .values()
+            .filter_map(|s| s.channel.poll_timeout());
         let s = self.sessions.values().filter_map(|s| s.poll_timeout());
         c.chain(s).min()
     }

@@ -24,8 +24,9 @@ pub(crate) enum Kind {
 pub(crate) mod flag {
     /// In the scheduler's queues.
     pub(crate) const SCHEDULED: u16 = 1 << 0;
-    /// Accepts incoming substreams.
-    pub(crate) const LISTENING: u16 = 1 << 1;
+    /// Refuses incoming substreams (the application called `listen(id, false)`); by default
+    /// a stream queues them for `accept_substream`.
+    pub(crate) const REFUSING: u16 = 1 << 1;
     /// A MAX_STREAM_DATA update is queued.
     pub(crate) const MAX_DATA_QUEUED: u16 = 1 << 2;
     /// The application was told data is readable and has not read since.
@@ -50,6 +51,8 @@ pub(crate) mod flag {
     pub(crate) const STOP_RECEIVED: u16 = 1 << 12;
     /// Told the application it can write again.
     pub(crate) const WRITABLE_WANTED: u16 = 1 << 13;
+    /// A frame carrying the OPEN information is in flight.
+    pub(crate) const OPEN_IN_FLIGHT: u16 = 1 << 14;
 }
 
 /// Rarely used parts of a stream, allocated on first use.
