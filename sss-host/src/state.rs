@@ -490,6 +490,7 @@ impl State {
                 p.down_since = None;
                 // The responder's channel is established at once.
                 p.session.attach(now, &params);
+                self.supersede(now, peer, h);
             }
             Err(e) => tracing::warn!(%peer, %addr, error = %e, "cannot accept channel"),
         }
@@ -564,6 +565,7 @@ impl State {
 
     fn collect_channels(&mut self, now: Instant) {
         let mut closed = Vec::new();
+        let mut connected = Vec::new();
         for (&h, slot) in &mut self.channels {
             let Some(p) = self.peers.get_mut(&slot.peer) else {
                 continue;
@@ -576,6 +578,7 @@ impl State {
                         p.session.attach(now, slot.channel.peer_params());
                         p.addr = Some(addr);
                         p.down_since = None;
+                        connected.push((slot.peer, h));
                         for a in self.attempts.values_mut() {
                             if a.outcome.is_none() && a.channels.contains(&h) {
                                 a.outcome = Some(Ok(()));
@@ -604,8 +607,25 @@ impl State {
                     .update_link(slot.channel.pto_count(), slot.channel.rtt().smoothed());
             }
         }
+        for (peer, newest) in connected {
+            self.supersede(now, peer, newest);
+        }
         for (h, error) in closed {
             self.on_channel_closed(now, h, error);
+        }
+    }
+
+    /// Closes every channel to `peer` but `newest`: the newest established channel carries
+    /// the session (frames in flight on the others are re-queued on it).
+    fn supersede(&mut self, now: Instant, peer: Eid, newest: ChannelHandle) {
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        for (&h, slot) in &mut self.channels {
+            if h != newest && slot.peer == peer && !slot.channel.is_closing() {
+                tracing::debug!(%peer, "closing channel: superseded by a newer one");
+                slot.channel.close(now, 0, b"superseded", &mut p.session);
+            }
         }
     }
 
@@ -614,6 +634,7 @@ impl State {
             return;
         };
         self.endpoint.forget(h);
+        let connected = self.is_connected(slot.peer);
         let mut decided = Vec::new();
         for (&id, a) in &mut self.attempts {
             if !a.channels.contains(&h) {
@@ -623,8 +644,12 @@ impl State {
             if a.outcome.is_some() {
                 continue;
             }
-            // A refusal is the peer's answer: no other address will say otherwise.
-            if matches!(error, ChannelError::Refused { .. }) || a.channels.is_empty() {
+            if a.channels.is_empty() && connected {
+                // Superseded by a channel that connected meanwhile (e.g. the peer's own).
+                a.outcome = Some(Ok(()));
+                self.wake.append(&mut a.waiters);
+            } else if matches!(error, ChannelError::Refused { .. }) || a.channels.is_empty() {
+                // A refusal is the peer's answer: no other address will say otherwise.
                 a.outcome = Some(Err(error.clone()));
                 self.wake.append(&mut a.waiters);
                 decided.push(id);
@@ -640,10 +665,9 @@ impl State {
             );
             self.close_handshakes(now, &handles);
         }
-        let still_connected = self.is_connected(slot.peer);
         if let Some(p) = self.peers.get_mut(&slot.peer) {
             p.channels = p.channels.saturating_sub(1);
-            if !still_connected {
+            if !connected {
                 p.session.detach(now);
             }
         }
