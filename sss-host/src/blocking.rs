@@ -74,7 +74,7 @@ impl std::fmt::Debug for Runtime {
 impl Host {
     /// A host with a new identity (see [`crate::Host::new`]).
     pub fn new(config: HostConfig) -> Result<Self, Error> {
-        Self::build(config, |c| crate::Host::new(c))
+        Self::build(config, crate::Host::new)
     }
 
     /// A host with the identity in `path`, created if missing (see

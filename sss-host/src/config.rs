@@ -136,7 +136,11 @@ mod tests {
         assert!(p.after_failure(1, &mut r).is_some());
         assert!(p.after_failure(2, &mut r).is_some());
         assert!(p.after_failure(3, &mut r).is_some());
-        assert_eq!(p.after_failure(4, &mut r), None, "the fourth failure is reported");
+        assert_eq!(
+            p.after_failure(4, &mut r),
+            None,
+            "the fourth failure is reported"
+        );
         assert_eq!(BackoffPolicy::never().after_failure(1, &mut r), None);
     }
 
@@ -174,7 +178,11 @@ mod tests {
             assert!((1000..=1200).contains(&d), "{d} ms");
             seen.insert(d);
         }
-        assert!(seen.len() > 100, "jitter should spread the delays: {}", seen.len());
+        assert!(
+            seen.len() > 100,
+            "jitter should spread the delays: {}",
+            seen.len()
+        );
         assert!(seen.iter().next().unwrap() < &1020 && seen.iter().last().unwrap() > &1180);
     }
 

@@ -114,10 +114,9 @@ impl Error {
             Self::TimedOut => K::TimedOut,
             Self::ConnectFailed(_) => K::ConnectionAborted,
             Self::NoAddress => K::AddrNotAvailable,
-            Self::SelfConnect
-            | Self::BadName
-            | Self::DatagramTooLarge
-            | Self::EmptyRecord => K::InvalidInput,
+            Self::SelfConnect | Self::BadName | Self::DatagramTooLarge | Self::EmptyRecord => {
+                K::InvalidInput
+            }
             Self::AlreadyListening => K::AddrInUse,
             Self::Reset(_) | Self::PeerRestarted => K::ConnectionReset,
             Self::LinkDown | Self::HostClosed => K::NotConnected,
@@ -144,9 +143,15 @@ mod tests {
         use io::ErrorKind as K;
         let cases = [
             (Error::Reset(0x200), K::ConnectionReset),
-            (Error::from_reset(ErrorCode::PEER_RESTARTED), K::ConnectionReset),
+            (
+                Error::from_reset(ErrorCode::PEER_RESTARTED),
+                K::ConnectionReset,
+            ),
             (Error::from_reset(ErrorCode::LINK_DOWN), K::NotConnected),
-            (Error::from_reset(ErrorCode::UNKNOWN_SERVICE), K::ConnectionRefused),
+            (
+                Error::from_reset(ErrorCode::UNKNOWN_SERVICE),
+                K::ConnectionRefused,
+            ),
             (
                 Error::Refused {
                     code: RefuseCode::UNKNOWN_SERVICE,

@@ -82,7 +82,12 @@ impl Host {
         let unix_nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
-        let endpoint = Endpoint::new(config.endpoint.clone(), identity, Instant::now(), unix_nanos);
+        let endpoint = Endpoint::new(
+            config.endpoint.clone(),
+            identity,
+            Instant::now(),
+            unix_nanos,
+        );
         let mut seed = [0u8; 32];
         OsRng.fill_bytes(&mut seed);
         let rng = ChaCha20Rng::from_seed(seed);
@@ -249,7 +254,10 @@ impl Host {
             return Ok(None);
         }
         let p = st.peer_entry(peer);
-        let id = p.session.open(service, protocol).map_err(Error::from_stream)?;
+        let id = p
+            .session
+            .open(service, protocol)
+            .map_err(Error::from_stream)?;
         let link = p.link.subscribe();
         st.new_stream_slot(peer, id);
         st.wake_driver();

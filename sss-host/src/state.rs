@@ -108,9 +108,14 @@ pub(crate) struct StreamSlot {
 impl StreamSlot {
     fn wake_all(&mut self, out: &mut Vec<Waker>) {
         out.extend(
-            [&mut self.read, &mut self.write, &mut self.datagram, &mut self.accept]
-                .into_iter()
-                .filter_map(Option::take),
+            [
+                &mut self.read,
+                &mut self.write,
+                &mut self.datagram,
+                &mut self.accept,
+            ]
+            .into_iter()
+            .filter_map(Option::take),
         );
     }
 }
@@ -444,11 +449,10 @@ impl State {
                 }
             }
             Some(DatagramEvent::Incoming(incoming)) => self.on_incoming(now, incoming),
-            Some(DatagramEvent::Respond(t)) => {
-                if self.out.len() < MAX_QUEUED_REPLIES {
-                    self.out.push_back((scratch[..t.size].to_vec(), t));
-                }
+            Some(DatagramEvent::Respond(t)) if self.out.len() < MAX_QUEUED_REPLIES => {
+                self.out.push_back((scratch[..t.size].to_vec(), t));
             }
+            Some(DatagramEvent::Respond(_)) => {}
             None => {}
         }
         self.scratch = scratch;
@@ -459,7 +463,10 @@ impl State {
     fn on_incoming(&mut self, now: Instant, incoming: Box<Incoming>) {
         let peer = incoming.remote_eid();
         let addr = incoming.remote_address();
-        let (service, protocol) = (incoming.service().to_owned(), incoming.protocol().to_owned());
+        let (service, protocol) = (
+            incoming.service().to_owned(),
+            incoming.protocol().to_owned(),
+        );
         let listening = self
             .listeners
             .contains_key(&(service.clone(), protocol.clone()));
@@ -522,7 +529,10 @@ impl State {
 
     /// The earliest timer of any channel or session, or the end of the linger period.
     pub(crate) fn poll_timeout(&self) -> Option<Instant> {
-        let channels = self.channels.values().filter_map(|c| c.channel.poll_timeout());
+        let channels = self
+            .channels
+            .values()
+            .filter_map(|c| c.channel.poll_timeout());
         let peers = self
             .peers
             .values()
@@ -656,13 +666,8 @@ impl State {
             }
         }
         for id in decided {
-            let handles = std::mem::take(
-                &mut self
-                    .attempts
-                    .get_mut(&id)
-                    .expect("decided above")
-                    .channels,
-            );
+            let handles =
+                std::mem::take(&mut self.attempts.get_mut(&id).expect("decided above").channels);
             self.close_handshakes(now, &handles);
         }
         if let Some(p) = self.peers.get_mut(&slot.peer) {

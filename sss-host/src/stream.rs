@@ -123,7 +123,11 @@ impl Stream {
 
     /// Where the peer was last seen (the address its packets come from).
     pub fn remote_addr(&self) -> Option<SocketAddr> {
-        self.shared.lock().peers.get(&self.peer).and_then(|p| p.addr)
+        self.shared
+            .lock()
+            .peers
+            .get(&self.peer)
+            .and_then(|p| p.addr)
     }
 
     /// The (service, protocol) of a top-level stream; `None` for substreams.
@@ -371,7 +375,11 @@ impl Stream {
         }
     }
 
-    fn poll_write_inner(&mut self, cx: &mut Context<'_>, data: &[u8]) -> Poll<Result<usize, Error>> {
+    fn poll_write_inner(
+        &mut self,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<Result<usize, Error>> {
         if data.is_empty() {
             return Poll::Ready(Ok(0));
         }

@@ -59,11 +59,12 @@ async fn retries_follow_the_policy_then_time_out() {
     // Three attempts of 300 ms (two failures concealed), 100 + 200 ms apart.
     assert!(elapsed >= Duration::from_millis(1200), "{elapsed:?}");
     assert!(elapsed < Duration::from_millis(2500), "{elapsed:?}");
-    assert_eq!(initiations.load(Ordering::Relaxed), 3, "one handshake per attempt");
     assert_eq!(
-        std::io::Error::from(e).kind(),
-        std::io::ErrorKind::TimedOut
+        initiations.load(Ordering::Relaxed),
+        3,
+        "one handshake per attempt"
     );
+    assert_eq!(std::io::Error::from(e).kind(), std::io::ErrorKind::TimedOut);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -115,7 +116,10 @@ async fn the_address_that_answers_wins() {
     )
     .await
     .unwrap();
-    assert!(start.elapsed() < Duration::from_millis(500), "handshakes run in parallel");
+    assert!(
+        start.elapsed() < Duration::from_millis(500),
+        "handshakes run in parallel"
+    );
     s.write_all(b"x").await.unwrap();
     let inc = within(5, listener.accept()).await.unwrap();
     assert_eq!(inc.remote_eid(), client.eid());
@@ -179,7 +183,10 @@ async fn argument_errors_are_typed() {
         Err(Error::NoAddress)
     ));
     let _l = client.listen("s", "p").unwrap();
-    assert!(matches!(client.listen("s", "p"), Err(Error::AlreadyListening)));
+    assert!(matches!(
+        client.listen("s", "p"),
+        Err(Error::AlreadyListening)
+    ));
     client.close().await;
     assert!(matches!(client.listen("t", "p"), Err(Error::HostClosed)));
     assert!(matches!(

@@ -42,7 +42,9 @@ async fn records_keep_their_boundaries() {
         // it can only be read with `read` (the window opens when the application consumes).
         let sizes = [1usize, 100, 5000, 70_000, 1, 100_000];
         for (i, &n) in sizes.iter().enumerate() {
-            out.write_record(&Pattern::bytes(i as u64, n)).await.unwrap();
+            out.write_record(&Pattern::bytes(i as u64, n))
+                .await
+                .unwrap();
         }
         // Bytes written with `write` form the head of the next record.
         out.write_all(b"head-").await.unwrap();
@@ -141,7 +143,9 @@ async fn substreams_three_deep() {
         let mut b = a.open_substream().unwrap();
         let mut c = b.open_substream().unwrap();
         for (s, name) in [(&mut a, "a"), (&mut b, "b"), (&mut c, "c")] {
-            s.write_all(format!("I am {name}").as_bytes()).await.unwrap();
+            s.write_all(format!("I am {name}").as_bytes())
+                .await
+                .unwrap();
             s.finish().unwrap();
         }
 
@@ -163,7 +167,11 @@ async fn substreams_three_deep() {
         let mut back = ib.open_substream().unwrap();
         back.write_all(b"from the server").await.unwrap();
         back.finish().unwrap();
-        let mut got = b.accept_substream().await.unwrap().expect("server's substream");
+        let mut got = b
+            .accept_substream()
+            .await
+            .unwrap()
+            .expect("server's substream");
         let mut text = String::new();
         got.read_to_string(&mut text).await.unwrap();
         assert_eq!(text, "from the server");
@@ -181,7 +189,10 @@ async fn unknown_service_is_refused_with_a_typed_error() {
     within(5, async {
         // No channel yet: the handshake itself is refused, at once (no retries).
         let start = std::time::Instant::now();
-        let e = client.connect(server.eid(), &addrs, "svc", "b").await.unwrap_err();
+        let e = client
+            .connect(server.eid(), &addrs, "svc", "b")
+            .await
+            .unwrap_err();
         match &e {
             Error::Refused { code, .. } => assert_eq!(*code, RefuseCode::UNKNOWN_SERVICE),
             other => panic!("expected a refusal, got {other:?}"),
@@ -190,9 +201,15 @@ async fn unknown_service_is_refused_with_a_typed_error() {
         assert_eq!(io::Error::from(e).kind(), io::ErrorKind::ConnectionRefused);
 
         // With a channel up, the stream opens at once and the peer resets it.
-        let mut ok = client.connect(server.eid(), &addrs, "svc", "a").await.unwrap();
+        let mut ok = client
+            .connect(server.eid(), &addrs, "svc", "a")
+            .await
+            .unwrap();
         ok.write_all(b"x").await.unwrap();
-        let mut wrong = client.connect(server.eid(), &addrs, "svc", "b").await.unwrap();
+        let mut wrong = client
+            .connect(server.eid(), &addrs, "svc", "b")
+            .await
+            .unwrap();
         // The reset may already be back when we write.
         let _ = wrong.write_all(b"x").await;
         let mut buf = [0u8; 1];
@@ -219,11 +236,11 @@ async fn reset_reaches_the_peer_with_its_code() {
         };
         assert!(matches!(typed(&e), Error::Reset(0x4242)), "{e}");
         assert_eq!(e.kind(), io::ErrorKind::ConnectionReset);
-        assert!(matches!(
-            inc.write_all(b"late").await.map_err(|e| typed(&e).to_string()),
-            Err(_)
-        ));
-        assert!(matches!(out.write_all(b"late").await, Err(_)));
+        // Both directions are gone on both sides.
+        let e = inc.write_all(b"late").await.unwrap_err();
+        assert!(matches!(typed(&e), Error::Reset(0x4242)), "{e}");
+        let e = out.write_all(b"late").await.unwrap_err();
+        assert!(matches!(typed(&e), Error::Reset(0x4242)), "{e}");
     })
     .await;
 }
@@ -236,8 +253,14 @@ async fn higher_priority_finishes_first() {
     let listener = server.listen("prio", "v1").unwrap();
     let addrs = [server.loopback_addr()];
     within(20, async {
-        let mut low = client.connect(server.eid(), &addrs, "prio", "v1").await.unwrap();
-        let mut high = client.connect(server.eid(), &addrs, "prio", "v1").await.unwrap();
+        let mut low = client
+            .connect(server.eid(), &addrs, "prio", "v1")
+            .await
+            .unwrap();
+        let mut high = client
+            .connect(server.eid(), &addrs, "prio", "v1")
+            .await
+            .unwrap();
         low.set_priority(-5).unwrap();
         high.set_priority(10).unwrap();
         assert_eq!(high.priority().unwrap(), 10);
@@ -266,7 +289,11 @@ async fn higher_priority_finishes_first() {
             }
         );
         let _ = (a, b);
-        assert_eq!(rx.recv().await, Some(b'H'), "the high-priority stream ends first");
+        assert_eq!(
+            rx.recv().await,
+            Some(b'H'),
+            "the high-priority stream ends first"
+        );
         assert_eq!(rx.recv().await, Some(b'L'));
     })
     .await;
@@ -315,8 +342,8 @@ async fn data_written_before_dropping_everything_is_delivered() {
 
 #[test]
 fn blocking_facade_reads_and_writes() {
-    use std::io::{Read, Write};
     use sss_host::blocking;
+    use std::io::{Read, Write};
     let config = || sss_host::HostConfig::bind(common::loopback());
     let server = blocking::Host::new(config()).unwrap();
     let listener = server.listen("blocking", "v1").unwrap();

@@ -31,8 +31,12 @@ async fn capturing_proxy(server: SocketAddr) -> (SocketAddr, SocketAddr, Arc<Mut
     let captured = Arc::new(Mutex::new(Captured::default()));
     let client = Arc::new(Mutex::new(None::<SocketAddr>));
     {
-        let (front, back, captured, client) =
-            (front.clone(), back.clone(), captured.clone(), client.clone());
+        let (front, back, captured, client) = (
+            front.clone(),
+            back.clone(),
+            captured.clone(),
+            client.clone(),
+        );
         tokio::spawn(async move {
             let mut buf = vec![0u8; 65536];
             loop {
@@ -49,8 +53,12 @@ async fn capturing_proxy(server: SocketAddr) -> (SocketAddr, SocketAddr, Arc<Mut
         });
     }
     {
-        let (front, back, captured, client) =
-            (front.clone(), back.clone(), captured.clone(), client.clone());
+        let (front, back, captured, client) = (
+            front.clone(),
+            back.clone(),
+            captured.clone(),
+            client.clone(),
+        );
         tokio::spawn(async move {
             let mut buf = vec![0u8; 65536];
             loop {
@@ -145,7 +153,11 @@ async fn bad_packets_from_a_third_socket_change_nothing() {
         };
         let ((), sent) = tokio::join!(sender, attack);
         let (n, checked, seen_from) = receiver.await.unwrap();
-        assert_eq!((n, checked), (LEN as u64, LEN as u64), "the transfer is exact");
+        assert_eq!(
+            (n, checked),
+            (LEN as u64, LEN as u64),
+            "the transfer is exact"
+        );
         let mut done = [0u8; 4];
         out.read_exact(&mut done).await.unwrap();
         assert_eq!(&done, b"done");
@@ -170,7 +182,10 @@ async fn bad_packets_from_a_third_socket_change_nothing() {
         let stats = server.stats(client.eid()).expect("the channel is up");
         println!("server stats after the attack: {stats:?}");
         assert!(stats.dropped_replayed > 0, "replays were seen and dropped");
-        assert!(stats.dropped_unauthenticated > 0, "forgeries were seen and dropped");
+        assert!(
+            stats.dropped_unauthenticated > 0,
+            "forgeries were seen and dropped"
+        );
         let mut again = client
             .connect(server.eid(), &[proxy], "bulk", "again")
             .await

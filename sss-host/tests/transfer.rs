@@ -91,7 +91,10 @@ async fn many_streams_at_once() {
                 let mut answer = [0u8; 16];
                 stream.read_exact(&mut answer).await.unwrap();
                 assert_eq!(&answer[..8], &seed.to_be_bytes());
-                assert_eq!(u64::from_be_bytes(answer[8..].try_into().unwrap()), LEN as u64);
+                assert_eq!(
+                    u64::from_be_bytes(answer[8..].try_into().unwrap()),
+                    LEN as u64
+                );
                 let mut rest = Vec::new();
                 stream.read_to_end(&mut rest).await.unwrap();
                 assert!(rest.is_empty());
@@ -106,7 +109,11 @@ async fn many_streams_at_once() {
             "{STREAMS} x {LEN} B in {secs:.3} s = {:.2} Gbit/s",
             (STREAMS as usize * LEN) as f64 * 8.0 / secs / 1e9
         );
-        assert_eq!(server.peers(), vec![client.eid()], "one session carries all streams");
+        assert_eq!(
+            server.peers(),
+            vec![client.eid()],
+            "one session carries all streams"
+        );
     })
     .await;
 }

@@ -11,35 +11,35 @@ use sss_host::{Host, HostConfig};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 /// A host on 127.0.0.1 with an ephemeral port.
-pub fn host() -> Host {
+pub(crate) fn host() -> Host {
     host_with(HostConfig::bind(loopback()))
 }
 
 /// A host with `config`.
-pub fn host_with(config: HostConfig) -> Host {
+pub(crate) fn host_with(config: HostConfig) -> Host {
     Host::new(config).expect("host")
 }
 
 /// `127.0.0.1:0`.
-pub fn loopback() -> SocketAddr {
+pub(crate) fn loopback() -> SocketAddr {
     "127.0.0.1:0".parse().unwrap()
 }
 
 /// Seeded pseudo-random bytes (xorshift64*), reproducible from any offset's chunk start.
-pub struct Pattern {
+pub(crate) struct Pattern {
     state: u64,
 }
 
 impl Pattern {
     /// The generator for `seed`.
-    pub fn new(seed: u64) -> Self {
+    pub(crate) fn new(seed: u64) -> Self {
         Self {
             state: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
         }
     }
 
     /// Fills `buf` with the next bytes (8 per step: keep chunks multiples of 8).
-    pub fn fill(&mut self, buf: &mut [u8]) {
+    pub(crate) fn fill(&mut self, buf: &mut [u8]) {
         for chunk in buf.chunks_mut(8) {
             let mut x = self.state;
             x ^= x >> 12;
@@ -52,7 +52,7 @@ impl Pattern {
     }
 
     /// The first `len` bytes of the pattern.
-    pub fn bytes(seed: u64, len: usize) -> Vec<u8> {
+    pub(crate) fn bytes(seed: u64, len: usize) -> Vec<u8> {
         let mut v = vec![0; len];
         Self::new(seed).fill(&mut v);
         v
@@ -61,7 +61,7 @@ impl Pattern {
 
 /// Writes `len` bytes of `Pattern(seed)` in chunks of 64 KiB (chunk sizes multiple of 8 so
 /// the pattern continues across chunks).
-pub async fn write_pattern<W: AsyncWrite + Unpin>(w: &mut W, seed: u64, len: usize) {
+pub(crate) async fn write_pattern<W: AsyncWrite + Unpin>(w: &mut W, seed: u64, len: usize) {
     let mut p = Pattern::new(seed);
     let mut buf = vec![0u8; 64 * 1024];
     let mut left = len;
@@ -74,17 +74,17 @@ pub async fn write_pattern<W: AsyncWrite + Unpin>(w: &mut W, seed: u64, len: usi
 }
 
 /// An `AsyncWrite` that checks every byte against `Pattern(seed)`.
-pub struct Verifier {
+pub(crate) struct Verifier {
     pattern: Pattern,
     /// Expected bytes not yet compared (the generator produces 8 at a time).
     expected: Vec<u8>,
     /// Bytes checked so far.
-    pub checked: u64,
+    pub(crate) checked: u64,
 }
 
 impl Verifier {
     /// A sink expecting `Pattern::new(seed)`.
-    pub fn new(seed: u64) -> Self {
+    pub(crate) fn new(seed: u64) -> Self {
         Self {
             pattern: Pattern::new(seed),
             expected: Vec::new(),
@@ -138,7 +138,7 @@ impl AsyncWrite for Verifier {
 }
 
 /// Fails the test if `f` takes longer than `secs`.
-pub async fn within<T>(secs: u64, f: impl std::future::Future<Output = T>) -> T {
+pub(crate) async fn within<T>(secs: u64, f: impl std::future::Future<Output = T>) -> T {
     tokio::time::timeout(Duration::from_secs(secs), f)
         .await
         .expect("took too long")
