@@ -257,7 +257,6 @@ impl Endpoint {
             max_udp_payload: c.max_udp_payload,
             idle_timeout_ms: u32::try_from(c.idle_timeout.as_millis()).unwrap_or(u32::MAX),
             max_ack_delay_ms: u16::try_from(c.max_ack_delay.as_millis()).unwrap_or(u16::MAX),
-            ..TransportParams::default()
         }
     }
 
