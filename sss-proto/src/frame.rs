@@ -120,6 +120,22 @@ impl AckFrame {
         })
     }
 
+    /// Longest encoding of an ACK frame with one range: the type byte, then largest, delay
+    /// and first range as full 8-byte varints, and a 1-byte range count of zero.
+    pub const MAX_SINGLE_RANGE_LEN: usize = 1 + 8 + 8 + 1 + 8;
+
+    /// Drops the oldest ranges until the frame's encoding takes at most `room` bytes, keeping
+    /// at least the newest one. Whether it then fits.
+    pub fn truncate_to(&mut self, room: usize) -> bool {
+        while Frame::encoded_ack_len(self) > room {
+            if self.ranges.len() <= 1 {
+                return false;
+            }
+            self.ranges.pop();
+        }
+        true
+    }
+
     /// The acknowledged ranges, newest first.
     pub fn iter(&self) -> impl Iterator<Item = RangeInclusive<u64>> + '_ {
         self.ranges.iter().cloned()
@@ -230,13 +246,17 @@ impl Frame<'_> {
         match self {
             Frame::Padding(n) => *n,
             Frame::Ping => 1,
-            Frame::Ack(ack) => 1 + ack.wire_fields().map(varint_len).sum::<usize>(),
+            Frame::Ack(ack) => Self::encoded_ack_len(ack),
             Frame::Close { code, reason } => {
                 let n = reason.len().min(MAX_CLOSE_REASON_LEN);
                 1 + varint_len(*code) + varint_len(n as u64) + n
             }
             Frame::Upper { ty, body } => upper_header_len(*ty, body.len()) + body.len(),
         }
+    }
+
+    fn encoded_ack_len(ack: &AckFrame) -> usize {
+        1 + ack.wire_fields().map(varint_len).sum::<usize>()
     }
 
     /// Whether receiving this frame obliges the peer to acknowledge the packet. PADDING, ACK
@@ -444,6 +464,34 @@ mod tests {
             let newest: Vec<_> = set.iter().rev().take(max).map(|r| r.start..=r.end - 1).collect();
             prop_assert_eq!(ack.largest, set.max().unwrap());
             prop_assert_eq!(ack.iter().collect::<Vec<_>>(), newest);
+        }
+
+        #[test]
+        fn ack_truncated_to_room_keeps_the_newest_ranges(
+            set in range_set(),
+            delay in 0..=VARINT_MAX,
+            room in 0usize..400,
+        ) {
+            let full = AckFrame::from_ranges(&set, delay, usize::MAX).unwrap();
+            let newest = AckFrame { ranges: full.ranges[..1].to_vec(), ..full.clone() };
+            prop_assert!(Frame::Ack(newest).encoded_len() <= AckFrame::MAX_SINGLE_RANGE_LEN);
+            let mut ack = full.clone();
+            let fits = ack.truncate_to(room);
+            let len = Frame::Ack(ack.clone()).encoded_len();
+            prop_assert_eq!(fits, len <= room);
+            prop_assert!(fits || ack.ranges.len() == 1);
+            if room >= AckFrame::MAX_SINGLE_RANGE_LEN {
+                prop_assert!(fits, "a one-range ACK always fits in MAX_SINGLE_RANGE_LEN");
+            }
+            // The newest ranges are kept, as many as fit: one more would not.
+            prop_assert_eq!(&ack.ranges[..], &full.ranges[..ack.ranges.len()]);
+            if fits && ack.ranges.len() < full.ranges.len() {
+                let mut more = ack.clone();
+                more.ranges.push(full.ranges[ack.ranges.len()].clone());
+                prop_assert!(Frame::Ack(more).encoded_len() > room);
+            }
+            let bytes = encode(&Frame::Ack(ack.clone()));
+            prop_assert_eq!(decode_all(&bytes).unwrap(), vec![Frame::Ack(ack)]);
         }
 
         #[test]

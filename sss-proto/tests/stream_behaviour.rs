@@ -663,3 +663,150 @@ fn hostile_datagram_fragments_are_dropped_and_reassembly_stays_bounded() {
         Err(StreamError::UnknownStream)
     );
 }
+
+#[test]
+fn a_receiver_that_stops_reading_gets_receive_blocked_and_holds_the_sender() {
+    let link = LinkConfig::with_latency(Duration::from_millis(10));
+    let config = SessionConfig::default();
+    let window = config.initial_max_stream_data as usize;
+    let mut w = world(5, link, config);
+    let s = w.open();
+    let data = pattern(9, 4 * window);
+    let mut off = 0;
+    // B does not read: the sender stops at the window.
+    for _ in 0..200 {
+        if off < data.len() {
+            off += w.a_session().write(s, &data[off..]).unwrap();
+        }
+        let a = w.a;
+        w.net.wake(a);
+        w.net.run_for(Duration::from_millis(10)).unwrap();
+    }
+    let blocked = w
+        .net
+        .node(w.b)
+        .events
+        .iter()
+        .any(|(_, e)| *e == SessionEvent::ReceiveBlocked(s));
+    assert!(blocked, "no receive-blocked event");
+    assert_eq!(w.b_session().bytes_available(s), Ok(window));
+    // B reads: the rest flows.
+    let mut got = vec![Vec::new()];
+    while got[0].len() < data.len() {
+        if off < data.len() {
+            off += w.a_session().write(s, &data[off..]).unwrap();
+        }
+        w.run_reading(
+            &[s],
+            &mut got,
+            Duration::from_millis(5),
+            Duration::from_millis(20),
+            |_, _| {},
+        );
+    }
+    assert!(got[0] == data);
+}
+
+#[test]
+fn receive_windows_grow_with_the_bandwidth_delay_product_up_to_the_limit() {
+    // 100 Mbit/s and 100 ms: a BDP of 1.25 MB, five times the initial stream window.
+    let mut link = LinkConfig::with_latency(Duration::from_millis(50));
+    link.bandwidth_bps = Some(100_000_000);
+    link.queue_bytes = 2 * 1024 * 1024;
+    let config = SessionConfig {
+        max_stream_window: 4 * 1024 * 1024,
+        ..SessionConfig::default()
+    };
+    let mut w = world(6, link, config);
+    let s = w.open();
+    let chunk = vec![1u8; 256 * 1024];
+    let mut got = vec![Vec::new()];
+    let mut samples = Vec::new();
+    let t0 = w.net.now();
+    while w.net.now() - t0 < Duration::from_secs(10) {
+        while w.a_session().write_capacity(s) >= chunk.len() {
+            w.a_session().write(s, &chunk).unwrap();
+        }
+        w.run_reading(
+            &[s],
+            &mut got,
+            Duration::from_millis(5),
+            Duration::from_millis(20),
+            |_, _| {},
+        );
+        samples.push((w.net.now(), vec![got[0].len()]));
+        got[0].clear();
+        got[0].shrink_to(0);
+        let total = samples.last().unwrap().1[0];
+        samples.last_mut().unwrap().1[0] =
+            total + samples.iter().rev().nth(1).map_or(0, |p| p.1[0]);
+    }
+    // Over the last 5 s the stream runs near the link rate: far above what a fixed 256 KiB
+    // window allows (256 KiB per 100 ms = 21 Mbit/s).
+    let d = delivered_between(
+        &samples,
+        t0 + Duration::from_secs(5),
+        t0 + Duration::from_secs(10),
+    );
+    let mbps = d[0] as f64 * 8.0 / 5.0 / 1e6;
+    assert!(mbps > 80.0, "goodput {mbps:.1} Mbit/s");
+    eprintln!("goodput {mbps:.1} Mbit/s");
+    // The window stayed within its bound.
+    let dump = w.b_session().debug_streams();
+    let limit: u64 = dump
+        .lines()
+        .find(|l| l.contains("recv_limit"))
+        .and_then(|l| l.split("recv_limit ").nth(1))
+        .and_then(|r| r.split(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    let read: u64 = dump
+        .lines()
+        .find(|l| l.contains(" read "))
+        .and_then(|l| l.split(" read ").nth(1))
+        .and_then(|r| r.split(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!(limit - read <= 4 * 1024 * 1024, "window {}", limit - read);
+}
+
+#[test]
+fn reliable_datagrams_never_show_up_as_substreams() {
+    let link = LinkConfig::with_latency(Duration::from_millis(10));
+    let mut w = world(8, link, SessionConfig::default());
+    let s = w.open();
+    w.write(s, b"parent");
+    let sub = w.a_session().open_substream(s).unwrap();
+    w.a_session().write(sub, b"child").unwrap();
+    w.a_session()
+        .write_datagram(s, b"reliable one", true)
+        .unwrap();
+    w.a_session()
+        .write_datagram(s, b"best effort", false)
+        .unwrap();
+    let big = pattern(4, 100_000);
+    w.a_session().write_datagram(s, &big, true).unwrap();
+    let mut got = vec![Vec::new()];
+    w.run_reading(
+        &[s],
+        &mut got,
+        Duration::from_millis(5),
+        Duration::from_secs(2),
+        |_, _| {},
+    );
+    let b = w.b_session();
+    assert_eq!(b.accept_substream(s), Ok(Some(sub)));
+    assert_eq!(b.accept_substream(s), Ok(None));
+    let mut dgrams = Vec::new();
+    while let Ok(Some(d)) = b.read_datagram(s) {
+        dgrams.push(d);
+    }
+    dgrams.sort();
+    let mut want = vec![b"reliable one".to_vec(), b"best effort".to_vec(), big];
+    want.sort();
+    assert!(
+        dgrams == want,
+        "datagrams: {:?}",
+        dgrams.iter().map(Vec::len).collect::<Vec<_>>()
+    );
+}

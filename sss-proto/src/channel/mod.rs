@@ -24,6 +24,8 @@ mod config;
 mod keys;
 mod sent;
 mod stats;
+#[cfg(test)]
+mod tests;
 mod timer;
 mod transmit;
 mod upper;
@@ -663,6 +665,8 @@ impl<M> Channel<M> {
             } else {
                 self.unvalidated_received += datagram_len as u64;
             }
+            // A probe timer held back by the limit may now be armed.
+            self.set_loss_detection_timer(now);
         }
         if from != self.remote && self.received.largest().is_none_or(|l| pn > l) {
             // The peer moved (NAT rebinding, new address): follow the newest packet, as
@@ -672,6 +676,14 @@ impl<M> Channel<M> {
                 from: old,
                 to: from,
             });
+            if !self.validated {
+                // Still bound by the anti-amplification limit, and now towards an address
+                // the peer was never seen receiving at. A PING (small enough to pass the
+                // limit) makes the peer answer from there, which validates it; without it,
+                // data held back by the limit could wait for a packet the peer has no reason
+                // to send.
+                self.ping_pending = true;
+            }
         }
         self.reset_idle_timer(now);
         match self.state {
@@ -945,6 +957,13 @@ impl<M> Channel<M> {
             self.timers.set(Timer::LossDetection, at);
             return;
         }
+        if self.amplification_blocked() {
+            // RFC 9002 §6.2.2.1: no probe timer while the anti-amplification limit would
+            // hold the probe back (it would fire without effect, at once if handled late);
+            // receiving more bytes re-arms it.
+            self.timers.stop(Timer::LossDetection);
+            return;
+        }
         let ack_eliciting_in_flight = self.bytes_in_flight > 0;
         match (ack_eliciting_in_flight, self.time_of_last_ack_eliciting) {
             (true, Some(last)) => {
@@ -976,7 +995,9 @@ impl<M> Channel<M> {
     /// When [`handle_timeout`](Self::handle_timeout) should be called next.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let mut next = self.timers.next();
-        if matches!(self.state, State::Established) {
+        // An ACK the anti-amplification limit holds back has no deadline until more bytes
+        // arrive (or the peer's address is validated): reporting it would make the driver spin.
+        if matches!(self.state, State::Established) && !self.amplification_blocked() {
             if let Some(ack) = self.received.deadline() {
                 next = Some(next.map_or(ack, |n| n.min(ack)));
             }
