@@ -19,13 +19,14 @@ use sss_proto::channel::{ChannelError, ChannelEvent};
 use sss_proto::endpoint::{ChannelHandle, DatagramEvent, Endpoint, Incoming};
 use sss_proto::handshake::RefuseCode;
 use sss_proto::stream::{
-    ErrorCode, LinkStatus, SentFrame, Session, SessionConfig, SessionEvent, StreamId,
+    Attach, ErrorCode, LinkStatus, SentFrame, Session, SessionConfig, SessionEvent, StreamId,
 };
 use sss_proto::{Channel, Eid, Transmit};
 use tokio::sync::watch;
 
 use crate::config::HostConfig;
 use crate::error::Error;
+use crate::stream::Stream;
 
 /// Most handshake replies (cookie replies, refusals) queued for sending; more are dropped
 /// (the initiator retries), so a flood of initiations cannot grow memory.
@@ -73,6 +74,12 @@ pub(crate) struct Peer {
     pub(crate) streams: HashMap<StreamId, StreamSlot>,
     /// Where the peer was last seen.
     pub(crate) addr: Option<SocketAddr>,
+    /// Which incarnation of the peer's session the slots belong to: it changes when the peer
+    /// restarts (its streams are gone and their ids will be used again), so that handles of
+    /// the old streams cannot reach new ones.
+    pub(crate) epoch: u64,
+    /// The (service, protocol) of the last channel to the peer (for reconnecting).
+    pub(crate) names: Option<(String, String)>,
     /// Channels (in any state) carrying this session.
     channels: usize,
     /// Dropped handles whose streams the session still knows.
@@ -123,7 +130,8 @@ impl StreamSlot {
 /// Incoming top-level streams for one (service, protocol).
 #[derive(Debug, Default)]
 pub(crate) struct ListenerSlot {
-    pub(crate) queue: VecDeque<(Eid, StreamId)>,
+    /// Streams not yet accepted: peer, stream and the peer's epoch.
+    pub(crate) queue: VecDeque<(Eid, StreamId, u64)>,
     pub(crate) waker: Option<Waker>,
 }
 
@@ -151,6 +159,7 @@ pub(crate) struct State {
     pub(crate) listeners: HashMap<(String, String), ListenerSlot>,
     pub(crate) attempts: HashMap<u64, Attempt>,
     next_attempt: u64,
+    next_epoch: u64,
     pub(crate) config: HostConfig,
     session_config: Arc<SessionConfig>,
     pub(crate) rng: ChaCha20Rng,
@@ -183,6 +192,7 @@ impl State {
             listeners: HashMap::new(),
             attempts: HashMap::new(),
             next_attempt: 0,
+            next_epoch: 0,
             session_config: Arc::new(config.session.clone()),
             config,
             rng,
@@ -254,13 +264,18 @@ impl State {
     pub(crate) fn peer_entry(&mut self, eid: Eid) -> &mut Peer {
         let (config, local) = (self.session_config.clone(), self.local);
         let rng = &mut self.rng;
+        let next_epoch = &mut self.next_epoch;
         self.peers.entry(eid).or_insert_with(|| {
+            let epoch = *next_epoch;
+            *next_epoch += 1;
             // Session ids are random and never 0 (0 means "no stream layer").
             let id = rng.next_u64() | 1;
             Peer {
                 link: watch::Sender::new(LinkStatus::Down),
                 streams: HashMap::new(),
                 addr: None,
+                epoch,
+                names: None,
                 channels: 0,
                 orphans: 0,
                 down_since: None,
@@ -286,19 +301,25 @@ impl State {
             .next()
     }
 
-    /// Registers a new handle on stream `id` of `peer` (its slot may exist already: an
-    /// unclaimed incoming stream).
-    pub(crate) fn new_stream_slot(&mut self, peer: Eid, id: StreamId) {
-        if let Some(p) = self.peers.get_mut(&peer) {
-            p.streams.entry(id).or_default();
-        }
+    /// A new handle on stream `id` of `peer` (its slot may exist already: an unclaimed
+    /// incoming stream), or `None` if the host forgot the peer.
+    pub(crate) fn new_handle(
+        &mut self,
+        shared: &Arc<Shared>,
+        peer: Eid,
+        id: StreamId,
+    ) -> Option<Stream> {
+        let p = self.peers.get_mut(&peer)?;
+        p.streams.entry(id).or_default();
+        let stream = Stream::new(shared.clone(), peer, id, p.epoch, p.link.subscribe());
         self.add_ref();
+        Some(stream)
     }
 
     /// The handle of stream `id` was dropped: finish our direction, refuse the substreams
     /// it did not accept, and discard what arrives until the stream ends.
-    pub(crate) fn drop_stream(&mut self, peer: Eid, id: StreamId) {
-        if let Some(p) = self.peers.get_mut(&peer) {
+    pub(crate) fn drop_stream(&mut self, peer: Eid, id: StreamId, epoch: u64) {
+        if let Some(p) = self.peers.get_mut(&peer).filter(|p| p.epoch == epoch) {
             let _ = p.session.finish(id);
             let _ = p.session.listen(id, false);
             if let Some(mut slot) = p.streams.remove(&id) {
@@ -344,7 +365,9 @@ impl State {
         if addrs.is_empty() {
             return Err(Error::NoAddress);
         }
-        let layer = self.peer_entry(peer).session.layer_params();
+        let p = self.peer_entry(peer);
+        p.names = Some((service.to_owned(), protocol.to_owned()));
+        let layer = p.session.layer_params();
         let mut channels = Vec::new();
         let mut failure = None;
         for &addr in addrs {
@@ -491,12 +514,16 @@ impl State {
                 tracing::info!(%peer, %addr, service, protocol, "accepted channel");
                 let params = *channel.peer_params();
                 self.channels.insert(h, ChannelSlot { channel, peer });
-                let p = self.peer_entry(peer);
+                let Some(p) = self.peers.get_mut(&peer) else {
+                    return;
+                };
                 p.channels += 1;
                 p.addr = Some(addr);
+                p.names = Some((service, protocol));
                 p.down_since = None;
                 // The responder's channel is established at once.
-                p.session.attach(now, &params);
+                let attach = p.session.attach(now, &params);
+                p.on_attach(attach, &mut self.wake, &mut self.next_epoch);
                 self.supersede(now, peer, h);
             }
             Err(e) => tracing::warn!(%peer, %addr, error = %e, "cannot accept channel"),
@@ -585,7 +612,8 @@ impl State {
                     ChannelEvent::Connected => {
                         let addr = slot.channel.remote_address();
                         tracing::info!(peer = %slot.peer, %addr, "channel established");
-                        p.session.attach(now, slot.channel.peer_params());
+                        let attach = p.session.attach(now, slot.channel.peer_params());
+                        p.on_attach(attach, &mut self.wake, &mut self.next_epoch);
                         p.addr = Some(addr);
                         p.down_since = None;
                         connected.push((slot.peer, h));
@@ -693,7 +721,7 @@ impl State {
                             // them before the application sees the stream.
                             let _ = p.session.listen(id, true);
                             p.streams.entry(id).or_default();
-                            l.queue.push_back((eid, id));
+                            l.queue.push_back((eid, id, p.epoch));
                             self.wake.extend(l.waker.take());
                         }
                         _ => {
@@ -790,6 +818,23 @@ impl State {
 }
 
 impl Peer {
+    /// A channel attached the session. If the peer restarted, its old streams are gone
+    /// (the session reset them): their handles are cut off and woken, to fail with
+    /// [`Error::PeerRestarted`](crate::Error::PeerRestarted).
+    fn on_attach(&mut self, attach: Attach, wake: &mut Vec<Waker>, next_epoch: &mut u64) {
+        if attach != Attach::PeerRestarted {
+            return;
+        }
+        tracing::info!(peer = %self.session.remote_eid(), "peer restarted: its old streams are gone");
+        for slot in self.streams.values_mut() {
+            slot.wake_all(wake);
+        }
+        self.streams.clear();
+        self.orphans = 0;
+        self.epoch = *next_epoch;
+        *next_epoch += 1;
+    }
+
     /// Resets an unclaimed stream (no handle will ever take it) and, in turn, the
     /// substreams queued for it.
     pub(crate) fn abandon(&mut self, id: StreamId, code: u64) {
