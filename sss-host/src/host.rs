@@ -146,9 +146,10 @@ impl Host {
     /// Opens a top-level stream to `peer` for (`service`, `protocol`).
     ///
     /// When a channel to the peer exists, the stream opens on it at once (no round trip).
-    /// Otherwise a handshake starts to every address in `addrs` at the same time; the first
-    /// to complete carries the session (and the others are abandoned), and this returns once
-    /// it is established. Transient failures (no answer within
+    /// Otherwise a handshake starts to the first address of `addrs`, and to the next one
+    /// every 250 ms while none has answered (or at once when all started so far failed); the
+    /// first to complete carries the session (the others are abandoned), and this returns
+    /// once it is established. Transient failures (no answer within
     /// [`HostConfig::attempt_timeout`]) are retried as [`HostConfig::backoff`] says; a
     /// refusal ([`Error::Refused`]) is returned at once.
     pub async fn connect(

@@ -24,8 +24,8 @@ use sss_proto::stream::{
 use sss_proto::{Channel, Eid, Transmit};
 use tokio::sync::watch;
 
+use crate::attempt::Attempt;
 use crate::config::HostConfig;
-use crate::error::Error;
 use crate::stream::Stream;
 
 /// Most handshake replies (cookie replies, refusals) queued for sending; more are dropped
@@ -81,7 +81,7 @@ pub(crate) struct Peer {
     /// The (service, protocol) of the last channel to the peer (for reconnecting).
     pub(crate) names: Option<(String, String)>,
     /// Channels (in any state) carrying this session.
-    channels: usize,
+    pub(crate) channels: usize,
     /// Dropped handles whose streams the session still knows.
     orphans: usize,
     /// Since when the session has had no channel.
@@ -135,22 +135,6 @@ pub(crate) struct ListenerSlot {
     pub(crate) waker: Option<Waker>,
 }
 
-/// A connection attempt: handshakes to a peer's addresses, waited for by one or more
-/// `connect` calls.
-#[derive(Debug)]
-pub(crate) struct Attempt {
-    pub(crate) peer: Eid,
-    pub(crate) service: String,
-    pub(crate) protocol: String,
-    /// Handshaking channels of this attempt.
-    channels: Vec<ChannelHandle>,
-    /// `Some` once decided: a channel connected, or every handshake failed.
-    pub(crate) outcome: Option<Result<(), ChannelError>>,
-    pub(crate) waiters: Vec<Waker>,
-    /// `connect` calls waiting on it.
-    pub(crate) refs: usize,
-}
-
 /// The host's state; see the [module documentation](self).
 pub(crate) struct State {
     pub(crate) endpoint: Endpoint,
@@ -158,7 +142,7 @@ pub(crate) struct State {
     pub(crate) peers: HashMap<Eid, Peer>,
     pub(crate) listeners: HashMap<(String, String), ListenerSlot>,
     pub(crate) attempts: HashMap<u64, Attempt>,
-    next_attempt: u64,
+    pub(crate) next_attempt: u64,
     next_epoch: u64,
     pub(crate) config: HostConfig,
     session_config: Arc<SessionConfig>,
@@ -344,119 +328,6 @@ impl State {
         self.wake_driver();
     }
 
-    // ------------------------------------------------------------ connecting
-
-    /// Starts handshakes to every address of `peer`, or joins an attempt already under way
-    /// for the same (service, protocol). Returns the attempt's id.
-    pub(crate) fn start_attempt(
-        &mut self,
-        now: Instant,
-        peer: Eid,
-        addrs: &[SocketAddr],
-        service: &str,
-        protocol: &str,
-    ) -> Result<u64, Error> {
-        if let Some((&id, a)) = self.attempts.iter_mut().find(|(_, a)| {
-            a.peer == peer && a.outcome.is_none() && a.service == service && a.protocol == protocol
-        }) {
-            a.refs += 1;
-            return Ok(id);
-        }
-        if addrs.is_empty() {
-            return Err(Error::NoAddress);
-        }
-        let p = self.peer_entry(peer);
-        p.names = Some((service.to_owned(), protocol.to_owned()));
-        let layer = p.session.layer_params();
-        let mut channels = Vec::new();
-        let mut failure = None;
-        for &addr in addrs {
-            match self
-                .endpoint
-                .connect_with(now, peer, addr, service, protocol, &layer)
-            {
-                Ok((h, channel)) => {
-                    tracing::info!(%peer, %addr, service, protocol, "connecting");
-                    self.channels.insert(h, ChannelSlot { channel, peer });
-                    channels.push(h);
-                }
-                Err(e) => failure = Some(e),
-            }
-        }
-        if let Some(p) = self.peers.get_mut(&peer) {
-            p.channels += channels.len();
-        }
-        if channels.is_empty() {
-            return Err(match failure {
-                Some(sss_proto::endpoint::ConnectError::SelfConnect) => Error::SelfConnect,
-                Some(sss_proto::endpoint::ConnectError::BadName) => Error::BadName,
-                Some(e) => Error::ConnectFailed(ChannelError::HandshakeFailed(e.to_string())),
-                None => Error::NoAddress,
-            });
-        }
-        let id = self.next_attempt;
-        self.next_attempt += 1;
-        self.attempts.insert(
-            id,
-            Attempt {
-                peer,
-                service: service.to_owned(),
-                protocol: protocol.to_owned(),
-                channels,
-                outcome: None,
-                waiters: Vec::new(),
-                refs: 1,
-            },
-        );
-        self.wake_driver();
-        Ok(id)
-    }
-
-    /// Gives up an attempt for everyone waiting on it (its time ran out).
-    pub(crate) fn fail_attempt(&mut self, now: Instant, id: u64, error: ChannelError) {
-        let Some(a) = self.attempts.get_mut(&id) else {
-            return;
-        };
-        if a.outcome.is_some() {
-            return;
-        }
-        tracing::info!(peer = %a.peer, %error, "connection attempt failed");
-        a.outcome = Some(Err(error));
-        self.wake.append(&mut a.waiters);
-        let handles = std::mem::take(&mut a.channels);
-        self.close_handshakes(now, &handles);
-    }
-
-    /// A `connect` call stopped waiting on attempt `id` (done or cancelled). The last one
-    /// to leave an undecided attempt abandons its handshakes.
-    pub(crate) fn leave_attempt(&mut self, now: Instant, id: u64) {
-        let Some(a) = self.attempts.get_mut(&id) else {
-            return;
-        };
-        a.refs = a.refs.saturating_sub(1);
-        if a.refs > 0 {
-            return;
-        }
-        let a = self.attempts.remove(&id).expect("present");
-        if a.outcome.is_none() {
-            self.close_handshakes(now, &a.channels);
-        }
-    }
-
-    /// Abandons channels still in their handshake.
-    fn close_handshakes(&mut self, now: Instant, handles: &[ChannelHandle]) {
-        for h in handles {
-            if let Some(slot) = self.channels.get_mut(h) {
-                if !slot.channel.is_established() {
-                    if let Some(p) = self.peers.get_mut(&slot.peer) {
-                        slot.channel.close(now, 0, b"abandoned", &mut p.session);
-                    }
-                }
-            }
-        }
-        self.wake_driver();
-    }
-
     // ------------------------------------------------------------ driver input
 
     /// One datagram from the socket.
@@ -532,6 +403,7 @@ impl State {
 
     /// Runs the timers that are due.
     pub(crate) fn handle_timeouts(&mut self, now: Instant) {
+        self.advance_attempts(now);
         for slot in self.channels.values_mut() {
             if slot.channel.poll_timeout().is_some_and(|t| t <= now) {
                 if let Some(p) = self.peers.get_mut(&slot.peer) {
@@ -565,7 +437,12 @@ impl State {
             .values()
             .flat_map(|p| [p.session.poll_timeout(), p.expiry()])
             .flatten();
-        channels.chain(peers).chain(self.linger_until).min()
+        let attempts = self.attempts.values().filter_map(Attempt::next_start);
+        channels
+            .chain(peers)
+            .chain(attempts)
+            .chain(self.linger_until)
+            .min()
     }
 
     /// Whether every session has delivered everything written (nothing left to linger for).
@@ -617,12 +494,6 @@ impl State {
                         p.addr = Some(addr);
                         p.down_since = None;
                         connected.push((slot.peer, h));
-                        for a in self.attempts.values_mut() {
-                            if a.outcome.is_none() && a.channels.contains(&h) {
-                                a.outcome = Some(Ok(()));
-                                self.wake.append(&mut a.waiters);
-                            }
-                        }
                     }
                     ChannelEvent::Closed(error) => {
                         tracing::info!(peer = %slot.peer, %error, "channel closed");
@@ -646,6 +517,7 @@ impl State {
             }
         }
         for (peer, newest) in connected {
+            self.on_attempt_channel_connected(now, newest);
             self.supersede(now, peer, newest);
         }
         for (h, error) in closed {
@@ -673,31 +545,7 @@ impl State {
         };
         self.endpoint.forget(h);
         let connected = self.is_connected(slot.peer);
-        let mut decided = Vec::new();
-        for (&id, a) in &mut self.attempts {
-            if !a.channels.contains(&h) {
-                continue;
-            }
-            a.channels.retain(|&c| c != h);
-            if a.outcome.is_some() {
-                continue;
-            }
-            if a.channels.is_empty() && connected {
-                // Superseded by a channel that connected meanwhile (e.g. the peer's own).
-                a.outcome = Some(Ok(()));
-                self.wake.append(&mut a.waiters);
-            } else if matches!(error, ChannelError::Refused { .. }) || a.channels.is_empty() {
-                // A refusal is the peer's answer: no other address will say otherwise.
-                a.outcome = Some(Err(error.clone()));
-                self.wake.append(&mut a.waiters);
-                decided.push(id);
-            }
-        }
-        for id in decided {
-            let handles =
-                std::mem::take(&mut self.attempts.get_mut(&id).expect("decided above").channels);
-            self.close_handshakes(now, &handles);
-        }
+        self.on_attempt_channel_closed(now, h, &error, connected);
         if let Some(p) = self.peers.get_mut(&slot.peer) {
             p.channels = p.channels.saturating_sub(1);
             if !connected {
