@@ -494,18 +494,23 @@ fn peer_id(n: u64) -> StreamId {
     StreamId::new(a.as_bytes() > b.as_bytes(), n)
 }
 
-fn top(id: StreamId, data: &[u8]) -> StreamLayerFrame<'_> {
+/// A STREAM frame; with `open`, announcing a top-level stream.
+fn data_frame(id: StreamId, offset: u64, data: &[u8], open: bool) -> StreamLayerFrame<'_> {
     StreamLayerFrame::Stream(sss_proto::stream::frames::StreamFrame {
         id,
-        offset: 0,
+        offset,
         data,
         fin: false,
         record: false,
-        open: Some(OpenInfo::Top {
+        open: open.then_some(OpenInfo::Top {
             service: "svc",
             protocol: "p",
         }),
     })
+}
+
+fn top(id: StreamId, data: &[u8]) -> StreamLayerFrame<'_> {
+    data_frame(id, 0, data, true)
 }
 
 #[test]
@@ -537,28 +542,11 @@ fn hostile_peer_sending_past_windows_is_closed_and_memory_stays_bounded() {
     assert_eq!(feed(&mut s, now, &top(id, b"hello")), None);
     // Data ending past the stream window.
     let data = vec![0u8; 1000];
-    let far = StreamLayerFrame::Stream(sss_proto::stream::frames::StreamFrame {
-        id,
-        offset: window - 10,
-        data: &data,
-        fin: false,
-        record: false,
-        open: None,
-    });
+    let far = data_frame(id, window - 10, &data, false);
     assert!(feed(&mut s, now, &far).is_some());
     // An offset far beyond any window.
     let (mut s, now) = victim(config.clone());
-    let huge = StreamLayerFrame::Stream(sss_proto::stream::frames::StreamFrame {
-        id,
-        offset: 1 << 60,
-        data: b"x",
-        fin: false,
-        record: false,
-        open: Some(OpenInfo::Top {
-            service: "svc",
-            protocol: "p",
-        }),
-    });
+    let huge = data_frame(id, 1 << 60, b"x", true);
     assert!(feed(&mut s, now, &huge).is_some());
     assert!(s.buffered_bytes() <= 1);
     // Scattered single bytes inside the window: refused before the bookkeeping explodes.
@@ -566,14 +554,7 @@ fn hostile_peer_sending_past_windows_is_closed_and_memory_stays_bounded() {
     assert_eq!(feed(&mut s, now, &top(id, b"h")), None);
     let mut closed = false;
     for i in 0..(window / 2) {
-        let f = StreamLayerFrame::Stream(sss_proto::stream::frames::StreamFrame {
-            id,
-            offset: 2 + 2 * i,
-            data: b"x",
-            fin: false,
-            record: false,
-            open: None,
-        });
+        let f = data_frame(id, 2 + 2 * i, b"x", false);
         if feed(&mut s, now, &f).is_some() {
             closed = true;
             break;
@@ -588,17 +569,7 @@ fn hostile_peer_sending_past_windows_is_closed_and_memory_stays_bounded() {
     'outer: for n in 1..200 {
         let id = peer_id(n);
         for k in 0..(window / block.len() as u64) {
-            let f = StreamLayerFrame::Stream(sss_proto::stream::frames::StreamFrame {
-                id,
-                offset: k * block.len() as u64,
-                data: &block,
-                fin: false,
-                record: false,
-                open: Some(OpenInfo::Top {
-                    service: "svc",
-                    protocol: "p",
-                }),
-            });
+            let f = data_frame(id, k * block.len() as u64, &block, true);
             if feed(&mut s, now, &f).is_some() {
                 refused = true;
                 break 'outer;
