@@ -364,14 +364,19 @@ impl State {
         let listening = self
             .listeners
             .contains_key(&(service.clone(), protocol.clone()));
-        if !listening || self.closed {
-            tracing::info!(%peer, %addr, service, protocol, "refusing channel: no listener");
+        let full = !self.peers.contains_key(&peer) && self.peers.len() >= self.config.max_peers;
+        if !listening || self.closed || full {
+            let (code, reason) = if full {
+                (RefuseCode::BUSY, "too many peers")
+            } else {
+                (
+                    RefuseCode::UNKNOWN_SERVICE,
+                    "no listener for this service and protocol",
+                )
+            };
+            tracing::info!(%peer, %addr, service, protocol, reason, "refusing channel");
             let mut buf = std::mem::take(&mut self.scratch);
-            let reason = "no listener for this service and protocol";
-            if let Some(t) =
-                self.endpoint
-                    .refuse(incoming, RefuseCode::UNKNOWN_SERVICE, reason, &mut buf)
-            {
+            if let Some(t) = self.endpoint.refuse(incoming, code, reason, &mut buf) {
                 if self.out.len() < MAX_QUEUED_REPLIES {
                     self.out.push_back((buf[..t.size].to_vec(), t));
                 }

@@ -237,3 +237,31 @@ async fn two_addresses_of_the_same_host_give_one_working_channel() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_beyond_the_limit_are_refused_as_busy() {
+    let mut config = HostConfig::bind(loopback());
+    config.max_peers = 1;
+    let server = host_with(config);
+    let _listener = server.listen("svc", "v1").unwrap();
+    let addr = [server.loopback_addr()];
+    let first = host();
+    let second = host();
+    within(5, async {
+        let _s = first
+            .connect(server.eid(), &addr, "svc", "v1")
+            .await
+            .unwrap();
+        match second.connect(server.eid(), &addr, "svc", "v1").await {
+            Err(Error::Refused { code, .. }) => assert_eq!(code, sss_host::RefuseCode::BUSY),
+            other => panic!("expected a BUSY refusal, got {other:?}"),
+        }
+        // The known peer still gets new channels and streams.
+        let _again = first
+            .connect(server.eid(), &addr, "svc", "v1")
+            .await
+            .unwrap();
+        assert_eq!(server.peers(), vec![first.eid()]);
+    })
+    .await;
+}
