@@ -781,3 +781,86 @@ fn reliable_datagrams_never_show_up_as_substreams() {
         dgrams.iter().map(Vec::len).collect::<Vec<_>>()
     );
 }
+
+#[test]
+fn a_record_larger_than_the_window_is_read_whole() {
+    let link = LinkConfig::with_latency(Duration::from_millis(10));
+    let config = SessionConfig {
+        max_stream_window: 2 * 1024 * 1024,
+        ..SessionConfig::default()
+    };
+    let window = config.initial_max_stream_data as usize;
+    let mut w = world(12, link, config);
+    let s = w.open();
+    let small = pattern(1, 75_000);
+    let big = pattern(2, 3 * window);
+    w.a_session().write_record(s, &small).unwrap();
+    w.a_session().write_record(s, &big).unwrap();
+    let a = w.a;
+    w.net.wake(a);
+    // B only ever calls read_record: the window must grow for the big record to complete.
+    let mut records = Vec::new();
+    for _ in 0..400 {
+        w.net.run_for(Duration::from_millis(10)).unwrap();
+        let a_eid = w.a_eid;
+        if let Some(b) = w.net.node_mut(w.b).sessions.get_mut(&a_eid) {
+            while let Ok(Some((r, truncated))) = b.read_record(s, usize::MAX) {
+                assert!(!truncated);
+                records.push(r);
+            }
+        }
+        let b = w.b;
+        w.net.wake(b);
+        if records.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(records.len(), 2, "the large record never completed");
+    assert!(records[0] == small && records[1] == big);
+    // Beyond the largest window a record cannot be taken whole: the receiver is told, and
+    // plain reads get the bytes.
+    let huge = pattern(3, 5 * 1024 * 1024);
+    let mut off = 0;
+    let mut got = Vec::new();
+    let mut blocked = false;
+    for _ in 0..2000 {
+        if off < huge.len() {
+            let end = (off + 1024 * 1024).min(huge.len());
+            let cap = w.a_session().write_capacity(s).min(end - off);
+            if cap > 0 {
+                if off + cap == huge.len() {
+                    w.a_session().write_record(s, &huge[off..]).unwrap();
+                } else {
+                    w.a_session().write(s, &huge[off..off + cap]).unwrap();
+                }
+                off += cap;
+            }
+        }
+        let a = w.a;
+        w.net.wake(a);
+        w.net.run_for(Duration::from_millis(10)).unwrap();
+        blocked |= w
+            .net
+            .node_mut(w.b)
+            .events
+            .drain(..)
+            .any(|(_, e)| e == SessionEvent::ReceiveBlocked(s));
+        if blocked {
+            let mut buf = vec![0u8; 1 << 16];
+            while let Ok(n) = w.b_session().read(s, &mut buf) {
+                if n == 0 {
+                    break;
+                }
+                got.extend_from_slice(&buf[..n]);
+            }
+        }
+        if got.len() == huge.len() {
+            break;
+        }
+    }
+    assert!(
+        blocked,
+        "no receive-blocked event for a record beyond the largest window"
+    );
+    assert!(got == huge);
+}
