@@ -492,12 +492,38 @@ impl Session {
         Ok(())
     }
 
-    /// Abandons the stream in both directions with an application code.
+    /// Abandons the stream in both directions with an application code. Datagrams not yet
+    /// read or sent are dropped, and substreams waiting in its accept queue (never accepted
+    /// by the application) are reset with [`ErrorCode::NO_PARENT`].
     pub fn reset(&mut self, id: StreamId, code: u64) -> Result<(), StreamError> {
-        let st = self
-            .streams
-            .get_mut(&id)
-            .ok_or(StreamError::UnknownStream)?;
+        if !self.streams.contains_key(&id) {
+            return Err(StreamError::UnknownStream);
+        }
+        // A work list, not recursion: unaccepted substreams may have queued substreams too.
+        let mut work = vec![(id, code)];
+        while let Some((id, code)) = work.pop() {
+            for child in self.reset_one(id, code) {
+                work.push((child, ErrorCode::NO_PARENT));
+            }
+        }
+        Ok(())
+    }
+
+    /// Resets one stream; returns the substreams that were waiting in its accept queue.
+    fn reset_one(&mut self, id: StreamId, code: u64) -> VecDeque<StreamId> {
+        let Some(st) = self.streams.get_mut(&id) else {
+            return VecDeque::new();
+        };
+        // Nothing can be read from or sent on a reset stream: what waits would keep it (and
+        // the peer's stream credit) alive for ever.
+        let orphans = match st.extra.as_mut() {
+            Some(extra) => {
+                extra.datagrams.clear();
+                extra.outgoing = None;
+                std::mem::take(&mut extra.accept_queue)
+            }
+            None => VecDeque::new(),
+        };
         if !st.has(flag::SEND_RESET) {
             st.set(flag::SEND_RESET);
             let final_size = st.send.reset();
@@ -515,7 +541,7 @@ impl Session {
         }
         st.extra().reset_code = Some(code);
         self.forget_if_done(id);
-        Ok(())
+        orphans
     }
 
     /// Sets the send priority of `id` (higher first); takes effect with the next packet.

@@ -448,9 +448,20 @@ impl Session {
             return;
         };
         if st.kind == Kind::Datagram {
-            let parent = st.parent;
-            if parent.is_some_and(|p| !self.streams.contains_key(&p)) {
-                return; // an orphan: delivered once its parent opens
+            if let Some(p) = st.parent {
+                let parent_live = self.streams.get(&p).map(|ps| ps.reset_code().is_none());
+                match parent_live {
+                    Some(true) => {}
+                    // An orphan: delivered once its parent opens.
+                    None if p.side() != self.side && !self.peer_opened.contains(p.counter()) => {
+                        return
+                    }
+                    // The parent is reset or gone: nothing can ever read the datagram.
+                    _ => {
+                        self.reset(id, ErrorCode::NO_PARENT).ok();
+                        return;
+                    }
+                }
             }
             let st = self.streams.get_mut(&id).expect("checked above");
             let before = st.recv.read_offset();
@@ -527,6 +538,7 @@ impl Upper for Session {
             };
             st.clear(flag::SCHEDULED);
             let mut stop = false;
+            let done = matches!(turn, StreamTurn::Done);
             match turn {
                 StreamTurn::More if st.kind == Kind::Datagram => {
                     st.set(flag::SCHEDULED);
@@ -553,6 +565,11 @@ impl Upper for Session {
                     st.set(flag::SESSION_BLOCKED);
                     self.session_blocked.push(id);
                 }
+            }
+            if done {
+                // The last best-effort datagram may leave after everything else was
+                // acknowledged: nothing else would forget the stream then.
+                self.forget_if_done(id);
             }
             if stop || limit.saturating_sub(buf.len()) < 8 {
                 break;
