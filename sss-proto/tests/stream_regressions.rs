@@ -24,7 +24,11 @@ struct Pair {
 
 impl Pair {
     fn new() -> Self {
-        let cfg = Arc::new(SessionConfig::default());
+        Self::with(SessionConfig::default())
+    }
+
+    fn with(config: SessionConfig) -> Self {
+        let cfg = Arc::new(config);
         let (ea, eb) = (testkit::identity(1).eid(), testkit::identity(2).eid());
         let mut s = [
             Session::new(cfg.clone(), ea, eb, 11),
@@ -34,6 +38,9 @@ impl Pair {
         for i in 0..2 {
             let peer = TransportParams {
                 session_id: s[1 - i].local_session_id(),
+                initial_max_stream_data: cfg.initial_max_stream_data,
+                initial_max_data: cfg.initial_max_data,
+                initial_max_streams: cfg.initial_max_streams,
                 ..TransportParams::default()
             };
             s[i].attach(now, &peer);
@@ -132,8 +139,8 @@ fn reset_parent_resets_unaccepted_substreams() {
     assert_eq!(p.incoming(), top);
     assert_eq!(p.s[1].stream_count(), 3);
     p.s[1].reset(top, ErrorCode::APPLICATION_MIN).unwrap();
-    assert_eq!(p.s[1].stream_count(), 0, "queued substreams go with the parent");
     p.pump();
+    assert_eq!(p.s[1].stream_count(), 0, "queued substreams go with the parent");
     let resets: Vec<(StreamId, u64)> = p
         .events(0)
         .into_iter()
@@ -204,4 +211,82 @@ fn reliable_datagram_of_a_reset_parent_is_refused() {
         .collect();
     assert!(codes.contains(&ErrorCode::UNKNOWN_SERVICE));
     assert!(codes.contains(&ErrorCode::NO_PARENT));
+}
+
+fn small_session_window() -> SessionConfig {
+    SessionConfig {
+        initial_max_data: 16 * 1024,
+        ..SessionConfig::default()
+    }
+}
+
+/// Reads everything `id` holds at `side`; returns the bytes.
+fn drain(p: &mut Pair, side: usize, id: StreamId) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n @ 1..) = p.s[side].read(id, &mut buf) {
+        out.extend_from_slice(&buf[..n]);
+    }
+    out
+}
+
+/// A stream that filled the session window and was then reset by its reader without reading
+/// gave the window back silently: no MAX_DATA followed, and every other stream of the
+/// session stayed blocked for ever.
+#[test]
+fn resetting_an_unread_stream_reopens_the_session_window() {
+    let mut p = Pair::with(small_session_window());
+    let first = p.s[0].open("svc", "p/1").unwrap();
+    assert_eq!(p.s[0].write(first, &[1; 20 * 1024]), Ok(20 * 1024));
+    p.pump();
+    assert_eq!(p.incoming(), first);
+    p.s[1].reset(first, ErrorCode::APPLICATION_MIN).unwrap();
+    p.pump();
+    let second = p.s[0].open("svc", "p/1").unwrap();
+    p.s[0].write(second, &[2; 12 * 1024]).unwrap();
+    p.pump();
+    assert_eq!(p.incoming(), second);
+    assert_eq!(drain(&mut p, 1, second), vec![2; 12 * 1024]);
+}
+
+/// Bytes sent on a stream and lost before it was reset counted against the session window
+/// at the sender but never at the receiver: every such reset shrank the window for good. The
+/// receiver now counts the final size of RESET_STREAM (and frames that arrive after its own
+/// reset).
+#[test]
+fn bytes_lost_before_a_reset_do_not_shrink_the_session_window() {
+    let mut p = Pair::with(small_session_window());
+    let keep = p.s[0].open("svc", "p/1").unwrap();
+    p.pump();
+    assert_eq!(p.incoming(), keep);
+    for _ in 0..8 {
+        // 8 KiB leave and are lost; then the stream is reset.
+        let s = p.s[0].open_substream(keep).unwrap();
+        p.s[0].write(s, &[3; 8 * 1024]).unwrap();
+        let mut lost = Vec::new();
+        while let Some(pkt) = p.send(0) {
+            lost.push(pkt);
+        }
+        for pkt in lost {
+            for m in pkt.metas {
+                p.s[0].on_lost(m);
+            }
+        }
+        p.s[0].reset(s, ErrorCode::APPLICATION_MIN).unwrap();
+        p.pump();
+    }
+    // Reading side too: B resets a stream while A's bytes are still on their way.
+    let s = p.s[0].open_substream(keep).unwrap();
+    p.s[0].write(s, &[4; 4 * 1024]).unwrap();
+    let first = p.send(0).unwrap();
+    p.deliver(0, &first);
+    p.ack(0, first);
+    p.s[1].accept_substream(keep).unwrap();
+    p.s[1].reset(s, ErrorCode::APPLICATION_MIN).unwrap();
+    p.pump();
+    assert_eq!(p.s[0].write(keep, &[5; 14 * 1024]), Ok(14 * 1024));
+    p.pump();
+    assert_eq!(drain(&mut p, 1, keep), vec![5; 14 * 1024]);
+    assert_eq!(p.s[0].stream_count(), 1);
+    assert_eq!(p.s[1].stream_count(), 1);
 }

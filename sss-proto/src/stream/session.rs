@@ -466,6 +466,8 @@ impl Session {
             st.send.finish();
             // Our receiving side of an ephemeral datagram stream carries nothing.
             st.set(flag::RECV_RESET);
+            // Nothing ever comes back: the peer's final size is 0.
+            st.recv.skip_to(0, true, 0).expect("a new stream received nothing");
             return Ok(());
         }
         let limit = self.config.outgoing_datagram_limit;
@@ -533,13 +535,14 @@ impl Session {
                 final_size,
             });
         }
+        let mut unread = 0;
         if !st.has(flag::RECV_RESET) {
             st.set(flag::RECV_RESET);
             self.control.push_back(Control::Stop { id, code });
-            let unread = st.recv.buffered() as u64;
-            self.data_read += unread;
+            unread = st.recv.abandon();
         }
         st.extra().reset_code = Some(code);
+        self.consumed(unread);
         self.forget_if_done(id);
         orphans
     }
@@ -639,7 +642,7 @@ impl Session {
             self.forget_if_done(id);
             return;
         }
-        self.data_read += n;
+        self.consumed(n);
         if let Some(st) = self.streams.get_mut(&id) {
             st.clear(flag::BLOCKED_NOTIFIED);
             let read = st.recv.read_offset();
@@ -651,10 +654,16 @@ impl Session {
                 self.queue_max_stream_data(id);
             }
         }
-        if self.local_max_data.saturating_sub(self.data_read) < self.data_window / 2 {
+        self.forget_if_done(id);
+    }
+
+    /// Accounts `n` bytes of the session window as consumed (read, or skipped on a reset
+    /// stream) and announces more room once half the window is used.
+    pub(crate) fn consumed(&mut self, n: u64) {
+        self.data_read += n;
+        if n > 0 && self.local_max_data.saturating_sub(self.data_read) < self.data_window / 2 {
             self.max_data_queued = true;
         }
-        self.forget_if_done(id);
     }
 
     /// Grows windows that were used up within two round trips (called when a window moves,

@@ -276,10 +276,19 @@ impl Session {
             return Ok(()); // a late frame of a finished stream, or a refused one
         }
         let st = self.streams.get_mut(&id).expect("opened above");
+        let limit = st.recv_limit;
         if st.has(flag::RECV_RESET) {
+            // We reset the stream and wait for the peer's final size: the bytes are not kept,
+            // but they count against the session window as received and consumed.
+            let end = f.offset + f.data.len() as u64;
+            let grew = st
+                .recv
+                .skip_to(end, f.fin, limit)
+                .map_err(|e| violation(format!("stream {id}: {e}")))?;
+            self.receive_skipped(grew)?;
+            self.forget_if_done(id);
             return Ok(());
         }
-        let limit = st.recv_limit;
         let new = st
             .recv
             .insert(f.offset, f.data, f.record, f.fin, limit)
@@ -421,16 +430,45 @@ impl Session {
         true
     }
 
+    /// Bytes of a reset stream that arrived (or that its final size says were sent) and are
+    /// not kept: received and consumed at once.
+    fn receive_skipped(&mut self, n: u64) -> Result<(), UpperError> {
+        self.data_received += n;
+        if self.data_received > self.local_max_data {
+            return Err(violation("session flow-control limit exceeded".into()));
+        }
+        self.consumed(n);
+        Ok(())
+    }
+
     /// The peer reset a stream we never saw open: its counter is used up (credit returns to
-    /// the peer) and children waiting for it are refused.
-    fn reset_unopened(&mut self, id: StreamId) {
+    /// the peer), its final size counts against the session window, children waiting for it
+    /// are refused, and we tell the peer that we sent nothing on it (final size 0), which it
+    /// waits for before forgetting the stream.
+    fn reset_unopened(&mut self, id: StreamId, code: u64, final_size: u64) -> Result<(), UpperError> {
         if id.side() == self.side
             || id.counter() == 0
             || self.peer_opened.contains(id.counter())
             || self.check_credit(id).is_err()
         {
-            return;
+            return Ok(());
         }
+        // Its window was the initial one (a reliable datagram's is the largest datagram).
+        let window = self
+            .config
+            .initial_max_stream_data
+            .max(self.config.max_datagram_size);
+        if final_size > window {
+            return Err(violation(format!(
+                "final size {final_size} of stream {id} exceeds its window"
+            )));
+        }
+        self.receive_skipped(final_size)?;
+        self.control.push_back(Control::Reset {
+            id,
+            code,
+            final_size: 0,
+        });
         self.peer_opened.insert_one(id.counter());
         self.local_max_streams += 1;
         self.max_streams_queued = true;
@@ -440,6 +478,7 @@ impl Session {
                 self.forget_if_done(child);
             }
         }
+        Ok(())
     }
 
     /// After data arrived on `id`: deliver reliable datagrams, tell the application.
@@ -468,7 +507,7 @@ impl Session {
             if let Some(data) = st.recv.read_all() {
                 let consumed = st.recv.read_offset() - before;
                 let parent = st.parent;
-                self.data_read += consumed;
+                self.consumed(consumed);
                 if let Some(p) = parent.and_then(|p| self.streams.get_mut(&p)) {
                     p.extra().datagrams.push_back(data);
                     self.events
@@ -586,19 +625,36 @@ impl Upper for Session {
         };
         match frame {
             StreamLayerFrame::Stream(f) => self.on_stream_frame(now, &f)?,
-            StreamLayerFrame::ResetStream { id, code, .. } => {
+            StreamLayerFrame::ResetStream {
+                id,
+                code,
+                final_size,
+            } => {
                 if !self.streams.contains_key(&id) {
-                    self.reset_unopened(id);
+                    self.reset_unopened(id, code, final_size)?;
                 }
                 if let Some(st) = self.streams.get_mut(&id) {
-                    if !st.has(flag::RECV_RESET) {
-                        st.set(flag::RECV_RESET);
-                        let unread = st.recv.buffered() as u64;
+                    let fresh = !st.has(flag::RECV_RESET);
+                    st.set(flag::RECV_RESET);
+                    // Bytes never read, and bytes sent that never arrived, count as consumed:
+                    // the peer counted them against the session window.
+                    let unread = st.recv.abandon();
+                    let limit = st.recv_limit;
+                    let grew = st
+                        .recv
+                        .skip_to(final_size, true, limit)
+                        .map_err(|e| violation(format!("stream {id}: {e}")))?;
+                    if fresh {
                         st.extra().reset_code.get_or_insert(code);
-                        self.data_read += unread;
                         self.events.push_back(SessionEvent::Reset { id, code });
+                    }
+                    self.consumed(unread);
+                    self.receive_skipped(grew)?;
+                    if fresh {
                         // The application cannot use a half-reset stream: reset ours too.
                         self.reset(id, code).ok();
+                    } else {
+                        self.forget_if_done(id);
                     }
                 }
             }
