@@ -290,3 +290,31 @@ fn bytes_lost_before_a_reset_do_not_shrink_the_session_window() {
     assert_eq!(p.s[0].stream_count(), 1);
     assert_eq!(p.s[1].stream_count(), 1);
 }
+
+/// A reliable datagram refused on its first frame (its parent was already forgotten) ignored
+/// that frame's bytes and FIN; the sender, fully acknowledged, forgot the stream, and the
+/// receiver waited for a final size that never came, keeping the stream for ever. Orphans of
+/// a refused stream were likewise never refused.
+#[test]
+fn stream_refused_on_its_first_frame_learns_its_final_size() {
+    let mut p = Pair::with(SessionConfig {
+        initial_max_streams: 2,
+        ..SessionConfig::default()
+    });
+    let top = p.s[0].open("svc", "p/1").unwrap();
+    // Counter 2 is beyond the credit: the datagram waits until `top` ends.
+    p.s[0].write_datagram(top, &[9u8; 1000], true).unwrap();
+    p.pump();
+    assert_eq!(p.incoming(), top);
+    for side in 0..2 {
+        p.s[side].finish(top).unwrap();
+    }
+    p.pump();
+    for side in 0..2 {
+        // Reading the end forgets the stream (it may be forgotten already).
+        let _ = p.s[side].read(top, &mut [0u8; 8]);
+    }
+    p.pump();
+    assert_eq!(p.s[0].stream_count(), 0);
+    assert_eq!(p.s[1].stream_count(), 0);
+}

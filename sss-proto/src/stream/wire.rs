@@ -272,10 +272,14 @@ impl Session {
     /// A STREAM frame arrived.
     fn on_stream_frame(&mut self, now: Instant, f: &StreamFrame<'_>) -> Result<(), UpperError> {
         let id = f.id;
-        if !self.streams.contains_key(&id) && !self.open_remote(now, id, f.open.as_ref())? {
-            return Ok(()); // a late frame of a finished stream, or a refused one
+        if !self.streams.contains_key(&id) {
+            self.open_remote(now, id, f.open.as_ref())?;
         }
-        let st = self.streams.get_mut(&id).expect("opened above");
+        // A late frame of a finished stream finds nothing; a refused stream is there, reset,
+        // and still counts this frame's bytes (and learns a final size from its FIN).
+        let Some(st) = self.streams.get_mut(&id) else {
+            return Ok(());
+        };
         let limit = st.recv_limit;
         if st.has(flag::RECV_RESET) {
             // We reset the stream and wait for the peer's final size: the bytes are not kept,
@@ -301,17 +305,18 @@ impl Session {
         Ok(())
     }
 
-    /// Creates a stream the peer opened. `Ok(false)` if the frame is to be ignored.
+    /// Creates a stream the peer opened, unless the frame is a late one of a stream already
+    /// forgotten (or of ours).
     fn open_remote(
         &mut self,
         _now: Instant,
         id: StreamId,
         open: Option<&OpenInfo<'_>>,
-    ) -> Result<bool, UpperError> {
+    ) -> Result<(), UpperError> {
         if id.side() == self.side {
             // One of ours that we already forgot (late retransmission), or never opened.
             return if id.counter() < self.next_counter {
-                Ok(false)
+                Ok(())
             } else {
                 Err(violation(format!(
                     "frame for stream {id} that we never opened"
@@ -319,7 +324,7 @@ impl Session {
             };
         }
         if self.peer_opened.contains(id.counter()) {
-            return Ok(false);
+            return Ok(());
         }
         self.check_credit(id)?;
         let Some(open) = open else {
@@ -369,8 +374,10 @@ impl Session {
                     // The parent's OPEN is still on its way (substreams need no round trip,
                     // so their frames may overtake it): hold the child until it arrives.
                     self.orphans.entry(parent).or_default().push(id);
-                } else if !self.adopt(parent, id) {
-                    return Ok(false);
+                } else {
+                    // If refused, the stream stays reset until the peer's final size is known,
+                    // and the orphans below are refused in turn.
+                    self.adopt(parent, id);
                 }
             }
         }
@@ -382,7 +389,7 @@ impl Session {
                 }
             }
         }
-        Ok(true)
+        Ok(())
     }
 
     /// Stream credit: the peer may open counters 1..local_max_streams.
