@@ -7,7 +7,9 @@ use std::time::Instant;
 use sss_proto::channel::Upper;
 use sss_proto::frame::{Frame, Frames};
 use sss_proto::handshake::TransportParams;
-use sss_proto::stream::{ErrorCode, SentFrame, Session, SessionConfig, SessionEvent, StreamId};
+use sss_proto::stream::{
+    ErrorCode, SentFrame, Session, SessionConfig, SessionEvent, StreamId,
+};
 use sss_proto::testkit;
 
 /// One "packet": the frames a session wrote and what it must learn back about them.
@@ -96,7 +98,12 @@ impl Pair {
 
     /// The top-level stream B was told about.
     fn incoming(&mut self) -> StreamId {
-        self.events(1)
+        self.incoming_at(1)
+    }
+
+    /// The top-level stream `side` was told about.
+    fn incoming_at(&mut self, side: usize) -> StreamId {
+        self.events(side)
             .into_iter()
             .find_map(|e| match e {
                 SessionEvent::IncomingStream { id, .. } => Some(id),
@@ -315,6 +322,32 @@ fn stream_refused_on_its_first_frame_learns_its_final_size() {
         let _ = p.s[side].read(top, &mut [0u8; 8]);
     }
     p.pump();
+    assert_eq!(p.s[0].stream_count(), 0);
+    assert_eq!(p.s[1].stream_count(), 0);
+}
+
+/// A stream reset while it waited for stream credit sent RESET_STREAM at once; the peer
+/// ignored it (beyond the credit), then the stream's OPEN announcement went out anyway once
+/// credit came, and the peer created a stream that waited for a final size never re-sent.
+/// Now RESET_STREAM and STOP_SENDING of such a stream wait for the credit, and a reset stream
+/// announces nothing.
+#[test]
+fn stream_reset_while_waiting_for_credit_is_reset_at_the_peer_too() {
+    let mut p = Pair::with(SessionConfig {
+        initial_max_streams: 3,
+        ..SessionConfig::default()
+    });
+    let top = p.s[1].open("nosvc", "p/1").unwrap();
+    let sub = p.s[1].open_substream(top).unwrap();
+    let waiting = p.s[1].open_substream(sub).unwrap();
+    p.s[1].reset(waiting, ErrorCode::APPLICATION_MIN).unwrap();
+    p.pump();
+    assert_eq!(p.incoming_at(0), top);
+    // Refusing `top` refuses `sub` (queued, never accepted); credit returns and `waiting`
+    // can be named to A at last.
+    p.s[0].reset(top, ErrorCode::UNKNOWN_SERVICE).unwrap();
+    p.pump();
+    assert!(p.s[1].accept_substream(sub).is_err(), "B learnt that A refused {sub}");
     assert_eq!(p.s[0].stream_count(), 0);
     assert_eq!(p.s[1].stream_count(), 0);
 }

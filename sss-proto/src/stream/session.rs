@@ -76,6 +76,9 @@ pub struct Session {
     pub(crate) data_window_moved_at: Option<Instant>,
     pub(crate) max_data_queued: bool,
     pub(crate) control: VecDeque<Control>,
+    /// RESET_STREAM and STOP_SENDING of our streams beyond the peer's stream credit (reset
+    /// before they could be sent): the peer would ignore them; they wait for MAX_STREAMS.
+    pub(crate) deferred_control: Vec<Control>,
     /// Control frames (and MAX_DATA, MAX_STREAMS) sent and not yet acknowledged or lost.
     pub(crate) control_in_flight: usize,
     pub(crate) scheduler: Scheduler,
@@ -129,6 +132,7 @@ impl Session {
             data_window_moved_at: None,
             max_data_queued: false,
             control: VecDeque::new(),
+            deferred_control: Vec::new(),
             control_in_flight: 0,
             scheduler: Scheduler::default(),
             session_blocked: Vec::new(),
@@ -180,6 +184,7 @@ impl Session {
             && !self.max_streams_queued
             && self.control_in_flight == 0
             && self.control.is_empty()
+            && self.deferred_control.is_empty()
             && self.scheduler.is_empty()
             && self.session_blocked.is_empty()
             && self.credit_blocked.is_empty()
@@ -273,6 +278,7 @@ impl Session {
         self.streams.clear();
         self.scheduler = Scheduler::default();
         self.control.clear();
+        self.deferred_control.clear();
         self.session_blocked.clear();
         self.credit_blocked.clear();
         self.orphans.clear();
@@ -526,10 +532,11 @@ impl Session {
             }
             None => VecDeque::new(),
         };
+        let mut queue = Vec::with_capacity(2);
         if !st.has(flag::SEND_RESET) {
             st.set(flag::SEND_RESET);
             let final_size = st.send.reset();
-            self.control.push_back(Control::Reset {
+            queue.push(Control::Reset {
                 id,
                 code,
                 final_size,
@@ -538,10 +545,13 @@ impl Session {
         let mut unread = 0;
         if !st.has(flag::RECV_RESET) {
             st.set(flag::RECV_RESET);
-            self.control.push_back(Control::Stop { id, code });
+            queue.push(Control::Stop { id, code });
             unread = st.recv.abandon();
         }
         st.extra().reset_code = Some(code);
+        for c in queue {
+            self.queue_control(c);
+        }
         self.consumed(unread);
         self.forget_if_done(id);
         orphans
@@ -655,6 +665,19 @@ impl Session {
             }
         }
         self.forget_if_done(id);
+    }
+
+    /// Queues a RESET_STREAM or STOP_SENDING, holding back those of our streams the peer
+    /// cannot know yet (beyond its stream credit).
+    pub(crate) fn queue_control(&mut self, c: Control) {
+        let id = match c {
+            Control::Reset { id, .. } | Control::Stop { id, .. } | Control::MaxStreamData(id) => id,
+        };
+        if id.side() == self.side && id.counter() >= self.peer_max_streams {
+            self.deferred_control.push(c);
+        } else {
+            self.control.push_back(c);
+        }
     }
 
     /// Accounts `n` bytes of the session window as consumed (read, or skipped on a reset

@@ -199,6 +199,11 @@ impl Session {
                 },
             })
         };
+        if st.has(flag::SEND_RESET) {
+            // Nothing to send, not even an OPEN announcement: if the peer never saw the
+            // stream, our RESET_STREAM tells it all it needs.
+            return StreamTurn::Done;
+        }
         let stream_limit = st.send_limit;
         let flow_limit = stream_limit.min(st.send.sent_offset().saturating_add(session_room));
         if open.is_some() && !st.has(flag::OPEN_IN_FLIGHT) && !st.send.has_pending(flow_limit) {
@@ -693,6 +698,9 @@ impl Upper for Session {
                 if n > self.peer_max_streams {
                     self.peer_max_streams = n;
                     self.unblock(|s| &mut s.credit_blocked, flag::CREDIT_BLOCKED);
+                    for c in std::mem::take(&mut self.deferred_control) {
+                        self.queue_control(c);
+                    }
                 }
             }
             StreamLayerFrame::Datagram(f) => {
