@@ -241,7 +241,12 @@ impl Session {
             return StreamTurn::NoRoom;
         };
         let Some(chunk) = st.send.next_chunk(max, flow_limit) else {
-            return StreamTurn::Done;
+            // Room for a header but not one data byte: the data waits for the next packet.
+            return if st.send.has_pending(flow_limit) {
+                StreamTurn::NoRoom
+            } else {
+                StreamTurn::Done
+            };
         };
         StreamFrame::write_header(
             buf,
