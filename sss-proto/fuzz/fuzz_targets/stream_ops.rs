@@ -400,6 +400,8 @@ impl World {
         };
         match r {
             Ok(()) => {
+                // A reliable datagram is a stream of its own.
+                self.opened[ix(b)] += usize::from(reliable);
                 let required = reliable && !m.flows[ix(b)].fin && !m.reset;
                 m.dgrams[ix(b)].insert(
                     tag,
