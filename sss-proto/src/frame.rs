@@ -33,6 +33,10 @@ impl FrameType {
     pub const ACK_ECN: FrameType = FrameType(0x03);
     /// Closes the channel with an error code and a reason.
     pub const CLOSE: FrameType = FrameType(0x04);
+    /// Asks the peer to echo 8 bytes: proves it receives at the address it sends from.
+    pub const PATH_CHALLENGE: FrameType = FrameType(0x05);
+    /// Echoes a PATH_CHALLENGE's 8 bytes.
+    pub const PATH_RESPONSE: FrameType = FrameType(0x06);
     /// First type of the stream layer; `UPPER_MIN..` frames carry a body length.
     pub const UPPER_MIN: FrameType = FrameType(0x20);
 
@@ -120,6 +124,22 @@ impl AckFrame {
         })
     }
 
+    /// Longest encoding of an ACK frame with one range: the type byte, then largest, delay
+    /// and first range as full 8-byte varints, and a 1-byte range count of zero.
+    pub const MAX_SINGLE_RANGE_LEN: usize = 1 + 8 + 8 + 1 + 8;
+
+    /// Drops the oldest ranges until the frame's encoding takes at most `room` bytes, keeping
+    /// at least the newest one. Whether it then fits.
+    pub fn truncate_to(&mut self, room: usize) -> bool {
+        while Frame::encoded_ack_len(self) > room {
+            if self.ranges.len() <= 1 {
+                return false;
+            }
+            self.ranges.pop();
+        }
+        true
+    }
+
     /// The acknowledged ranges, newest first.
     pub fn iter(&self) -> impl Iterator<Item = RangeInclusive<u64>> + '_ {
         self.ranges.iter().cloned()
@@ -192,6 +212,10 @@ pub enum Frame<'a> {
         /// Human-readable detail, at most [`MAX_CLOSE_REASON_LEN`] bytes.
         reason: &'a [u8],
     },
+    /// Path validation: echo these bytes in a PATH_RESPONSE.
+    PathChallenge([u8; 8]),
+    /// Path validation: the bytes of a PATH_CHALLENGE.
+    PathResponse([u8; 8]),
     /// A stream-layer frame the channel carries without looking inside.
     Upper {
         /// Its type, at least [`FrameType::UPPER_MIN`].
@@ -218,6 +242,14 @@ impl Frame<'_> {
                 write_varint(buf, reason.len() as u64);
                 buf.extend_from_slice(reason);
             }
+            Frame::PathChallenge(data) => {
+                write_varint(buf, FrameType::PATH_CHALLENGE.0);
+                buf.extend_from_slice(data);
+            }
+            Frame::PathResponse(data) => {
+                write_varint(buf, FrameType::PATH_RESPONSE.0);
+                buf.extend_from_slice(data);
+            }
             Frame::Upper { ty, body } => {
                 write_upper_header(buf, *ty, body.len());
                 buf.extend_from_slice(body);
@@ -230,13 +262,18 @@ impl Frame<'_> {
         match self {
             Frame::Padding(n) => *n,
             Frame::Ping => 1,
-            Frame::Ack(ack) => 1 + ack.wire_fields().map(varint_len).sum::<usize>(),
+            Frame::Ack(ack) => Self::encoded_ack_len(ack),
             Frame::Close { code, reason } => {
                 let n = reason.len().min(MAX_CLOSE_REASON_LEN);
                 1 + varint_len(*code) + varint_len(n as u64) + n
             }
+            Frame::PathChallenge(_) | Frame::PathResponse(_) => 9,
             Frame::Upper { ty, body } => upper_header_len(*ty, body.len()) + body.len(),
         }
+    }
+
+    fn encoded_ack_len(ack: &AckFrame) -> usize {
+        1 + ack.wire_fields().map(varint_len).sum::<usize>()
     }
 
     /// Whether receiving this frame obliges the peer to acknowledge the packet. PADDING, ACK
@@ -300,6 +337,16 @@ impl<'a> Frames<'a> {
                 }
                 let reason = r.bytes(len as usize).map_err(truncated)?;
                 Frame::Close { code, reason }
+            }
+            FrameType::PATH_CHALLENGE | FrameType::PATH_RESPONSE => {
+                let bytes = r.bytes(8).map_err(truncated)?;
+                let mut data = [0u8; 8];
+                data.copy_from_slice(bytes);
+                if ty == FrameType::PATH_CHALLENGE {
+                    Frame::PathChallenge(data)
+                } else {
+                    Frame::PathResponse(data)
+                }
             }
             ty if ty.is_upper() => Frame::Upper {
                 ty,
@@ -371,6 +418,8 @@ mod tests {
         Ping,
         Ack(AckFrame),
         Close(u64, Vec<u8>),
+        Challenge([u8; 8]),
+        Response([u8; 8]),
         Upper(u64, Vec<u8>),
     }
 
@@ -384,6 +433,8 @@ mod tests {
                     code: *code,
                     reason,
                 },
+                Spec::Challenge(d) => Frame::PathChallenge(*d),
+                Spec::Response(d) => Frame::PathResponse(*d),
                 Spec::Upper(ty, body) => Frame::Upper {
                     ty: FrameType(*ty),
                     body,
@@ -404,6 +455,8 @@ mod tests {
                 prop::collection::vec(any::<u8>(), 0..=MAX_CLOSE_REASON_LEN)
             )
                 .prop_map(|(c, r)| Spec::Close(c, r)),
+            any::<[u8; 8]>().prop_map(Spec::Challenge),
+            any::<[u8; 8]>().prop_map(Spec::Response),
             (
                 FrameType::UPPER_MIN.0..=VARINT_MAX,
                 prop::collection::vec(any::<u8>(), 0..200)
@@ -444,6 +497,34 @@ mod tests {
             let newest: Vec<_> = set.iter().rev().take(max).map(|r| r.start..=r.end - 1).collect();
             prop_assert_eq!(ack.largest, set.max().unwrap());
             prop_assert_eq!(ack.iter().collect::<Vec<_>>(), newest);
+        }
+
+        #[test]
+        fn ack_truncated_to_room_keeps_the_newest_ranges(
+            set in range_set(),
+            delay in 0..=VARINT_MAX,
+            room in 0usize..400,
+        ) {
+            let full = AckFrame::from_ranges(&set, delay, usize::MAX).unwrap();
+            let newest = AckFrame { ranges: full.ranges[..1].to_vec(), ..full.clone() };
+            prop_assert!(Frame::Ack(newest).encoded_len() <= AckFrame::MAX_SINGLE_RANGE_LEN);
+            let mut ack = full.clone();
+            let fits = ack.truncate_to(room);
+            let len = Frame::Ack(ack.clone()).encoded_len();
+            prop_assert_eq!(fits, len <= room);
+            prop_assert!(fits || ack.ranges.len() == 1);
+            if room >= AckFrame::MAX_SINGLE_RANGE_LEN {
+                prop_assert!(fits, "a one-range ACK always fits in MAX_SINGLE_RANGE_LEN");
+            }
+            // The newest ranges are kept, as many as fit: one more would not.
+            prop_assert_eq!(&ack.ranges[..], &full.ranges[..ack.ranges.len()]);
+            if fits && ack.ranges.len() < full.ranges.len() {
+                let mut more = ack.clone();
+                more.ranges.push(full.ranges[ack.ranges.len()].clone());
+                prop_assert!(Frame::Ack(more).encoded_len() > room);
+            }
+            let bytes = encode(&Frame::Ack(ack.clone()));
+            prop_assert_eq!(decode_all(&bytes).unwrap(), vec![Frame::Ack(ack)]);
         }
 
         #[test]
@@ -534,7 +615,7 @@ mod tests {
 
     #[test]
     fn bad_types_and_lengths_are_rejected() {
-        for ty in [0x03u8, 0x05, 0x1f] {
+        for ty in [0x03u8, 0x07, 0x1f] {
             assert_eq!(
                 decode_all(&[ty, 0, 0]),
                 Err(FrameError::Reserved(FrameType(ty.into())))
@@ -562,11 +643,16 @@ mod tests {
 
     #[test]
     fn iteration_stops_after_the_first_error() {
-        let payload = [0x01, 0x05, 0x01, 0x01];
+        let payload = [0x01, 0x07, 0x01, 0x01];
         let items: Vec<_> = Frames::new(&payload).collect();
         assert_eq!(
             items,
-            vec![Ok(Frame::Ping), Err(FrameError::Reserved(FrameType(5)))]
+            vec![Ok(Frame::Ping), Err(FrameError::Reserved(FrameType(7)))]
+        );
+        // A PATH_CHALLENGE needs its 8 bytes.
+        assert_eq!(
+            decode_all(&[0x05, 1, 2, 3]),
+            Err(FrameError::Truncated(FrameType::PATH_CHALLENGE))
         );
     }
 

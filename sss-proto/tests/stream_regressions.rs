@@ -7,9 +7,7 @@ use std::time::Instant;
 use sss_proto::channel::Upper;
 use sss_proto::frame::{Frame, Frames};
 use sss_proto::handshake::TransportParams;
-use sss_proto::stream::{
-    ErrorCode, SentFrame, Session, SessionConfig, SessionEvent, StreamId,
-};
+use sss_proto::stream::{ErrorCode, SentFrame, Session, SessionConfig, SessionEvent, StreamId};
 use sss_proto::testkit;
 
 /// One "packet": the frames a session wrote and what it must learn back about them.
@@ -147,7 +145,11 @@ fn reset_parent_resets_unaccepted_substreams() {
     assert_eq!(p.s[1].stream_count(), 3);
     p.s[1].reset(top, ErrorCode::APPLICATION_MIN).unwrap();
     p.pump();
-    assert_eq!(p.s[1].stream_count(), 0, "queued substreams go with the parent");
+    assert_eq!(
+        p.s[1].stream_count(),
+        0,
+        "queued substreams go with the parent"
+    );
     let resets: Vec<(StreamId, u64)> = p
         .events(0)
         .into_iter()
@@ -206,7 +208,11 @@ fn reliable_datagram_of_a_reset_parent_is_refused() {
     assert_eq!(p.incoming(), top);
     p.s[1].reset(top, ErrorCode::UNKNOWN_SERVICE).unwrap();
     p.pump();
-    assert_eq!(p.s[1].stream_count(), 0, "B keeps nothing of the refused tree");
+    assert_eq!(
+        p.s[1].stream_count(),
+        0,
+        "B keeps nothing of the refused tree"
+    );
     assert_eq!(p.s[0].stream_count(), 0);
     let codes: Vec<u64> = p
         .events(0)
@@ -347,7 +353,10 @@ fn stream_reset_while_waiting_for_credit_is_reset_at_the_peer_too() {
     // can be named to A at last.
     p.s[0].reset(top, ErrorCode::UNKNOWN_SERVICE).unwrap();
     p.pump();
-    assert!(p.s[1].accept_substream(sub).is_err(), "B learnt that A refused {sub}");
+    assert!(
+        p.s[1].accept_substream(sub).is_err(),
+        "B learnt that A refused {sub}"
+    );
     assert_eq!(p.s[0].stream_count(), 0);
     assert_eq!(p.s[1].stream_count(), 0);
 }

@@ -86,7 +86,14 @@ fn vectors() -> Vec<(&'static str, String, StreamLayerFrame<'static>)> {
         (
             "stream_open_sub",
             "STREAM id 2/0 OPEN (substream) parent 1/0, offset 0, data \"hello sss\"".to_string(),
-            stream(sid(false, 2), 0, DATA, false, false, sub(sid(false, 1), false)),
+            stream(
+                sid(false, 2),
+                0,
+                DATA,
+                false,
+                false,
+                sub(sid(false, 1), false),
+            ),
         ),
         (
             "stream_open_sub_record_fin",
@@ -100,7 +107,14 @@ fn vectors() -> Vec<(&'static str, String, StreamLayerFrame<'static>)> {
             "STREAM id 4/0 OPEN|DGRAM (reliable datagram) parent 2/0, FIN, offset 0, data \
              \"hello sss\""
                 .to_string(),
-            stream(sid(false, 4), 0, DATA, true, false, sub(sid(false, 2), true)),
+            stream(
+                sid(false, 4),
+                0,
+                DATA,
+                true,
+                false,
+                sub(sid(false, 2), true),
+            ),
         ),
         (
             "stream_data",
@@ -232,8 +246,12 @@ fn stream_vectors_match_the_spec() {
         std::fs::write(path(), &generated).unwrap();
         return;
     }
-    let committed = std::fs::read_to_string(path())
-        .unwrap_or_else(|e| panic!("{}: {e}; run with SSS_BLESS=1 to create it", path().display()));
+    let committed = std::fs::read_to_string(path()).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}; run with SSS_BLESS=1 to create it",
+            path().display()
+        )
+    });
     for (want, got) in committed.lines().zip(generated.lines()) {
         assert_eq!(
             want, got,
@@ -269,6 +287,9 @@ fn committed_vectors_decode_and_cover_every_frame() {
             assert_eq!(body[id_len] & 0x01 != 0, s.fin);
         }
     }
-    assert_eq!(types.into_iter().collect::<Vec<_>>(), (0x20..=0x26).collect::<Vec<u64>>());
+    assert_eq!(
+        types.into_iter().collect::<Vec<_>>(),
+        (0x20..=0x26).collect::<Vec<u64>>()
+    );
     assert_eq!(flags, 0x1f, "FIN, RECORD, OPEN, TOP and DGRAM all appear");
 }

@@ -4,7 +4,11 @@
 //! system call; every datagram but the last is full-sized, so a packet that comes out short
 //! ends the batch. Pure ACKs are neither congestion-controlled nor paced; probes after a
 //! probe timeout ignore the congestion window (RFC 9002 §6.2.4). Before the responder has
-//! seen the initiator receive at its address, it sends at most three times what it received.
+//! seen the initiator receive at its address, it sends at most three times what it received
+//! (anti-amplification). Upper-layer data needs room for a full segment; ACKs and PINGs
+//! (PTO probes among them) go in a packet cut to what is left and are charged their real
+//! size, so that a limit a full packet would break holds back neither what the peer is owed
+//! nor the PING whose answer validates the peer's address.
 
 use std::time::Instant;
 
@@ -12,9 +16,14 @@ use super::sent::SentPacket;
 use super::timer::Timer;
 use super::{Channel, State, Upper};
 use crate::crypto::aead::TAG_LEN;
-use crate::frame::{Frame, FrameType};
-use crate::packet::DataHeader;
+use crate::frame::{AckFrame, Frame, FrameType};
+use crate::packet::{DataHeader, MAX_HEADER_LEN};
 use crate::Transmit;
+
+/// Longest packet carrying an ACK frame with its newest range and a PING: the room an
+/// amplification-limited channel needs to send anything.
+pub(super) const MIN_SMALL_PACKET: usize =
+    MAX_HEADER_LEN + AckFrame::MAX_SINGLE_RANGE_LEN + 1 + 2 * 9 + TAG_LEN;
 
 /// What to put in one packet.
 #[derive(Debug, Default, Clone, Copy)]
@@ -80,16 +89,16 @@ impl<M> Channel<M> {
         let segment = usize::from(self.mtu.current());
         let mut count = 0;
         while count < max_datagrams.max(1) {
-            let Some(content) = self.plan_packet(now, segment, upper) else {
+            let Some((content, size)) = self.plan_packet(now, segment, upper) else {
                 break;
             };
             // The last probe of a PTO is no larger than the base size, so that it gets
             // through even when the path MTU shrank below `segment` (a black hole): its
             // acknowledgement lets loss detection see the large packets die.
             let size = if content.probe && self.probes_pending == 1 {
-                segment.min(usize::from(self.config.base_udp_payload))
+                size.min(usize::from(self.config.base_udp_payload))
             } else {
-                segment
+                size
             };
             let Some(len) = self.build_packet(now, buf, size, content, upper) else {
                 break;
@@ -118,28 +127,66 @@ impl<M> Channel<M> {
         }
     }
 
-    /// Decides what the next packet carries, or `None` if nothing may or need be sent.
+    /// Bytes the anti-amplification limit still allows before the peer is seen to receive at
+    /// its address; `None` once it is (no limit).
+    pub(super) fn amplification_allowance(&self) -> Option<u64> {
+        (!self.validated).then(|| {
+            self.unvalidated_received
+                .saturating_mul(3)
+                .saturating_sub(self.unvalidated_sent)
+        })
+    }
+
+    /// Whether the anti-amplification limit leaves too little to send even a small packet
+    /// (a pure ACK or a PING). Only then can a due ACK not go out (pure ACKs are neither
+    /// congestion-controlled nor paced) nor a PTO probe: `poll_timeout` leaves out the ACK
+    /// deadline and the probe timer is not armed while this holds, and it stops holding when
+    /// more bytes arrive or the peer's address is validated.
+    pub(super) fn amplification_blocked(&self) -> bool {
+        self.amplification_allowance()
+            .is_some_and(|a| a < MIN_SMALL_PACKET as u64)
+    }
+
+    /// Decides what the next packet carries and its largest size (at most `segment`), or
+    /// `None` if nothing may or need be sent.
     fn plan_packet<U: Upper<Meta = M>>(
         &mut self,
         now: Instant,
         segment: usize,
         upper: &U,
-    ) -> Option<Content> {
+    ) -> Option<(Content, usize)> {
         let ack = self.received.ack_due(now);
         let probe = self.probes_pending > 0;
         let wants_data = upper.has_pending();
         let cwnd_room = self.bytes_in_flight + segment as u64 <= self.cc.window();
         let may_elicit = probe || cwnd_room;
         let mut data = wants_data && may_elicit;
-        let mut ping = (self.ping_pending || probe) && may_elicit && !data;
+        let path = self.path_frames_pending();
+        let mut ping = (self.ping_pending || probe || path) && may_elicit && !data;
         if wants_data && !cwnd_room && !probe {
             self.app_limited = false;
         } else if !wants_data {
             self.app_limited = true;
         }
-        if !self.validated && self.unvalidated_sent + segment as u64 > 3 * self.unvalidated_received
-        {
-            return None;
+        if let Some(allowance) = self.amplification_allowance() {
+            if allowance < segment as u64 {
+                // No room for a full packet. An ACK that is due and a PING (a probe or a
+                // queued ping) still go, unpaced, in a packet cut to the allowance (the ACK
+                // frame to its newest ranges); upper-layer data waits. The peer's answer to
+                // the PING validates its address, so a responder whose 0.5-RTT data is
+                // stuck behind the limit can always unblock itself.
+                let ping = (self.ping_pending || probe || path) && may_elicit;
+                if !(ack || ping) || self.amplification_blocked() {
+                    return None;
+                }
+                let content = Content {
+                    ack,
+                    ping,
+                    probe,
+                    ..Content::default()
+                };
+                return Some((content, allowance as usize));
+            }
         }
         if (data || ping) && !probe {
             if let Some(at) = self.pacer.delay(
@@ -159,13 +206,14 @@ impl<M> Channel<M> {
         if !(ack || data || ping) {
             return None;
         }
-        Some(Content {
+        let content = Content {
             ack,
             ping,
             data,
             probe,
             ..Content::default()
-        })
+        };
+        Some((content, segment))
     }
 
     /// An MTU probe, alone in its own transmit since its size differs from the batch's.
@@ -238,17 +286,26 @@ impl<M> Channel<M> {
             frame.encode(buf);
         }
         if content.ack || (self.received.has_unacked() && (content.data || content.ping)) {
-            if let Some(ack) = self.received.build_ack(now, self.config.max_ack_ranges) {
+            if let Some(mut ack) = self.received.build_ack(now, self.config.max_ack_ranges) {
                 let largest = ack.largest;
-                let frame = Frame::Ack(ack);
-                if buf.len() + frame.encoded_len() <= limit {
-                    frame.encode(buf);
+                // Fits whole in a full packet; a packet cut to the amplification allowance
+                // (at least `MIN_SMALL_PACKET`) takes the newest ranges, leaving room for
+                // the PING.
+                let room = limit.saturating_sub(buf.len() + usize::from(content.ping));
+                if ack.truncate_to(room) {
+                    Frame::Ack(ack).encode(buf);
                     acked_up_to = Some(largest);
                     self.stats.acks_sent += 1;
                 }
             }
         }
-        if content.ping {
+        if content.ping || content.data {
+            // Path validation frames ride in any ack-eliciting packet.
+            if self.write_path_frames(buf, limit) {
+                ack_eliciting = true;
+            }
+        }
+        if content.ping && (self.ping_pending || content.probe || !ack_eliciting) {
             Frame::Ping.encode(buf);
             ack_eliciting = true;
             self.ping_pending = false;

@@ -88,6 +88,11 @@ impl Outgoing {
         Ok(())
     }
 
+    /// Bytes queued (datagrams not yet completely sent).
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
     /// Whether fragments wait.
     pub fn has_pending(&self) -> bool {
         !self.queue.is_empty()

@@ -58,7 +58,7 @@ impl Default for SessionConfig {
             initial_max_data: 1024 * 1024,
             max_stream_window: 16 * 1024 * 1024,
             max_session_window: 64 * 1024 * 1024,
-            send_buffer: 1024 * 1024,
+            send_buffer: 4 * 1024 * 1024,
             max_datagram_size: 1024 * 1024,
             datagram_reassembly_limit: 4 * 1024 * 1024,
             outgoing_datagram_limit: 1024 * 1024,

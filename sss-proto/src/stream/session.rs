@@ -163,6 +163,42 @@ impl Session {
         self.streams.len()
     }
 
+    /// Bytes the session holds for its streams: unacknowledged sent data, received data not
+    /// yet read (gaps included), incomplete datagrams and queued datagrams. Bounded by the
+    /// configured windows and limits whatever the peer sends.
+    pub fn buffered_bytes(&self) -> usize {
+        let streams: usize = self
+            .streams
+            .values()
+            .map(|st| {
+                let queued = st.extra.as_ref().map_or(0, |e| {
+                    e.datagrams.iter().map(Vec::len).sum::<usize>()
+                        + e.outgoing.as_ref().map_or(0, |o| o.bytes())
+                });
+                st.send.buffered() + st.recv.buffered() + queued
+            })
+            .sum();
+        streams + self.reassembly.charged()
+    }
+
+    /// A one-line-per-stream dump of flow-control state, for debugging.
+    #[doc(hidden)]
+    pub fn debug_streams(&self) -> String {
+        let mut out = format!(
+            "peer_max_data {} data_sent {} local_max_data {} data_received {} data_read {} sched_empty {} ctl {} ctl_in_flight {} sess_blocked {:?}\n",
+            self.peer_max_data, self.data_sent, self.local_max_data, self.data_received, self.data_read,
+            self.scheduler.is_empty(), self.control.len(), self.control_in_flight, self.session_blocked
+        );
+        for (id, st) in &self.streams {
+            out += &format!(
+                "  {id} (parent {:?}, {:?}, queued {}): flags {:#x} send_limit {} sent {} written {} buffered {} recv_limit {} read {} max_recv {}\n",
+                st.parent, st.kind, st.extra.as_ref().map_or(0, |e| e.accept_queue.len()), st.flags, st.send_limit, st.send.sent_offset(), st.send.write_offset(), st.send.buffered(),
+                st.recv_limit, st.recv.read_offset(), st.recv.max_received()
+            );
+        }
+        out
+    }
+
     /// The link status shared by every stream of the session.
     pub fn link_status(&self) -> LinkStatus {
         self.link
@@ -473,7 +509,9 @@ impl Session {
             // Our receiving side of an ephemeral datagram stream carries nothing.
             st.set(flag::RECV_RESET);
             // Nothing ever comes back: the peer's final size is 0.
-            st.recv.skip_to(0, true, 0).expect("a new stream received nothing");
+            st.recv
+                .skip_to(0, true, 0)
+                .expect("a new stream received nothing");
             return Ok(());
         }
         let limit = self.config.outgoing_datagram_limit;
@@ -740,7 +778,15 @@ impl Session {
     /// The next incoming substream of `id`, if one is queued.
     pub fn accept_substream(&mut self, id: StreamId) -> Result<Option<StreamId>, StreamError> {
         let st = self.live_mut(id)?;
-        Ok(st.extra.as_mut().and_then(|e| e.accept_queue.pop_front()))
+        let Some(extra) = st.extra.as_mut() else {
+            return Ok(None);
+        };
+        let child = extra.accept_queue.pop_front();
+        if child.is_none() && extra.accept_queue.capacity() > 64 {
+            // Idle listeners hold no memory from past bursts.
+            extra.accept_queue = VecDeque::new();
+        }
+        Ok(child)
     }
 
     /// Accepts an incoming top-level stream announced by [`SessionEvent::IncomingStream`].
@@ -772,7 +818,12 @@ impl Session {
 
     /// The next event for the application.
     pub fn poll_event(&mut self) -> Option<SessionEvent> {
-        self.events.pop_front()
+        let e = self.events.pop_front();
+        if e.is_none() && self.events.capacity() > 1024 {
+            // A burst (thousands of new substreams) must not pin its queue for ever.
+            self.events = VecDeque::new();
+        }
+        e
     }
 
     /// Forgets a stream whose both directions are over, returning stream credit to the peer

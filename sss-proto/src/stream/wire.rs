@@ -303,14 +303,17 @@ impl Session {
             self.forget_if_done(id);
             return Ok(());
         }
+        // Session flow control is checked before anything is stored.
+        let end = f.offset.saturating_add(f.data.len() as u64);
+        let growth = end.saturating_sub(st.recv.max_received());
+        if self.data_received.saturating_add(growth) > self.local_max_data {
+            return Err(violation("session flow-control limit exceeded".into()));
+        }
         let new = st
             .recv
             .insert(f.offset, f.data, f.record, f.fin, limit)
             .map_err(|e| violation(format!("stream {id}: {e}")))?;
         self.data_received += new;
-        if self.data_received > self.local_max_data {
-            return Err(violation("session flow-control limit exceeded".into()));
-        }
         self.after_receive(id);
         Ok(())
     }
@@ -384,10 +387,10 @@ impl Session {
                     // The parent's OPEN is still on its way (substreams need no round trip,
                     // so their frames may overtake it): hold the child until it arrives.
                     self.orphans.entry(parent).or_default().push(id);
-                } else {
-                    // If refused, the stream stays reset until the peer's final size is known,
-                    // and the orphans below are refused in turn.
-                    self.adopt(parent, id);
+                } else if !self.adopt(parent, id) {
+                    // Refused: it stays, reset, until the peer's final size is known, and
+                    // children that arrived before it are refused too.
+                    self.refuse_orphans_of(id);
                 }
             }
         }
@@ -462,7 +465,12 @@ impl Session {
     /// the peer), its final size counts against the session window, children waiting for it
     /// are refused, and we tell the peer that we sent nothing on it (final size 0), which it
     /// waits for before forgetting the stream.
-    fn reset_unopened(&mut self, id: StreamId, code: u64, final_size: u64) -> Result<(), UpperError> {
+    fn reset_unopened(
+        &mut self,
+        id: StreamId,
+        code: u64,
+        final_size: u64,
+    ) -> Result<(), UpperError> {
         if id.side() == self.side
             || id.counter() == 0
             || self.peer_opened.contains(id.counter())
@@ -489,13 +497,21 @@ impl Session {
         self.peer_opened.insert_one(id.counter());
         self.local_max_streams += 1;
         self.max_streams_queued = true;
-        if let Some(children) = self.orphans.remove(&id) {
-            for child in children {
+        self.refuse_orphans_of(id);
+        Ok(())
+    }
+
+    /// Resets the substreams waiting for `parent`, which will never open (and, in turn, their
+    /// own waiting children).
+    fn refuse_orphans_of(&mut self, parent: StreamId) {
+        let mut work = vec![parent];
+        while let Some(p) = work.pop() {
+            for child in self.orphans.remove(&p).unwrap_or_default() {
                 self.reset(child, ErrorCode::NO_PARENT).ok();
                 self.forget_if_done(child);
+                work.push(child);
             }
         }
-        Ok(())
     }
 
     /// After data arrived on `id`: deliver reliable datagrams, tell the application.
@@ -619,7 +635,10 @@ impl Upper for Session {
                 StreamTurn::StreamBlocked => st.set(flag::STREAM_BLOCKED),
                 StreamTurn::SessionBlocked => {
                     st.set(flag::SESSION_BLOCKED);
-                    self.session_blocked.push(id);
+                    // (It may be listed already: a re-send cleared its flag meanwhile.)
+                    if !self.session_blocked.contains(&id) {
+                        self.session_blocked.push(id);
+                    }
                 }
             }
             if done {
@@ -772,6 +791,9 @@ impl Upper for Session {
                     }
                     if !st.has(flag::SEND_RESET) {
                         st.send.on_lost(offset, len as usize, fin, record);
+                        // Re-sends are not flow-controlled: a stream blocked for new data
+                        // still sends them (its turn finds out whether it is blocked again).
+                        st.clear(flag::STREAM_BLOCKED | flag::SESSION_BLOCKED);
                         self.schedule(id);
                     }
                 }

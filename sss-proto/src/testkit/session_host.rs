@@ -125,6 +125,18 @@ impl SessionHost {
         self.session(peer).open(service, protocol)
     }
 
+    /// Closes every channel to `peer` but `newest`.
+    fn supersede(&mut self, now: Instant, peer: Eid, newest: ChannelHandle) {
+        let Some(session) = self.sessions.get_mut(&peer) else {
+            return;
+        };
+        for (h, slot) in &mut self.channels {
+            if *h != newest && slot.peer == peer && !slot.channel.is_closing() {
+                slot.channel.close(now, 0, b"superseded", session);
+            }
+        }
+    }
+
     /// Kills every channel to `peer` at once (as if the path died), without telling the peer.
     pub fn kill_channels(&mut self, now: Instant, peer: Eid) {
         let handles: Vec<ChannelHandle> = self
@@ -142,9 +154,12 @@ impl SessionHost {
         }
     }
 
-    /// Drains channel and session events, attaching and detaching sessions.
+    /// Drains channel and session events, attaching and detaching sessions. The newest
+    /// established channel to a peer carries its session: older ones are closed (their
+    /// frames in flight are re-queued on the new one).
     fn collect(&mut self, now: Instant) {
         let mut closed = Vec::new();
+        let mut connected = Vec::new();
         for (h, slot) in &mut self.channels {
             let Some(session) = self.sessions.get_mut(&slot.peer) else {
                 continue;
@@ -153,10 +168,9 @@ impl SessionHost {
                 match &e {
                     ChannelEvent::Connected => {
                         session.attach(now, slot.channel.peer_params());
+                        connected.push((slot.peer, *h));
                     }
-                    ChannelEvent::Closed(_) => {
-                        session.detach(now);
-                    }
+                    ChannelEvent::Closed(_) => closed.push((slot.peer, *h)),
                     _ => {}
                 }
                 self.channel_events.push((slot.peer, e));
@@ -164,16 +178,30 @@ impl SessionHost {
             if let Some((code, reason)) = session.take_violation() {
                 slot.channel.close(now, code, reason.as_bytes(), session);
             }
-            if slot.channel.is_established() {
+            if slot.channel.is_established() && !slot.channel.is_closing() {
                 session.update_link(slot.channel.pto_count(), slot.channel.rtt().smoothed());
             }
-            if slot.channel.is_closed() {
-                closed.push(*h);
+            if slot.channel.is_closed() && !closed.iter().any(|(_, c)| c == h) {
+                closed.push((slot.peer, *h));
             }
         }
-        for h in closed {
-            self.channels.remove(&h);
-            self.endpoint.forget(h);
+        for (peer, newest) in connected {
+            self.supersede(now, peer, newest);
+        }
+        for (peer, h) in closed {
+            if self.channels.get(&h).is_some_and(|s| s.channel.is_closed()) {
+                self.channels.remove(&h);
+                self.endpoint.forget(h);
+            }
+            let live = self
+                .channels
+                .values()
+                .any(|c| c.peer == peer && c.channel.is_established() && !c.channel.is_closing());
+            if !live {
+                if let Some(session) = self.sessions.get_mut(&peer) {
+                    session.detach(now);
+                }
+            }
         }
         let listeners = self.listeners.clone();
         for (peer, session) in &mut self.sessions {
@@ -229,6 +257,7 @@ impl Node for SessionHost {
                         let session = self.sessions.get_mut(&peer).expect("created");
                         let params = *self.channels[&h].channel.peer_params();
                         session.attach(now, &params);
+                        self.supersede(now, peer, h);
                     }
                 } else if let Some(t) = self.endpoint.refuse(
                     incoming,

@@ -1,0 +1,203 @@
+//! Host configuration and the connection retry policy.
+
+use std::net::{Ipv6Addr, SocketAddr};
+use std::time::Duration;
+
+use rand_core::RngCore;
+use sss_proto::stream::SessionConfig;
+use sss_proto::EndpointConfig;
+
+/// Configuration of a [`Host`](crate::Host).
+///
+/// `HostConfig::default()` suits the public Internet; tests usually only change `bind`.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct HostConfig {
+    /// Where the host's one UDP socket binds. Default `[::]:0`: any free port, dual-stack
+    /// (IPv4 and IPv6 peers on the same socket). Where IPv6 is unavailable the host falls back
+    /// to `0.0.0.0` with the same port.
+    pub bind: SocketAddr,
+    /// Stream-layer limits of every session (windows, stream credit, datagram sizes, how long
+    /// streams survive without a channel). Default: [`SessionConfig::default`].
+    pub session: SessionConfig,
+    /// Endpoint and channel settings (congestion control, timers, cookie threshold). An
+    /// all-zero `rng_seed` (the default) is replaced by one from the operating system; a
+    /// non-zero seed is used as given (reproducible runs).
+    pub endpoint: EndpointConfig,
+    /// Retry policy of [`Host::connect`](crate::Host::connect).
+    pub backoff: BackoffPolicy,
+    /// How long one connection attempt (a handshake to the given addresses) may take before
+    /// it counts as a failure. Default 5 s: with the channel's handshake retries at 1 s and
+    /// 3 s, that is three initiations.
+    pub attempt_timeout: Duration,
+    /// Most peers the host keeps sessions with. A handshake from a new peer beyond it is
+    /// refused with [`RefuseCode::BUSY`](sss_proto::handshake::RefuseCode::BUSY), so that
+    /// strangers cannot make the host hold unbounded state. Default 4096.
+    pub max_peers: usize,
+    /// When the last handle ([`Host`](crate::Host), [`Stream`](crate::Stream),
+    /// [`Listener`](crate::Listener)) is dropped, the driver keeps delivering written data for
+    /// up to this long, then closes every channel. Default 2 s.
+    pub linger: Duration,
+}
+
+impl Default for HostConfig {
+    fn default() -> Self {
+        Self {
+            bind: SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)),
+            session: SessionConfig::default(),
+            endpoint: EndpointConfig::new([0; 32]),
+            backoff: BackoffPolicy::default(),
+            attempt_timeout: Duration::from_secs(5),
+            max_peers: 4096,
+            linger: Duration::from_secs(2),
+        }
+    }
+}
+
+impl HostConfig {
+    /// The default configuration, bound to `bind`.
+    pub fn bind(bind: SocketAddr) -> Self {
+        Self {
+            bind,
+            ..Self::default()
+        }
+    }
+}
+
+/// When and how often [`Host::connect`](crate::Host::connect) retries, after the
+/// libwebsockets Secure Streams retry policy (`backoff`, `jitterpc`, `conceal`).
+///
+/// A connection attempt that fails for a transient reason (no answer within the attempt
+/// timeout, the channel dying during the handshake) is retried after a delay; the first
+/// `conceal` failures are hidden from the application, the next one is returned as the
+/// error. A refusal by the peer is final and returned at once.
+///
+/// Defaults: delays `[100, 200, 500, 1000, 2000]` ms, jitter 20 %, conceal 3 (so at most four
+/// attempts, with about 0.1, 0.2 and 0.5 s between them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackoffPolicy {
+    /// Delay before the retry that follows the n-th failure, in milliseconds; the last entry
+    /// repeats. An empty list retries at once.
+    pub delays_ms: Vec<u64>,
+    /// Up to this percentage of each delay is added at random (uniformly), so that many
+    /// clients that failed together do not retry together.
+    pub jitter_percent: u8,
+    /// Failures concealed (retried) before the next one is reported.
+    pub conceal: u32,
+}
+
+impl Default for BackoffPolicy {
+    fn default() -> Self {
+        Self {
+            delays_ms: vec![100, 200, 500, 1000, 2000],
+            jitter_percent: 20,
+            conceal: 3,
+        }
+    }
+}
+
+impl BackoffPolicy {
+    /// No retries: the first failure is reported.
+    pub fn never() -> Self {
+        Self {
+            delays_ms: Vec::new(),
+            jitter_percent: 0,
+            conceal: 0,
+        }
+    }
+
+    /// What to do after `failures` failed attempts (1 after the first): `Some(delay)` to
+    /// retry after `delay`, `None` to report the failure.
+    pub fn after_failure(&self, failures: u32, rng: &mut impl RngCore) -> Option<Duration> {
+        if failures == 0 || failures > self.conceal {
+            return None;
+        }
+        let index = (failures as usize - 1).min(self.delays_ms.len().saturating_sub(1));
+        let base = self.delays_ms.get(index).copied().unwrap_or(0);
+        let jitter_max = base.saturating_mul(u64::from(self.jitter_percent)) / 100;
+        let jitter = if jitter_max == 0 {
+            0
+        } else {
+            rng.next_u64() % (jitter_max + 1)
+        };
+        Some(Duration::from_millis(base.saturating_add(jitter)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand_chacha::rand_core::SeedableRng;
+    use rand_chacha::ChaCha20Rng;
+
+    fn rng() -> ChaCha20Rng {
+        ChaCha20Rng::seed_from_u64(7)
+    }
+
+    #[test]
+    fn conceal_bounds_the_retries() {
+        let p = BackoffPolicy::default();
+        let mut r = rng();
+        assert!(p.after_failure(1, &mut r).is_some());
+        assert!(p.after_failure(2, &mut r).is_some());
+        assert!(p.after_failure(3, &mut r).is_some());
+        assert_eq!(
+            p.after_failure(4, &mut r),
+            None,
+            "the fourth failure is reported"
+        );
+        assert_eq!(BackoffPolicy::never().after_failure(1, &mut r), None);
+    }
+
+    #[test]
+    fn delays_follow_the_table_and_the_last_repeats() {
+        let p = BackoffPolicy {
+            delays_ms: vec![100, 200, 500],
+            jitter_percent: 0,
+            conceal: 10,
+        };
+        let mut r = rng();
+        let got: Vec<u64> = (1..=5)
+            .map(|n| p.after_failure(n, &mut r).unwrap().as_millis() as u64)
+            .collect();
+        assert_eq!(got, vec![100, 200, 500, 500, 500]);
+        let empty = BackoffPolicy {
+            delays_ms: Vec::new(),
+            jitter_percent: 50,
+            conceal: 1,
+        };
+        assert_eq!(empty.after_failure(1, &mut r), Some(Duration::ZERO));
+    }
+
+    #[test]
+    fn jitter_stays_within_the_percentage_and_varies() {
+        let p = BackoffPolicy {
+            delays_ms: vec![1000],
+            jitter_percent: 20,
+            conceal: u32::MAX,
+        };
+        let mut r = rng();
+        let mut seen = std::collections::BTreeSet::new();
+        for n in 1..=1000 {
+            let d = p.after_failure(n, &mut r).unwrap().as_millis() as u64;
+            assert!((1000..=1200).contains(&d), "{d} ms");
+            seen.insert(d);
+        }
+        assert!(
+            seen.len() > 100,
+            "jitter should spread the delays: {}",
+            seen.len()
+        );
+        assert!(seen.iter().next().unwrap() < &1020 && seen.iter().last().unwrap() > &1180);
+    }
+
+    #[test]
+    fn defaults_are_as_documented() {
+        let p = BackoffPolicy::default();
+        assert_eq!(p.delays_ms, vec![100, 200, 500, 1000, 2000]);
+        assert_eq!((p.jitter_percent, p.conceal), (20, 3));
+        let c = HostConfig::default();
+        assert!(c.bind.is_ipv6() && c.bind.ip().is_unspecified() && c.bind.port() == 0);
+        assert_eq!(c.attempt_timeout, Duration::from_secs(5));
+    }
+}

@@ -1,0 +1,388 @@
+//! [`Host`]: an identity, one UDP socket and the driver task; the entry point of the API.
+
+use std::future::poll_fn;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use rand_chacha::rand_core::{OsRng, RngCore, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+use sss_proto::channel::ChannelError;
+use sss_proto::{ChannelStats, Eid, Endpoint, Identity};
+
+use crate::config::HostConfig;
+use crate::driver::Driver;
+use crate::error::Error;
+use crate::listener::Listener;
+use crate::state::{Shared, State};
+use crate::stream::Stream;
+use crate::udp::UdpSocket;
+
+/// A host: one identity, one UDP socket, and a driver task that runs every channel and
+/// stream of the host.
+///
+/// Cloning a `Host` gives another handle to the same host. The driver runs as long as a
+/// handle exists (a `Host`, a [`Stream`] or a [`Listener`]); when the last one is dropped it
+/// keeps delivering written data for [`HostConfig::linger`], then closes every channel.
+/// [`Host::close`] closes at once.
+///
+/// Constructors must be called inside a tokio runtime (they spawn the driver); the
+/// [`blocking`](crate::blocking) module brings its own.
+#[derive(Debug)]
+pub struct Host {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Host")
+            .field("eid", &self.eid)
+            .field("local_addr", &self.local_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Host {
+    /// A host with a freshly generated identity.
+    pub fn new(config: HostConfig) -> Result<Self, Error> {
+        Self::with_identity(&Identity::generate(&mut OsRng), config)
+    }
+
+    /// A host with the identity stored in `path`, which is created (readable by the owner
+    /// only) with a new identity if it does not exist.
+    pub fn from_key_file(path: impl AsRef<Path>, config: HostConfig) -> Result<Self, Error> {
+        let path = path.as_ref();
+        let identity = if path.exists() {
+            Identity::load(path)?
+        } else {
+            let identity = Identity::generate(&mut OsRng);
+            identity.save(path)?;
+            identity
+        };
+        Self::with_identity(&identity, config)
+    }
+
+    /// A host with the given identity.
+    pub fn with_identity(identity: &Identity, mut config: HostConfig) -> Result<Self, Error> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+            Error::Io(std::io::Error::other(
+                "sss_host::Host must be created inside a tokio runtime",
+            ))
+        })?;
+        let socket = {
+            let _guard = runtime.enter();
+            bind(config.bind)?
+        };
+        let local_addr = socket.local_addr()?;
+        if config.endpoint.rng_seed == [0; 32] {
+            OsRng.fill_bytes(&mut config.endpoint.rng_seed);
+        }
+        let unix_nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+        let endpoint = Endpoint::new(
+            config.endpoint.clone(),
+            identity,
+            Instant::now(),
+            unix_nanos,
+        );
+        let mut seed = [0u8; 32];
+        OsRng.fill_bytes(&mut seed);
+        let rng = ChaCha20Rng::from_seed(seed);
+        let mut state = State::new(endpoint, config, rng);
+        state.add_ref();
+        let eid = identity.eid();
+        let shared = Arc::new(Shared::new(state, eid, local_addr));
+        tracing::info!(%eid, %local_addr, "host started");
+        runtime.spawn(Driver::new(shared.clone(), socket));
+        Ok(Self { shared })
+    }
+
+    /// This host's EID (its public key: what peers connect to).
+    pub fn eid(&self) -> Eid {
+        self.shared.eid
+    }
+
+    /// The address the socket is bound to. With the default `[::]:0` binding this is
+    /// `[::]:port`; peers on this machine reach it at `127.0.0.1:port` or `[::1]:port`.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.shared.local_addr
+    }
+
+    /// The loopback address of this host's socket (`127.0.0.1:port` unless it is bound to
+    /// an IPv6-only address), handy for tests and local demos.
+    pub fn loopback_addr(&self) -> SocketAddr {
+        let addr = self.shared.local_addr;
+        match addr {
+            SocketAddr::V6(v6) if !v6.ip().is_unspecified() => {
+                SocketAddr::new(std::net::Ipv6Addr::LOCALHOST.into(), addr.port())
+            }
+            _ => SocketAddr::new(Ipv4Addr::LOCALHOST.into(), addr.port()),
+        }
+    }
+
+    /// Accepts incoming top-level streams for (`service`, `protocol`). A host can listen on
+    /// many pairs; a peer asking for a pair nobody listens on is refused in the handshake
+    /// (its `connect` fails with [`Error::Refused`]) or, on a channel that already exists,
+    /// its stream is reset ([`Error::UnknownService`]).
+    pub fn listen(&self, service: &str, protocol: &str) -> Result<Listener, Error> {
+        check_names(service, protocol)?;
+        let key = (service.to_owned(), protocol.to_owned());
+        let mut st = self.shared.lock();
+        if st.closed {
+            return Err(Error::HostClosed);
+        }
+        if st.listeners.contains_key(&key) {
+            return Err(Error::AlreadyListening);
+        }
+        st.listeners.insert(key.clone(), Default::default());
+        st.add_ref();
+        tracing::info!(service, protocol, "listening");
+        Ok(Listener::new(self.shared.clone(), key))
+    }
+
+    /// Opens a top-level stream to `peer` for (`service`, `protocol`).
+    ///
+    /// When a channel to the peer exists, the stream opens on it at once (no round trip).
+    /// Otherwise a handshake starts to the first address of `addrs`, and to the next one
+    /// every 250 ms while none has answered (or at once when all started so far failed); the
+    /// first to complete carries the session (the others are abandoned), and this returns
+    /// once it is established. Transient failures (no answer within
+    /// [`HostConfig::attempt_timeout`]) are retried as [`HostConfig::backoff`] says; a
+    /// refusal ([`Error::Refused`]) is returned at once.
+    pub async fn connect(
+        &self,
+        peer: Eid,
+        addrs: &[SocketAddr],
+        service: &str,
+        protocol: &str,
+    ) -> Result<Stream, Error> {
+        check_names(service, protocol)?;
+        let stream = self.establish(peer, addrs, service, protocol, true).await?;
+        Ok(stream.expect("asked to open a stream"))
+    }
+
+    /// Establishes a new channel to `peer` for the session that already exists with it,
+    /// without opening a stream: streams that waited since their channel died (link
+    /// [`Down`](crate::LinkStatus::Down)) resume where they were. Uses the (service, protocol)
+    /// of the last channel to the peer, so it suits the side that connected first. Returns
+    /// at once if a channel is up; retries as [`connect`](Self::connect) does.
+    pub async fn reconnect(&self, peer: Eid, addrs: &[SocketAddr]) -> Result<(), Error> {
+        let names = self
+            .shared
+            .lock()
+            .peers
+            .get(&peer)
+            .and_then(|p| p.names.clone());
+        let Some((service, protocol)) = names else {
+            return Err(Error::NoSession);
+        };
+        self.establish(peer, addrs, &service, &protocol, false)
+            .await
+            .map(|_| ())
+    }
+
+    /// Attempts with retries until a channel is up, then opens a stream if `open`.
+    async fn establish(
+        &self,
+        peer: Eid,
+        addrs: &[SocketAddr],
+        service: &str,
+        protocol: &str,
+        open: bool,
+    ) -> Result<Option<Stream>, Error> {
+        if peer == self.shared.eid {
+            return Err(Error::SelfConnect);
+        }
+        let mut failures = 0u32;
+        loop {
+            let error = match self.attempt(peer, addrs, service, protocol, open).await {
+                Ok(stream) => return Ok(stream),
+                Err(e @ (Error::TimedOut | Error::ConnectFailed(_))) => e,
+                Err(e) => return Err(e),
+            };
+            failures += 1;
+            let delay = {
+                let mut st = self.shared.lock();
+                let policy = st.config.backoff.clone();
+                policy.after_failure(failures, &mut st.rng)
+            };
+            let Some(delay) = delay else {
+                tracing::info!(%peer, failures, error = %error, "giving up connecting");
+                return Err(error);
+            };
+            tracing::debug!(%peer, failures, error = %error, ?delay, "connection attempt failed; retrying");
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// One connection attempt (see [`connect`](Self::connect)).
+    async fn attempt(
+        &self,
+        peer: Eid,
+        addrs: &[SocketAddr],
+        service: &str,
+        protocol: &str,
+        open: bool,
+    ) -> Result<Option<Stream>, Error> {
+        let (id, timeout) = {
+            let mut st = self.shared.lock();
+            if st.closed {
+                return Err(Error::HostClosed);
+            }
+            if st.is_connected(peer) {
+                return self.open_connected(&mut st, peer, service, protocol, open);
+            }
+            let id = st.start_attempt(Instant::now(), peer, addrs, service, protocol)?;
+            (id, st.config.attempt_timeout)
+        };
+        let guard = AttemptGuard {
+            shared: &self.shared,
+            id,
+        };
+        let wait = poll_fn(|cx| {
+            let mut st = self.shared.lock();
+            if st.closed {
+                return Poll::Ready(Err(Error::HostClosed));
+            }
+            let Some(a) = st.attempts.get_mut(&id) else {
+                return Poll::Ready(Err(Error::HostClosed));
+            };
+            match &a.outcome {
+                Some(Ok(())) => Poll::Ready(Ok(())),
+                Some(Err(e)) => Poll::Ready(Err(attempt_error(e.clone()))),
+                None => {
+                    a.waiters.push(cx.waker().clone());
+                    Poll::Pending
+                }
+            }
+        });
+        let outcome = match tokio::time::timeout(timeout, wait).await {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                let mut st = self.shared.lock();
+                st.fail_attempt(Instant::now(), id, ChannelError::HandshakeTimeout(timeout));
+                Err(Error::TimedOut)
+            }
+        };
+        drop(guard);
+        outcome?;
+        let mut st = self.shared.lock();
+        if !st.is_connected(peer) {
+            // Connected, then closed before we got here.
+            return Err(Error::ConnectFailed(ChannelError::LocallyClosed));
+        }
+        self.open_connected(&mut st, peer, service, protocol, open)
+    }
+
+    /// Opens a stream on the established channel to `peer` if `open`.
+    fn open_connected(
+        &self,
+        st: &mut State,
+        peer: Eid,
+        service: &str,
+        protocol: &str,
+        open: bool,
+    ) -> Result<Option<Stream>, Error> {
+        if !open {
+            return Ok(None);
+        }
+        let p = st.peer_entry(peer);
+        let id = p
+            .session
+            .open(service, protocol)
+            .map_err(Error::from_stream)?;
+        let _ = p.session.listen(id, true);
+        let stream = st.new_handle(&self.shared, peer, id);
+        st.wake_driver();
+        tracing::debug!(%peer, stream = %id, service, protocol, "opened stream");
+        Ok(stream)
+    }
+
+    /// Statistics of the established channel to `peer` (RTT, congestion window, bytes and
+    /// packets sent, received, lost), or `None` without one.
+    pub fn stats(&self, peer: Eid) -> Option<ChannelStats> {
+        self.shared.lock().channel_to(peer).map(|c| c.stats())
+    }
+
+    /// The peers this host has a session with (connected or waiting for a new channel).
+    pub fn peers(&self) -> Vec<Eid> {
+        self.shared.lock().peers.keys().copied().collect()
+    }
+
+    /// Closes the host at once: every channel is closed (the peers are told), pending
+    /// operations fail with [`Error::HostClosed`], and the driver ends. Resolves when it has.
+    pub async fn close(&self) {
+        self.shared.lock().close();
+        let mut done = self.shared.done.subscribe();
+        let _ = done.wait_for(|d| *d).await;
+    }
+
+    /// Whether the host is closed (explicitly, or its driver ended).
+    pub fn is_closed(&self) -> bool {
+        self.shared.lock().closed
+    }
+}
+
+impl Clone for Host {
+    fn clone(&self) -> Self {
+        self.shared.lock().add_ref();
+        Self {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        self.shared.lock().release_ref();
+    }
+}
+
+/// Leaves an attempt when `connect` finishes or is cancelled.
+struct AttemptGuard<'a> {
+    shared: &'a Shared,
+    id: u64,
+}
+
+impl Drop for AttemptGuard<'_> {
+    fn drop(&mut self) {
+        self.shared.lock().leave_attempt(Instant::now(), self.id);
+    }
+}
+
+/// What a failed handshake means for `connect`.
+fn attempt_error(e: ChannelError) -> Error {
+    match e {
+        ChannelError::Refused { code, reason } => Error::Refused { code, reason },
+        ChannelError::HandshakeTimeout(_) | ChannelError::TimedOut(_) => Error::TimedOut,
+        e => Error::ConnectFailed(e),
+    }
+}
+
+pub(crate) fn check_names(service: &str, protocol: &str) -> Result<(), Error> {
+    let ok = |s: &str| (1..=255).contains(&s.len());
+    if ok(service) && ok(protocol) {
+        Ok(())
+    } else {
+        Err(Error::BadName)
+    }
+}
+
+/// Binds the host's socket; an unspecified IPv6 address falls back to IPv4 where IPv6 is
+/// unavailable.
+fn bind(addr: SocketAddr) -> Result<UdpSocket, Error> {
+    match UdpSocket::bind(addr) {
+        Ok(s) => Ok(s),
+        Err(e) if addr.is_ipv6() && addr.ip().is_unspecified() => {
+            tracing::debug!("cannot bind {addr} ({e}); falling back to IPv4");
+            Ok(UdpSocket::bind(SocketAddr::new(
+                Ipv4Addr::UNSPECIFIED.into(),
+                addr.port(),
+            ))?)
+        }
+        Err(e) => Err(e.into()),
+    }
+}

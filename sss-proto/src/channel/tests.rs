@@ -1,0 +1,265 @@
+//! Channel internals that the public API cannot reach: the anti-amplification allowance and
+//! the ACK deadline `poll_timeout` reports.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand_chacha::rand_core::SeedableRng;
+use rand_chacha::ChaCha20Rng;
+
+use super::transmit::MIN_SMALL_PACKET;
+use super::{Channel, ChannelConfig, Upper, UpperError};
+use crate::endpoint::{DatagramEvent, Endpoint, EndpointConfig};
+use crate::frame::{upper_header_len, write_upper_header, FrameType};
+use crate::identity::Identity;
+
+const UNIX_NANOS: u64 = 1_700_000_000_000_000_000;
+
+fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([10, 0, 0, 1], port))
+}
+
+fn endpoint(seed: u8, now: Instant) -> Endpoint {
+    let identity = Identity::generate(&mut ChaCha20Rng::seed_from_u64(u64::from(seed)));
+    let mut config = EndpointConfig::new([seed; 32]);
+    // The initiator's first data packet is then its small key-confirming PING.
+    let channel = ChannelConfig {
+        mtu_discovery: false,
+        ..ChannelConfig::default()
+    };
+    config.channel = Arc::new(channel);
+    Endpoint::new(config, &identity, now, UNIX_NANOS)
+}
+
+/// An initiator at `addr(1)` and a responder at `addr(2)` that sent its response; the
+/// initiator is established and `ping` is its first data packet, not yet delivered.
+struct Handshaken {
+    now: Instant,
+    a: Channel<()>,
+    b: Channel<()>,
+    ping: Vec<u8>,
+}
+
+fn handshake() -> Handshaken {
+    let now = Instant::now();
+    let mut ea = endpoint(1, now);
+    let mut eb = endpoint(2, now);
+    let (_, mut a) = ea
+        .connect::<()>(now, eb.eid(), addr(2), "test", "none")
+        .expect("connect");
+    let mut buf = Vec::new();
+    let t = a
+        .poll_transmit(now, 1, &mut buf, &mut ())
+        .expect("initiation");
+    let mut scratch = Vec::new();
+    let Some(DatagramEvent::Incoming(incoming)) =
+        eb.handle(now, addr(1), &buf[..t.size], &mut scratch)
+    else {
+        panic!("the initiation must reach the application");
+    };
+    let (_, mut b) = eb.accept::<()>(now, incoming).expect("accept");
+    let t = b
+        .poll_transmit(now, 1, &mut buf, &mut ())
+        .expect("response");
+    a.handle_datagram(now, addr(2), &mut buf[..t.size], &mut ());
+    assert!(a.is_established());
+    let t = a.poll_transmit(now, 1, &mut buf, &mut ()).expect("PING");
+    Handshaken {
+        now,
+        a,
+        b,
+        ping: buf[..t.size].to_vec(),
+    }
+}
+
+#[test]
+fn an_ack_the_amplification_limit_holds_back_has_no_deadline_until_bytes_arrive() {
+    let Handshaken {
+        mut now,
+        mut a,
+        mut b,
+        mut ping,
+    } = handshake();
+    let mut buf = Vec::new();
+    // The responder spent all but a few bytes of its allowance, counting the PING it is
+    // about to receive from a new address (the initiator's NAT rebound).
+    let received = b.unvalidated_received + ping.len() as u64;
+    b.unvalidated_sent = 3 * received - (MIN_SMALL_PACKET as u64 - 1);
+    b.handle_datagram(now, addr(5000), &mut ping, &mut ());
+    assert!(!b.validated);
+    assert_eq!(
+        b.amplification_allowance(),
+        Some(MIN_SMALL_PACKET as u64 - 1)
+    );
+    let ack_at = b.received.deadline().expect("an ACK is owed for the PING");
+    assert!(
+        b.poll_timeout().expect("idle timer") > ack_at,
+        "the held-back ACK's deadline must not be reported"
+    );
+    // Even at the ACK deadline nothing can go, and the deadline stays away.
+    now = ack_at;
+    b.handle_timeout(now, &mut ());
+    assert!(b.poll_transmit(now, 64, &mut buf, &mut ()).is_none());
+    assert!(b.poll_timeout().expect("idle timer") > now);
+
+    // The initiator sends again, from yet another address: the allowance grows, the ACK is
+    // due and goes out, cut to the allowance.
+    now += Duration::from_millis(1);
+    a.ping();
+    let t = a
+        .poll_transmit(now, 1, &mut buf, &mut ())
+        .expect("second PING");
+    let mut second = buf[..t.size].to_vec();
+    b.handle_datagram(now, addr(5001), &mut second, &mut ());
+    assert!(!b.validated);
+    let allowance = b.amplification_allowance().expect("still limited");
+    assert!(allowance >= MIN_SMALL_PACKET as u64);
+    assert!(b.poll_timeout().expect("ACK deadline") <= now);
+    let t = b
+        .poll_transmit(now, 64, &mut buf, &mut ())
+        .expect("the ACK fits the allowance");
+    let mut ack = buf[..t.size].to_vec();
+    assert!(t.size as u64 <= allowance);
+    assert_eq!(t.destination, addr(5001));
+    assert_eq!(b.stats.acks_sent, 1);
+    assert!(b.poll_transmit(now, 64, &mut buf, &mut ()).is_none());
+    assert!(b.poll_timeout().expect("idle timer") > now);
+    assert!(b.unvalidated_sent <= 3 * b.unvalidated_received);
+
+    // The initiator gets the ACK: its PINGs are acknowledged.
+    a.handle_datagram(now, addr(2), &mut ack, &mut ());
+    assert_eq!(a.stats.packets_received, 1);
+    assert_eq!(a.bytes_in_flight, 0, "both PINGs acknowledged");
+}
+
+/// An upper layer that always has data and fills whatever room it is given.
+#[derive(Default)]
+struct Filler {
+    frames: usize,
+}
+
+impl Upper for Filler {
+    type Meta = ();
+
+    fn has_pending(&self) -> bool {
+        true
+    }
+
+    fn write_frames(&mut self, _: Instant, buf: &mut Vec<u8>, space: usize, metas: &mut Vec<()>) {
+        let header = upper_header_len(FILL, space);
+        if space <= header {
+            return;
+        }
+        write_upper_header(buf, FILL, space - header);
+        buf.resize(buf.len() + space - header, 0xab);
+        metas.push(());
+        self.frames += 1;
+    }
+
+    fn handle_frame(&mut self, _: Instant, _: FrameType, _: &[u8]) -> Result<(), UpperError> {
+        Ok(())
+    }
+
+    fn on_acked(&mut self, _: ()) {}
+
+    fn on_lost(&mut self, _: ()) {}
+}
+
+const FILL: FrameType = FrameType(0x20);
+
+#[test]
+fn under_the_amplification_limit_acks_and_pings_go_small_and_data_waits() {
+    let Handshaken {
+        now,
+        mut a,
+        mut b,
+        mut ping,
+    } = handshake();
+    let mut buf = Vec::new();
+    let mut upper = Filler::default();
+    // Room for a small packet but not for a full one.
+    let received = b.unvalidated_received + ping.len() as u64;
+    b.unvalidated_sent = 3 * received - 600;
+    b.handle_datagram(now, addr(5000), &mut ping, &mut upper);
+    assert!(!b.validated);
+    assert!(
+        b.ping_pending,
+        "a PING is queued to validate the new address"
+    );
+    // The PING goes at once with the ACK, in a small packet charged its real size; the data
+    // waits for a full segment.
+    let t = b
+        .poll_transmit(now, 64, &mut buf, &mut upper)
+        .expect("PING and ACK");
+    let mut small = buf[..t.size].to_vec();
+    assert!(t.size < 100 && t.segment_size.is_none(), "{t:?}");
+    assert_eq!(upper.frames, 0, "no data under the limit");
+    assert_eq!(b.stats.acks_sent, 1);
+    assert_eq!(b.amplification_allowance(), Some(600 - t.size as u64));
+    assert!(b.poll_transmit(now, 64, &mut buf, &mut upper).is_none());
+    assert!(b.poll_timeout().expect("loss detection") > now);
+
+    // The initiator acknowledges the PING from the address B now sends to, which validates
+    // it: B's data flows in full segments.
+    a.handle_datagram(now, addr(2), &mut small, &mut ());
+    assert_eq!(a.bytes_in_flight, 0, "A's PING is acknowledged");
+    let at = a.poll_timeout().expect("A owes an ACK");
+    a.handle_timeout(at, &mut ());
+    let mut from_a = Vec::new();
+    let t = a.poll_transmit(at, 1, &mut from_a, &mut ()).expect("ACK");
+    b.handle_datagram(at, addr(5000), &mut from_a[..t.size], &mut upper);
+    assert!(b.validated);
+    assert_eq!(b.bytes_in_flight, 0, "B's PING is acknowledged");
+    let t = b
+        .poll_transmit(at, 64, &mut buf, &mut upper)
+        .expect("data once validated");
+    assert_eq!(t.destination, addr(5000));
+    assert!(upper.frames > 0);
+    assert_eq!(t.segment_size.unwrap_or(t.size), 1200);
+}
+
+#[test]
+fn no_probe_timer_while_the_amplification_limit_blocks_the_probe() {
+    let Handshaken {
+        mut now,
+        a: _,
+        mut b,
+        mut ping,
+    } = handshake();
+    let mut buf = Vec::new();
+    let mut upper = Filler::default();
+    // Room for exactly one full data packet and a few bytes more.
+    let segment = 1200;
+    b.unvalidated_sent = 3 * b.unvalidated_received - (segment + 20);
+    let t = b
+        .poll_transmit(now, 64, &mut buf, &mut upper)
+        .expect("one full packet fits");
+    assert_eq!((t.size, upper.frames), (segment as usize, 1));
+    assert!(b.bytes_in_flight > 0);
+    assert!(b.amplification_blocked());
+    let next = b.poll_timeout().expect("handshake timeout");
+    assert!(
+        next >= now + Duration::from_secs(1),
+        "no PTO for a probe that cannot be sent: {:?}",
+        next - now
+    );
+    // Long after the PTO would have fired, nothing is due and nothing is sent.
+    now += Duration::from_secs(5);
+    b.handle_timeout(now, &mut ());
+    assert!(b.poll_transmit(now, 64, &mut buf, &mut upper).is_none());
+    assert!(b.poll_timeout().expect("handshake timeout") > now);
+
+    // Bytes from the peer (from a new address) re-arm the timer, and the PING and the probe
+    // go out small.
+    b.handle_datagram(now, addr(5000), &mut ping, &mut upper);
+    assert!(!b.amplification_blocked());
+    assert!(b.poll_timeout().expect("PTO and ACK") <= now);
+    b.handle_timeout(now, &mut upper);
+    let t = b
+        .poll_transmit(now, 64, &mut buf, &mut upper)
+        .expect("a small PING");
+    assert!(t.size < 100);
+    assert_eq!(upper.frames, 1, "still no data");
+    assert!(b.poll_timeout().expect("PTO") > now);
+}
