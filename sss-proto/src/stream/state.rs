@@ -144,7 +144,9 @@ impl StreamState {
     /// Whether both directions are over: the stream can be forgotten.
     pub(crate) fn is_done(&self) -> bool {
         let send_done = self.has(flag::SEND_RESET) || self.send.is_fully_acked();
-        let recv_done = self.has(flag::RECV_RESET) || self.recv.at_end();
+        // A reset receiving side is over once the peer's final size is known (its RESET_STREAM
+        // or FIN arrived): until then its bytes still count against the session window.
+        let recv_done = self.recv.at_end();
         send_done
             && recv_done
             && !self.has_outgoing_datagrams()
