@@ -626,7 +626,7 @@ impl Session {
     pub fn read(&mut self, id: StreamId, buf: &mut [u8]) -> Result<usize, StreamError> {
         let st = self.live_mut(id)?;
         let n = st.recv.read(buf);
-        st.clear(flag::READABLE_NOTIFIED);
+        st.clear(flag::READABLE_NOTIFIED | flag::WANTS_RECORD);
         self.on_read(id, n as u64);
         Ok(n)
     }
@@ -648,8 +648,43 @@ impl Session {
         let r = st.recv.read_record(max);
         let consumed = st.recv.read_offset() - before;
         st.clear(flag::READABLE_NOTIFIED);
+        if r.is_none() {
+            st.set(flag::WANTS_RECORD);
+        } else {
+            st.clear(flag::WANTS_RECORD);
+        }
         self.on_read(id, consumed);
+        if r.is_none() {
+            self.grow_for_record(id);
+        }
         Ok(r)
+    }
+
+    /// If the application waits for a record and `id`'s window is full of one incomplete
+    /// record (which `read_record` cannot take), grows the window — the stream's, and the
+    /// session's if needed — up to their bounds. Returns false if the window cannot grow (the
+    /// record is longer than `max_stream_window`).
+    pub(crate) fn grow_for_record(&mut self, id: StreamId) -> bool {
+        let max = self.config.max_stream_window;
+        let Some(st) = self.streams.get_mut(&id) else {
+            return false;
+        };
+        let full = st.recv.max_received() >= st.recv_limit;
+        if !full || !st.has(flag::WANTS_RECORD) || st.recv.has_pending_records() {
+            return false;
+        }
+        if st.recv_window >= max {
+            return false;
+        }
+        st.recv_window = (st.recv_window * 2).min(max);
+        self.queue_max_stream_data(id);
+        if self.data_received >= self.local_max_data.saturating_sub(self.data_window / 2)
+            && self.data_window < self.config.max_session_window
+        {
+            self.data_window = (self.data_window * 2).min(self.config.max_session_window);
+            self.max_data_queued = true;
+        }
+        true
     }
 
     /// Complete records waiting to be read.

@@ -53,6 +53,9 @@ pub(crate) mod flag {
     pub(crate) const WRITABLE_WANTED: u16 = 1 << 13;
     /// A frame carrying the OPEN information is in flight.
     pub(crate) const OPEN_IN_FLIGHT: u16 = 1 << 14;
+    /// The application asked for a record and none was complete: a window full of one
+    /// incomplete record must grow.
+    pub(crate) const WANTS_RECORD: u16 = 1 << 15;
 }
 
 /// Rarely used parts of a stream, allocated on first use.

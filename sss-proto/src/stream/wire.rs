@@ -557,22 +557,12 @@ impl Session {
             self.events.push_back(SessionEvent::Readable(id));
         }
         let full = st.recv.max_received() >= st.recv_limit;
-        if full && !st.recv.has_pending_records() && st.recv.bytes_available() > 0 {
-            // The window is full of one incomplete record, which `read_record` cannot take:
-            // grow the window (up to its bound) rather than wait for reads that cannot come.
-            let max = self.config.max_stream_window;
-            if st.recv_window < max {
-                st.recv_window = (st.recv_window * 2).min(max);
-                self.queue_max_stream_data(id);
-                if self.data_received >= self.local_max_data.saturating_sub(self.data_window / 2)
-                    && self.data_window < self.config.max_session_window
-                {
-                    self.data_window = (self.data_window * 2).min(self.config.max_session_window);
-                    self.max_data_queued = true;
-                }
-                return;
-            }
+        if full && self.grow_for_record(id) {
+            return;
         }
+        let Some(st) = self.streams.get_mut(&id) else {
+            return;
+        };
         if full && !st.has(flag::BLOCKED_NOTIFIED) {
             // Nothing more will come until the application reads (a record longer than
             // `max_stream_window` must be read with `read`).
