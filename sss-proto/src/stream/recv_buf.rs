@@ -39,30 +39,58 @@ pub enum RecvError {
     TooFragmented(usize),
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Inner {
+    /// Bytes below were all received.
+    contiguous: u64,
+    /// Highest offset received (end of the furthest data).
+    max_received: u64,
     /// Bytes `[read, read + data.len())`; gaps hold zeros.
     data: VecDeque<u8>,
     /// Received runs above `contiguous` (absolute offsets).
     runs: RangeSet,
-    /// Boundary bitmap: bit `i` of word `w` is offset `mark_base + 64 w + i`.
+    /// Boundary bitmap: bit `i` of word `w` is offset `mark_base + 64 w + i`. The end of the
+    /// stream (the final size) is a boundary too without a bit of its own.
     marks: VecDeque<u64>,
     /// Offset of bit 0 of `marks[0]`; a multiple of 64.
     mark_base: u64,
-    /// Boundaries in `(read, contiguous]`: complete records.
+    /// Bits set in `(read, contiguous]`: complete records (besides the final piece).
     complete: usize,
+}
+
+impl Inner {
+    /// Bookkeeping for a stream read up to `read`, with nothing received beyond.
+    fn at(read: u64) -> Self {
+        Self {
+            contiguous: read,
+            max_received: read,
+            data: VecDeque::new(),
+            runs: RangeSet::new(),
+            marks: VecDeque::new(),
+            mark_base: read & !63,
+            complete: 0,
+        }
+    }
+
+    fn is_marked(&self, at: u64) -> bool {
+        if at < self.mark_base {
+            return false;
+        }
+        let bit = at - self.mark_base;
+        self.marks
+            .get((bit / 64) as usize)
+            .is_some_and(|w| w & (1 << (bit % 64)) != 0)
+    }
 }
 
 /// The receiving half of a stream.
 #[derive(Debug)]
 pub struct RecvBuffer {
+    /// `None` when idle: nothing was received beyond `read` (`contiguous == max_received ==
+    /// read`).
     inner: Option<Box<Inner>>,
     /// Bytes below were read by the application.
     read: u64,
-    /// Bytes below were all received.
-    contiguous: u64,
-    /// Highest offset received (end of the furthest data).
-    max_received: u64,
     /// Final size, `u64::MAX` while unknown.
     final_size: u64,
 }
@@ -79,10 +107,13 @@ impl RecvBuffer {
         Self {
             inner: None,
             read: 0,
-            contiguous: 0,
-            max_received: 0,
             final_size: u64::MAX,
         }
+    }
+
+    fn inner_mut(&mut self) -> &mut Inner {
+        let read = self.read;
+        self.inner.get_or_insert_with(|| Box::new(Inner::at(read)))
     }
 
     /// Bytes read so far.
@@ -90,9 +121,14 @@ impl RecvBuffer {
         self.read
     }
 
+    /// Bytes below were all received.
+    fn contiguous(&self) -> u64 {
+        self.inner.as_ref().map_or(self.read, |i| i.contiguous)
+    }
+
     /// End of the furthest data received.
     pub fn max_received(&self) -> u64 {
-        self.max_received
+        self.inner.as_ref().map_or(self.read, |i| i.max_received)
     }
 
     /// The final size, once a FIN arrived.
@@ -134,27 +170,28 @@ impl RecvBuffer {
                 });
             }
         }
-        if fin && end < self.max_received {
+        let max_received = self.max_received();
+        if fin && end < max_received {
             return Err(RecvError::FinalSize {
                 final_size: None,
                 end,
             });
         }
-        let grew = end.saturating_sub(self.max_received);
+        let grew = end.saturating_sub(max_received);
         if fin && known_final.is_none() {
             self.final_size = end;
         }
         // Data.
-        let lo = offset.max(self.contiguous);
+        let lo = offset.max(self.contiguous());
         if lo < end {
             self.store(lo, &data[(lo - offset) as usize..], limit)?;
         }
-        self.max_received = self.max_received.max(end);
-        // Boundaries: a record mark, and the end of the stream (a FIN ends the last record).
-        if record && end > self.read {
-            self.set_mark(end);
+        if grew > 0 {
+            self.inner_mut().max_received = end;
         }
-        if fin && end > self.read {
+        // Boundaries: a record mark. (The end of the stream ends the last record without a
+        // mark: see `final_pending`.)
+        if record && end > self.read {
             self.set_mark(end);
         }
         self.release_if_idle();
@@ -164,14 +201,14 @@ impl RecvBuffer {
     /// Copies `bytes` (all at or above `contiguous`) into place at `at`.
     fn store(&mut self, at: u64, bytes: &[u8], limit: u64) -> Result<(), RecvError> {
         let read = self.read;
-        let contiguous = self.contiguous;
-        let inner = self.inner.get_or_insert_with(Default::default);
+        let inner = self.inner_mut();
+        let contiguous = inner.contiguous;
         let end = at + bytes.len() as u64;
         let have_end = read + inner.data.len() as u64;
         if at == have_end && at == contiguous {
             // In order, the common case.
             inner.data.extend(bytes);
-            self.contiguous = end;
+            inner.contiguous = end;
         } else {
             if end > have_end {
                 inner.data.resize((end - read) as usize, 0);
@@ -187,22 +224,21 @@ impl RecvBuffer {
             }
             if inner.runs.min() == Some(contiguous) {
                 let r = inner.runs.pop_min().expect("non-empty");
-                self.contiguous = r.end;
+                inner.contiguous = r.end;
             }
         }
-        let newly = (contiguous, self.contiguous);
-        if newly.1 > newly.0 {
-            let inner = self.inner.as_mut().expect("stored");
+        let newly = (contiguous, inner.contiguous);
+        if newly.1 > newly.0 && !inner.marks.is_empty() {
             inner.complete += count_marks(inner, newly.0 + 1, newly.1 + 1);
         }
         Ok(())
     }
 
     fn set_mark(&mut self, at: u64) {
-        let contiguous = self.contiguous;
-        let inner = self.inner.get_or_insert_with(Default::default);
+        let read = self.read;
+        let inner = self.inner_mut();
         if inner.marks.is_empty() {
-            inner.mark_base = self.read & !63;
+            inner.mark_base = read & !63;
         }
         let bit = at - inner.mark_base;
         let word = (bit / 64) as usize;
@@ -212,24 +248,38 @@ impl RecvBuffer {
         let mask = 1u64 << (bit % 64);
         if inner.marks[word] & mask == 0 {
             inner.marks[word] |= mask;
-            if at <= contiguous {
+            if at <= inner.contiguous {
                 inner.complete += 1;
             }
         }
     }
 
+    /// Whether the piece ending at the final size is complete and not yet read, and has no
+    /// record mark of its own (the end of the stream ends the last record).
+    fn final_pending(&self) -> bool {
+        self.inner.as_ref().is_some_and(|i| {
+            self.final_size != u64::MAX
+                && self.read < self.final_size
+                && i.contiguous == self.final_size
+                && !i.is_marked(self.final_size)
+        })
+    }
+
     /// The first boundary in `(read, contiguous]`, if any.
     fn next_complete_mark(&self) -> Option<u64> {
         let inner = self.inner.as_ref()?;
-        if inner.complete == 0 {
-            return None;
+        if inner.complete > 0 {
+            // Bits are never beyond the final size.
+            return first_mark(inner, self.read + 1, inner.contiguous + 1);
         }
-        first_mark(inner, self.read + 1, self.contiguous + 1)
+        self.final_pending().then_some(self.final_size)
     }
 
     /// Bytes readable now with [`read`](Self::read): up to the next boundary or gap.
     pub fn bytes_available(&self) -> usize {
-        let stop = self.next_complete_mark().unwrap_or(self.contiguous);
+        let stop = self
+            .next_complete_mark()
+            .unwrap_or_else(|| self.contiguous());
         (stop - self.read) as usize
     }
 
@@ -258,7 +308,9 @@ impl RecvBuffer {
         let to = from + n;
         let inner = self.inner.as_mut().expect("data to consume");
         inner.data.drain(..n as usize);
-        inner.complete -= count_marks(inner, from + 1, to + 1);
+        if !inner.marks.is_empty() {
+            inner.complete -= count_marks(inner, from + 1, to + 1);
+        }
         self.read = to;
         // Drop bitmap words wholly below the new read offset (bits at `read` stay: a
         // boundary exactly at `read` was consumed and counted out above).
@@ -274,7 +326,9 @@ impl RecvBuffer {
 
     /// Complete records waiting (including a final unterminated piece when the stream ended).
     pub fn pending_records(&self) -> usize {
-        self.inner.as_ref().map_or(0, |i| i.complete)
+        self.inner
+            .as_ref()
+            .map_or(0, |i| i.complete + usize::from(self.final_pending()))
     }
 
     /// Whether a complete record waits.
@@ -302,7 +356,7 @@ impl RecvBuffer {
     /// All the stream's bytes once it is complete (FIN received and no gap); `None` before.
     pub fn read_all(&mut self) -> Option<Vec<u8>> {
         let f = self.final_size()?;
-        if self.contiguous != f {
+        if self.contiguous() != f {
             return None;
         }
         let n = f - self.read;
@@ -319,10 +373,10 @@ impl RecvBuffer {
     /// Abandons every byte held (the stream was reset): everything up to the highest offset
     /// received counts as read. Returns how many bytes that skipped.
     pub fn abandon(&mut self) -> u64 {
-        let skipped = self.max_received - self.read;
+        let max_received = self.max_received();
+        let skipped = max_received - self.read;
         self.inner = None;
-        self.read = self.max_received;
-        self.contiguous = self.max_received;
+        self.read = max_received;
         skipped
     }
 
@@ -330,26 +384,25 @@ impl RecvBuffer {
     /// checked like [`insert`](Self::insert) but not stored; returns by how much the highest
     /// received offset grew (bytes that count as received and read at once).
     pub fn skip_to(&mut self, end: u64, fin: bool, limit: u64) -> Result<u64, RecvError> {
-        debug_assert!(self.inner.is_none() && self.read == self.max_received);
+        debug_assert!(self.inner.is_none());
         if end > limit {
             return Err(RecvError::FlowControl { end, limit });
         }
         let known_final = self.final_size();
-        if known_final.is_some_and(|f| end > f || (fin && end != f))
-            || (fin && end < self.max_received)
+        let max_received = self.max_received();
+        if known_final.is_some_and(|f| end > f || (fin && end != f)) || (fin && end < max_received)
         {
             return Err(RecvError::FinalSize {
                 final_size: known_final,
                 end,
             });
         }
-        let grew = end.saturating_sub(self.max_received);
+        let grew = end.saturating_sub(max_received);
         if fin {
             self.final_size = end;
         }
-        self.max_received += grew;
-        self.read = self.max_received;
-        self.contiguous = self.max_received;
+        self.inner = None;
+        self.read = max_received + grew;
         Ok(grew)
     }
 
@@ -358,14 +411,16 @@ impl RecvBuffer {
         self.read == self.final_size
     }
 
+    /// Drops the allocation once nothing was received beyond what was read.
     fn release_if_idle(&mut self) {
-        if let Some(i) = &self.inner {
-            if i.data.is_empty() && i.runs.is_empty() && i.complete == 0 {
-                let marks_beyond = self.max_received > self.read && i.marks.iter().any(|&w| w != 0);
-                if !marks_beyond {
-                    self.inner = None;
-                }
-            }
+        if self
+            .inner
+            .as_ref()
+            .is_some_and(|i| i.max_received == self.read)
+        {
+            // Then nothing is buffered: `contiguous == read`, no runs, no complete records
+            // (bits at or below `read` were consumed).
+            self.inner = None;
         }
     }
 }
@@ -531,6 +586,6 @@ mod tests {
 
     #[test]
     fn idle_recv_buffer_is_small() {
-        assert!(std::mem::size_of::<RecvBuffer>() <= 40);
+        assert!(std::mem::size_of::<RecvBuffer>() <= 24);
     }
 }

@@ -6,8 +6,9 @@
 //! carries the RECORD flag, first sending and re-sending alike. A boundary marked after all
 //! bytes before it were sent is carried by a frame without data (a "bare mark").
 //!
-//! An idle stream (everything acknowledged) holds no allocation: the buffer, the ranges and
-//! the boundaries live in a box dropped whenever the stream goes quiet.
+//! An idle stream (everything acknowledged) holds no allocation and 24 bytes of state: the
+//! buffer, the ranges, the boundaries and the acknowledged and sent offsets live in a box
+//! dropped whenever the stream goes quiet (then `base == sent == written`).
 
 use std::collections::VecDeque;
 
@@ -29,8 +30,12 @@ pub struct Chunk {
 }
 
 /// Parts of the send state that exist only while data is in flight.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Inner {
+    /// Everything below was acknowledged.
+    base: u64,
+    /// Bytes below were sent at least once.
+    sent: u64,
     /// Bytes `[base, base + data.len())`.
     data: VecDeque<u8>,
     /// Acknowledged ranges above `base`.
@@ -46,18 +51,29 @@ struct Inner {
     bare_in_flight: u32,
 }
 
+impl Inner {
+    /// Bookkeeping for an idle stream whose every byte below `at` was acknowledged.
+    fn at(at: u64) -> Self {
+        Self {
+            base: at,
+            sent: at,
+            data: VecDeque::new(),
+            acked: RangeSet::new(),
+            lost: RangeSet::new(),
+            marks: VecDeque::new(),
+            bare_pending: VecDeque::new(),
+            bare_in_flight: 0,
+        }
+    }
+}
+
 /// The sending half of a stream.
 #[derive(Debug, Default)]
 pub struct SendBuffer {
+    /// `None` when idle: then every written byte was acknowledged (`base == sent == written`).
     inner: Option<Box<Inner>>,
-    /// Everything below was acknowledged.
-    base: u64,
-    /// Bytes below were sent at least once.
-    sent: u64,
     /// End of the written data (`base + data.len()`).
     written: u64,
-    /// The last record boundary (0: none yet).
-    last_mark: u64,
     state: u8,
 }
 
@@ -67,6 +83,8 @@ const FIN_PENDING: u8 = 2;
 const FIN_IN_FLIGHT: u8 = 4;
 const FIN_ACKED: u8 = 8;
 const RESET: u8 = 16;
+/// Bytes were written since the last record boundary (a record may end here).
+const DIRTY: u8 = 32;
 
 impl SendBuffer {
     /// An empty send side.
@@ -75,7 +93,14 @@ impl SendBuffer {
     }
 
     fn inner(&mut self) -> &mut Inner {
-        self.inner.get_or_insert_with(Default::default)
+        let written = self.written;
+        self.inner
+            .get_or_insert_with(|| Box::new(Inner::at(written)))
+    }
+
+    /// Everything below was acknowledged.
+    fn base(&self) -> u64 {
+        self.inner.as_ref().map_or(self.written, |i| i.base)
     }
 
     /// Appends bytes. The caller checks [`is_finished`](Self::is_finished) first.
@@ -86,19 +111,20 @@ impl SendBuffer {
         }
         self.inner().data.extend(data);
         self.written += data.len() as u64;
+        self.state |= DIRTY;
     }
 
     /// Ends a record at the current end of the written data. Returns false (and marks
     /// nothing) if the record would be empty: no byte was written since the last boundary.
     pub fn mark_record(&mut self) -> bool {
-        if self.state & (FINISHED | RESET) != 0 || self.written == self.last_mark {
+        if self.state & (FINISHED | RESET) != 0 || self.state & DIRTY == 0 {
             return false;
         }
-        let (written, sent) = (self.written, self.sent);
-        self.last_mark = written;
+        self.state &= !DIRTY;
+        let written = self.written;
         let inner = self.inner();
         inner.marks.push_back(written);
-        if sent == written {
+        if inner.sent == written {
             // Everything before the boundary already left: carry it on a frame of its own.
             inner.bare_pending.push_back(written);
         }
@@ -120,17 +146,17 @@ impl SendBuffer {
 
     /// Abandons every byte; returns the final size for RESET_STREAM (bytes ever sent).
     pub fn reset(&mut self) -> u64 {
+        let sent = self.sent_offset();
         self.state |= RESET;
         self.state &= !(FIN_PENDING | FIN_IN_FLIGHT);
         self.inner = None;
-        self.base = self.sent;
-        self.written = self.sent;
-        self.sent
+        self.written = sent;
+        sent
     }
 
     /// Bytes held (written and not yet acknowledged).
     pub fn buffered(&self) -> usize {
-        (self.written - self.base) as usize
+        (self.written - self.base()) as usize
     }
 
     /// End of the written data.
@@ -140,13 +166,13 @@ impl SendBuffer {
 
     /// Bytes below this offset were sent at least once.
     pub fn sent_offset(&self) -> u64 {
-        self.sent
+        self.inner.as_ref().map_or(self.written, |i| i.sent)
     }
 
     /// Whether every byte, mark and the FIN were acknowledged after `finish`.
     pub fn is_fully_acked(&self) -> bool {
         self.state & RESET != 0
-            || (self.state & FIN_ACKED != 0 && self.base == self.written && self.is_quiet())
+            || (self.state & FIN_ACKED != 0 && self.base() == self.written && self.is_quiet())
     }
 
     /// Nothing in flight or waiting besides possibly the FIN.
@@ -161,20 +187,23 @@ impl SendBuffer {
         if self.state & RESET != 0 {
             return false;
         }
+        let mut sent = self.written;
         if let Some(i) = &self.inner {
             if !i.lost.is_empty() || !i.bare_pending.is_empty() {
                 return true;
             }
+            sent = i.sent;
         }
-        if self.sent < self.written.min(limit) {
+        if sent < self.written.min(limit) {
             return true;
         }
-        self.state & FIN_PENDING != 0 && self.sent == self.written
+        self.state & FIN_PENDING != 0 && sent == self.written
     }
 
     /// Whether new bytes wait for flow-control credit beyond `limit`.
     pub fn is_blocked_at(&self, limit: u64) -> bool {
-        self.state & RESET == 0 && self.sent < self.written && self.sent >= limit
+        let sent = self.sent_offset();
+        self.state & RESET == 0 && sent < self.written && sent >= limit
     }
 
     /// The next chunk to send, at most `max` bytes of data; new data only below `limit`.
@@ -186,8 +215,9 @@ impl SendBuffer {
         }
         let written = self.written;
         let finished = self.state & FINISHED != 0;
-        // 1. Re-sends.
+        let mut start = written;
         if let Some(inner) = self.inner.as_mut() {
+            // 1. Re-sends.
             let first_lost = inner.lost.iter().next();
             if let Some(r) = first_lost {
                 let mut end = r.end.min(r.start + max as u64);
@@ -220,7 +250,7 @@ impl SendBuffer {
             // 2. Bare marks.
             if let Some(m) = inner.bare_pending.pop_front() {
                 inner.bare_in_flight += 1;
-                let fin = finished && m == written && self.sent == written;
+                let fin = finished && m == written && inner.sent == written;
                 if fin {
                     self.state = (self.state & !FIN_PENDING) | FIN_IN_FLIGHT;
                 }
@@ -232,35 +262,31 @@ impl SendBuffer {
                     fresh: false,
                 });
             }
-        }
-        // 3. New data.
-        let start = self.sent;
-        let avail_end = written.min(limit.max(start));
-        if start < avail_end && max > 0 {
-            let mut end = avail_end.min(start + max as u64);
-            let record = match self
-                .inner
-                .as_ref()
-                .and_then(|i| next_mark_after(&i.marks, start))
-            {
-                Some(m) if m <= end => {
-                    end = m;
-                    true
+            // 3. New data.
+            start = inner.sent;
+            let avail_end = written.min(limit.max(start));
+            if start < avail_end && max > 0 {
+                let mut end = avail_end.min(start + max as u64);
+                let record = match next_mark_after(&inner.marks, start) {
+                    Some(m) if m <= end => {
+                        end = m;
+                        true
+                    }
+                    _ => false,
+                };
+                inner.sent = end;
+                let fin = finished && end == written;
+                if fin {
+                    self.state = (self.state & !FIN_PENDING) | FIN_IN_FLIGHT;
                 }
-                _ => false,
-            };
-            self.sent = end;
-            let fin = finished && end == written;
-            if fin {
-                self.state = (self.state & !FIN_PENDING) | FIN_IN_FLIGHT;
+                return Some(Chunk {
+                    offset: start,
+                    len: (end - start) as usize,
+                    fin,
+                    record,
+                    fresh: true,
+                });
             }
-            return Some(Chunk {
-                offset: start,
-                len: (end - start) as usize,
-                fin,
-                record,
-                fresh: true,
-            });
         }
         // 4. A bare FIN.
         if self.state & FIN_PENDING != 0 && start == written {
@@ -282,7 +308,7 @@ impl SendBuffer {
             return;
         }
         let inner = self.inner.as_ref().expect("a chunk with data has a buffer");
-        let start = (chunk.offset - self.base) as usize;
+        let start = (chunk.offset - inner.base) as usize;
         let (a, b) = inner.data.as_slices();
         let end = start + chunk.len;
         if end <= a.len() {
@@ -303,7 +329,6 @@ impl SendBuffer {
         if fin {
             self.state = (self.state & !(FIN_IN_FLIGHT | FIN_PENDING)) | FIN_ACKED;
         }
-        let base = self.base;
         let Some(inner) = self.inner.as_mut() else {
             return;
         };
@@ -312,18 +337,30 @@ impl SendBuffer {
                 inner.bare_in_flight = inner.bare_in_flight.saturating_sub(1);
             }
         } else {
+            let base = inner.base;
             let start = offset.max(base);
             let end = offset + len as u64;
             if start < end {
-                inner.acked.insert(start..end);
-                inner.lost.remove(start..end);
-                // Release the acknowledged front.
-                if inner.acked.min() == Some(base) {
-                    let r = inner.acked.pop_min().expect("non-empty");
-                    let n = (r.end - base) as usize;
+                if !inner.lost.is_empty() {
+                    inner.lost.remove(start..end);
+                }
+                // Release the acknowledged front. (In-order acknowledgements, the common
+                // case, never touch the range set.)
+                let front_end = if start == base && inner.acked.is_empty() {
+                    Some(end)
+                } else {
+                    inner.acked.insert(start..end);
+                    if inner.acked.min() == Some(base) {
+                        inner.acked.pop_min().map(|r| r.end)
+                    } else {
+                        None
+                    }
+                };
+                if let Some(front_end) = front_end {
+                    let n = (front_end - base) as usize;
                     inner.data.drain(..n);
-                    self.base = r.end;
-                    while inner.marks.front().is_some_and(|&m| m <= r.end) {
+                    inner.base = front_end;
+                    while inner.marks.front().is_some_and(|&m| m <= front_end) {
                         inner.marks.pop_front();
                     }
                 }
@@ -341,7 +378,6 @@ impl SendBuffer {
         if fin && self.state & FIN_ACKED == 0 {
             self.state = (self.state & !FIN_IN_FLIGHT) | FIN_PENDING;
         }
-        let base = self.base;
         let Some(inner) = self.inner.as_mut() else {
             return;
         };
@@ -353,7 +389,7 @@ impl SendBuffer {
             }
             return;
         }
-        let start = offset.max(base);
+        let start = offset.max(inner.base);
         let end = offset + len as u64;
         let mut cur = start;
         // Queue the parts of start..end not acknowledged.
@@ -375,7 +411,7 @@ impl SendBuffer {
 
     /// Drops the allocation of an idle stream.
     fn release_if_idle(&mut self) {
-        if let Some(i) = &self.inner {
+        if let Some(i) = &mut self.inner {
             if i.data.is_empty()
                 && i.lost.is_empty()
                 && i.acked.is_empty()
@@ -383,10 +419,11 @@ impl SendBuffer {
                 && i.bare_in_flight == 0
                 && i.marks.is_empty()
             {
+                // Nothing is buffered, so `base == sent == written`.
+                debug_assert!(i.base == self.written && i.sent == self.written);
                 self.inner = None;
             } else if i.data.is_empty() && i.data.capacity() > 4096 {
                 // Keep the bookkeeping but give back a large buffer.
-                let i = self.inner.as_mut().expect("checked");
                 i.data = VecDeque::new();
             }
         }
@@ -533,6 +570,6 @@ mod tests {
 
     #[test]
     fn idle_send_buffer_is_small() {
-        assert!(std::mem::size_of::<SendBuffer>() <= 48);
+        assert!(std::mem::size_of::<SendBuffer>() <= 24);
     }
 }

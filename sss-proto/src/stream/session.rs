@@ -74,6 +74,8 @@ pub struct Session {
     pub(crate) data_received: u64,
     pub(crate) data_read: u64,
     pub(crate) data_window_moved_at: Option<Instant>,
+    /// Origin of the streams' time stamps (see [`stamp`](Self::stamp)): the first `now` used.
+    pub(crate) epoch: Option<Instant>,
     pub(crate) max_data_queued: bool,
     pub(crate) control: VecDeque<Control>,
     /// RESET_STREAM and STOP_SENDING of our streams beyond the peer's stream credit (reset
@@ -130,6 +132,7 @@ impl Session {
             data_received: 0,
             data_read: 0,
             data_window_moved_at: None,
+            epoch: None,
             max_data_queued: false,
             control: VecDeque::new(),
             deferred_control: Vec::new(),
@@ -192,7 +195,7 @@ impl Session {
         for (id, st) in &self.streams {
             out += &format!(
                 "  {id} (parent {:?}, {:?}, queued {}): flags {:#x} send_limit {} sent {} written {} buffered {} recv_limit {} read {} max_recv {}\n",
-                st.parent, st.kind, st.extra.as_ref().map_or(0, |e| e.accept_queue.len()), st.flags, st.send_limit, st.send.sent_offset(), st.send.write_offset(), st.send.buffered(),
+                st.parent(), st.kind, st.extra.as_ref().map_or(0, |e| e.accept_queue.len()), st.flags, st.send_limit, st.send.sent_offset(), st.send.write_offset(), st.send.buffered(),
                 st.recv_limit, st.recv.read_offset(), st.recv.max_received()
             );
         }
@@ -673,10 +676,10 @@ impl Session {
         if !full || !st.has(flag::WANTS_RECORD) || st.recv.has_pending_records() {
             return false;
         }
-        if st.recv_window >= max {
+        if st.recv_window() >= max {
             return false;
         }
-        st.recv_window = (st.recv_window * 2).min(max);
+        st.set_recv_window((st.recv_window() * 2).min(max));
         self.queue_max_stream_data(id);
         if self.data_received >= self.local_max_data.saturating_sub(self.data_window / 2)
             && self.data_window < self.config.max_session_window
@@ -731,7 +734,7 @@ impl Session {
             let read = st.recv.read_offset();
             // Announce more room once half the window is used (the new limit is computed
             // when the frame is written, after the window may have grown).
-            if st.recv_limit.saturating_sub(read) < st.recv_window / 2
+            if st.recv_limit.saturating_sub(read) < st.recv_window() / 2
                 && st.recv.final_size().is_none()
             {
                 self.queue_max_stream_data(id);
@@ -767,13 +770,15 @@ impl Session {
     pub(crate) fn autotune(&mut self, id: StreamId, now: Instant) {
         let two_rtt = self.rtt * 2;
         let max_stream = self.config.max_stream_window;
+        let stamp = self.stamp(now);
         if let Some(st) = self.streams.get_mut(&id) {
-            if let Some(prev) = st.window_moved_at {
-                if now.saturating_duration_since(prev) < two_rtt && st.recv_window < max_stream {
-                    st.recv_window = (st.recv_window * 2).min(max_stream);
+            if st.window_moved_at != 0 {
+                let elapsed = Duration::from_micros(stamp.wrapping_sub(st.window_moved_at).into());
+                if elapsed < two_rtt && st.recv_window() < max_stream {
+                    st.set_recv_window((st.recv_window() * 2).min(max_stream));
                 }
             }
-            st.window_moved_at = Some(now);
+            st.window_moved_at = stamp;
         }
         if let Some(prev) = self.data_window_moved_at {
             if now.saturating_duration_since(prev) < two_rtt
@@ -783,6 +788,17 @@ impl Session {
             }
         }
         self.data_window_moved_at = Some(now);
+    }
+
+    /// `now` in microseconds since the session's first stamp, wrapping every 2^32 µs (71.6
+    /// minutes), never 0 (0 means "never" in [`StreamState::window_moved_at`]). Streams keep
+    /// 4-byte stamps instead of 16-byte `Instant`s; they are only compared over two round trips,
+    /// so the wrap only matters for a window that last moved a multiple of 71.6 minutes ago
+    /// to within two round trips: it doubles once more (still within `max_stream_window`).
+    pub(crate) fn stamp(&mut self, now: Instant) -> u32 {
+        let epoch = *self.epoch.get_or_insert(now);
+        // Truncation is the wrap.
+        (now.saturating_duration_since(epoch).as_micros() as u32).max(1)
     }
 
     pub(crate) fn queue_max_stream_data(&mut self, id: StreamId) {
@@ -836,7 +852,7 @@ impl Session {
             .streams
             .get(&id)
             .ok_or(StreamError::UnknownStream)?
-            .parent)
+            .parent())
     }
 
     /// The (service, protocol) of a top-level stream.

@@ -1,7 +1,6 @@
 //! The state of one stream inside a session.
 
 use std::collections::VecDeque;
-use std::time::Instant;
 
 use super::datagram::Outgoing;
 use super::frames::StreamId;
@@ -10,6 +9,7 @@ use super::send_buf::SendBuffer;
 
 /// What a stream is.
 #[derive(Debug, Copy, Clone, Eq, PartialEq)]
+#[repr(u8)]
 pub(crate) enum Kind {
     /// A child of the root, opened for a (service, protocol).
     Top,
@@ -75,24 +75,35 @@ pub(crate) struct Extra {
     pub(crate) reset_code: Option<u64>,
 }
 
+/// "No parent" in [`StreamState::parent`]: not a valid stream id (ids are below 2^62).
+const ROOT: StreamId = StreamId(u64::MAX);
+
+/// Everything a session keeps for one stream. Packed for idle streams: a million open
+/// substreams are a million of these (plus the hash table's key and slack), so the size is
+/// checked by a test below.
 #[derive(Debug)]
 pub(crate) struct StreamState {
-    pub(crate) parent: Option<StreamId>,
-    pub(crate) kind: Kind,
-    pub(crate) flags: u16,
-    pub(crate) priority: i32,
+    /// The parent, or [`ROOT`] for a top-level stream (see [`parent`](Self::parent)).
+    parent: StreamId,
     pub(crate) send: SendBuffer,
     pub(crate) recv: RecvBuffer,
     /// The peer's limit on what we may send (absolute offset).
     pub(crate) send_limit: u64,
     /// Our limit on what the peer may send.
     pub(crate) recv_limit: u64,
-    /// Size of our receive window (grows with use).
-    pub(crate) recv_window: u64,
-    /// When the receive window last moved.
-    pub(crate) window_moved_at: Option<Instant>,
     pub(crate) extra: Option<Box<Extra>>,
+    pub(crate) priority: i32,
+    /// Size of our receive window (grows with use), at most [`MAX_WINDOW`].
+    recv_window: u32,
+    /// When the receive window last moved: the session's microsecond stamp (wrapping, see
+    /// `Session::stamp`), 0 if never.
+    pub(crate) window_moved_at: u32,
+    pub(crate) flags: u16,
+    pub(crate) kind: Kind,
 }
+
+/// Largest receive window of one stream (larger configured windows are capped to it).
+pub(crate) const MAX_WINDOW: u64 = u32::MAX as u64;
 
 impl StreamState {
     pub(crate) fn new(
@@ -101,8 +112,8 @@ impl StreamState {
         send_limit: u64,
         recv_window: u64,
     ) -> Self {
-        Self {
-            parent,
+        let mut st = Self {
+            parent: parent.unwrap_or(ROOT),
             kind,
             flags: 0,
             priority: 0,
@@ -110,10 +121,27 @@ impl StreamState {
             recv: RecvBuffer::new(),
             send_limit,
             recv_limit: recv_window,
-            recv_window,
-            window_moved_at: None,
+            recv_window: 0,
+            window_moved_at: 0,
             extra: None,
-        }
+        };
+        st.set_recv_window(recv_window);
+        st
+    }
+
+    /// The parent stream (`None` for a top-level stream).
+    pub(crate) fn parent(&self) -> Option<StreamId> {
+        (self.parent != ROOT).then_some(self.parent)
+    }
+
+    /// Size of our receive window.
+    pub(crate) fn recv_window(&self) -> u64 {
+        u64::from(self.recv_window)
+    }
+
+    /// Sets the receive window (capped at [`MAX_WINDOW`]).
+    pub(crate) fn set_recv_window(&mut self, w: u64) {
+        self.recv_window = w.min(MAX_WINDOW) as u32;
     }
 
     pub(crate) fn has(&self, f: u16) -> bool {
@@ -157,5 +185,31 @@ impl StreamState {
                 .extra
                 .as_ref()
                 .is_none_or(|e| e.accept_queue.is_empty() && e.datagrams.is_empty())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Idle streams stay small: the memory goal (BENCHMARKS.md, issue 3) is at most 256 bytes
+    /// per idle open stream including the hash table's key and slack.
+    #[test]
+    fn stream_state_stays_small() {
+        assert!(std::mem::size_of::<StreamState>() <= 96);
+        assert!(std::mem::size_of::<SendBuffer>() <= 24);
+        assert!(std::mem::size_of::<RecvBuffer>() <= 24);
+    }
+
+    #[test]
+    fn parent_sentinel_and_window_cap() {
+        let mut st = StreamState::new(None, Kind::Top, 0, 1 << 40);
+        assert_eq!(st.parent(), None);
+        assert_eq!(st.recv_window(), MAX_WINDOW);
+        assert_eq!(st.recv_limit, 1 << 40);
+        st.set_recv_window(1000);
+        assert_eq!(st.recv_window(), 1000);
+        let st = StreamState::new(Some(StreamId(0)), Kind::Sub, 0, 10);
+        assert_eq!(st.parent(), Some(StreamId(0)));
     }
 }

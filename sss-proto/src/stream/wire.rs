@@ -84,7 +84,7 @@ impl Session {
                         self.control.pop_front();
                         continue;
                     };
-                    st.recv_limit = st.recv_limit.max(st.recv.read_offset() + st.recv_window);
+                    st.recv_limit = st.recv_limit.max(st.recv.read_offset() + st.recv_window());
                     StreamLayerFrame::MaxStreamData {
                         id,
                         max: st.recv_limit,
@@ -194,7 +194,7 @@ impl Session {
                     }
                 }
                 Kind::Sub | Kind::Datagram => OpenInfo::Sub {
-                    parent: st.parent.unwrap_or(StreamId(0)),
+                    parent: st.parent().unwrap_or(StreamId(0)),
                     datagram: st.kind == Kind::Datagram,
                 },
             })
@@ -373,7 +373,7 @@ impl Session {
                     // It is read only whole: give it room for the largest datagram at once.
                     let max = self.config.max_datagram_size.max(window);
                     st.recv_limit = max;
-                    st.recv_window = max;
+                    st.set_recv_window(max);
                 }
                 let parent_pending = parent.side() != self.side
                     && parent.counter() >= 1
@@ -520,7 +520,7 @@ impl Session {
             return;
         };
         if st.kind == Kind::Datagram {
-            if let Some(p) = st.parent {
+            if let Some(p) = st.parent() {
                 let parent_live = self.streams.get(&p).map(|ps| ps.reset_code().is_none());
                 match parent_live {
                     Some(true) => {}
@@ -539,7 +539,7 @@ impl Session {
             let before = st.recv.read_offset();
             if let Some(data) = st.recv.read_all() {
                 let consumed = st.recv.read_offset() - before;
-                let parent = st.parent;
+                let parent = st.parent();
                 self.consumed(consumed);
                 if let Some(p) = parent.and_then(|p| self.streams.get_mut(&p)) {
                     p.extra().datagrams.push_back(data);
