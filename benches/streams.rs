@@ -1,28 +1,33 @@
 //! Stream-layer benchmarks (issue 3).
 //!
-//! (a) `substream_lifecycle` (criterion): substreams opened, written (100 bytes), finished,
-//!     delivered, answered with a FIN and forgotten on both sides, per second. Two `Session`s
-//!     talk through the `Upper` trait directly with a trivial in-memory "channel" that hands
-//!     every frame over and acknowledges everything: this measures the stream layer alone (no
-//!     AEAD, no packet numbers, no ACK frames).
-//! (b) memory per idle open stream: 100k substreams that exchanged a few bytes each way and
-//!     are idle (everything acknowledged and read), heap growth measured with a counting
-//!     global allocator (live bytes after minus before, both sessions).
+//! (a) `substream_lifecycle`: substreams opened, written (100 bytes), finished, delivered,
+//!     answered with a FIN and forgotten on both sides, per second. Two `Session`s talk
+//!     through the `Upper` trait directly with a trivial in-memory "channel" that hands every
+//!     frame over and acknowledges everything: this measures the stream layer alone (no
+//!     AEAD, no packet numbers, no ACK frames). Printed as the median of 3 runs of 200k, per
+//!     second of wall time and per second of the thread's CPU time (the machine may be shared),
+//!     with the allocator calls per lifecycle; then criterion's figure.
+//! (b) memory per idle open stream: N substreams (`SSS_IDLE_N`, default 57344, 100000 and
+//!     1000000; 57344 + the top-level stream is one past a hash-table doubling, the worst
+//!     case) that exchanged a few bytes each way and are idle (everything acknowledged and
+//!     read), heap growth measured with a counting global allocator (live bytes after minus
+//!     before, both sessions).
 //! (c) one million concurrent substreams on one session pair, each sending one 16-byte record,
 //!     all delivered and read: wall time and peak heap.
 //! (d) bulk goodput with real AEAD (ChaCha20-Poly1305) through the simulator: two
 //!     `SessionHost`s on a clean 10 Gbit/s, 1 ms link, one stream of 100 MB (`SSS_BULK_MB`),
 //!     MB/s of wall time.
 //!
-//! `cargo bench --bench streams` (criterion options after `--`; (b)-(d) print their figures
-//! after criterion's).
+//! `cargo bench --bench streams` (criterion options after `--`); `SSS_BENCH_PARTS=ab` runs
+//! only (a) and (b), say. (b) and (c) run first, while the counting allocator has seen every
+//! allocation; the timed runs of (a) and (d) run with the counting off.
 #![allow(missing_docs)]
 // criterion's macros generate undocumented functions
 // The counting allocator below needs `unsafe impl GlobalAlloc`; it only forwards to `System`.
 #![allow(unsafe_code)]
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -38,14 +43,27 @@ use sss_proto::testkit::{addr, identity};
 
 // ------------------------------------------------------------------ counting allocator
 
+/// Counts live heap bytes, the peak and allocation calls while `TRACK` is on; forwards to
+/// `System` untouched otherwise (so the timed runs of (a) pay nothing for it).
 struct Counting;
 
+static TRACK: AtomicBool = AtomicBool::new(true);
 static LIVE: AtomicUsize = AtomicUsize::new(0);
 static PEAK: AtomicUsize = AtomicUsize::new(0);
+static ALLOCS: AtomicUsize = AtomicUsize::new(0);
 
 fn grew(n: usize) {
-    let live = LIVE.fetch_add(n, Ordering::Relaxed) + n;
-    PEAK.fetch_max(live, Ordering::Relaxed);
+    if TRACK.load(Ordering::Relaxed) {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        let live = LIVE.fetch_add(n, Ordering::Relaxed) + n;
+        PEAK.fetch_max(live, Ordering::Relaxed);
+    }
+}
+
+fn shrank(n: usize) {
+    if TRACK.load(Ordering::Relaxed) {
+        LIVE.fetch_sub(n, Ordering::Relaxed);
+    }
 }
 
 // SAFETY: every call forwards to `System` with the caller's arguments; the counters are
@@ -64,7 +82,7 @@ unsafe impl GlobalAlloc for Counting {
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        shrank(layout.size());
         // SAFETY: forwarded unchanged.
         unsafe { System.dealloc(ptr, layout) }
     }
@@ -73,7 +91,7 @@ unsafe impl GlobalAlloc for Counting {
         if new_size > layout.size() {
             grew(new_size - layout.size());
         } else {
-            LIVE.fetch_sub(layout.size() - new_size, Ordering::Relaxed);
+            shrank(layout.size() - new_size);
         }
         // SAFETY: forwarded unchanged.
         unsafe { System.realloc(ptr, layout, new_size) }
@@ -83,8 +101,18 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static ALLOC: Counting = Counting;
 
+/// Live heap bytes. Only meaningful when `TRACK` stayed on since the start of the process:
+/// the parts that measure memory run before anything turns it off.
 fn live() -> usize {
     LIVE.load(Ordering::Relaxed)
+}
+
+/// CPU time this thread has run (`/proc/thread-self/schedstat`, nanoseconds), so rates can be
+/// given per CPU second on a machine shared with other jobs; `None` where unavailable.
+fn thread_cpu() -> Option<Duration> {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    let ns: u64 = s.split_whitespace().next()?.parse().ok()?;
+    Some(Duration::from_nanos(ns))
 }
 
 // ------------------------------------------------------------------ in-memory pair
@@ -182,10 +210,17 @@ fn big_config() -> SessionConfig {
 
 // ------------------------------------------------------------------ (a) lifecycle
 
-/// Runs `n` complete substream lifecycles in batches; returns the time taken.
-fn lifecycles(pair: &mut Pair, top: StreamId, n: usize, batch: usize) -> Duration {
+/// Runs `n` complete substream lifecycles in batches; returns the wall time taken and the
+/// thread's CPU time, if known.
+fn lifecycles(
+    pair: &mut Pair,
+    top: StreamId,
+    n: usize,
+    batch: usize,
+) -> (Duration, Option<Duration>) {
     let payload = [0x42u8; 100];
     let mut buf = [0u8; 256];
+    let cpu = thread_cpu();
     let start = Instant::now();
     let mut done = 0;
     while done < n {
@@ -220,9 +255,10 @@ fn lifecycles(pair: &mut Pair, top: StreamId, n: usize, batch: usize) -> Duratio
         done += k;
     }
     let t = start.elapsed();
+    let cpu = cpu.and_then(|c0| Some(thread_cpu()?.saturating_sub(c0)));
     assert_eq!(pair.s[0].stream_count(), 1, "A forgot every substream");
     assert_eq!(pair.s[1].stream_count(), 1, "B forgot every substream");
-    t
+    (t, cpu)
 }
 
 fn bench_lifecycle(c: &mut Criterion) {
@@ -235,7 +271,7 @@ fn bench_lifecycle(c: &mut Criterion) {
         b.iter_custom(|iters| {
             let mut total = Duration::ZERO;
             for _ in 0..iters {
-                total += lifecycles(&mut pair, top, BATCH, BATCH);
+                total += lifecycles(&mut pair, top, BATCH, BATCH).0;
             }
             total
         });
@@ -406,41 +442,33 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn main() {
     let mut c = Criterion::default().configure_from_args();
-    bench_lifecycle(&mut c);
-    c.final_summary();
     // `cargo test --benches` runs this binary with `--bench` absent: keep that quick.
     if !std::env::args().any(|a| a == "--bench") {
+        bench_lifecycle(&mut c);
         return;
     }
 
-    println!("\n== stream layer figures (in-memory Upper pair unless said) ==");
+    println!("== stream layer figures (in-memory Upper pair unless said) ==");
     // SSS_BENCH_PARTS=bd runs only (b) and (d), say.
     let parts = std::env::var("SSS_BENCH_PARTS").unwrap_or_else(|_| "abcd".into());
-    if parts.contains('a') {
-        let runs: Vec<f64> = (0..3)
-            .map(|_| {
-                let mut pair = Pair::new(SessionConfig::default());
-                let top = pair.top();
-                let n = 200_000;
-                n as f64 / lifecycles(&mut pair, top, n, 1000).as_secs_f64()
-            })
-            .collect();
-        println!(
-            "(a) substream lifecycles (open, write 100 B, finish, deliver, FIN back, forget): \
-         median {:.0}/s of 3 runs of 200k {:?}",
-            median(runs.clone()),
-            runs.iter().map(|r| r.round()).collect::<Vec<_>>()
-        );
-    }
+    let median_of = |v: &[f64]| median(v.to_vec());
+    let rounded = |v: &[f64]| v.iter().map(|r| r.round()).collect::<Vec<_>>();
 
+    // The memory figures come first, while the counting allocator has tracked every
+    // allocation since the process started.
     if parts.contains('b') {
-        let n = 100_000;
-        let (both, alive) = idle_memory(n);
-        println!(
-            "(b) idle open streams: {n} substreams ({alive} alive at A) that exchanged 5 bytes \
-         each way: {both} bytes heap per stream for both ends, {} per end",
-            both / 2
-        );
+        let ns: Vec<usize> = std::env::var("SSS_IDLE_N")
+            .ok()
+            .map(|s| s.split(',').filter_map(|x| x.trim().parse().ok()).collect())
+            .unwrap_or_else(|| vec![57_344, 100_000, 1_000_000]);
+        for n in ns {
+            let (both, alive) = idle_memory(n);
+            println!(
+                "(b) idle open streams: {n} substreams ({alive} alive at A) that exchanged 5 \
+                 bytes each way: {both} bytes heap per stream for both ends, {} per end",
+                both / 2
+            );
+        }
     }
 
     if parts.contains('c') {
@@ -452,6 +480,53 @@ fn main() {
             t.as_secs_f64(),
             peak as f64 / (1 << 20) as f64
         );
+    }
+
+    if parts.contains('a') {
+        // Allocator calls per lifecycle (steady state: after a warm-up of 10k).
+        let mut pair = Pair::new(SessionConfig::default());
+        let top = pair.top();
+        lifecycles(&mut pair, top, 10_000, 1000);
+        let before = ALLOCS.load(Ordering::Relaxed);
+        let n = 100_000;
+        lifecycles(&mut pair, top, n, 1000);
+        let allocs = (ALLOCS.load(Ordering::Relaxed) - before) as f64 / n as f64;
+        drop(pair);
+        // The timed runs do not pay for the counting.
+        TRACK.store(false, Ordering::Relaxed);
+        let runs: Vec<(f64, Option<f64>)> = (0..3)
+            .map(|_| {
+                let mut pair = Pair::new(SessionConfig::default());
+                let top = pair.top();
+                let n = 200_000;
+                let (wall, cpu) = lifecycles(&mut pair, top, n, 1000);
+                (
+                    n as f64 / wall.as_secs_f64(),
+                    cpu.map(|c| n as f64 / c.as_secs_f64()),
+                )
+            })
+            .collect();
+        let wall: Vec<f64> = runs.iter().map(|r| r.0).collect();
+        let cpu: Vec<f64> = runs.iter().filter_map(|r| r.1).collect();
+        println!(
+            "(a) substream lifecycles (open, write 100 B, finish, deliver, FIN back, forget), \
+             3 runs of 200k: median {:.0}/s of wall time {:?}; median {:.0}/s of thread CPU \
+             time {:?}; {allocs:.2} allocator calls per lifecycle",
+            median_of(&wall),
+            rounded(&wall),
+            if cpu.is_empty() {
+                f64::NAN
+            } else {
+                median_of(&cpu)
+            },
+            rounded(&cpu),
+        );
+    }
+    TRACK.store(false, Ordering::Relaxed);
+
+    if parts.contains('a') {
+        bench_lifecycle(&mut c);
+        c.final_summary();
     }
 
     if parts.contains('d') {

@@ -112,7 +112,13 @@ impl RangeSet {
 
     /// Whether `x` is a member.
     pub fn contains(&self, x: u64) -> bool {
-        self.pred(x).is_some_and(|(_, e)| e > x)
+        // Fast path: most queries fall in or after the last range (stream counters opened in
+        // order, packet numbers near the newest).
+        match self.map.last_key_value() {
+            None => false,
+            Some((&s, &e)) if x >= s => x < e,
+            Some(_) => self.pred(x).is_some_and(|(_, e)| e > x),
+        }
     }
 
     /// The smallest member.

@@ -19,6 +19,32 @@ use super::{ErrorCode, IdHasher, LinkStatus, SessionConfig, SessionEvent, Stream
 use crate::identity::Eid;
 use crate::ranges::RangeSet;
 
+/// The streams of a session by id.
+pub(crate) type StreamMap = HashMap<StreamId, StreamState, BuildHasherDefault<IdHasher>>;
+
+/// `id`'s state unless it is unknown or reset (a function of the map alone, so callers can
+/// keep using the session's other fields while they hold the state).
+pub(crate) fn live_in(
+    streams: &mut StreamMap,
+    id: StreamId,
+) -> Result<&mut StreamState, StreamError> {
+    let st = streams.get_mut(&id).ok_or(StreamError::UnknownStream)?;
+    if let Some(code) = st.reset_code() {
+        return Err(StreamError::Reset(code));
+    }
+    Ok(st)
+}
+
+/// Puts `id` (whose state is `st`) in the send queue unless it is queued or blocked.
+pub(crate) fn schedule_in(scheduler: &mut Scheduler, st: &mut StreamState, id: StreamId) {
+    if st.has(flag::SCHEDULED | flag::CREDIT_BLOCKED | flag::STREAM_BLOCKED | flag::SESSION_BLOCKED)
+    {
+        return;
+    }
+    st.set(flag::SCHEDULED);
+    scheduler.push(id, st.priority);
+}
+
 /// Control frames waiting to be sent.
 #[derive(Debug, Copy, Clone, Eq, PartialEq)]
 pub(crate) enum Control {
@@ -53,7 +79,7 @@ pub struct Session {
     pub(crate) side: bool,
     pub(crate) local_session_id: u64,
     pub(crate) remote_session_id: Option<u64>,
-    pub(crate) streams: HashMap<StreamId, StreamState, BuildHasherDefault<IdHasher>>,
+    pub(crate) streams: StreamMap,
     /// Next counter of a stream we open.
     pub(crate) next_counter: u64,
     /// Streams we may open: counters below this.
@@ -405,8 +431,8 @@ impl Session {
             self.config.initial_max_stream_data,
         );
         st.set(flag::ACCEPTED);
+        schedule_in(&mut self.scheduler, &mut st, id);
         self.streams.insert(id, st);
-        self.schedule(id);
         Ok(id)
     }
 
@@ -419,29 +445,14 @@ impl Session {
     }
 
     fn live_mut(&mut self, id: StreamId) -> Result<&mut StreamState, StreamError> {
-        let st = self
-            .streams
-            .get_mut(&id)
-            .ok_or(StreamError::UnknownStream)?;
-        if let Some(code) = st.reset_code() {
-            return Err(StreamError::Reset(code));
-        }
-        Ok(st)
+        live_in(&mut self.streams, id)
     }
 
     /// Puts `id` in the send queue if it has something to send and is not queued or blocked.
     pub(crate) fn schedule(&mut self, id: StreamId) {
-        let Some(st) = self.streams.get_mut(&id) else {
-            return;
-        };
-        if st.has(
-            flag::SCHEDULED | flag::CREDIT_BLOCKED | flag::STREAM_BLOCKED | flag::SESSION_BLOCKED,
-        ) {
-            return;
+        if let Some(st) = self.streams.get_mut(&id) {
+            schedule_in(&mut self.scheduler, st, id);
         }
-        st.set(flag::SCHEDULED);
-        let p = st.priority;
-        self.scheduler.push(id, p);
     }
 
     // ------------------------------------------------------------ writing
@@ -456,8 +467,9 @@ impl Session {
     /// Queues bytes for sending; returns how many were taken (fewer than `data.len()` when
     /// the stream's send buffer is full: wait for [`SessionEvent::Writable`]).
     pub fn write(&mut self, id: StreamId, data: &[u8]) -> Result<usize, StreamError> {
-        let cap = self.write_capacity(id);
-        let st = self.live_mut(id)?;
+        let send_buffer = self.config.send_buffer;
+        let st = live_in(&mut self.streams, id)?;
+        let cap = send_buffer.saturating_sub(st.send.buffered());
         if st.send.is_finished() || st.has(flag::SEND_RESET) {
             return Err(StreamError::Finished);
         }
@@ -470,7 +482,7 @@ impl Session {
             return Ok(0);
         }
         st.send.write(&data[..n]);
-        self.schedule(id);
+        schedule_in(&mut self.scheduler, st, id);
         Ok(n)
     }
 
@@ -478,7 +490,7 @@ impl Session {
     /// [`write`](Self::write) form the head of the record. All of `data` is taken (records are
     /// atomic), even beyond the send buffer's nominal capacity.
     pub fn write_record(&mut self, id: StreamId, data: &[u8]) -> Result<(), StreamError> {
-        let st = self.live_mut(id)?;
+        let st = live_in(&mut self.streams, id)?;
         if st.send.is_finished() || st.has(flag::SEND_RESET) {
             return Err(StreamError::Finished);
         }
@@ -489,7 +501,7 @@ impl Session {
         if !st.send.mark_record() {
             return Err(StreamError::EmptyRecord);
         }
-        self.schedule(id);
+        schedule_in(&mut self.scheduler, st, id);
         Ok(())
     }
 
@@ -533,11 +545,11 @@ impl Session {
 
     /// Ends our sending direction after the data written so far.
     pub fn finish(&mut self, id: StreamId) -> Result<(), StreamError> {
-        let st = self.live_mut(id)?;
+        let st = live_in(&mut self.streams, id)?;
         if !st.send.is_finished() {
             st.send.finish();
         }
-        self.schedule(id);
+        schedule_in(&mut self.scheduler, st, id);
         Ok(())
     }
 
@@ -627,10 +639,14 @@ impl Session {
     /// Reads bytes, never across a record boundary. `Ok(0)` means nothing is readable now
     /// (or the end, see [`at_end`](Self::at_end)).
     pub fn read(&mut self, id: StreamId, buf: &mut [u8]) -> Result<usize, StreamError> {
-        let st = self.live_mut(id)?;
+        let st = live_in(&mut self.streams, id)?;
         let n = st.recv.read(buf);
         st.clear(flag::READABLE_NOTIFIED | flag::WANTS_RECORD);
-        self.on_read(id, n as u64);
+        let done = note_read(st, id, n as u64, &mut self.control);
+        self.consumed(n as u64);
+        if done {
+            self.remove_done(id);
+        }
         Ok(n)
     }
 
@@ -646,7 +662,7 @@ impl Session {
         id: StreamId,
         max: usize,
     ) -> Result<Option<(Vec<u8>, bool)>, StreamError> {
-        let st = self.live_mut(id)?;
+        let st = live_in(&mut self.streams, id)?;
         let before = st.recv.read_offset();
         let r = st.recv.read_record(max);
         let consumed = st.recv.read_offset() - before;
@@ -656,8 +672,11 @@ impl Session {
         } else {
             st.clear(flag::WANTS_RECORD);
         }
-        self.on_read(id, consumed);
-        if r.is_none() {
+        let done = note_read(st, id, consumed, &mut self.control);
+        self.consumed(consumed);
+        if done {
+            self.remove_done(id);
+        } else if r.is_none() {
             self.grow_for_record(id);
         }
         Ok(r)
@@ -722,27 +741,6 @@ impl Session {
             .map_or(0, |e| e.datagrams.len()))
     }
 
-    /// Accounts `n` bytes read from `id` and moves the receive windows.
-    fn on_read(&mut self, id: StreamId, n: u64) {
-        if n == 0 {
-            self.forget_if_done(id);
-            return;
-        }
-        self.consumed(n);
-        if let Some(st) = self.streams.get_mut(&id) {
-            st.clear(flag::BLOCKED_NOTIFIED);
-            let read = st.recv.read_offset();
-            // Announce more room once half the window is used (the new limit is computed
-            // when the frame is written, after the window may have grown).
-            if st.recv_limit.saturating_sub(read) < st.recv_window() / 2
-                && st.recv.final_size().is_none()
-            {
-                self.queue_max_stream_data(id);
-            }
-        }
-        self.forget_if_done(id);
-    }
-
     /// Queues a RESET_STREAM or STOP_SENDING, holding back those of our streams the peer
     /// cannot know yet (beyond its stream credit).
     pub(crate) fn queue_control(&mut self, c: Control) {
@@ -803,10 +801,7 @@ impl Session {
 
     pub(crate) fn queue_max_stream_data(&mut self, id: StreamId) {
         if let Some(st) = self.streams.get_mut(&id) {
-            if !st.has(flag::MAX_DATA_QUEUED) && !st.has(flag::RECV_RESET) {
-                st.set(flag::MAX_DATA_QUEUED);
-                self.control.push_back(Control::MaxStreamData(id));
-            }
+            queue_max_stream_data_in(&mut self.control, st, id);
         }
     }
 
@@ -880,17 +875,20 @@ impl Session {
     /// Forgets a stream whose both directions are over, returning stream credit to the peer
     /// for streams it opened.
     pub(crate) fn forget_if_done(&mut self, id: StreamId) {
-        let Some(st) = self.streams.get(&id) else {
+        if self.streams.get(&id).is_some_and(StreamState::is_done) {
+            self.remove_done(id);
+        }
+    }
+
+    /// Forgets `id`, which [`StreamState::is_done`] (the caller checked), returning stream
+    /// credit to the peer for streams it opened.
+    pub(crate) fn remove_done(&mut self, id: StreamId) {
+        let Some(st) = self.streams.remove(&id) else {
             return;
         };
-        if !st.is_done() {
-            return;
-        }
-        let priority = st.priority;
-        let scheduled = st.has(flag::SCHEDULED);
-        self.streams.remove(&id);
-        if scheduled {
-            self.scheduler.remove(id, priority);
+        debug_assert!(st.is_done());
+        if st.has(flag::SCHEDULED) {
+            self.scheduler.remove(id, st.priority);
         }
         self.reassembly.forget_stream(id.0);
         if id.side() != self.side {
@@ -898,4 +896,34 @@ impl Session {
             self.max_streams_queued = true;
         }
     }
+}
+
+/// Queues a MAX_STREAM_DATA for `id` (state `st`) unless one is queued or the receiving side
+/// is reset.
+pub(crate) fn queue_max_stream_data_in(
+    control: &mut VecDeque<Control>,
+    st: &mut StreamState,
+    id: StreamId,
+) {
+    if !st.has(flag::MAX_DATA_QUEUED) && !st.has(flag::RECV_RESET) {
+        st.set(flag::MAX_DATA_QUEUED);
+        control.push_back(Control::MaxStreamData(id));
+    }
+}
+
+/// After the application read `n` bytes of `st`: queues a window update once half the
+/// window is used (the new limit is computed when the frame is written, after the window may
+/// have grown). Returns whether the stream is over and can be forgotten. (The session window
+/// is the caller's: [`Session::consumed`].)
+fn note_read(st: &mut StreamState, id: StreamId, n: u64, control: &mut VecDeque<Control>) -> bool {
+    if n > 0 {
+        st.clear(flag::BLOCKED_NOTIFIED);
+        let read = st.recv.read_offset();
+        if st.recv_limit.saturating_sub(read) < st.recv_window() / 2
+            && st.recv.final_size().is_none()
+        {
+            queue_max_stream_data_in(control, st, id);
+        }
+    }
+    st.is_done()
 }

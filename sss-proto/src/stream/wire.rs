@@ -1,12 +1,13 @@
 //! The session as a channel's upper layer: building stream-layer frames into packets,
 //! handling received ones, and re-queueing what was lost.
 
+use std::collections::VecDeque;
 use std::time::Instant;
 
 use super::frames::{
     DatagramFrame, OpenInfo, StreamFrame, StreamFrameError, StreamId, StreamLayerFrame,
 };
-use super::session::{Control, Session};
+use super::session::{schedule_in, Control, Session};
 use super::state::{flag, Kind, StreamState};
 use super::{ErrorCode, SessionEvent};
 use crate::channel::{CloseCode, Upper, UpperError};
@@ -127,158 +128,6 @@ impl Session {
         self.local_max_data = self.local_max_data.max(self.data_read + self.data_window);
     }
 
-    /// Writes one frame for stream `id` (a datagram fragment or stream data). Returns whether
-    /// the stream still has something to send now.
-    fn write_stream(
-        &mut self,
-        id: StreamId,
-        buf: &mut Vec<u8>,
-        limit: usize,
-        metas: &mut Vec<SentFrame>,
-    ) -> StreamTurn {
-        let side = self.side;
-        let peer_max_streams = self.peer_max_streams;
-        let session_room = self.peer_max_data.saturating_sub(self.data_sent);
-        let Some(st) = self.streams.get_mut(&id) else {
-            return StreamTurn::Gone;
-        };
-        if id.side() == side && id.counter() >= peer_max_streams {
-            return StreamTurn::CreditBlocked;
-        }
-        let space = limit.saturating_sub(buf.len());
-        // Best-effort datagrams first: they are latency-sensitive and never re-sent. (Once the
-        // stream's OPEN has left: the peer drops datagrams of streams it does not know.)
-        let announced = st.has(flag::OPEN_ACKED) || st.has(flag::OPEN_IN_FLIGHT);
-        if let Some(out) = st
-            .extra
-            .as_mut()
-            .and_then(|e| e.outgoing.as_mut())
-            .filter(|_| announced)
-        {
-            if let Some((dgram, total, frag)) = out.peek() {
-                let Some(max) = DatagramFrame::max_data_len(id, dgram, total, frag, space)
-                    .filter(|&m| m > 0 || total == frag)
-                else {
-                    return StreamTurn::NoRoom;
-                };
-                if let Some(f) = out.next_fragment(max) {
-                    let n = f.data.len();
-                    DatagramFrame::write_header(
-                        buf,
-                        id,
-                        f.datagram_id,
-                        f.total_len,
-                        f.frag_offset,
-                        n,
-                    );
-                    buf.extend_from_slice(&f.data);
-                    // The next turn finds out whether anything else waits.
-                    return StreamTurn::More;
-                }
-            }
-        }
-        let open_names;
-        let open = if st.has(flag::OPEN_ACKED) {
-            None
-        } else {
-            Some(match st.kind {
-                Kind::Top => {
-                    open_names = st
-                        .extra
-                        .as_ref()
-                        .and_then(|e| e.names.clone())
-                        .unwrap_or_default();
-                    OpenInfo::Top {
-                        service: &open_names.0,
-                        protocol: &open_names.1,
-                    }
-                }
-                Kind::Sub | Kind::Datagram => OpenInfo::Sub {
-                    parent: st.parent().unwrap_or(StreamId(0)),
-                    datagram: st.kind == Kind::Datagram,
-                },
-            })
-        };
-        if st.has(flag::SEND_RESET) {
-            // Nothing to send, not even an OPEN announcement: if the peer never saw the
-            // stream, our RESET_STREAM tells it all it needs.
-            return StreamTurn::Done;
-        }
-        let stream_limit = st.send_limit;
-        let flow_limit = stream_limit.min(st.send.sent_offset().saturating_add(session_room));
-        if open.is_some() && !st.has(flag::OPEN_IN_FLIGHT) && !st.send.has_pending(flow_limit) {
-            // Nothing to carry the OPEN: announce the stream with an empty frame, so that its
-            // substreams (which may already be on their way) find their parent.
-            let offset = st.send.sent_offset();
-            if StreamFrame::overhead(id, offset, open.as_ref(), 0) > space {
-                return StreamTurn::NoRoom;
-            }
-            StreamFrame::write_header(buf, id, offset, 0, false, false, open.as_ref());
-            st.set(flag::OPEN_IN_FLIGHT);
-            metas.push(SentFrame::Stream {
-                id,
-                offset,
-                len: 0,
-                fin: false,
-                record: false,
-                open: true,
-            });
-            return StreamTurn::More;
-        }
-        if !st.send.has_pending(flow_limit) {
-            return if st.send.has_pending(u64::MAX) {
-                if flow_limit >= stream_limit {
-                    StreamTurn::StreamBlocked
-                } else {
-                    StreamTurn::SessionBlocked
-                }
-            } else {
-                StreamTurn::Done
-            };
-        }
-        let Some(max) = StreamFrame::max_data_len(id, st.send.write_offset(), open.as_ref(), space)
-        else {
-            return StreamTurn::NoRoom;
-        };
-        let Some(chunk) = st.send.next_chunk(max, flow_limit) else {
-            // Room for a header but not one data byte: the data waits for the next packet.
-            return if st.send.has_pending(flow_limit) {
-                StreamTurn::NoRoom
-            } else {
-                StreamTurn::Done
-            };
-        };
-        StreamFrame::write_header(
-            buf,
-            id,
-            chunk.offset,
-            chunk.len,
-            chunk.fin,
-            chunk.record,
-            open.as_ref(),
-        );
-        st.send.copy_to(&chunk, buf);
-        if open.is_some() {
-            st.set(flag::OPEN_IN_FLIGHT);
-        }
-        metas.push(SentFrame::Stream {
-            id,
-            offset: chunk.offset,
-            len: chunk.len as u32,
-            fin: chunk.fin,
-            record: chunk.record,
-            open: open.is_some(),
-        });
-        let new_bytes = if chunk.fresh { chunk.len as u64 } else { 0 };
-        let more = st.send.has_pending(u64::MAX) || st.has_outgoing_datagrams();
-        self.data_sent += new_bytes;
-        if more {
-            StreamTurn::More
-        } else {
-            StreamTurn::Done
-        }
-    }
-
     /// A STREAM frame arrived.
     fn on_stream_frame(&mut self, now: Instant, f: &StreamFrame<'_>) -> Result<(), UpperError> {
         let id = f.id;
@@ -314,7 +163,15 @@ impl Session {
             .insert(f.offset, f.data, f.record, f.fin, limit)
             .map_err(|e| violation(format!("stream {id}: {e}")))?;
         self.data_received += new;
-        self.after_receive(id);
+        if st.kind == Kind::Datagram {
+            self.after_receive(id);
+        } else {
+            // `after_receive` without looking the stream up again.
+            let full = notify_readable(st, id, &mut self.events);
+            if full {
+                self.after_receive_full(id);
+            }
+        }
         Ok(())
     }
 
@@ -387,7 +244,7 @@ impl Session {
                     // The parent's OPEN is still on its way (substreams need no round trip,
                     // so their frames may overtake it): hold the child until it arrives.
                     self.orphans.entry(parent).or_default().push(id);
-                } else if !self.adopt(parent, id) {
+                } else if !self.adopt(parent, id, datagram) {
                     // Refused: it stays, reset, until the peer's final size is known, and
                     // children that arrived before it are refused too.
                     self.refuse_orphans_of(id);
@@ -395,9 +252,18 @@ impl Session {
             }
         }
         // Children that arrived before this stream.
-        if let Some(children) = self.orphans.remove(&id) {
+        let children = if self.orphans.is_empty() {
+            None
+        } else {
+            self.orphans.remove(&id)
+        };
+        if let Some(children) = children {
             for child in children {
-                if self.adopt(id, child) {
+                let datagram = self
+                    .streams
+                    .get(&child)
+                    .is_some_and(|c| c.kind == Kind::Datagram);
+                if self.adopt(id, child, datagram) {
                     self.after_receive(child);
                 }
             }
@@ -425,11 +291,7 @@ impl Session {
     /// Hands the new peer substream `child` to its `parent`'s accept queue (or, for a
     /// reliable datagram, lets it deliver into the parent's datagram queue). Refuses it with a
     /// reset if the parent is gone or refuses substreams; returns whether it lives.
-    fn adopt(&mut self, parent: StreamId, child: StreamId) -> bool {
-        let datagram = self
-            .streams
-            .get(&child)
-            .is_some_and(|c| c.kind == Kind::Datagram);
+    fn adopt(&mut self, parent: StreamId, child: StreamId, datagram: bool) -> bool {
         let refusal = match self.streams.get_mut(&parent) {
             None => Some(ErrorCode::NO_PARENT),
             Some(p) if p.reset_code().is_some() => Some(ErrorCode::NO_PARENT),
@@ -550,20 +412,21 @@ impl Session {
             }
             return;
         }
-        let readable =
-            st.recv.bytes_available() > 0 || st.recv.has_pending_records() || st.recv.at_end();
-        if readable && !st.has(flag::READABLE_NOTIFIED) {
-            st.set(flag::READABLE_NOTIFIED);
-            self.events.push_back(SessionEvent::Readable(id));
+        if notify_readable(st, id, &mut self.events) {
+            self.after_receive_full(id);
         }
-        let full = st.recv.max_received() >= st.recv_limit;
-        if full && self.grow_for_record(id) {
+    }
+
+    /// After data arrived on `id` and filled its window: grow it for a record the application
+    /// waits for, or tell the application the stream is blocked.
+    fn after_receive_full(&mut self, id: StreamId) {
+        if self.grow_for_record(id) {
             return;
         }
         let Some(st) = self.streams.get_mut(&id) else {
             return;
         };
-        if full && !st.has(flag::BLOCKED_NOTIFIED) {
+        if !st.has(flag::BLOCKED_NOTIFIED) {
             // Nothing more will come until the application reads (a record longer than
             // `max_stream_window` must be read with `read`).
             st.set(flag::BLOCKED_NOTIFIED);
@@ -582,12 +445,183 @@ impl Session {
     }
 }
 
+/// Tells the application (once) that `id` (state `st`) has something to read; returns
+/// whether its receive window is full.
+fn notify_readable(
+    st: &mut StreamState,
+    id: StreamId,
+    events: &mut VecDeque<SessionEvent>,
+) -> bool {
+    if !st.has(flag::READABLE_NOTIFIED)
+        && (st.recv.bytes_available() > 0 || st.recv.has_pending_records() || st.recv.at_end())
+    {
+        st.set(flag::READABLE_NOTIFIED);
+        events.push_back(SessionEvent::Readable(id));
+    }
+    st.recv.max_received() >= st.recv_limit
+}
+
+/// What a stream's turn needs to know of its session.
+struct TurnLimits {
+    /// Our side bit in stream ids.
+    side: bool,
+    /// Streams we may open: counters below this.
+    peer_max_streams: u64,
+    /// New bytes the session may still send.
+    session_room: u64,
+}
+
+/// Writes one frame for stream `id` (state `st`): a datagram fragment or stream data. Returns
+/// whether the stream still has something to send now, and the new (flow-controlled) bytes
+/// the frame carried.
+fn write_stream(
+    st: &mut StreamState,
+    id: StreamId,
+    lim: &TurnLimits,
+    buf: &mut Vec<u8>,
+    limit: usize,
+    metas: &mut Vec<SentFrame>,
+) -> (StreamTurn, u64) {
+    let TurnLimits {
+        side,
+        peer_max_streams,
+        session_room,
+    } = *lim;
+    if id.side() == side && id.counter() >= peer_max_streams {
+        return (StreamTurn::CreditBlocked, 0);
+    }
+    let space = limit.saturating_sub(buf.len());
+    // Best-effort datagrams first: they are latency-sensitive and never re-sent. (Once the
+    // stream's OPEN has left: the peer drops datagrams of streams it does not know.)
+    let announced = st.has(flag::OPEN_ACKED) || st.has(flag::OPEN_IN_FLIGHT);
+    if let Some(out) = st
+        .extra
+        .as_mut()
+        .and_then(|e| e.outgoing.as_mut())
+        .filter(|_| announced)
+    {
+        if let Some((dgram, total, frag)) = out.peek() {
+            let Some(max) = DatagramFrame::max_data_len(id, dgram, total, frag, space)
+                .filter(|&m| m > 0 || total == frag)
+            else {
+                return (StreamTurn::NoRoom, 0);
+            };
+            if let Some(f) = out.next_fragment(max) {
+                let n = f.data.len();
+                DatagramFrame::write_header(buf, id, f.datagram_id, f.total_len, f.frag_offset, n);
+                buf.extend_from_slice(&f.data);
+                // The next turn finds out whether anything else waits.
+                return (StreamTurn::More, 0);
+            }
+        }
+    }
+    let open_names;
+    let open = if st.has(flag::OPEN_ACKED) {
+        None
+    } else {
+        Some(match st.kind {
+            Kind::Top => {
+                open_names = st
+                    .extra
+                    .as_ref()
+                    .and_then(|e| e.names.clone())
+                    .unwrap_or_default();
+                OpenInfo::Top {
+                    service: &open_names.0,
+                    protocol: &open_names.1,
+                }
+            }
+            Kind::Sub | Kind::Datagram => OpenInfo::Sub {
+                parent: st.parent().unwrap_or(StreamId(0)),
+                datagram: st.kind == Kind::Datagram,
+            },
+        })
+    };
+    if st.has(flag::SEND_RESET) {
+        // Nothing to send, not even an OPEN announcement: if the peer never saw the
+        // stream, our RESET_STREAM tells it all it needs.
+        return (StreamTurn::Done, 0);
+    }
+    let stream_limit = st.send_limit;
+    let flow_limit = stream_limit.min(st.send.sent_offset().saturating_add(session_room));
+    if open.is_some() && !st.has(flag::OPEN_IN_FLIGHT) && !st.send.has_pending(flow_limit) {
+        // Nothing to carry the OPEN: announce the stream with an empty frame, so that its
+        // substreams (which may already be on their way) find their parent.
+        let offset = st.send.sent_offset();
+        if StreamFrame::overhead(id, offset, open.as_ref(), 0) > space {
+            return (StreamTurn::NoRoom, 0);
+        }
+        StreamFrame::write_header(buf, id, offset, 0, false, false, open.as_ref());
+        st.set(flag::OPEN_IN_FLIGHT);
+        metas.push(SentFrame::Stream {
+            id,
+            offset,
+            len: 0,
+            fin: false,
+            record: false,
+            open: true,
+        });
+        return (StreamTurn::More, 0);
+    }
+    if !st.send.has_pending(flow_limit) {
+        let turn = if st.send.has_pending(u64::MAX) {
+            if flow_limit >= stream_limit {
+                StreamTurn::StreamBlocked
+            } else {
+                StreamTurn::SessionBlocked
+            }
+        } else {
+            StreamTurn::Done
+        };
+        return (turn, 0);
+    }
+    let Some(max) = StreamFrame::max_data_len(id, st.send.write_offset(), open.as_ref(), space)
+    else {
+        return (StreamTurn::NoRoom, 0);
+    };
+    let Some(chunk) = st.send.next_chunk(max, flow_limit) else {
+        // Room for a header but not one data byte: the data waits for the next packet.
+        return if st.send.has_pending(flow_limit) {
+            (StreamTurn::NoRoom, 0)
+        } else {
+            (StreamTurn::Done, 0)
+        };
+    };
+    StreamFrame::write_header(
+        buf,
+        id,
+        chunk.offset,
+        chunk.len,
+        chunk.fin,
+        chunk.record,
+        open.as_ref(),
+    );
+    st.send.copy_to(&chunk, buf);
+    if open.is_some() {
+        st.set(flag::OPEN_IN_FLIGHT);
+    }
+    metas.push(SentFrame::Stream {
+        id,
+        offset: chunk.offset,
+        len: chunk.len as u32,
+        fin: chunk.fin,
+        record: chunk.record,
+        open: open.is_some(),
+    });
+    let new_bytes = if chunk.fresh { chunk.len as u64 } else { 0 };
+    let more = st.send.has_pending(u64::MAX) || st.has_outgoing_datagrams();
+    if more {
+        (StreamTurn::More, new_bytes)
+    } else {
+        (StreamTurn::Done, new_bytes)
+    }
+}
+
 /// What happened on one stream's turn in the scheduler.
 enum StreamTurn {
     More,
     Done,
     NoRoom,
-    Gone,
     CreditBlocked,
     StreamBlocked,
     SessionBlocked,
@@ -613,29 +647,37 @@ impl Upper for Session {
         let limit = buf.len() + space;
         self.write_control(now, buf, limit, metas);
         while let Some((id, _)) = self.scheduler.pop() {
-            let turn = self.write_stream(id, buf, limit, metas);
+            let lim = TurnLimits {
+                side: self.side,
+                peer_max_streams: self.peer_max_streams,
+                session_room: self.peer_max_data.saturating_sub(self.data_sent),
+            };
             let Some(st) = self.streams.get_mut(&id) else {
                 continue;
             };
+            let (turn, new_bytes) = write_stream(st, id, &lim, buf, limit, metas);
+            self.data_sent += new_bytes;
             st.clear(flag::SCHEDULED);
             let mut stop = false;
-            let done = matches!(turn, StreamTurn::Done);
+            let mut forget = false;
             match turn {
                 StreamTurn::More if st.kind == Kind::Datagram => {
                     st.set(flag::SCHEDULED);
-                    let p = st.priority;
-                    self.scheduler.push_front(id, p);
+                    self.scheduler.push_front(id, st.priority);
                 }
-                StreamTurn::More => self.schedule(id),
+                StreamTurn::More => schedule_in(&mut self.scheduler, st, id),
                 StreamTurn::NoRoom => {
-                    self.schedule(id);
+                    schedule_in(&mut self.scheduler, st, id);
                     stop = true;
                 }
-                StreamTurn::Done | StreamTurn::Gone => {
+                StreamTurn::Done => {
                     if st.has(flag::WRITABLE_WANTED) {
                         st.clear(flag::WRITABLE_WANTED);
                         self.events.push_back(SessionEvent::Writable(id));
                     }
+                    // The last best-effort datagram may leave after everything else was
+                    // acknowledged: nothing else would forget the stream then.
+                    forget = st.is_done();
                 }
                 StreamTurn::CreditBlocked => {
                     st.set(flag::CREDIT_BLOCKED);
@@ -650,10 +692,8 @@ impl Upper for Session {
                     }
                 }
             }
-            if done {
-                // The last best-effort datagram may leave after everything else was
-                // acknowledged: nothing else would forget the stream then.
-                self.forget_if_done(id);
+            if forget {
+                self.remove_done(id);
             }
             if stop || limit.saturating_sub(buf.len()) < 8 {
                 break;
@@ -775,7 +815,9 @@ impl Upper for Session {
                         st.clear(flag::OPEN_IN_FLIGHT);
                     }
                     st.send.on_acked(offset, len as usize, fin, record);
-                    self.forget_if_done(id);
+                    if st.is_done() {
+                        self.remove_done(id);
+                    }
                 }
             }
             SentFrame::MaxData | SentFrame::MaxStreams | SentFrame::Control(_) => {
