@@ -29,7 +29,9 @@ pub struct Chunk {
     pub fresh: bool,
 }
 
-/// Parts of the send state that exist only while data is in flight.
+/// Parts of the send state that exist only while data is in flight. (Kept small — 88 bytes
+/// — as every active stream allocates one; what only losses, acknowledgements out of order
+/// and late record marks need is boxed apart.)
 #[derive(Debug)]
 struct Inner {
     /// Everything below was acknowledged.
@@ -38,17 +40,33 @@ struct Inner {
     sent: u64,
     /// Bytes `[base, base + data.len())`.
     data: VecDeque<u8>,
-    /// Acknowledged ranges above `base`.
-    acked: RangeSet,
-    /// Ranges to re-send (below `sent`, not acknowledged).
-    lost: RangeSet,
     /// Record boundaries above `base`, increasing (a boundary `b` ends the record at byte
     /// `b - 1`).
     marks: VecDeque<u64>,
+    /// `None` while nothing was lost, acknowledged out of order or marked late.
+    rec: Option<Box<Recovery>>,
+}
+
+/// Re-send bookkeeping of [`Inner`].
+#[derive(Debug, Default)]
+struct Recovery {
+    /// Acknowledged ranges above `base` (not contiguous with it).
+    acked: RangeSet,
+    /// Ranges to re-send (below `sent`, not acknowledged).
+    lost: RangeSet,
     /// Bare marks waiting to be (re-)sent.
     bare_pending: VecDeque<u64>,
     /// Bare marks sent and not yet acknowledged or lost.
     bare_in_flight: u32,
+}
+
+impl Recovery {
+    fn is_empty(&self) -> bool {
+        self.acked.is_empty()
+            && self.lost.is_empty()
+            && self.bare_pending.is_empty()
+            && self.bare_in_flight == 0
+    }
 }
 
 impl Inner {
@@ -58,11 +76,19 @@ impl Inner {
             base: at,
             sent: at,
             data: VecDeque::new(),
-            acked: RangeSet::new(),
-            lost: RangeSet::new(),
             marks: VecDeque::new(),
-            bare_pending: VecDeque::new(),
-            bare_in_flight: 0,
+            rec: None,
+        }
+    }
+
+    fn rec(&mut self) -> &mut Recovery {
+        self.rec.get_or_insert_with(Default::default)
+    }
+
+    /// Drops the re-send bookkeeping once it holds nothing.
+    fn tidy(&mut self) {
+        if self.rec.as_ref().is_some_and(|r| r.is_empty()) {
+            self.rec = None;
         }
     }
 }
@@ -126,7 +152,7 @@ impl SendBuffer {
         inner.marks.push_back(written);
         if inner.sent == written {
             // Everything before the boundary already left: carry it on a frame of its own.
-            inner.bare_pending.push_back(written);
+            inner.rec().bare_pending.push_back(written);
         }
         true
     }
@@ -179,7 +205,8 @@ impl SendBuffer {
     fn is_quiet(&self) -> bool {
         self.inner
             .as_ref()
-            .is_none_or(|i| i.bare_pending.is_empty() && i.bare_in_flight == 0)
+            .and_then(|i| i.rec.as_ref())
+            .is_none_or(|r| r.bare_pending.is_empty() && r.bare_in_flight == 0)
     }
 
     /// Whether a frame could be sent now with new data allowed up to offset `limit`.
@@ -189,8 +216,10 @@ impl SendBuffer {
         }
         let mut sent = self.written;
         if let Some(i) = &self.inner {
-            if !i.lost.is_empty() || !i.bare_pending.is_empty() {
-                return true;
+            if let Some(r) = &i.rec {
+                if !r.lost.is_empty() || !r.bare_pending.is_empty() {
+                    return true;
+                }
             }
             sent = i.sent;
         }
@@ -217,50 +246,52 @@ impl SendBuffer {
         let finished = self.state & FINISHED != 0;
         let mut start = written;
         if let Some(inner) = self.inner.as_mut() {
-            // 1. Re-sends.
-            let first_lost = inner.lost.iter().next();
-            if let Some(r) = first_lost {
-                let mut end = r.end.min(r.start + max as u64);
-                if max == 0 {
-                    return None;
-                }
-                let record = match next_mark_after(&inner.marks, r.start) {
-                    Some(m) if m <= end => {
-                        end = m;
-                        true
+            if let Some(rec) = inner.rec.as_mut() {
+                // 1. Re-sends.
+                let first_lost = rec.lost.iter().next();
+                if let Some(r) = first_lost {
+                    let mut end = r.end.min(r.start + max as u64);
+                    if max == 0 {
+                        return None;
                     }
-                    _ => false,
-                };
-                inner.lost.remove(r.start..end);
-                if record {
-                    remove_sorted(&mut inner.bare_pending, end);
+                    let record = match next_mark_after(&inner.marks, r.start) {
+                        Some(m) if m <= end => {
+                            end = m;
+                            true
+                        }
+                        _ => false,
+                    };
+                    rec.lost.remove(r.start..end);
+                    if record {
+                        remove_sorted(&mut rec.bare_pending, end);
+                    }
+                    let fin = finished && end == written && self.state & FIN_ACKED == 0;
+                    if fin {
+                        self.state = (self.state & !FIN_PENDING) | FIN_IN_FLIGHT;
+                    }
+                    return Some(Chunk {
+                        offset: r.start,
+                        len: (end - r.start) as usize,
+                        fin,
+                        record,
+                        fresh: false,
+                    });
                 }
-                let fin = finished && end == written && self.state & FIN_ACKED == 0;
-                if fin {
-                    self.state = (self.state & !FIN_PENDING) | FIN_IN_FLIGHT;
+                // 2. Bare marks.
+                if let Some(m) = rec.bare_pending.pop_front() {
+                    rec.bare_in_flight += 1;
+                    let fin = finished && m == written && inner.sent == written;
+                    if fin {
+                        self.state = (self.state & !FIN_PENDING) | FIN_IN_FLIGHT;
+                    }
+                    return Some(Chunk {
+                        offset: m,
+                        len: 0,
+                        fin,
+                        record: true,
+                        fresh: false,
+                    });
                 }
-                return Some(Chunk {
-                    offset: r.start,
-                    len: (end - r.start) as usize,
-                    fin,
-                    record,
-                    fresh: false,
-                });
-            }
-            // 2. Bare marks.
-            if let Some(m) = inner.bare_pending.pop_front() {
-                inner.bare_in_flight += 1;
-                let fin = finished && m == written && inner.sent == written;
-                if fin {
-                    self.state = (self.state & !FIN_PENDING) | FIN_IN_FLIGHT;
-                }
-                return Some(Chunk {
-                    offset: m,
-                    len: 0,
-                    fin,
-                    record: true,
-                    fresh: false,
-                });
             }
             // 3. New data.
             start = inner.sent;
@@ -334,26 +365,32 @@ impl SendBuffer {
         };
         if len == 0 {
             if record {
-                inner.bare_in_flight = inner.bare_in_flight.saturating_sub(1);
+                if let Some(rec) = inner.rec.as_mut() {
+                    rec.bare_in_flight = rec.bare_in_flight.saturating_sub(1);
+                }
             }
         } else {
             let base = inner.base;
             let start = offset.max(base);
             let end = offset + len as u64;
             if start < end {
-                if !inner.lost.is_empty() {
-                    inner.lost.remove(start..end);
-                }
                 // Release the acknowledged front. (In-order acknowledgements, the common
-                // case, never touch the range set.)
-                let front_end = if start == base && inner.acked.is_empty() {
-                    Some(end)
-                } else {
-                    inner.acked.insert(start..end);
-                    if inner.acked.min() == Some(base) {
-                        inner.acked.pop_min().map(|r| r.end)
-                    } else {
-                        None
+                // case, never touch the range sets.)
+                let front_end = match inner.rec.as_mut() {
+                    None if start == base => Some(end),
+                    Some(rec) if start == base && rec.acked.is_empty() => {
+                        rec.lost.remove(start..end);
+                        Some(end)
+                    }
+                    _ => {
+                        let rec = inner.rec();
+                        rec.lost.remove(start..end);
+                        rec.acked.insert(start..end);
+                        if rec.acked.min() == Some(base) {
+                            rec.acked.pop_min().map(|r| r.end)
+                        } else {
+                            None
+                        }
                     }
                 };
                 if let Some(front_end) = front_end {
@@ -383,42 +420,42 @@ impl SendBuffer {
         };
         if len == 0 {
             if record {
-                inner.bare_in_flight = inner.bare_in_flight.saturating_sub(1);
+                let rec = inner.rec();
+                rec.bare_in_flight = rec.bare_in_flight.saturating_sub(1);
                 // The receiver learns a boundary only from a frame flagged RECORD.
-                insert_sorted(&mut inner.bare_pending, offset);
+                insert_sorted(&mut rec.bare_pending, offset);
             }
             return;
         }
         let start = offset.max(inner.base);
         let end = offset + len as u64;
+        if start >= end {
+            return;
+        }
+        let rec = inner.rec();
         let mut cur = start;
         // Queue the parts of start..end not acknowledged.
-        let acked: Vec<std::ops::Range<u64>> = inner
+        let acked: Vec<std::ops::Range<u64>> = rec
             .acked
             .iter()
             .filter(|r| r.end > start && r.start < end)
             .collect();
         for r in acked {
             if r.start > cur {
-                inner.lost.insert(cur..r.start);
+                rec.lost.insert(cur..r.start);
             }
             cur = cur.max(r.end);
         }
         if cur < end {
-            inner.lost.insert(cur..end);
+            rec.lost.insert(cur..end);
         }
     }
 
     /// Drops the allocation of an idle stream.
     fn release_if_idle(&mut self) {
         if let Some(i) = &mut self.inner {
-            if i.data.is_empty()
-                && i.lost.is_empty()
-                && i.acked.is_empty()
-                && i.bare_pending.is_empty()
-                && i.bare_in_flight == 0
-                && i.marks.is_empty()
-            {
+            i.tidy();
+            if i.data.is_empty() && i.rec.is_none() && i.marks.is_empty() {
                 // Nothing is buffered, so `base == sent == written`.
                 debug_assert!(i.base == self.written && i.sent == self.written);
                 self.inner = None;
