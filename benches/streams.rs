@@ -494,11 +494,14 @@ fn main() {
         drop(pair);
         // The timed runs do not pay for the counting.
         TRACK.store(false, Ordering::Relaxed);
+        let n: usize = std::env::var("SSS_LIFECYCLES")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(200_000);
         let runs: Vec<(f64, Option<f64>)> = (0..3)
             .map(|_| {
                 let mut pair = Pair::new(SessionConfig::default());
                 let top = pair.top();
-                let n = 200_000;
                 let (wall, cpu) = lifecycles(&mut pair, top, n, 1000);
                 (
                     n as f64 / wall.as_secs_f64(),
@@ -510,7 +513,7 @@ fn main() {
         let cpu: Vec<f64> = runs.iter().filter_map(|r| r.1).collect();
         println!(
             "(a) substream lifecycles (open, write 100 B, finish, deliver, FIN back, forget), \
-             3 runs of 200k: median {:.0}/s of wall time {:?}; median {:.0}/s of thread CPU \
+             3 runs of {n}: median {:.0}/s of wall time {:?}; median {:.0}/s of thread CPU \
              time {:?}; {allocs:.2} allocator calls per lifecycle",
             median_of(&wall),
             rounded(&wall),

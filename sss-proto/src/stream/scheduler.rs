@@ -6,29 +6,45 @@ use std::collections::{BTreeMap, VecDeque};
 
 use super::frames::StreamId;
 
+/// Capacity (streams) of an emptied level's queue kept for the next level made.
+const SPARE_KEPT: usize = 4096;
+
 /// Streams waiting to send, by priority.
 #[derive(Debug, Default)]
 pub(crate) struct Scheduler {
+    /// Non-empty levels only.
     levels: BTreeMap<Reverse<i32>, VecDeque<StreamId>>,
+    /// The queue of a level that emptied, reused by the next new level: a session that sends
+    /// in bursts does not regrow a queue from nothing each time (at most [`SPARE_KEPT`]).
+    spare: VecDeque<StreamId>,
 }
 
 impl Scheduler {
-    /// Queues `id` at `priority` (the caller makes sure it is not queued already).
-    pub(crate) fn push(&mut self, id: StreamId, priority: i32) {
+    fn level(&mut self, priority: i32) -> &mut VecDeque<StreamId> {
+        let spare = &mut self.spare;
         self.levels
             .entry(Reverse(priority))
-            .or_default()
-            .push_back(id);
+            .or_insert_with(|| std::mem::take(spare))
+    }
+
+    /// Keeps the queue of an emptied level for reuse if it is not too large.
+    fn recycle(&mut self, q: VecDeque<StreamId>) {
+        debug_assert!(q.is_empty());
+        if q.capacity() <= SPARE_KEPT && q.capacity() > self.spare.capacity() {
+            self.spare = q;
+        }
+    }
+
+    /// Queues `id` at `priority` (the caller makes sure it is not queued already).
+    pub(crate) fn push(&mut self, id: StreamId, priority: i32) {
+        self.level(priority).push_back(id);
     }
 
     /// Queues `id` at the front of its level: it is served next again (a reliable datagram
     /// is sent to completion before the next one starts, so receivers never hold many
     /// half-received datagrams).
     pub(crate) fn push_front(&mut self, id: StreamId, priority: i32) {
-        self.levels
-            .entry(Reverse(priority))
-            .or_default()
-            .push_front(id);
+        self.level(priority).push_front(id);
     }
 
     /// The next stream to serve: the front of the highest non-empty level.
@@ -37,7 +53,8 @@ impl Scheduler {
         let priority = entry.key().0;
         let id = entry.get_mut().pop_front();
         if entry.get().is_empty() {
-            entry.remove();
+            let q = entry.remove();
+            self.recycle(q);
         }
         id.map(|id| (id, priority))
     }
@@ -47,7 +64,9 @@ impl Scheduler {
         if let Some(q) = self.levels.get_mut(&Reverse(priority)) {
             q.retain(|&x| x != id);
             if q.is_empty() {
-                self.levels.remove(&Reverse(priority));
+                if let Some(q) = self.levels.remove(&Reverse(priority)) {
+                    self.recycle(q);
+                }
             }
         }
     }

@@ -828,8 +828,9 @@ impl Session {
             return Ok(None);
         };
         let child = extra.accept_queue.pop_front();
-        if child.is_none() && extra.accept_queue.capacity() > 64 {
-            // Idle listeners hold no memory from past bursts.
+        if child.is_none() && extra.accept_queue.capacity() > 1024 {
+            // Idle listeners hold at most 8 KB from past bursts (a listener with steady
+            // bursts of substreams does not regrow its queue from nothing each time).
             extra.accept_queue = VecDeque::new();
         }
         Ok(child)
@@ -867,7 +868,7 @@ impl Session {
         let e = self.events.pop_front();
         if e.is_none() && self.events.capacity() > 1024 {
             // A burst (thousands of new substreams) must not pin its queue for ever.
-            self.events = VecDeque::new();
+            self.events.shrink_to(1024);
         }
         e
     }
