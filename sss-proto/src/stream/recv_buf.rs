@@ -530,6 +530,59 @@ mod tests {
     }
 
     #[test]
+    fn the_end_of_the_stream_ends_one_record_whatever_marks_it() {
+        // A FIN alone ends the last record, without a boundary bitmap.
+        let mut r = RecvBuffer::new();
+        r.insert(0, b"abc", false, true, LIM).unwrap();
+        assert!(r.inner.as_ref().is_some_and(|i| i.marks.is_empty()));
+        assert_eq!(r.pending_records(), 1);
+        assert_eq!(r.pending_record_size(), Some(3));
+        assert_eq!(r.read_record(10), Some((b"abc".to_vec(), false)));
+        assert_eq!(r.pending_records(), 0);
+        assert!(r.at_end() && r.inner.is_none());
+        // A record mark and the FIN at the same offset are one record, in either order.
+        for mark_first in [true, false] {
+            let mut r = RecvBuffer::new();
+            r.insert(0, b"xy", false, false, LIM).unwrap();
+            let (a, b) = if mark_first {
+                ((true, false), (false, true))
+            } else {
+                ((false, true), (true, false))
+            };
+            r.insert(2, b"", a.0, a.1, LIM).unwrap();
+            r.insert(2, b"", b.0, b.1, LIM).unwrap();
+            assert_eq!(r.pending_records(), 1, "mark first: {mark_first}");
+            assert_eq!(r.read_record(10), Some((b"xy".to_vec(), false)));
+            assert_eq!(r.pending_records(), 0);
+            assert!(r.at_end());
+        }
+        // A FIN that overtakes the data: the record completes when the gap fills.
+        let mut r = RecvBuffer::new();
+        r.insert(5, b"", false, true, LIM).unwrap();
+        assert_eq!((r.pending_records(), r.bytes_available()), (0, 0));
+        r.insert(0, b"he", true, false, LIM).unwrap();
+        r.insert(2, b"llo", false, false, LIM).unwrap();
+        assert_eq!(r.pending_records(), 2);
+        assert_eq!(r.read_record(10), Some((b"he".to_vec(), false)));
+        assert_eq!(r.read_record(10), Some((b"llo".to_vec(), false)));
+        assert!(r.at_end() && r.inner.is_none());
+    }
+
+    #[test]
+    fn an_empty_frame_beyond_the_read_offset_is_remembered() {
+        // Flow control counts the highest offset even without data; it must not be lost
+        // when nothing is buffered.
+        let mut r = RecvBuffer::new();
+        assert_eq!(r.insert(10, b"", false, false, LIM).unwrap(), 10);
+        assert_eq!(r.max_received(), 10);
+        assert_eq!(r.insert(0, b"0123456789", false, false, LIM).unwrap(), 0);
+        let mut buf = [0u8; 16];
+        assert_eq!(r.read(&mut buf), 10);
+        assert!(r.inner.is_none());
+        assert_eq!(r.max_received(), 10);
+    }
+
+    #[test]
     fn late_bare_mark_completes_a_record() {
         let mut r = RecvBuffer::new();
         r.insert(0, b"abc", false, false, LIM).unwrap();

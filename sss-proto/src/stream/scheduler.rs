@@ -97,4 +97,24 @@ mod tests {
         s.remove(a, 1);
         assert!(s.is_empty());
     }
+
+    #[test]
+    fn an_emptied_level_lends_its_queue_to_the_next() {
+        let mut s = Scheduler::default();
+        for i in 1..=100 {
+            s.push(StreamId(2 * i), 3);
+        }
+        while s.pop().is_some() {}
+        assert!(s.is_empty());
+        assert!(s.spare.capacity() >= 100, "kept for the next burst");
+        s.push(StreamId(2), -1);
+        assert_eq!(s.spare.capacity(), 0, "the new level took it");
+        assert_eq!(s.pop(), Some((StreamId(2), -1)));
+        // A huge burst's queue is not kept.
+        for i in 1..=(SPARE_KEPT as u64 + 1) {
+            s.push(StreamId(2 * i), 0);
+        }
+        while s.pop().is_some() {}
+        assert!(s.spare.capacity() <= SPARE_KEPT);
+    }
 }

@@ -539,6 +539,40 @@ mod tests {
     }
 
     #[test]
+    fn in_order_acknowledgements_need_no_recovery_state() {
+        let mut s = SendBuffer::new();
+        s.write(&[1; 30]);
+        s.finish();
+        let chunks: Vec<Chunk> = std::iter::from_fn(|| s.next_chunk(10, u64::MAX)).collect();
+        assert_eq!(chunks.len(), 3);
+        for c in &chunks[..2] {
+            s.on_acked(c.offset, c.len, c.fin, c.record);
+            assert!(s.inner.as_ref().is_some_and(|i| i.rec.is_none()));
+        }
+        assert_eq!(s.buffered(), 10);
+        let c = chunks[2];
+        s.on_acked(c.offset, c.len, c.fin, c.record);
+        assert!(s.is_fully_acked() && s.inner.is_none());
+        assert_eq!((s.sent_offset(), s.write_offset()), (30, 30));
+    }
+
+    #[test]
+    fn out_of_order_acknowledgements_release_the_front_once_filled() {
+        let mut s = SendBuffer::new();
+        s.write(&[2; 30]);
+        let chunks: Vec<Chunk> = std::iter::from_fn(|| s.next_chunk(10, u64::MAX)).collect();
+        s.on_acked(20, 10, false, false);
+        s.on_acked(10, 10, false, false);
+        assert_eq!(s.buffered(), 30, "the front is not acknowledged yet");
+        s.on_lost(0, 10, false, false);
+        let r = s.next_chunk(100, u64::MAX).unwrap();
+        assert_eq!((r.offset, r.len, r.fresh), (0, 10, false));
+        s.on_acked(chunks[0].offset, chunks[0].len, false, false);
+        assert_eq!(s.buffered(), 0);
+        assert!(s.inner.is_none());
+    }
+
+    #[test]
     fn empty_records_are_refused() {
         let mut s = SendBuffer::new();
         assert!(!s.mark_record());

@@ -202,6 +202,27 @@ mod tests {
     }
 
     #[test]
+    fn session_stamps_are_microseconds_never_zero_and_wrap() {
+        use std::sync::Arc;
+        use std::time::{Duration, Instant};
+        let eid = crate::testkit::identity(1).eid();
+        let mut s = crate::stream::Session::new(Arc::default(), eid, eid, 1);
+        let t0 = Instant::now();
+        assert_eq!(
+            s.stamp(t0),
+            1,
+            "the first stamp is the origin (0 is kept for never)"
+        );
+        assert_eq!(s.stamp(t0 + Duration::from_micros(1500)), 1500);
+        let wrap = Duration::from_micros(1 << 32);
+        assert_eq!(s.stamp(t0 + wrap + Duration::from_micros(7)), 7);
+        // Differences across the wrap are still right.
+        let a = s.stamp(t0 + wrap - Duration::from_micros(10));
+        let b = s.stamp(t0 + wrap + Duration::from_micros(30));
+        assert_eq!(b.wrapping_sub(a), 40);
+    }
+
+    #[test]
     fn parent_sentinel_and_window_cap() {
         let mut st = StreamState::new(None, Kind::Top, 0, 1 << 40);
         assert_eq!(st.parent(), None);
