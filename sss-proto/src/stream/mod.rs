@@ -32,7 +32,8 @@ pub struct SessionConfig {
     pub initial_max_stream_data: u64,
     /// Initial receive window of the whole session, in bytes.
     pub initial_max_data: u64,
-    /// Largest receive window a stream may grow to.
+    /// Largest receive window a stream may grow to (at most 2^32 - 1 bytes are used, whatever
+    /// this says).
     pub max_stream_window: u64,
     /// Largest receive window the session may grow to.
     pub max_session_window: u64,
