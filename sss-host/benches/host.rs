@@ -9,7 +9,10 @@ use sss_host::{Host, HostConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
     let mb: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(200);
     let many: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(100);
     let rt = tokio::runtime::Builder::new_multi_thread()

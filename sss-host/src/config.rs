@@ -30,6 +30,10 @@ pub struct HostConfig {
     /// it counts as a failure. Default 5 s: with the channel's handshake retries at 1 s and
     /// 3 s, that is three initiations.
     pub attempt_timeout: Duration,
+    /// Most peers the host keeps sessions with. A handshake from a new peer beyond it is
+    /// refused with [`RefuseCode::BUSY`](sss_proto::handshake::RefuseCode::BUSY), so that
+    /// strangers cannot make the host hold unbounded state. Default 4096.
+    pub max_peers: usize,
     /// When the last handle ([`Host`](crate::Host), [`Stream`](crate::Stream),
     /// [`Listener`](crate::Listener)) is dropped, the driver keeps delivering written data for
     /// up to this long, then closes every channel. Default 2 s.
@@ -44,6 +48,7 @@ impl Default for HostConfig {
             endpoint: EndpointConfig::new([0; 32]),
             backoff: BackoffPolicy::default(),
             attempt_timeout: Duration::from_secs(5),
+            max_peers: 4096,
             linger: Duration::from_secs(2),
         }
     }

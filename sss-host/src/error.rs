@@ -43,6 +43,9 @@ pub enum Error {
     /// `connect` was given no address and no channel to the peer exists.
     #[error("no address to connect to")]
     NoAddress,
+    /// [`Host::reconnect`](crate::Host::reconnect): there is no session with this peer.
+    #[error("no session with this peer")]
+    NoSession,
     /// A host cannot connect to itself.
     #[error("cannot connect to our own EID")]
     SelfConnect,
@@ -114,6 +117,7 @@ impl Error {
             Self::TimedOut => K::TimedOut,
             Self::ConnectFailed(_) => K::ConnectionAborted,
             Self::NoAddress => K::AddrNotAvailable,
+            Self::NoSession => K::NotConnected,
             Self::SelfConnect | Self::BadName | Self::DatagramTooLarge | Self::EmptyRecord => {
                 K::InvalidInput
             }

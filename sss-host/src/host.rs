@@ -146,9 +146,10 @@ impl Host {
     /// Opens a top-level stream to `peer` for (`service`, `protocol`).
     ///
     /// When a channel to the peer exists, the stream opens on it at once (no round trip).
-    /// Otherwise a handshake starts to every address in `addrs` at the same time; the first
-    /// to complete carries the session (and the others are abandoned), and this returns once
-    /// it is established. Transient failures (no answer within
+    /// Otherwise a handshake starts to the first address of `addrs`, and to the next one
+    /// every 250 ms while none has answered (or at once when all started so far failed); the
+    /// first to complete carries the session (the others are abandoned), and this returns
+    /// once it is established. Transient failures (no answer within
     /// [`HostConfig::attempt_timeout`]) are retried as [`HostConfig::backoff`] says; a
     /// refusal ([`Error::Refused`]) is returned at once.
     pub async fn connect(
@@ -159,12 +160,45 @@ impl Host {
         protocol: &str,
     ) -> Result<Stream, Error> {
         check_names(service, protocol)?;
+        let stream = self.establish(peer, addrs, service, protocol, true).await?;
+        Ok(stream.expect("asked to open a stream"))
+    }
+
+    /// Establishes a new channel to `peer` for the session that already exists with it,
+    /// without opening a stream: streams that waited since their channel died (link
+    /// [`Down`](crate::LinkStatus::Down)) resume where they were. Uses the (service, protocol)
+    /// of the last channel to the peer, so it suits the side that connected first. Returns
+    /// at once if a channel is up; retries as [`connect`](Self::connect) does.
+    pub async fn reconnect(&self, peer: Eid, addrs: &[SocketAddr]) -> Result<(), Error> {
+        let names = self
+            .shared
+            .lock()
+            .peers
+            .get(&peer)
+            .and_then(|p| p.names.clone());
+        let Some((service, protocol)) = names else {
+            return Err(Error::NoSession);
+        };
+        self.establish(peer, addrs, &service, &protocol, false)
+            .await
+            .map(|_| ())
+    }
+
+    /// Attempts with retries until a channel is up, then opens a stream if `open`.
+    async fn establish(
+        &self,
+        peer: Eid,
+        addrs: &[SocketAddr],
+        service: &str,
+        protocol: &str,
+        open: bool,
+    ) -> Result<Option<Stream>, Error> {
         if peer == self.shared.eid {
             return Err(Error::SelfConnect);
         }
         let mut failures = 0u32;
         loop {
-            let error = match self.attempt(peer, addrs, service, protocol).await {
+            let error = match self.attempt(peer, addrs, service, protocol, open).await {
                 Ok(stream) => return Ok(stream),
                 Err(e @ (Error::TimedOut | Error::ConnectFailed(_))) => e,
                 Err(e) => return Err(e),
@@ -191,14 +225,15 @@ impl Host {
         addrs: &[SocketAddr],
         service: &str,
         protocol: &str,
-    ) -> Result<Stream, Error> {
+        open: bool,
+    ) -> Result<Option<Stream>, Error> {
         let (id, timeout) = {
             let mut st = self.shared.lock();
             if st.closed {
                 return Err(Error::HostClosed);
             }
-            if let Some(stream) = self.open_connected(&mut st, peer, service, protocol)? {
-                return Ok(stream);
+            if st.is_connected(peer) {
+                return self.open_connected(&mut st, peer, service, protocol, open);
             }
             let id = st.start_attempt(Instant::now(), peer, addrs, service, protocol)?;
             (id, st.config.attempt_timeout)
@@ -235,22 +270,23 @@ impl Host {
         drop(guard);
         outcome?;
         let mut st = self.shared.lock();
-        match self.open_connected(&mut st, peer, service, protocol)? {
-            Some(stream) => Ok(stream),
+        if !st.is_connected(peer) {
             // Connected, then closed before we got here.
-            None => Err(Error::ConnectFailed(ChannelError::LocallyClosed)),
+            return Err(Error::ConnectFailed(ChannelError::LocallyClosed));
         }
+        self.open_connected(&mut st, peer, service, protocol, open)
     }
 
-    /// Opens the stream if a channel to `peer` is established.
+    /// Opens a stream on the established channel to `peer` if `open`.
     fn open_connected(
         &self,
         st: &mut State,
         peer: Eid,
         service: &str,
         protocol: &str,
+        open: bool,
     ) -> Result<Option<Stream>, Error> {
-        if !st.is_connected(peer) {
+        if !open {
             return Ok(None);
         }
         let p = st.peer_entry(peer);
@@ -258,11 +294,11 @@ impl Host {
             .session
             .open(service, protocol)
             .map_err(Error::from_stream)?;
-        let link = p.link.subscribe();
-        st.new_stream_slot(peer, id);
+        let _ = p.session.listen(id, true);
+        let stream = st.new_handle(&self.shared, peer, id);
         st.wake_driver();
         tracing::debug!(%peer, stream = %id, service, protocol, "opened stream");
-        Ok(Some(Stream::new(self.shared.clone(), peer, id, link)))
+        Ok(stream)
     }
 
     /// Statistics of the established channel to `peer` (RTT, congestion window, bytes and

@@ -72,6 +72,7 @@
 //! accepted, refused, closed), `debug` for streams and retries.
 #![forbid(unsafe_code)]
 
+mod attempt;
 pub mod blocking;
 mod config;
 mod driver;

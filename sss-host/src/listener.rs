@@ -56,20 +56,25 @@ impl Listener {
             let Some(l) = st.listeners.get_mut(&self.key) else {
                 return Poll::Ready(Err(Error::HostClosed));
             };
-            let Some((peer, id)) = l.queue.pop_front() else {
+            let Some((peer, id, epoch)) = l.queue.pop_front() else {
                 l.waker = Some(cx.waker().clone());
                 return Poll::Pending;
             };
-            let Some(p) = st.peers.get(&peer) else {
-                // The session was forgotten (it can only be when its streams ended): try
-                // the next one.
-                cx.waker().wake_by_ref();
-                return Poll::Pending;
-            };
-            let link = p.link.subscribe();
-            st.new_stream_slot(peer, id);
-            tracing::debug!(%peer, stream = %id, service = self.key.0, "accepted stream");
-            Poll::Ready(Ok(Stream::new(self.shared.clone(), peer, id, link)))
+            // A stream of a peer that restarted since is gone: try the next one.
+            let current = st.peers.get(&peer).is_some_and(|p| p.epoch == epoch);
+            match current
+                .then(|| st.new_handle(&self.shared, peer, id))
+                .flatten()
+            {
+                Some(stream) => {
+                    tracing::debug!(%peer, stream = %id, service = self.key.0, "accepted stream");
+                    Poll::Ready(Ok(stream))
+                }
+                None => {
+                    cx.waker().wake_by_ref();
+                    Poll::Pending
+                }
+            }
         })
         .await
     }
@@ -79,8 +84,8 @@ impl Drop for Listener {
     fn drop(&mut self) {
         let mut st = self.shared.lock();
         if let Some(l) = st.listeners.remove(&self.key) {
-            for (peer, id) in l.queue {
-                if let Some(p) = st.peers.get_mut(&peer) {
+            for (peer, id, epoch) in l.queue {
+                if let Some(p) = st.peers.get_mut(&peer).filter(|p| p.epoch == epoch) {
                     p.abandon(id, ErrorCode::UNKNOWN_SERVICE);
                 }
             }

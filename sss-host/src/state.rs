@@ -19,13 +19,14 @@ use sss_proto::channel::{ChannelError, ChannelEvent};
 use sss_proto::endpoint::{ChannelHandle, DatagramEvent, Endpoint, Incoming};
 use sss_proto::handshake::RefuseCode;
 use sss_proto::stream::{
-    ErrorCode, LinkStatus, SentFrame, Session, SessionConfig, SessionEvent, StreamId,
+    Attach, ErrorCode, LinkStatus, SentFrame, Session, SessionConfig, SessionEvent, StreamId,
 };
 use sss_proto::{Channel, Eid, Transmit};
 use tokio::sync::watch;
 
+use crate::attempt::Attempt;
 use crate::config::HostConfig;
-use crate::error::Error;
+use crate::stream::Stream;
 
 /// Most handshake replies (cookie replies, refusals) queued for sending; more are dropped
 /// (the initiator retries), so a flood of initiations cannot grow memory.
@@ -73,8 +74,14 @@ pub(crate) struct Peer {
     pub(crate) streams: HashMap<StreamId, StreamSlot>,
     /// Where the peer was last seen.
     pub(crate) addr: Option<SocketAddr>,
+    /// Which incarnation of the peer's session the slots belong to: it changes when the peer
+    /// restarts (its streams are gone and their ids will be used again), so that handles of
+    /// the old streams cannot reach new ones.
+    pub(crate) epoch: u64,
+    /// The (service, protocol) of the last channel to the peer (for reconnecting).
+    pub(crate) names: Option<(String, String)>,
     /// Channels (in any state) carrying this session.
-    channels: usize,
+    pub(crate) channels: usize,
     /// Dropped handles whose streams the session still knows.
     orphans: usize,
     /// Since when the session has had no channel.
@@ -123,24 +130,9 @@ impl StreamSlot {
 /// Incoming top-level streams for one (service, protocol).
 #[derive(Debug, Default)]
 pub(crate) struct ListenerSlot {
-    pub(crate) queue: VecDeque<(Eid, StreamId)>,
+    /// Streams not yet accepted: peer, stream and the peer's epoch.
+    pub(crate) queue: VecDeque<(Eid, StreamId, u64)>,
     pub(crate) waker: Option<Waker>,
-}
-
-/// A connection attempt: handshakes to a peer's addresses, waited for by one or more
-/// `connect` calls.
-#[derive(Debug)]
-pub(crate) struct Attempt {
-    pub(crate) peer: Eid,
-    pub(crate) service: String,
-    pub(crate) protocol: String,
-    /// Handshaking channels of this attempt.
-    channels: Vec<ChannelHandle>,
-    /// `Some` once decided: a channel connected, or every handshake failed.
-    pub(crate) outcome: Option<Result<(), ChannelError>>,
-    pub(crate) waiters: Vec<Waker>,
-    /// `connect` calls waiting on it.
-    pub(crate) refs: usize,
 }
 
 /// The host's state; see the [module documentation](self).
@@ -150,7 +142,8 @@ pub(crate) struct State {
     pub(crate) peers: HashMap<Eid, Peer>,
     pub(crate) listeners: HashMap<(String, String), ListenerSlot>,
     pub(crate) attempts: HashMap<u64, Attempt>,
-    next_attempt: u64,
+    pub(crate) next_attempt: u64,
+    next_epoch: u64,
     pub(crate) config: HostConfig,
     session_config: Arc<SessionConfig>,
     pub(crate) rng: ChaCha20Rng,
@@ -183,6 +176,7 @@ impl State {
             listeners: HashMap::new(),
             attempts: HashMap::new(),
             next_attempt: 0,
+            next_epoch: 0,
             session_config: Arc::new(config.session.clone()),
             config,
             rng,
@@ -254,13 +248,18 @@ impl State {
     pub(crate) fn peer_entry(&mut self, eid: Eid) -> &mut Peer {
         let (config, local) = (self.session_config.clone(), self.local);
         let rng = &mut self.rng;
+        let next_epoch = &mut self.next_epoch;
         self.peers.entry(eid).or_insert_with(|| {
+            let epoch = *next_epoch;
+            *next_epoch += 1;
             // Session ids are random and never 0 (0 means "no stream layer").
             let id = rng.next_u64() | 1;
             Peer {
                 link: watch::Sender::new(LinkStatus::Down),
                 streams: HashMap::new(),
                 addr: None,
+                epoch,
+                names: None,
                 channels: 0,
                 orphans: 0,
                 down_since: None,
@@ -286,19 +285,25 @@ impl State {
             .next()
     }
 
-    /// Registers a new handle on stream `id` of `peer` (its slot may exist already: an
-    /// unclaimed incoming stream).
-    pub(crate) fn new_stream_slot(&mut self, peer: Eid, id: StreamId) {
-        if let Some(p) = self.peers.get_mut(&peer) {
-            p.streams.entry(id).or_default();
-        }
+    /// A new handle on stream `id` of `peer` (its slot may exist already: an unclaimed
+    /// incoming stream), or `None` if the host forgot the peer.
+    pub(crate) fn new_handle(
+        &mut self,
+        shared: &Arc<Shared>,
+        peer: Eid,
+        id: StreamId,
+    ) -> Option<Stream> {
+        let p = self.peers.get_mut(&peer)?;
+        p.streams.entry(id).or_default();
+        let stream = Stream::new(shared.clone(), peer, id, p.epoch, p.link.subscribe());
         self.add_ref();
+        Some(stream)
     }
 
     /// The handle of stream `id` was dropped: finish our direction, refuse the substreams
     /// it did not accept, and discard what arrives until the stream ends.
-    pub(crate) fn drop_stream(&mut self, peer: Eid, id: StreamId) {
-        if let Some(p) = self.peers.get_mut(&peer) {
+    pub(crate) fn drop_stream(&mut self, peer: Eid, id: StreamId, epoch: u64) {
+        if let Some(p) = self.peers.get_mut(&peer).filter(|p| p.epoch == epoch) {
             let _ = p.session.finish(id);
             let _ = p.session.listen(id, false);
             if let Some(mut slot) = p.streams.remove(&id) {
@@ -320,117 +325,6 @@ impl State {
             }
         }
         self.release_ref();
-        self.wake_driver();
-    }
-
-    // ------------------------------------------------------------ connecting
-
-    /// Starts handshakes to every address of `peer`, or joins an attempt already under way
-    /// for the same (service, protocol). Returns the attempt's id.
-    pub(crate) fn start_attempt(
-        &mut self,
-        now: Instant,
-        peer: Eid,
-        addrs: &[SocketAddr],
-        service: &str,
-        protocol: &str,
-    ) -> Result<u64, Error> {
-        if let Some((&id, a)) = self.attempts.iter_mut().find(|(_, a)| {
-            a.peer == peer && a.outcome.is_none() && a.service == service && a.protocol == protocol
-        }) {
-            a.refs += 1;
-            return Ok(id);
-        }
-        if addrs.is_empty() {
-            return Err(Error::NoAddress);
-        }
-        let layer = self.peer_entry(peer).session.layer_params();
-        let mut channels = Vec::new();
-        let mut failure = None;
-        for &addr in addrs {
-            match self
-                .endpoint
-                .connect_with(now, peer, addr, service, protocol, &layer)
-            {
-                Ok((h, channel)) => {
-                    tracing::info!(%peer, %addr, service, protocol, "connecting");
-                    self.channels.insert(h, ChannelSlot { channel, peer });
-                    channels.push(h);
-                }
-                Err(e) => failure = Some(e),
-            }
-        }
-        if let Some(p) = self.peers.get_mut(&peer) {
-            p.channels += channels.len();
-        }
-        if channels.is_empty() {
-            return Err(match failure {
-                Some(sss_proto::endpoint::ConnectError::SelfConnect) => Error::SelfConnect,
-                Some(sss_proto::endpoint::ConnectError::BadName) => Error::BadName,
-                Some(e) => Error::ConnectFailed(ChannelError::HandshakeFailed(e.to_string())),
-                None => Error::NoAddress,
-            });
-        }
-        let id = self.next_attempt;
-        self.next_attempt += 1;
-        self.attempts.insert(
-            id,
-            Attempt {
-                peer,
-                service: service.to_owned(),
-                protocol: protocol.to_owned(),
-                channels,
-                outcome: None,
-                waiters: Vec::new(),
-                refs: 1,
-            },
-        );
-        self.wake_driver();
-        Ok(id)
-    }
-
-    /// Gives up an attempt for everyone waiting on it (its time ran out).
-    pub(crate) fn fail_attempt(&mut self, now: Instant, id: u64, error: ChannelError) {
-        let Some(a) = self.attempts.get_mut(&id) else {
-            return;
-        };
-        if a.outcome.is_some() {
-            return;
-        }
-        tracing::info!(peer = %a.peer, %error, "connection attempt failed");
-        a.outcome = Some(Err(error));
-        self.wake.append(&mut a.waiters);
-        let handles = std::mem::take(&mut a.channels);
-        self.close_handshakes(now, &handles);
-    }
-
-    /// A `connect` call stopped waiting on attempt `id` (done or cancelled). The last one
-    /// to leave an undecided attempt abandons its handshakes.
-    pub(crate) fn leave_attempt(&mut self, now: Instant, id: u64) {
-        let Some(a) = self.attempts.get_mut(&id) else {
-            return;
-        };
-        a.refs = a.refs.saturating_sub(1);
-        if a.refs > 0 {
-            return;
-        }
-        let a = self.attempts.remove(&id).expect("present");
-        if a.outcome.is_none() {
-            self.close_handshakes(now, &a.channels);
-        }
-    }
-
-    /// Abandons channels still in their handshake.
-    fn close_handshakes(&mut self, now: Instant, handles: &[ChannelHandle]) {
-        for h in handles {
-            if let Some(slot) = self.channels.get_mut(h) {
-                if !slot.channel.is_established() {
-                    if let Some(p) = self.peers.get_mut(&slot.peer) {
-                        slot.channel.close(now, 0, b"abandoned", &mut p.session);
-                    }
-                }
-            }
-        }
         self.wake_driver();
     }
 
@@ -470,14 +364,19 @@ impl State {
         let listening = self
             .listeners
             .contains_key(&(service.clone(), protocol.clone()));
-        if !listening || self.closed {
-            tracing::info!(%peer, %addr, service, protocol, "refusing channel: no listener");
+        let full = !self.peers.contains_key(&peer) && self.peers.len() >= self.config.max_peers;
+        if !listening || self.closed || full {
+            let (code, reason) = if full {
+                (RefuseCode::BUSY, "too many peers")
+            } else {
+                (
+                    RefuseCode::UNKNOWN_SERVICE,
+                    "no listener for this service and protocol",
+                )
+            };
+            tracing::info!(%peer, %addr, service, protocol, reason, "refusing channel");
             let mut buf = std::mem::take(&mut self.scratch);
-            let reason = "no listener for this service and protocol";
-            if let Some(t) =
-                self.endpoint
-                    .refuse(incoming, RefuseCode::UNKNOWN_SERVICE, reason, &mut buf)
-            {
+            if let Some(t) = self.endpoint.refuse(incoming, code, reason, &mut buf) {
                 if self.out.len() < MAX_QUEUED_REPLIES {
                     self.out.push_back((buf[..t.size].to_vec(), t));
                 }
@@ -491,12 +390,16 @@ impl State {
                 tracing::info!(%peer, %addr, service, protocol, "accepted channel");
                 let params = *channel.peer_params();
                 self.channels.insert(h, ChannelSlot { channel, peer });
-                let p = self.peer_entry(peer);
+                let Some(p) = self.peers.get_mut(&peer) else {
+                    return;
+                };
                 p.channels += 1;
                 p.addr = Some(addr);
+                p.names = Some((service, protocol));
                 p.down_since = None;
                 // The responder's channel is established at once.
-                p.session.attach(now, &params);
+                let attach = p.session.attach(now, &params);
+                p.on_attach(attach, &mut self.wake, &mut self.next_epoch);
                 self.supersede(now, peer, h);
             }
             Err(e) => tracing::warn!(%peer, %addr, error = %e, "cannot accept channel"),
@@ -505,6 +408,7 @@ impl State {
 
     /// Runs the timers that are due.
     pub(crate) fn handle_timeouts(&mut self, now: Instant) {
+        self.advance_attempts(now);
         for slot in self.channels.values_mut() {
             if slot.channel.poll_timeout().is_some_and(|t| t <= now) {
                 if let Some(p) = self.peers.get_mut(&slot.peer) {
@@ -538,7 +442,12 @@ impl State {
             .values()
             .flat_map(|p| [p.session.poll_timeout(), p.expiry()])
             .flatten();
-        channels.chain(peers).chain(self.linger_until).min()
+        let attempts = self.attempts.values().filter_map(Attempt::next_start);
+        channels
+            .chain(peers)
+            .chain(attempts)
+            .chain(self.linger_until)
+            .min()
     }
 
     /// Whether every session has delivered everything written (nothing left to linger for).
@@ -585,16 +494,11 @@ impl State {
                     ChannelEvent::Connected => {
                         let addr = slot.channel.remote_address();
                         tracing::info!(peer = %slot.peer, %addr, "channel established");
-                        p.session.attach(now, slot.channel.peer_params());
+                        let attach = p.session.attach(now, slot.channel.peer_params());
+                        p.on_attach(attach, &mut self.wake, &mut self.next_epoch);
                         p.addr = Some(addr);
                         p.down_since = None;
                         connected.push((slot.peer, h));
-                        for a in self.attempts.values_mut() {
-                            if a.outcome.is_none() && a.channels.contains(&h) {
-                                a.outcome = Some(Ok(()));
-                                self.wake.append(&mut a.waiters);
-                            }
-                        }
                     }
                     ChannelEvent::Closed(error) => {
                         tracing::info!(peer = %slot.peer, %error, "channel closed");
@@ -618,6 +522,7 @@ impl State {
             }
         }
         for (peer, newest) in connected {
+            self.on_attempt_channel_connected(now, newest);
             self.supersede(now, peer, newest);
         }
         for (h, error) in closed {
@@ -645,31 +550,7 @@ impl State {
         };
         self.endpoint.forget(h);
         let connected = self.is_connected(slot.peer);
-        let mut decided = Vec::new();
-        for (&id, a) in &mut self.attempts {
-            if !a.channels.contains(&h) {
-                continue;
-            }
-            a.channels.retain(|&c| c != h);
-            if a.outcome.is_some() {
-                continue;
-            }
-            if a.channels.is_empty() && connected {
-                // Superseded by a channel that connected meanwhile (e.g. the peer's own).
-                a.outcome = Some(Ok(()));
-                self.wake.append(&mut a.waiters);
-            } else if matches!(error, ChannelError::Refused { .. }) || a.channels.is_empty() {
-                // A refusal is the peer's answer: no other address will say otherwise.
-                a.outcome = Some(Err(error.clone()));
-                self.wake.append(&mut a.waiters);
-                decided.push(id);
-            }
-        }
-        for id in decided {
-            let handles =
-                std::mem::take(&mut self.attempts.get_mut(&id).expect("decided above").channels);
-            self.close_handshakes(now, &handles);
-        }
+        self.on_attempt_channel_closed(now, h, &error, connected);
         if let Some(p) = self.peers.get_mut(&slot.peer) {
             p.channels = p.channels.saturating_sub(1);
             if !connected {
@@ -693,7 +574,7 @@ impl State {
                             // them before the application sees the stream.
                             let _ = p.session.listen(id, true);
                             p.streams.entry(id).or_default();
-                            l.queue.push_back((eid, id));
+                            l.queue.push_back((eid, id, p.epoch));
                             self.wake.extend(l.waker.take());
                         }
                         _ => {
@@ -790,6 +671,23 @@ impl State {
 }
 
 impl Peer {
+    /// A channel attached the session. If the peer restarted, its old streams are gone
+    /// (the session reset them): their handles are cut off and woken, to fail with
+    /// [`Error::PeerRestarted`](crate::Error::PeerRestarted).
+    fn on_attach(&mut self, attach: Attach, wake: &mut Vec<Waker>, next_epoch: &mut u64) {
+        if attach != Attach::PeerRestarted {
+            return;
+        }
+        tracing::info!(peer = %self.session.remote_eid(), "peer restarted: its old streams are gone");
+        for slot in self.streams.values_mut() {
+            slot.wake_all(wake);
+        }
+        self.streams.clear();
+        self.orphans = 0;
+        self.epoch = *next_epoch;
+        *next_epoch += 1;
+    }
+
     /// Resets an unclaimed stream (no handle will ever take it) and, in turn, the
     /// substreams queued for it.
     pub(crate) fn abandon(&mut self, id: StreamId, code: u64) {

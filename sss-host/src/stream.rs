@@ -39,6 +39,8 @@ pub struct Stream {
     shared: Arc<Shared>,
     peer: Eid,
     id: StreamId,
+    /// The peer's session incarnation this stream belongs to.
+    epoch: u64,
     link: watch::Receiver<LinkStatus>,
 }
 
@@ -65,12 +67,14 @@ impl Stream {
         shared: Arc<Shared>,
         peer: Eid,
         id: StreamId,
+        epoch: u64,
         link: watch::Receiver<LinkStatus>,
     ) -> Self {
         Self {
             shared,
             peer,
             id,
+            epoch,
             link,
         }
     }
@@ -80,7 +84,10 @@ impl Stream {
         if st.closed {
             return Err(Error::HostClosed);
         }
-        let p = st.peers.get_mut(&self.peer).ok_or(Error::HostClosed)?;
+        let p = st.peers.get_mut(&self.peer).ok_or(Error::PeerRestarted)?;
+        if p.epoch != self.epoch {
+            return Err(Error::PeerRestarted);
+        }
         if let Some(code) = p.streams.get(&self.id).and_then(|s| s.reset) {
             return Err(Error::from_reset(code));
         }
@@ -150,7 +157,7 @@ impl Stream {
 
     /// Finishes the sending direction: the peer reads to the end, then sees end of stream.
     /// Data written before is still delivered. Idempotent.
-    pub fn finish(&mut self) -> Result<(), Error> {
+    pub fn finish(&self) -> Result<(), Error> {
         match self.op(|s, id| s.finish(id)) {
             Err(Error::Finished) => Ok(()),
             r => r,
@@ -159,7 +166,7 @@ impl Stream {
 
     /// Abandons the stream in both directions with an application `code` (the peer's reads
     /// and writes fail with [`Error::Reset`]`(code)`); unsent data is dropped.
-    pub fn reset(&mut self, code: u64) -> Result<(), Error> {
+    pub fn reset(&self, code: u64) -> Result<(), Error> {
         let mut st = self.shared.lock();
         let p = self.peer(&mut st)?;
         match p.session.reset(self.id, code) {
@@ -293,10 +300,9 @@ impl Stream {
             .open_substream(self.id)
             .map_err(Error::from_stream)?;
         let _ = p.session.listen(sub, true);
-        let link = p.link.subscribe();
-        st.new_stream_slot(self.peer, sub);
+        let stream = st.new_handle(&self.shared, self.peer, sub);
         st.wake_driver();
-        Ok(Stream::new(self.shared.clone(), self.peer, sub, link))
+        stream.ok_or(Error::HostClosed)
     }
 
     /// Accepts substreams the peer opens on this stream. Streams listen from the start (so
@@ -326,14 +332,7 @@ impl Stream {
                 slot.accept = Some(cx.waker().clone());
                 return Poll::Pending;
             };
-            let link = p.link.subscribe();
-            st.new_stream_slot(self.peer, sub);
-            Poll::Ready(Ok(Some(Stream::new(
-                self.shared.clone(),
-                self.peer,
-                sub,
-                link,
-            ))))
+            Poll::Ready(Ok(st.new_handle(&self.shared, self.peer, sub)))
         })
         .await
     }
@@ -436,6 +435,8 @@ impl AsyncWrite for Stream {
 
 impl Drop for Stream {
     fn drop(&mut self) {
-        self.shared.lock().drop_stream(self.peer, self.id);
+        self.shared
+            .lock()
+            .drop_stream(self.peer, self.id, self.epoch);
     }
 }

@@ -208,3 +208,60 @@ async fn key_file_keeps_the_identity() {
     assert_eq!(second.eid(), eid, "the key file was created, then loaded");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_addresses_of_the_same_host_give_one_working_channel() {
+    // Dual-stack hosts (the default binding); 127.0.0.1 and 127.0.0.2 both reach the server.
+    let server = host_with(HostConfig::default());
+    let client = host_with(HostConfig::default());
+    let listener = server.listen("dual", "v1").unwrap();
+    let port = server.local_addr().port();
+    let addrs: [SocketAddr; 2] = [([127, 0, 0, 1], port).into(), ([127, 0, 0, 2], port).into()];
+    within(10, async {
+        let mut s = client
+            .connect(server.eid(), &addrs, "dual", "v1")
+            .await
+            .unwrap();
+        s.write_all(b"one").await.unwrap();
+        let mut inc = listener.accept().await.unwrap();
+        let mut buf = [0u8; 3];
+        inc.read_exact(&mut buf).await.unwrap();
+        // Later traffic still flows: the session did not lose its channel to a duplicate.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        s.write_all(b"two").await.unwrap();
+        s.shutdown().await.unwrap();
+        let mut rest = Vec::new();
+        inc.read_to_end(&mut rest).await.unwrap();
+        assert_eq!(rest, b"two");
+        assert_eq!(*s.link_status().borrow(), sss_host::LinkStatus::Up);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_beyond_the_limit_are_refused_as_busy() {
+    let mut config = HostConfig::bind(loopback());
+    config.max_peers = 1;
+    let server = host_with(config);
+    let _listener = server.listen("svc", "v1").unwrap();
+    let addr = [server.loopback_addr()];
+    let first = host();
+    let second = host();
+    within(5, async {
+        let _s = first
+            .connect(server.eid(), &addr, "svc", "v1")
+            .await
+            .unwrap();
+        match second.connect(server.eid(), &addr, "svc", "v1").await {
+            Err(Error::Refused { code, .. }) => assert_eq!(code, sss_host::RefuseCode::BUSY),
+            other => panic!("expected a BUSY refusal, got {other:?}"),
+        }
+        // The known peer still gets new channels and streams.
+        let _again = first
+            .connect(server.eid(), &addr, "svc", "v1")
+            .await
+            .unwrap();
+        assert_eq!(server.peers(), vec![first.eid()]);
+    })
+    .await;
+}

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::io;
 use std::time::Duration;
 
-use common::{host, within, Pattern};
+use common::{host, host_with, within, Pattern};
 use sss_host::{Error, Host, LinkStatus, RefuseCode, Stream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -248,8 +248,14 @@ async fn reset_reaches_the_peer_with_its_code() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn higher_priority_finishes_first() {
     const LEN: usize = 8 << 20;
-    let server = host();
-    let client = host();
+    // Windows and buffers hold everything at once, so that only the scheduler decides
+    // what goes first (not flow control, nor the order the writers run in).
+    let mut config = sss_host::HostConfig::bind(common::loopback());
+    config.session.send_buffer = 4 * LEN;
+    config.session.initial_max_stream_data = 2 * LEN as u64;
+    config.session.initial_max_data = 4 * LEN as u64;
+    let server = host_with(config.clone());
+    let client = host_with(config);
     let listener = server.listen("prio", "v1").unwrap();
     let addrs = [server.loopback_addr()];
     within(20, async {

@@ -33,6 +33,10 @@ impl FrameType {
     pub const ACK_ECN: FrameType = FrameType(0x03);
     /// Closes the channel with an error code and a reason.
     pub const CLOSE: FrameType = FrameType(0x04);
+    /// Asks the peer to echo 8 bytes: proves it receives at the address it sends from.
+    pub const PATH_CHALLENGE: FrameType = FrameType(0x05);
+    /// Echoes a PATH_CHALLENGE's 8 bytes.
+    pub const PATH_RESPONSE: FrameType = FrameType(0x06);
     /// First type of the stream layer; `UPPER_MIN..` frames carry a body length.
     pub const UPPER_MIN: FrameType = FrameType(0x20);
 
@@ -208,6 +212,10 @@ pub enum Frame<'a> {
         /// Human-readable detail, at most [`MAX_CLOSE_REASON_LEN`] bytes.
         reason: &'a [u8],
     },
+    /// Path validation: echo these bytes in a PATH_RESPONSE.
+    PathChallenge([u8; 8]),
+    /// Path validation: the bytes of a PATH_CHALLENGE.
+    PathResponse([u8; 8]),
     /// A stream-layer frame the channel carries without looking inside.
     Upper {
         /// Its type, at least [`FrameType::UPPER_MIN`].
@@ -234,6 +242,14 @@ impl Frame<'_> {
                 write_varint(buf, reason.len() as u64);
                 buf.extend_from_slice(reason);
             }
+            Frame::PathChallenge(data) => {
+                write_varint(buf, FrameType::PATH_CHALLENGE.0);
+                buf.extend_from_slice(data);
+            }
+            Frame::PathResponse(data) => {
+                write_varint(buf, FrameType::PATH_RESPONSE.0);
+                buf.extend_from_slice(data);
+            }
             Frame::Upper { ty, body } => {
                 write_upper_header(buf, *ty, body.len());
                 buf.extend_from_slice(body);
@@ -251,6 +267,7 @@ impl Frame<'_> {
                 let n = reason.len().min(MAX_CLOSE_REASON_LEN);
                 1 + varint_len(*code) + varint_len(n as u64) + n
             }
+            Frame::PathChallenge(_) | Frame::PathResponse(_) => 9,
             Frame::Upper { ty, body } => upper_header_len(*ty, body.len()) + body.len(),
         }
     }
@@ -320,6 +337,16 @@ impl<'a> Frames<'a> {
                 }
                 let reason = r.bytes(len as usize).map_err(truncated)?;
                 Frame::Close { code, reason }
+            }
+            FrameType::PATH_CHALLENGE | FrameType::PATH_RESPONSE => {
+                let bytes = r.bytes(8).map_err(truncated)?;
+                let mut data = [0u8; 8];
+                data.copy_from_slice(bytes);
+                if ty == FrameType::PATH_CHALLENGE {
+                    Frame::PathChallenge(data)
+                } else {
+                    Frame::PathResponse(data)
+                }
             }
             ty if ty.is_upper() => Frame::Upper {
                 ty,
@@ -391,6 +418,8 @@ mod tests {
         Ping,
         Ack(AckFrame),
         Close(u64, Vec<u8>),
+        Challenge([u8; 8]),
+        Response([u8; 8]),
         Upper(u64, Vec<u8>),
     }
 
@@ -404,6 +433,8 @@ mod tests {
                     code: *code,
                     reason,
                 },
+                Spec::Challenge(d) => Frame::PathChallenge(*d),
+                Spec::Response(d) => Frame::PathResponse(*d),
                 Spec::Upper(ty, body) => Frame::Upper {
                     ty: FrameType(*ty),
                     body,
@@ -424,6 +455,8 @@ mod tests {
                 prop::collection::vec(any::<u8>(), 0..=MAX_CLOSE_REASON_LEN)
             )
                 .prop_map(|(c, r)| Spec::Close(c, r)),
+            any::<[u8; 8]>().prop_map(Spec::Challenge),
+            any::<[u8; 8]>().prop_map(Spec::Response),
             (
                 FrameType::UPPER_MIN.0..=VARINT_MAX,
                 prop::collection::vec(any::<u8>(), 0..200)
@@ -582,7 +615,7 @@ mod tests {
 
     #[test]
     fn bad_types_and_lengths_are_rejected() {
-        for ty in [0x03u8, 0x05, 0x1f] {
+        for ty in [0x03u8, 0x07, 0x1f] {
             assert_eq!(
                 decode_all(&[ty, 0, 0]),
                 Err(FrameError::Reserved(FrameType(ty.into())))
@@ -610,11 +643,16 @@ mod tests {
 
     #[test]
     fn iteration_stops_after_the_first_error() {
-        let payload = [0x01, 0x05, 0x01, 0x01];
+        let payload = [0x01, 0x07, 0x01, 0x01];
         let items: Vec<_> = Frames::new(&payload).collect();
         assert_eq!(
             items,
-            vec![Ok(Frame::Ping), Err(FrameError::Reserved(FrameType(5)))]
+            vec![Ok(Frame::Ping), Err(FrameError::Reserved(FrameType(7)))]
+        );
+        // A PATH_CHALLENGE needs its 8 bytes.
+        assert_eq!(
+            decode_all(&[0x05, 1, 2, 3]),
+            Err(FrameError::Truncated(FrameType::PATH_CHALLENGE))
         );
     }
 

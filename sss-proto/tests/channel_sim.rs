@@ -362,6 +362,122 @@ fn peer_moving_to_a_new_address_keeps_the_channel() {
 }
 
 #[test]
+fn a_moved_peer_is_validated_before_it_gets_full_traffic() {
+    let mut link = LinkConfig::with_latency(Duration::from_millis(10));
+    link.bandwidth_bps = Some(20_000_000);
+    let mut p = pair(16, link.clone(), fast_config());
+    let h = p.start_transfer(16, 3_000_000);
+    p.net.run_for(Duration::from_millis(300)).unwrap();
+    // NAT rebinding: same IP, new port.
+    let new = std::net::SocketAddr::from(([10, 0, 0, 1], 6000));
+    p.net.rebind(p.a, addr(1), new);
+    p.net.connect(new, addr(2), link);
+    assert!(p.run_transfer(h, Duration::from_secs(30)));
+    let rx = p.receiver();
+    assert_eq!(rx.channel.remote_address(), new);
+    assert_eq!(rx.channel.stats().migrations, 1);
+    // Validated: the receiver may send freely again (its ACKs flowed and the sender finished).
+    assert!(rx.channel.is_established());
+}
+
+#[test]
+fn a_packet_replayed_from_another_address_cannot_divert_the_channel() {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+    let mut link = LinkConfig::with_latency(Duration::from_millis(10));
+    link.bandwidth_bps = Some(20_000_000);
+    let mut p = pair(17, link, fast_config());
+    let h = p.start_transfer(17, 3_000_000);
+    p.net.run_for(Duration::from_millis(300)).unwrap();
+    // An attacker on the path makes a data packet of A's appear to come from an address of
+    // its own (where nobody answers), before A's next packet.
+    let attacker = std::net::SocketAddr::from(([10, 0, 0, 66], 4444));
+    let spoofed = Rc::new(RefCell::new(0usize));
+    let sent_to_attacker = Rc::new(RefCell::new(0usize));
+    let (sp, sta) = (spoofed.clone(), sent_to_attacker.clone());
+    let a_addr = addr(1);
+    p.net.set_interceptor(Box::new(move |i| {
+        if i.to == attacker {
+            *sta.borrow_mut() += i.data.len();
+            return Verdict::Drop;
+        }
+        if i.from == a_addr && *sp.borrow() == 0 && is_data(i.data) && i.data.len() > 1000 {
+            *sp.borrow_mut() = i.data.len();
+            i.from = attacker;
+        }
+        Verdict::Deliver
+    }));
+    p.net.run_for(Duration::from_millis(50)).unwrap();
+    let packet_len = *spoofed.borrow();
+    assert!(packet_len > 0, "spoofed a packet");
+    let moved = p
+        .net
+        .node(p.b)
+        .events
+        .iter()
+        .any(|(_, e)| matches!(e, ChannelEvent::PathChanged { to, .. } if *to == attacker));
+    assert!(moved, "the receiver followed the newest packet");
+    assert!(
+        p.run_transfer(h, Duration::from_secs(30)),
+        "transfer did not complete"
+    );
+    let rx = p.receiver();
+    assert_eq!(
+        rx.channel.remote_address(),
+        addr(1),
+        "back on the validated address"
+    );
+    // The unvalidated address got at most three times what came from it.
+    let sent = *sent_to_attacker.borrow();
+    assert!(
+        sent <= 3 * packet_len,
+        "{sent} bytes went to the attacker's address for {packet_len} received"
+    );
+}
+
+#[test]
+fn an_unanswered_path_challenge_returns_the_channel_to_the_validated_address() {
+    let link = LinkConfig::with_latency(Duration::from_millis(10));
+    let mut p = pair(18, link, fast_config());
+    let h = p.start_transfer(18, 10_000);
+    assert!(p.run_transfer(h, Duration::from_secs(10)));
+    // The channel is quiet; A's next packet (a PING) is made to come from elsewhere.
+    let attacker = std::net::SocketAddr::from(([10, 0, 0, 66], 4444));
+    let a_addr = addr(1);
+    // After that, A's packets are lost for a while: only the timer can bring B back.
+    let spoofed_at: Rc<RefCell<Option<std::time::Instant>>> = Rc::default();
+    let d = spoofed_at.clone();
+    p.net.set_interceptor(Box::new(move |i| {
+        if i.to == attacker {
+            return Verdict::Drop;
+        }
+        if i.from == a_addr && is_data(i.data) {
+            let at = *d.borrow();
+            match at {
+                None => {
+                    *d.borrow_mut() = Some(i.time);
+                    i.from = attacker;
+                }
+                Some(t) if i.time < t + Duration::from_secs(2) => return Verdict::Drop,
+                Some(_) => {}
+            }
+        }
+        Verdict::Deliver
+    }));
+    p.net.node_mut(p.a).slot_mut(h).channel.ping();
+    let a = p.a;
+    p.net.wake(a);
+    p.net.run_for(Duration::from_millis(20)).unwrap();
+    assert_eq!(p.receiver().channel.remote_address(), attacker);
+    // Nobody answers the challenge at the attacker's address: back to A's after the
+    // validation time (A itself is silent until 2 s).
+    p.net.run_for(Duration::from_millis(1500)).unwrap();
+    let rx = p.receiver();
+    assert_eq!(rx.channel.remote_address(), addr(1));
+    assert!(rx.channel.is_established());
+}
+
+#[test]
 fn path_mtu_is_discovered_and_black_holes_fall_back() {
     let mut link = LinkConfig::with_latency(Duration::from_millis(10));
     link.mtu = 1400;

@@ -494,18 +494,23 @@ fn peer_id(n: u64) -> StreamId {
     StreamId::new(a.as_bytes() > b.as_bytes(), n)
 }
 
-fn top(id: StreamId, data: &[u8]) -> StreamLayerFrame<'_> {
+/// A STREAM frame; with `open`, announcing a top-level stream.
+fn data_frame(id: StreamId, offset: u64, data: &[u8], open: bool) -> StreamLayerFrame<'_> {
     StreamLayerFrame::Stream(sss_proto::stream::frames::StreamFrame {
         id,
-        offset: 0,
+        offset,
         data,
         fin: false,
         record: false,
-        open: Some(OpenInfo::Top {
+        open: open.then_some(OpenInfo::Top {
             service: "svc",
             protocol: "p",
         }),
     })
+}
+
+fn top(id: StreamId, data: &[u8]) -> StreamLayerFrame<'_> {
+    data_frame(id, 0, data, true)
 }
 
 #[test]
@@ -537,28 +542,11 @@ fn hostile_peer_sending_past_windows_is_closed_and_memory_stays_bounded() {
     assert_eq!(feed(&mut s, now, &top(id, b"hello")), None);
     // Data ending past the stream window.
     let data = vec![0u8; 1000];
-    let far = StreamLayerFrame::Stream(sss_proto::stream::frames::StreamFrame {
-        id,
-        offset: window - 10,
-        data: &data,
-        fin: false,
-        record: false,
-        open: None,
-    });
+    let far = data_frame(id, window - 10, &data, false);
     assert!(feed(&mut s, now, &far).is_some());
     // An offset far beyond any window.
     let (mut s, now) = victim(config.clone());
-    let huge = StreamLayerFrame::Stream(sss_proto::stream::frames::StreamFrame {
-        id,
-        offset: 1 << 60,
-        data: b"x",
-        fin: false,
-        record: false,
-        open: Some(OpenInfo::Top {
-            service: "svc",
-            protocol: "p",
-        }),
-    });
+    let huge = data_frame(id, 1 << 60, b"x", true);
     assert!(feed(&mut s, now, &huge).is_some());
     assert!(s.buffered_bytes() <= 1);
     // Scattered single bytes inside the window: refused before the bookkeeping explodes.
@@ -566,14 +554,7 @@ fn hostile_peer_sending_past_windows_is_closed_and_memory_stays_bounded() {
     assert_eq!(feed(&mut s, now, &top(id, b"h")), None);
     let mut closed = false;
     for i in 0..(window / 2) {
-        let f = StreamLayerFrame::Stream(sss_proto::stream::frames::StreamFrame {
-            id,
-            offset: 2 + 2 * i,
-            data: b"x",
-            fin: false,
-            record: false,
-            open: None,
-        });
+        let f = data_frame(id, 2 + 2 * i, b"x", false);
         if feed(&mut s, now, &f).is_some() {
             closed = true;
             break;
@@ -588,17 +569,7 @@ fn hostile_peer_sending_past_windows_is_closed_and_memory_stays_bounded() {
     'outer: for n in 1..200 {
         let id = peer_id(n);
         for k in 0..(window / block.len() as u64) {
-            let f = StreamLayerFrame::Stream(sss_proto::stream::frames::StreamFrame {
-                id,
-                offset: k * block.len() as u64,
-                data: &block,
-                fin: false,
-                record: false,
-                open: Some(OpenInfo::Top {
-                    service: "svc",
-                    protocol: "p",
-                }),
-            });
+            let f = data_frame(id, k * block.len() as u64, &block, true);
             if feed(&mut s, now, &f).is_some() {
                 refused = true;
                 break 'outer;
@@ -809,4 +780,87 @@ fn reliable_datagrams_never_show_up_as_substreams() {
         "datagrams: {:?}",
         dgrams.iter().map(Vec::len).collect::<Vec<_>>()
     );
+}
+
+#[test]
+fn a_record_larger_than_the_window_is_read_whole() {
+    let link = LinkConfig::with_latency(Duration::from_millis(10));
+    let config = SessionConfig {
+        max_stream_window: 2 * 1024 * 1024,
+        ..SessionConfig::default()
+    };
+    let window = config.initial_max_stream_data as usize;
+    let mut w = world(12, link, config);
+    let s = w.open();
+    let small = pattern(1, 75_000);
+    let big = pattern(2, 3 * window);
+    w.a_session().write_record(s, &small).unwrap();
+    w.a_session().write_record(s, &big).unwrap();
+    let a = w.a;
+    w.net.wake(a);
+    // B only ever calls read_record: the window must grow for the big record to complete.
+    let mut records = Vec::new();
+    for _ in 0..400 {
+        w.net.run_for(Duration::from_millis(10)).unwrap();
+        let a_eid = w.a_eid;
+        if let Some(b) = w.net.node_mut(w.b).sessions.get_mut(&a_eid) {
+            while let Ok(Some((r, truncated))) = b.read_record(s, usize::MAX) {
+                assert!(!truncated);
+                records.push(r);
+            }
+        }
+        let b = w.b;
+        w.net.wake(b);
+        if records.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(records.len(), 2, "the large record never completed");
+    assert!(records[0] == small && records[1] == big);
+    // Beyond the largest window a record cannot be taken whole: the receiver is told, and
+    // plain reads get the bytes.
+    let huge = pattern(3, 5 * 1024 * 1024);
+    let mut off = 0;
+    let mut got = Vec::new();
+    let mut blocked = false;
+    for _ in 0..2000 {
+        if off < huge.len() {
+            let end = (off + 1024 * 1024).min(huge.len());
+            let cap = w.a_session().write_capacity(s).min(end - off);
+            if cap > 0 {
+                if off + cap == huge.len() {
+                    w.a_session().write_record(s, &huge[off..]).unwrap();
+                } else {
+                    w.a_session().write(s, &huge[off..off + cap]).unwrap();
+                }
+                off += cap;
+            }
+        }
+        let a = w.a;
+        w.net.wake(a);
+        w.net.run_for(Duration::from_millis(10)).unwrap();
+        blocked |= w
+            .net
+            .node_mut(w.b)
+            .events
+            .drain(..)
+            .any(|(_, e)| e == SessionEvent::ReceiveBlocked(s));
+        if blocked {
+            let mut buf = vec![0u8; 1 << 16];
+            while let Ok(n) = w.b_session().read(s, &mut buf) {
+                if n == 0 {
+                    break;
+                }
+                got.extend_from_slice(&buf[..n]);
+            }
+        }
+        if got.len() == huge.len() {
+            break;
+        }
+    }
+    assert!(
+        blocked,
+        "no receive-blocked event for a record beyond the largest window"
+    );
+    assert!(got == huge);
 }

@@ -194,6 +194,22 @@ pub(crate) struct InitiatorSetup {
     pub(crate) protocol: String,
 }
 
+/// Validation of a new peer address (after the peer moved).
+#[derive(Debug, Clone)]
+struct PathValidation {
+    /// The challenge's bytes.
+    data: [u8; 8],
+    /// The last validated address, to return to if validation fails.
+    fallback: SocketAddr,
+    /// Give up at this time.
+    deadline: Instant,
+    /// A PATH_CHALLENGE is to be (re-)sent.
+    send: bool,
+}
+
+/// Shortest time a new peer address gets to answer a PATH_CHALLENGE.
+const PATH_VALIDATION_MIN: Duration = Duration::from_millis(500);
+
 /// One channel. `M` is the upper layer's per-frame record ([`Upper::Meta`]).
 pub struct Channel<M> {
     config: Arc<ChannelConfig>,
@@ -231,6 +247,10 @@ pub struct Channel<M> {
     validated: bool,
     unvalidated_received: u64,
     unvalidated_sent: u64,
+    /// A new peer address being validated (PATH_CHALLENGE sent, response awaited).
+    path: Option<PathValidation>,
+    /// A PATH_RESPONSE owed to the peer.
+    path_response: Option<[u8; 8]>,
     app_limited: bool,
     idle_timeout: Duration,
     last_send: Instant,
@@ -293,6 +313,8 @@ impl<M> Channel<M> {
             validated: side == Side::Initiator,
             unvalidated_received: 0,
             unvalidated_sent: 0,
+            path: None,
+            path_response: None,
             app_limited: true,
             idle_timeout: config.idle_timeout,
             last_send: now,
@@ -658,7 +680,9 @@ impl<M> Channel<M> {
         }
         self.stats.packets_received += 1;
         self.stats.bytes_received += datagram_len as u64;
-        if !self.validated {
+        if !self.validated && self.path.is_none() {
+            // Handshake address validation (responder): the initiator's first packet proves
+            // it received our response at this address.
             if from == self.remote {
                 self.validated = true;
                 self.timers.stop(Timer::HandshakeTimeout);
@@ -667,21 +691,23 @@ impl<M> Channel<M> {
             }
             // A probe timer held back by the limit may now be armed.
             self.set_loss_detection_timer(now);
+        } else if !self.validated && from == self.remote {
+            // A new address under validation: what it sends raises what we may send it.
+            self.unvalidated_received += datagram_len as u64;
+            self.set_loss_detection_timer(now);
         }
         if from != self.remote && self.received.largest().is_none_or(|l| pn > l) {
-            // The peer moved (NAT rebinding, new address): follow the newest packet, as
-            // WireGuard does. The packet authenticated, so only the peer can cause this.
-            let old = std::mem::replace(&mut self.remote, from);
-            self.events.push_back(ChannelEvent::PathChanged {
-                from: old,
-                to: from,
-            });
-            if !self.validated {
-                // Still bound by the anti-amplification limit, and now towards an address
-                // the peer was never seen receiving at. A PING (small enough to pass the
-                // limit) makes the peer answer from there, which validates it; without it,
-                // data held back by the limit could wait for a packet the peer has no reason
-                // to send.
+            if matches!(self.state, State::Established) && self.path.is_some() || self.validated {
+                self.migrate(now, from, datagram_len);
+            } else {
+                // Still in handshake address validation: follow the peer, and make it
+                // answer from there (a PING passes the anti-amplification limit), which
+                // validates the address.
+                let old = std::mem::replace(&mut self.remote, from);
+                self.events.push_back(ChannelEvent::PathChanged {
+                    from: old,
+                    to: from,
+                });
                 self.ping_pending = true;
             }
         }
@@ -708,6 +734,8 @@ impl<M> Channel<M> {
             ack_eliciting |= frame.is_ack_eliciting();
             match frame {
                 Frame::Padding(_) | Frame::Ping => {}
+                Frame::PathChallenge(data) => self.path_response = Some(data),
+                Frame::PathResponse(data) => self.on_path_response(now, from, data),
                 Frame::Ack(ack) => {
                     if let Err(e) = self.on_ack_received(now, &ack, upper) {
                         error = Some(e);
@@ -762,6 +790,107 @@ impl<M> Channel<M> {
             State::Closing(ChannelError::ProtocolViolation(reason)),
             upper,
         );
+    }
+
+    /// The peer sends from a new address (NAT rebinding, a new network): the newest packet
+    /// decides, as in WireGuard, but the new address is not trusted with more than three
+    /// times what it sent until it echoes a PATH_CHALLENGE (an attacker replaying a captured
+    /// packet from elsewhere cannot); if it does not within the validation time, the channel
+    /// returns to the last validated address.
+    fn migrate(&mut self, now: Instant, to: SocketAddr, datagram_len: usize) {
+        let from = std::mem::replace(&mut self.remote, to);
+        // Moving on from an address still being validated: fall back to the last good one.
+        let fallback = self.path.as_ref().map_or(from, |p| p.fallback);
+        if fallback == to {
+            // Back to the validated address.
+            self.path = None;
+            self.validated = true;
+            self.timers.stop(Timer::PathValidation);
+        } else {
+            let mut data = [0u8; 8];
+            rand_core::RngCore::fill_bytes(&mut self.rng, &mut data);
+            let wait = (3 * self.pto_duration()).max(PATH_VALIDATION_MIN);
+            self.path = Some(PathValidation {
+                data,
+                fallback,
+                deadline: now + wait,
+                send: true,
+            });
+            self.validated = false;
+            self.unvalidated_sent = 0;
+            self.unvalidated_received = datagram_len as u64;
+            self.timers
+                .set(Timer::PathValidation, now + self.pto_duration().min(wait));
+            self.stats.migrations += 1;
+        }
+        if from.ip() != to.ip() {
+            // A different network path: its capacity and delay are unknown.
+            self.cc = self.config.congestion.build(now, self.mtu.current());
+            self.rtt = RttEstimator::new(self.config.initial_rtt);
+        }
+        self.events
+            .push_back(ChannelEvent::PathChanged { from, to });
+    }
+
+    /// A PATH_RESPONSE arrived from `from`.
+    fn on_path_response(&mut self, now: Instant, from: SocketAddr, data: [u8; 8]) {
+        if let Some(p) = &self.path {
+            if p.data == data && from == self.remote {
+                self.path = None;
+                self.validated = true;
+                self.timers.stop(Timer::PathValidation);
+                self.set_loss_detection_timer(now);
+            }
+        }
+    }
+
+    /// The path validation timer fired: re-send the challenge, or give up and return to the
+    /// last validated address.
+    fn on_path_timer(&mut self, now: Instant) {
+        let pto = self.pto_duration();
+        let Some(p) = self.path.as_mut() else {
+            return;
+        };
+        if now >= p.deadline {
+            let fallback = p.fallback;
+            self.path = None;
+            self.validated = true;
+            let failed = std::mem::replace(&mut self.remote, fallback);
+            self.events.push_back(ChannelEvent::PathChanged {
+                from: failed,
+                to: fallback,
+            });
+            self.set_loss_detection_timer(now);
+        } else {
+            p.send = true;
+            let next = (now + pto).min(p.deadline);
+            self.timers.set(Timer::PathValidation, next);
+        }
+    }
+
+    /// Whether PATH_CHALLENGE or PATH_RESPONSE frames wait to be sent.
+    pub(super) fn path_frames_pending(&self) -> bool {
+        self.path_response.is_some() || self.path.as_ref().is_some_and(|p| p.send)
+    }
+
+    /// Appends the pending PATH_CHALLENGE / PATH_RESPONSE frames if they fit before `limit`.
+    pub(super) fn write_path_frames(&mut self, buf: &mut Vec<u8>, limit: usize) -> bool {
+        let mut wrote = false;
+        if let Some(data) = self.path_response {
+            if buf.len() + 9 <= limit {
+                Frame::PathResponse(data).encode(buf);
+                self.path_response = None;
+                wrote = true;
+            }
+        }
+        if let Some(p) = self.path.as_mut() {
+            if p.send && buf.len() + 9 <= limit {
+                Frame::PathChallenge(p.data).encode(buf);
+                p.send = false;
+                wrote = true;
+            }
+        }
+        wrote
     }
 
     /// Enters Closing or Draining: every upper-layer frame in flight is reported lost (the
@@ -1016,6 +1145,7 @@ impl<M> Channel<M> {
                     self.finish(ChannelError::TimedOut(idle), upper);
                 }
                 Timer::KeepAlive => self.ping_pending = true,
+                Timer::PathValidation => self.on_path_timer(now),
                 Timer::Close => {
                     let error = match &self.state {
                         State::Closing(e) | State::Draining(e) => e.clone(),

@@ -32,6 +32,8 @@ pub struct ChannelStats {
     pub dropped_malformed: u64,
     /// Completed key updates.
     pub key_updates: u64,
+    /// Times the peer moved to a new address (path validations started).
+    pub migrations: u64,
     /// Smoothed round-trip time.
     pub rtt: Duration,
     /// Congestion window in bytes.

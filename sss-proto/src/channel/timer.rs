@@ -25,9 +25,11 @@ pub(crate) enum Timer {
     KeyDiscard = 8,
     /// Next path MTU probe or re-search.
     Mtu = 9,
+    /// Re-send a PATH_CHALLENGE, or give up validating a new peer address.
+    PathValidation = 10,
 }
 
-const COUNT: usize = 10;
+const COUNT: usize = 11;
 const ALL: [Timer; COUNT] = [
     Timer::LossDetection,
     Timer::Ack,
@@ -39,6 +41,7 @@ const ALL: [Timer; COUNT] = [
     Timer::HandshakeTimeout,
     Timer::KeyDiscard,
     Timer::Mtu,
+    Timer::PathValidation,
 ];
 
 /// Deadlines of all timers.

@@ -23,7 +23,7 @@ use crate::Transmit;
 /// Longest packet carrying an ACK frame with its newest range and a PING: the room an
 /// amplification-limited channel needs to send anything.
 pub(super) const MIN_SMALL_PACKET: usize =
-    MAX_HEADER_LEN + AckFrame::MAX_SINGLE_RANGE_LEN + 1 + TAG_LEN;
+    MAX_HEADER_LEN + AckFrame::MAX_SINGLE_RANGE_LEN + 1 + 2 * 9 + TAG_LEN;
 
 /// What to put in one packet.
 #[derive(Debug, Default, Clone, Copy)]
@@ -161,7 +161,8 @@ impl<M> Channel<M> {
         let cwnd_room = self.bytes_in_flight + segment as u64 <= self.cc.window();
         let may_elicit = probe || cwnd_room;
         let mut data = wants_data && may_elicit;
-        let mut ping = (self.ping_pending || probe) && may_elicit && !data;
+        let path = self.path_frames_pending();
+        let mut ping = (self.ping_pending || probe || path) && may_elicit && !data;
         if wants_data && !cwnd_room && !probe {
             self.app_limited = false;
         } else if !wants_data {
@@ -174,7 +175,7 @@ impl<M> Channel<M> {
                 // frame to its newest ranges); upper-layer data waits. The peer's answer to
                 // the PING validates its address, so a responder whose 0.5-RTT data is
                 // stuck behind the limit can always unblock itself.
-                let ping = (self.ping_pending || probe) && may_elicit;
+                let ping = (self.ping_pending || probe || path) && may_elicit;
                 if !(ack || ping) || self.amplification_blocked() {
                     return None;
                 }
@@ -298,7 +299,13 @@ impl<M> Channel<M> {
                 }
             }
         }
-        if content.ping {
+        if content.ping || content.data {
+            // Path validation frames ride in any ack-eliciting packet.
+            if self.write_path_frames(buf, limit) {
+                ack_eliciting = true;
+            }
+        }
+        if content.ping && (self.ping_pending || content.probe || !ack_eliciting) {
             Frame::Ping.encode(buf);
             ack_eliciting = true;
             self.ping_pending = false;

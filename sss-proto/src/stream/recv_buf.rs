@@ -316,6 +316,43 @@ impl RecvBuffer {
         Some(out)
     }
 
+    /// Abandons every byte held (the stream was reset): everything up to the highest offset
+    /// received counts as read. Returns how many bytes that skipped.
+    pub fn abandon(&mut self) -> u64 {
+        let skipped = self.max_received - self.read;
+        self.inner = None;
+        self.read = self.max_received;
+        self.contiguous = self.max_received;
+        skipped
+    }
+
+    /// On an abandoned stream: data (or a final size, with `fin`) up to `end` arrived. It is
+    /// checked like [`insert`](Self::insert) but not stored; returns by how much the highest
+    /// received offset grew (bytes that count as received and read at once).
+    pub fn skip_to(&mut self, end: u64, fin: bool, limit: u64) -> Result<u64, RecvError> {
+        debug_assert!(self.inner.is_none() && self.read == self.max_received);
+        if end > limit {
+            return Err(RecvError::FlowControl { end, limit });
+        }
+        let known_final = self.final_size();
+        if known_final.is_some_and(|f| end > f || (fin && end != f))
+            || (fin && end < self.max_received)
+        {
+            return Err(RecvError::FinalSize {
+                final_size: known_final,
+                end,
+            });
+        }
+        let grew = end.saturating_sub(self.max_received);
+        if fin {
+            self.final_size = end;
+        }
+        self.max_received += grew;
+        self.read = self.max_received;
+        self.contiguous = self.max_received;
+        Ok(grew)
+    }
+
     /// Whether the stream ended and everything was read.
     pub fn at_end(&self) -> bool {
         self.read == self.final_size

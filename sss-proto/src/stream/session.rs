@@ -76,6 +76,9 @@ pub struct Session {
     pub(crate) data_window_moved_at: Option<Instant>,
     pub(crate) max_data_queued: bool,
     pub(crate) control: VecDeque<Control>,
+    /// RESET_STREAM and STOP_SENDING of our streams beyond the peer's stream credit (reset
+    /// before they could be sent): the peer would ignore them; they wait for MAX_STREAMS.
+    pub(crate) deferred_control: Vec<Control>,
     /// Control frames (and MAX_DATA, MAX_STREAMS) sent and not yet acknowledged or lost.
     pub(crate) control_in_flight: usize,
     pub(crate) scheduler: Scheduler,
@@ -129,6 +132,7 @@ impl Session {
             data_window_moved_at: None,
             max_data_queued: false,
             control: VecDeque::new(),
+            deferred_control: Vec::new(),
             control_in_flight: 0,
             scheduler: Scheduler::default(),
             session_blocked: Vec::new(),
@@ -216,6 +220,7 @@ impl Session {
             && !self.max_streams_queued
             && self.control_in_flight == 0
             && self.control.is_empty()
+            && self.deferred_control.is_empty()
             && self.scheduler.is_empty()
             && self.session_blocked.is_empty()
             && self.credit_blocked.is_empty()
@@ -309,6 +314,7 @@ impl Session {
         self.streams.clear();
         self.scheduler = Scheduler::default();
         self.control.clear();
+        self.deferred_control.clear();
         self.session_blocked.clear();
         self.credit_blocked.clear();
         self.orphans.clear();
@@ -502,6 +508,10 @@ impl Session {
             st.send.finish();
             // Our receiving side of an ephemeral datagram stream carries nothing.
             st.set(flag::RECV_RESET);
+            // Nothing ever comes back: the peer's final size is 0.
+            st.recv
+                .skip_to(0, true, 0)
+                .expect("a new stream received nothing");
             return Ok(());
         }
         let limit = self.config.outgoing_datagram_limit;
@@ -528,38 +538,61 @@ impl Session {
         Ok(())
     }
 
-    /// Abandons the stream in both directions with an application code.
+    /// Abandons the stream in both directions with an application code. Datagrams not yet
+    /// read or sent are dropped, and substreams waiting in its accept queue (never accepted
+    /// by the application) are reset with [`ErrorCode::NO_PARENT`].
     pub fn reset(&mut self, id: StreamId, code: u64) -> Result<(), StreamError> {
-        let st = self
-            .streams
-            .get_mut(&id)
-            .ok_or(StreamError::UnknownStream)?;
+        if !self.streams.contains_key(&id) {
+            return Err(StreamError::UnknownStream);
+        }
+        // A work list, not recursion: unaccepted substreams may have queued substreams too.
+        let mut work = vec![(id, code)];
+        while let Some((id, code)) = work.pop() {
+            for child in self.reset_one(id, code) {
+                work.push((child, ErrorCode::NO_PARENT));
+            }
+        }
+        Ok(())
+    }
+
+    /// Resets one stream; returns the substreams that were waiting in its accept queue.
+    fn reset_one(&mut self, id: StreamId, code: u64) -> VecDeque<StreamId> {
+        let Some(st) = self.streams.get_mut(&id) else {
+            return VecDeque::new();
+        };
+        // Nothing can be read from or sent on a reset stream: what waits would keep it (and
+        // the peer's stream credit) alive for ever.
+        let orphans = match st.extra.as_mut() {
+            Some(extra) => {
+                extra.datagrams.clear();
+                extra.outgoing = None;
+                std::mem::take(&mut extra.accept_queue)
+            }
+            None => VecDeque::new(),
+        };
+        let mut queue = Vec::with_capacity(2);
         if !st.has(flag::SEND_RESET) {
             st.set(flag::SEND_RESET);
             let final_size = st.send.reset();
-            self.control.push_back(Control::Reset {
+            queue.push(Control::Reset {
                 id,
                 code,
                 final_size,
             });
         }
+        let mut unread = 0;
         if !st.has(flag::RECV_RESET) {
             st.set(flag::RECV_RESET);
-            self.control.push_back(Control::Stop { id, code });
-            let unread = st.recv.buffered() as u64;
-            self.data_read += unread;
+            queue.push(Control::Stop { id, code });
+            unread = st.recv.abandon();
         }
-        let extra = st.extra();
-        extra.reset_code = Some(code);
-        // What the application can no longer take from a reset stream: its unread datagrams
-        // go, and substreams it never accepted are refused.
-        extra.datagrams.clear();
-        let orphaned: Vec<StreamId> = extra.accept_queue.drain(..).collect();
+        st.extra().reset_code = Some(code);
+        for c in queue {
+            self.queue_control(c);
+        }
+        self.consumed(unread);
         self.forget_if_done(id);
-        for child in orphaned {
-            self.reset(child, ErrorCode::NO_PARENT).ok();
-        }
-        Ok(())
+        orphans
     }
 
     /// Sets the send priority of `id` (higher first); takes effect with the next packet.
@@ -593,7 +626,7 @@ impl Session {
     pub fn read(&mut self, id: StreamId, buf: &mut [u8]) -> Result<usize, StreamError> {
         let st = self.live_mut(id)?;
         let n = st.recv.read(buf);
-        st.clear(flag::READABLE_NOTIFIED);
+        st.clear(flag::READABLE_NOTIFIED | flag::WANTS_RECORD);
         self.on_read(id, n as u64);
         Ok(n)
     }
@@ -615,8 +648,43 @@ impl Session {
         let r = st.recv.read_record(max);
         let consumed = st.recv.read_offset() - before;
         st.clear(flag::READABLE_NOTIFIED);
+        if r.is_none() {
+            st.set(flag::WANTS_RECORD);
+        } else {
+            st.clear(flag::WANTS_RECORD);
+        }
         self.on_read(id, consumed);
+        if r.is_none() {
+            self.grow_for_record(id);
+        }
         Ok(r)
+    }
+
+    /// If the application waits for a record and `id`'s window is full of one incomplete
+    /// record (which `read_record` cannot take), grows the window — the stream's, and the
+    /// session's if needed — up to their bounds. Returns false if the window cannot grow (the
+    /// record is longer than `max_stream_window`).
+    pub(crate) fn grow_for_record(&mut self, id: StreamId) -> bool {
+        let max = self.config.max_stream_window;
+        let Some(st) = self.streams.get_mut(&id) else {
+            return false;
+        };
+        let full = st.recv.max_received() >= st.recv_limit;
+        if !full || !st.has(flag::WANTS_RECORD) || st.recv.has_pending_records() {
+            return false;
+        }
+        if st.recv_window >= max {
+            return false;
+        }
+        st.recv_window = (st.recv_window * 2).min(max);
+        self.queue_max_stream_data(id);
+        if self.data_received >= self.local_max_data.saturating_sub(self.data_window / 2)
+            && self.data_window < self.config.max_session_window
+        {
+            self.data_window = (self.data_window * 2).min(self.config.max_session_window);
+            self.max_data_queued = true;
+        }
+        true
     }
 
     /// Complete records waiting to be read.
@@ -657,7 +725,7 @@ impl Session {
             self.forget_if_done(id);
             return;
         }
-        self.data_read += n;
+        self.consumed(n);
         if let Some(st) = self.streams.get_mut(&id) {
             st.clear(flag::BLOCKED_NOTIFIED);
             let read = st.recv.read_offset();
@@ -669,10 +737,29 @@ impl Session {
                 self.queue_max_stream_data(id);
             }
         }
-        if self.local_max_data.saturating_sub(self.data_read) < self.data_window / 2 {
+        self.forget_if_done(id);
+    }
+
+    /// Queues a RESET_STREAM or STOP_SENDING, holding back those of our streams the peer
+    /// cannot know yet (beyond its stream credit).
+    pub(crate) fn queue_control(&mut self, c: Control) {
+        let id = match c {
+            Control::Reset { id, .. } | Control::Stop { id, .. } | Control::MaxStreamData(id) => id,
+        };
+        if id.side() == self.side && id.counter() >= self.peer_max_streams {
+            self.deferred_control.push(c);
+        } else {
+            self.control.push_back(c);
+        }
+    }
+
+    /// Accounts `n` bytes of the session window as consumed (read, or skipped on a reset
+    /// stream) and announces more room once half the window is used.
+    pub(crate) fn consumed(&mut self, n: u64) {
+        self.data_read += n;
+        if n > 0 && self.local_max_data.saturating_sub(self.data_read) < self.data_window / 2 {
             self.max_data_queued = true;
         }
-        self.forget_if_done(id);
     }
 
     /// Grows windows that were used up within two round trips (called when a window moves,
@@ -726,7 +813,15 @@ impl Session {
     /// The next incoming substream of `id`, if one is queued.
     pub fn accept_substream(&mut self, id: StreamId) -> Result<Option<StreamId>, StreamError> {
         let st = self.live_mut(id)?;
-        Ok(st.extra.as_mut().and_then(|e| e.accept_queue.pop_front()))
+        let Some(extra) = st.extra.as_mut() else {
+            return Ok(None);
+        };
+        let child = extra.accept_queue.pop_front();
+        if child.is_none() && extra.accept_queue.capacity() > 64 {
+            // Idle listeners hold no memory from past bursts.
+            extra.accept_queue = VecDeque::new();
+        }
+        Ok(child)
     }
 
     /// Accepts an incoming top-level stream announced by [`SessionEvent::IncomingStream`].
@@ -758,7 +853,12 @@ impl Session {
 
     /// The next event for the application.
     pub fn poll_event(&mut self) -> Option<SessionEvent> {
-        self.events.pop_front()
+        let e = self.events.pop_front();
+        if e.is_none() && self.events.capacity() > 1024 {
+            // A burst (thousands of new substreams) must not pin its queue for ever.
+            self.events = VecDeque::new();
+        }
+        e
     }
 
     /// Forgets a stream whose both directions are over, returning stream credit to the peer

@@ -53,6 +53,9 @@ pub(crate) mod flag {
     pub(crate) const WRITABLE_WANTED: u16 = 1 << 13;
     /// A frame carrying the OPEN information is in flight.
     pub(crate) const OPEN_IN_FLIGHT: u16 = 1 << 14;
+    /// The application asked for a record and none was complete: a window full of one
+    /// incomplete record must grow.
+    pub(crate) const WANTS_RECORD: u16 = 1 << 15;
 }
 
 /// Rarely used parts of a stream, allocated on first use.
@@ -144,7 +147,9 @@ impl StreamState {
     /// Whether both directions are over: the stream can be forgotten.
     pub(crate) fn is_done(&self) -> bool {
         let send_done = self.has(flag::SEND_RESET) || self.send.is_fully_acked();
-        let recv_done = self.has(flag::RECV_RESET) || self.recv.at_end();
+        // A reset receiving side is over once the peer's final size is known (its RESET_STREAM
+        // or FIN arrived): until then its bytes still count against the session window.
+        let recv_done = self.recv.at_end();
         send_done
             && recv_done
             && !self.has_outgoing_datagrams()

@@ -199,6 +199,11 @@ impl Session {
                 },
             })
         };
+        if st.has(flag::SEND_RESET) {
+            // Nothing to send, not even an OPEN announcement: if the peer never saw the
+            // stream, our RESET_STREAM tells it all it needs.
+            return StreamTurn::Done;
+        }
         let stream_limit = st.send_limit;
         let flow_limit = stream_limit.min(st.send.sent_offset().saturating_add(session_room));
         if open.is_some() && !st.has(flag::OPEN_IN_FLIGHT) && !st.send.has_pending(flow_limit) {
@@ -236,8 +241,8 @@ impl Session {
             return StreamTurn::NoRoom;
         };
         let Some(chunk) = st.send.next_chunk(max, flow_limit) else {
-            // Pending data that did not fit: try again in the next packet.
-            return if max == 0 {
+            // Room for a header but not one data byte: the data waits for the next packet.
+            return if st.send.has_pending(flow_limit) {
                 StreamTurn::NoRoom
             } else {
                 StreamTurn::Done
@@ -277,14 +282,27 @@ impl Session {
     /// A STREAM frame arrived.
     fn on_stream_frame(&mut self, now: Instant, f: &StreamFrame<'_>) -> Result<(), UpperError> {
         let id = f.id;
-        if !self.streams.contains_key(&id) && !self.open_remote(now, id, f.open.as_ref())? {
-            return Ok(()); // a late frame of a finished stream, or a refused one
+        if !self.streams.contains_key(&id) {
+            self.open_remote(now, id, f.open.as_ref())?;
         }
-        let st = self.streams.get_mut(&id).expect("opened above");
+        // A late frame of a finished stream finds nothing; a refused stream is there, reset,
+        // and still counts this frame's bytes (and learns a final size from its FIN).
+        let Some(st) = self.streams.get_mut(&id) else {
+            return Ok(());
+        };
+        let limit = st.recv_limit;
         if st.has(flag::RECV_RESET) {
+            // We reset the stream and wait for the peer's final size: the bytes are not kept,
+            // but they count against the session window as received and consumed.
+            let end = f.offset + f.data.len() as u64;
+            let grew = st
+                .recv
+                .skip_to(end, f.fin, limit)
+                .map_err(|e| violation(format!("stream {id}: {e}")))?;
+            self.receive_skipped(grew)?;
+            self.forget_if_done(id);
             return Ok(());
         }
-        let limit = st.recv_limit;
         // Session flow control is checked before anything is stored.
         let end = f.offset.saturating_add(f.data.len() as u64);
         let growth = end.saturating_sub(st.recv.max_received());
@@ -300,17 +318,18 @@ impl Session {
         Ok(())
     }
 
-    /// Creates a stream the peer opened. `Ok(false)` if the frame is to be ignored.
+    /// Creates a stream the peer opened, unless the frame is a late one of a stream already
+    /// forgotten (or of ours).
     fn open_remote(
         &mut self,
         _now: Instant,
         id: StreamId,
         open: Option<&OpenInfo<'_>>,
-    ) -> Result<bool, UpperError> {
+    ) -> Result<(), UpperError> {
         if id.side() == self.side {
             // One of ours that we already forgot (late retransmission), or never opened.
             return if id.counter() < self.next_counter {
-                Ok(false)
+                Ok(())
             } else {
                 Err(violation(format!(
                     "frame for stream {id} that we never opened"
@@ -318,7 +337,7 @@ impl Session {
             };
         }
         if self.peer_opened.contains(id.counter()) {
-            return Ok(false);
+            return Ok(());
         }
         self.check_credit(id)?;
         let Some(open) = open else {
@@ -369,9 +388,9 @@ impl Session {
                     // so their frames may overtake it): hold the child until it arrives.
                     self.orphans.entry(parent).or_default().push(id);
                 } else if !self.adopt(parent, id) {
-                    // Refused: children that arrived before it are refused too.
+                    // Refused: it stays, reset, until the peer's final size is known, and
+                    // children that arrived before it are refused too.
                     self.refuse_orphans_of(id);
-                    return Ok(false);
                 }
             }
         }
@@ -383,7 +402,7 @@ impl Session {
                 }
             }
         }
-        Ok(true)
+        Ok(())
     }
 
     /// Stream credit: the peer may open counters 1..local_max_streams.
@@ -431,20 +450,55 @@ impl Session {
         true
     }
 
+    /// Bytes of a reset stream that arrived (or that its final size says were sent) and are
+    /// not kept: received and consumed at once.
+    fn receive_skipped(&mut self, n: u64) -> Result<(), UpperError> {
+        self.data_received += n;
+        if self.data_received > self.local_max_data {
+            return Err(violation("session flow-control limit exceeded".into()));
+        }
+        self.consumed(n);
+        Ok(())
+    }
+
     /// The peer reset a stream we never saw open: its counter is used up (credit returns to
-    /// the peer) and children waiting for it are refused.
-    fn reset_unopened(&mut self, id: StreamId) {
+    /// the peer), its final size counts against the session window, children waiting for it
+    /// are refused, and we tell the peer that we sent nothing on it (final size 0), which it
+    /// waits for before forgetting the stream.
+    fn reset_unopened(
+        &mut self,
+        id: StreamId,
+        code: u64,
+        final_size: u64,
+    ) -> Result<(), UpperError> {
         if id.side() == self.side
             || id.counter() == 0
             || self.peer_opened.contains(id.counter())
             || self.check_credit(id).is_err()
         {
-            return;
+            return Ok(());
         }
+        // Its window was the initial one (a reliable datagram's is the largest datagram).
+        let window = self
+            .config
+            .initial_max_stream_data
+            .max(self.config.max_datagram_size);
+        if final_size > window {
+            return Err(violation(format!(
+                "final size {final_size} of stream {id} exceeds its window"
+            )));
+        }
+        self.receive_skipped(final_size)?;
+        self.control.push_back(Control::Reset {
+            id,
+            code,
+            final_size: 0,
+        });
         self.peer_opened.insert_one(id.counter());
         self.local_max_streams += 1;
         self.max_streams_queued = true;
         self.refuse_orphans_of(id);
+        Ok(())
     }
 
     /// Resets the substreams waiting for `parent`, which will never open (and, in turn, their
@@ -466,16 +520,27 @@ impl Session {
             return;
         };
         if st.kind == Kind::Datagram {
-            let parent = st.parent;
-            if parent.is_some_and(|p| !self.streams.contains_key(&p)) {
-                return; // an orphan: delivered once its parent opens
+            if let Some(p) = st.parent {
+                let parent_live = self.streams.get(&p).map(|ps| ps.reset_code().is_none());
+                match parent_live {
+                    Some(true) => {}
+                    // An orphan: delivered once its parent opens.
+                    None if p.side() != self.side && !self.peer_opened.contains(p.counter()) => {
+                        return
+                    }
+                    // The parent is reset or gone: nothing can ever read the datagram.
+                    _ => {
+                        self.reset(id, ErrorCode::NO_PARENT).ok();
+                        return;
+                    }
+                }
             }
             let st = self.streams.get_mut(&id).expect("checked above");
             let before = st.recv.read_offset();
             if let Some(data) = st.recv.read_all() {
                 let consumed = st.recv.read_offset() - before;
                 let parent = st.parent;
-                self.data_read += consumed;
+                self.consumed(consumed);
                 if let Some(p) = parent.and_then(|p| self.streams.get_mut(&p)) {
                     p.extra().datagrams.push_back(data);
                     self.events
@@ -491,7 +556,16 @@ impl Session {
             st.set(flag::READABLE_NOTIFIED);
             self.events.push_back(SessionEvent::Readable(id));
         }
-        if st.recv.max_received() >= st.recv_limit && !st.has(flag::BLOCKED_NOTIFIED) {
+        let full = st.recv.max_received() >= st.recv_limit;
+        if full && self.grow_for_record(id) {
+            return;
+        }
+        let Some(st) = self.streams.get_mut(&id) else {
+            return;
+        };
+        if full && !st.has(flag::BLOCKED_NOTIFIED) {
+            // Nothing more will come until the application reads (a record longer than
+            // `max_stream_window` must be read with `read`).
             st.set(flag::BLOCKED_NOTIFIED);
             self.events.push_back(SessionEvent::ReceiveBlocked(id));
         }
@@ -545,6 +619,7 @@ impl Upper for Session {
             };
             st.clear(flag::SCHEDULED);
             let mut stop = false;
+            let done = matches!(turn, StreamTurn::Done);
             match turn {
                 StreamTurn::More if st.kind == Kind::Datagram => {
                     st.set(flag::SCHEDULED);
@@ -575,6 +650,11 @@ impl Upper for Session {
                     }
                 }
             }
+            if done {
+                // The last best-effort datagram may leave after everything else was
+                // acknowledged: nothing else would forget the stream then.
+                self.forget_if_done(id);
+            }
             if stop || limit.saturating_sub(buf.len()) < 8 {
                 break;
             }
@@ -590,19 +670,36 @@ impl Upper for Session {
         };
         match frame {
             StreamLayerFrame::Stream(f) => self.on_stream_frame(now, &f)?,
-            StreamLayerFrame::ResetStream { id, code, .. } => {
+            StreamLayerFrame::ResetStream {
+                id,
+                code,
+                final_size,
+            } => {
                 if !self.streams.contains_key(&id) {
-                    self.reset_unopened(id);
+                    self.reset_unopened(id, code, final_size)?;
                 }
                 if let Some(st) = self.streams.get_mut(&id) {
-                    if !st.has(flag::RECV_RESET) {
-                        st.set(flag::RECV_RESET);
-                        let unread = st.recv.buffered() as u64;
+                    let fresh = !st.has(flag::RECV_RESET);
+                    st.set(flag::RECV_RESET);
+                    // Bytes never read, and bytes sent that never arrived, count as consumed:
+                    // the peer counted them against the session window.
+                    let unread = st.recv.abandon();
+                    let limit = st.recv_limit;
+                    let grew = st
+                        .recv
+                        .skip_to(final_size, true, limit)
+                        .map_err(|e| violation(format!("stream {id}: {e}")))?;
+                    if fresh {
                         st.extra().reset_code.get_or_insert(code);
-                        self.data_read += unread;
                         self.events.push_back(SessionEvent::Reset { id, code });
+                    }
+                    self.consumed(unread);
+                    self.receive_skipped(grew)?;
+                    if fresh {
                         // The application cannot use a half-reset stream: reset ours too.
                         self.reset(id, code).ok();
+                    } else {
+                        self.forget_if_done(id);
                     }
                 }
             }
@@ -634,6 +731,9 @@ impl Upper for Session {
                 if n > self.peer_max_streams {
                     self.peer_max_streams = n;
                     self.unblock(|s| &mut s.credit_blocked, flag::CREDIT_BLOCKED);
+                    for c in std::mem::take(&mut self.deferred_control) {
+                        self.queue_control(c);
+                    }
                 }
             }
             StreamLayerFrame::Datagram(f) => {
