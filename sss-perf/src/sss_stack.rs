@@ -177,10 +177,8 @@ impl Conn for SssConn {
     }
 
     fn close(&self) {
-        // Finishing the root ends the connection for the peer's accept loop.
-        let root = Arc::clone(&self.root);
-        if let Ok(mut root) = Arc::try_unwrap(root) {
-            let _ = root.finish();
-        }
+        // Like closing a QUIC connection: the peer's accept loop ends (its root stream is
+        // reset with code 0); substreams are independent and were all finished already.
+        let _ = self.root.reset(0);
     }
 }
