@@ -1,7 +1,6 @@
 //! Connecting: the retry policy on a peer that does not answer, a peer that comes up during
 //! the retries, several candidate addresses, concurrent connects (also both ways at once), key
-//! files and argument
-//! errors.
+//! files and argument errors.
 
 mod common;
 
