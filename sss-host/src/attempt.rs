@@ -195,6 +195,18 @@ impl State {
         self.close_handshakes(now, &abandon);
     }
 
+    /// A channel from `peer` was accepted while our own handshakes to it go on (crossing
+    /// handshakes, kept because ours win): the attempts to the peer succeed now, over that
+    /// channel; their handshakes carry on and take over when they complete.
+    pub(crate) fn on_attempt_peer_connected(&mut self, peer: Eid) {
+        for a in self.attempts.values_mut() {
+            if a.outcome.is_none() && a.peer == peer {
+                a.outcome = Some(Ok(()));
+                self.wake.append(&mut a.waiters);
+            }
+        }
+    }
+
     /// Channel `h` closed (`connected`: another channel to the peer is up). An attempt
     /// whose last handshake failed tries its next address, or fails; a refusal fails it at
     /// once (the peer's answer does not depend on the address).

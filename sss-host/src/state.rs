@@ -400,7 +400,18 @@ impl State {
                 // The responder's channel is established at once.
                 let attach = p.session.attach(now, &params);
                 p.on_attach(attach, &mut self.wake, &mut self.next_epoch);
-                self.supersede(now, peer, h);
+                // Crossing handshakes (both sides connecting at once) leave each side
+                // responder of the peer's channel and initiator of its own; both must keep
+                // the same one, or each would keep the channel the other dropped. The
+                // channel initiated by the larger EID wins: that side keeps its own
+                // handshake (which supersedes this channel once it completes, a round trip
+                // later) and lets its `connect` calls go on over this channel meanwhile; the
+                // smaller side abandons its own handshake for this channel.
+                let keep_own = self.local.as_bytes() > peer.as_bytes();
+                self.supersede(now, peer, h, keep_own);
+                if keep_own {
+                    self.on_attempt_peer_connected(peer);
+                }
             }
             Err(e) => tracing::warn!(%peer, %addr, error = %e, "cannot accept channel"),
         }
@@ -523,21 +534,23 @@ impl State {
         }
         for (peer, newest) in connected {
             self.on_attempt_channel_connected(now, newest);
-            self.supersede(now, peer, newest);
+            self.supersede(now, peer, newest, false);
         }
         for (h, error) in closed {
             self.on_channel_closed(now, h, error);
         }
     }
 
-    /// Closes every channel to `peer` but `newest`: the newest established channel carries
-    /// the session (frames in flight on the others are re-queued on it).
-    fn supersede(&mut self, now: Instant, peer: Eid, newest: ChannelHandle) {
+    /// Closes every channel to `peer` but `newest` (and, if `keep_handshakes`, but those
+    /// still in their handshake): the newest established channel carries the session
+    /// (frames in flight on the others are re-queued on it).
+    fn supersede(&mut self, now: Instant, peer: Eid, newest: ChannelHandle, keep_handshakes: bool) {
         let Some(p) = self.peers.get_mut(&peer) else {
             return;
         };
         for (&h, slot) in &mut self.channels {
-            if h != newest && slot.peer == peer && !slot.channel.is_closing() {
+            let keep = keep_handshakes && !slot.channel.is_established();
+            if h != newest && slot.peer == peer && !slot.channel.is_closing() && !keep {
                 tracing::debug!(%peer, "closing channel: superseded by a newer one");
                 slot.channel.close(now, 0, b"superseded", &mut p.session);
             }

@@ -157,7 +157,7 @@ impl Stream {
 
     /// Finishes the sending direction: the peer reads to the end, then sees end of stream.
     /// Data written before is still delivered. Idempotent.
-    pub fn finish(&mut self) -> Result<(), Error> {
+    pub fn finish(&self) -> Result<(), Error> {
         match self.op(|s, id| s.finish(id)) {
             Err(Error::Finished) => Ok(()),
             r => r,
@@ -166,7 +166,7 @@ impl Stream {
 
     /// Abandons the stream in both directions with an application `code` (the peer's reads
     /// and writes fail with [`Error::Reset`]`(code)`); unsent data is dropped.
-    pub fn reset(&mut self, code: u64) -> Result<(), Error> {
+    pub fn reset(&self, code: u64) -> Result<(), Error> {
         let mut st = self.shared.lock();
         let p = self.peer(&mut st)?;
         match p.session.reset(self.id, code) {

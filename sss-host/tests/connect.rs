@@ -1,6 +1,6 @@
 //! Connecting: the retry policy on a peer that does not answer, a peer that comes up during
-//! the retries, several candidate addresses, concurrent connects, key files and argument
-//! errors.
+//! the retries, several candidate addresses, concurrent connects (also both ways at once), key
+//! files and argument errors.
 
 mod common;
 
@@ -159,6 +159,53 @@ async fn concurrent_connects_share_one_session() {
     seen.sort_unstable();
     assert_eq!(seen, (0..20).collect::<Vec<u8>>());
     assert_eq!(server.peers(), vec![client.eid()]);
+}
+
+/// Two hosts that connect to each other at the same moment: their handshakes cross, each
+/// side is responder of one channel and initiator of the other. Both must settle on the same
+/// channel (a host that dropped its own handshake for the peer's, while the peer did the
+/// opposite, would leave each side on a channel the other had abandoned, and every stream
+/// would hang). Repeated, since the interleaving varies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_connecting_to_each_other_at_once_share_one_working_channel() {
+    for round in 0..10u8 {
+        let hosts = [host(), host()];
+        for h in &hosts {
+            let listener = h.listen("both", "v1").unwrap();
+            tokio::spawn(async move {
+                while let Ok(mut s) = listener.accept().await {
+                    tokio::spawn(async move {
+                        let mut b = Vec::new();
+                        s.read_to_end(&mut b).await.unwrap();
+                        s.write_all(&b).await.unwrap();
+                        s.shutdown().await.unwrap();
+                    });
+                }
+            });
+        }
+        let mut tasks = Vec::new();
+        for (me, other) in [(0, 1), (1, 0)] {
+            let from = hosts[me].clone();
+            let (eid, addr) = (hosts[other].eid(), hosts[other].loopback_addr());
+            tasks.push(tokio::spawn(async move {
+                let mut s = from.connect(eid, &[addr], "both", "v1").await.unwrap();
+                let msg = [round, me as u8];
+                s.write_all(&msg).await.unwrap();
+                s.shutdown().await.unwrap();
+                let mut echo = Vec::new();
+                s.read_to_end(&mut echo).await.unwrap();
+                assert_eq!(echo, msg, "round {round}: host {me}'s stream was echoed");
+            }));
+        }
+        within(5, async {
+            for t in tasks {
+                t.await.unwrap();
+            }
+        })
+        .await;
+        assert_eq!(hosts[0].peers(), vec![hosts[1].eid()]);
+        assert_eq!(hosts[1].peers(), vec![hosts[0].eid()]);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

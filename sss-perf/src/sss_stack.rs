@@ -1,98 +1,184 @@
-//! The SSS stack: a placeholder until `sss-host` exists.
+//! The SSS stack over `sss-host`.
 //!
-//! The types are uninhabited and `bind` fails with [`PerfError::NotImplemented`], so the CLI,
-//! the runner and the dispatch in `run.rs` are already written against them. To plug SSS in,
-//! replace this file with types implementing the same traits over `sss-host`:
-//!
-//! ```text
-//! impl SssListener { pub fn bind(addr: SocketAddr, key_file: Option<&Path>, tuning: &Tuning) -> Result<Self> }
-//! impl Listener for SssListener { type Conn = SssConn; identity() = the host's EID text; .. }
-//! impl SssDialer { pub fn bind(target: &Target, tuning: &Tuning) -> Result<Self> }  // target.eid: Eid text
-//! impl Dialer for SssDialer { connect(target) = handshake done; shutdown() = close sent }
-//! impl Conn for SssConn { type Send: AsyncWrite; type Recv: AsyncRead;
-//!     open_bi() = a fresh substream; accept_bi() = Ok(None) once the peer closed; close() }
-//! ```
-//!
-//! `bind` may be synchronous or not, but must be called inside the tokio runtime.
+//! A "connection" is one top-level stream to ([`SERVICE`], [`PROTOCOL`]); every stream of the
+//! workload is a substream of it, opened without a round trip (the hereditary structure SSS
+//! offers and QUIC does not: quinn opens its streams flat on the connection). Both ends are
+//! one [`Host`] each, with one UDP socket and one driver task.
 
-use std::net::SocketAddr;
+use std::future::Ready;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sss_host::{Error as SssError, Host, HostConfig, SessionConfig, Stream};
+use sss_proto::crypto::aead::Suite;
+use sss_proto::Eid;
+use tokio::io::{ReadHalf, WriteHalf};
 
 use crate::error::{PerfError, Result};
 use crate::stack::{Conn, Dialer, Listener, Target};
-use crate::tuning::Tuning;
+use crate::tuning::{Cipher, Tuning};
 
-/// Why `--stack sss` fails for now.
-pub const NOT_YET: &str = "sss-host is being built";
+/// The service the perf server listens on.
+pub const SERVICE: &str = "perf";
+/// The protocol of the perf workload.
+pub const PROTOCOL: &str = "sss-perf/1";
 
-/// An SSS listening host (not available yet).
-#[derive(Debug)]
-pub enum SssListener {}
-
-/// An SSS client host (not available yet).
-#[derive(Debug)]
-pub enum SssDialer {}
-
-/// An SSS connection (not available yet).
-#[derive(Debug, Clone)]
-pub enum SssConn {}
-
-impl SssListener {
-    /// Would bind an SSS host on `addr` with the identity in `key_file`.
-    pub fn bind(_addr: SocketAddr, _key_file: Option<&Path>, _tuning: &Tuning) -> Result<Self> {
-        Err(PerfError::NotImplemented(NOT_YET))
+fn io_err(context: &str, e: SssError) -> PerfError {
+    PerfError::Io {
+        context: context.to_owned(),
+        source: e.into(),
     }
 }
 
-impl SssDialer {
-    /// Would bind an SSS client host ready to reach `target`.
-    pub fn bind(_target: &Target, _tuning: &Tuning) -> Result<Self> {
-        Err(PerfError::NotImplemented(NOT_YET))
+/// A host configuration from the shared tuning, so both stacks get the same windows, stream
+/// credit, cipher and packet sizes.
+fn host_config(bind: SocketAddr, tuning: &Tuning) -> HostConfig {
+    let mut config = HostConfig::bind(bind);
+    config.session = SessionConfig {
+        initial_max_streams: u64::from(tuning.max_streams),
+        // Fixed windows as large as quinn's (which does not auto-tune), growth allowed.
+        initial_max_stream_data: tuning.stream_window,
+        initial_max_data: tuning.conn_window,
+        max_stream_window: tuning.stream_window,
+        max_session_window: tuning.conn_window,
+        send_buffer: tuning.stream_window as usize,
+        ..SessionConfig::default()
+    };
+    let mut channel = (*config.endpoint.channel).clone();
+    channel.suites = match tuning.cipher.resolve() {
+        Cipher::Aes256 => Suite::Aes256Gcm.bit(),
+        Cipher::Chacha20 => Suite::ChaCha20Poly1305.bit(),
+    };
+    channel.base_udp_payload = tuning.initial_mtu;
+    channel.max_udp_payload = tuning.max_udp_payload;
+    config.endpoint.channel = Arc::new(channel);
+    config.linger = Duration::from_millis(500);
+    config
+}
+
+/// A listening SSS host.
+#[derive(Debug)]
+pub struct SssListener {
+    host: Host,
+    listener: sss_host::Listener,
+}
+
+impl SssListener {
+    /// Binds an SSS host on `addr` with the identity in `key_file` (a fresh one without).
+    pub fn bind(addr: SocketAddr, key_file: Option<&Path>, tuning: &Tuning) -> Result<Self> {
+        let config = host_config(addr, tuning);
+        let host = match key_file {
+            Some(path) => Host::from_key_file(path, config),
+            None => Host::new(config),
+        }
+        .map_err(|e| io_err("binding the SSS host", e))?;
+        let listener = host
+            .listen(SERVICE, PROTOCOL)
+            .map_err(|e| io_err("listening", e))?;
+        Ok(Self { host, listener })
     }
+}
+
+/// A client SSS host.
+#[derive(Debug)]
+pub struct SssDialer {
+    host: Host,
+}
+
+impl SssDialer {
+    /// Binds a client host on an ephemeral port of `target`'s address family.
+    pub fn bind(target: &Target, tuning: &Tuning) -> Result<Self> {
+        let bind = if target.addr.is_ipv4() {
+            SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0))
+        } else {
+            SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0))
+        };
+        let host = Host::new(host_config(bind, tuning))
+            .map_err(|e| io_err("binding the SSS client host", e))?;
+        Ok(Self { host })
+    }
+}
+
+/// One connection: the top-level stream whose substreams carry the workload.
+#[derive(Debug, Clone)]
+pub struct SssConn {
+    root: Arc<Stream>,
 }
 
 impl Listener for SssListener {
     type Conn = SssConn;
-    type Incoming = std::future::Ready<Result<SssConn>>;
+    type Incoming = Ready<Result<SssConn>>;
 
     fn identity(&self) -> String {
-        match *self {}
+        self.host.eid().to_string()
     }
 
     fn local_addr(&self) -> Result<SocketAddr> {
-        match *self {}
+        Ok(self.host.local_addr())
     }
 
     async fn accept(&self) -> Option<Self::Incoming> {
-        match *self {}
+        let stream = self.listener.accept().await.ok()?;
+        Some(std::future::ready(Ok(SssConn {
+            root: Arc::new(stream),
+        })))
     }
 }
 
 impl Dialer for SssDialer {
     type Conn = SssConn;
 
-    async fn connect(&self, _target: &Target) -> Result<SssConn> {
-        match *self {}
+    async fn connect(&self, target: &Target) -> Result<SssConn> {
+        let eid: Eid = target
+            .eid
+            .parse()
+            .map_err(|e| PerfError::Config(format!("bad EID {:?}: {e}", target.eid)))?;
+        let root = self
+            .host
+            .connect(eid, &[target.addr], SERVICE, PROTOCOL)
+            .await
+            .map_err(|e| io_err(&format!("connecting to {target}"), e))?;
+        Ok(SssConn {
+            root: Arc::new(root),
+        })
     }
 
     async fn shutdown(&self) {
-        match *self {}
+        self.host.close().await;
     }
 }
 
 impl Conn for SssConn {
-    type Send = tokio::io::Sink;
-    type Recv = tokio::io::Empty;
+    type Send = WriteHalf<Stream>;
+    type Recv = ReadHalf<Stream>;
 
     async fn open_bi(&self) -> Result<(Self::Send, Self::Recv)> {
-        match *self {}
+        let s = self
+            .root
+            .open_substream()
+            .map_err(|e| io_err("opening a substream", e))?;
+        let (r, w) = tokio::io::split(s);
+        Ok((w, r))
     }
 
     async fn accept_bi(&self) -> Result<Option<(Self::Send, Self::Recv)>> {
-        match *self {}
+        match self.root.accept_substream().await {
+            Ok(Some(s)) => {
+                let (r, w) = tokio::io::split(s);
+                Ok(Some((w, r)))
+            }
+            Ok(None) => Ok(None),
+            // The connection ended: the root stream was finished, reset or its link is gone.
+            Err(SssError::Reset(_)) | Err(SssError::HostClosed) => Ok(None),
+            Err(e) => Err(io_err("accepting a substream", e)),
+        }
     }
 
     fn close(&self) {
-        match *self {}
+        // Like closing a QUIC connection: the peer's accept loop ends (its root stream is
+        // reset with code 0); substreams are independent and were all finished already.
+        let _ = self.root.reset(0);
     }
 }

@@ -15,8 +15,12 @@ impl Drop for Server {
 }
 
 fn quinn_server() -> Server {
+    server("quinn")
+}
+
+fn server(stack: &str) -> Server {
     let mut child = Command::new(EXE)
-        .args(["server", "--listen", "127.0.0.1:0", "--stack", "quinn"])
+        .args(["server", "--listen", "127.0.0.1:0", "--stack", stack])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -35,8 +39,12 @@ fn quinn_server() -> Server {
 }
 
 fn client(target: &str, args: &[&str]) -> std::process::Output {
+    client_on("quinn", target, args)
+}
+
+fn client_on(stack: &str, target: &str, args: &[&str]) -> std::process::Output {
     Command::new(EXE)
-        .args(["client", "--connect", target, "--stack", "quinn"])
+        .args(["client", "--connect", target, "--stack", stack])
         .args(args)
         .stderr(Stdio::piped())
         .output()
@@ -96,26 +104,29 @@ fn a_corrupted_upload_exits_non_zero() {
 }
 
 #[test]
-fn the_sss_stack_is_not_implemented_yet() {
-    let out = Command::new(EXE)
-        .args(["server", "--listen", "127.0.0.1:0", "--stack", "sss"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(out.stdout.is_empty());
-    assert!(String::from_utf8_lossy(&out.stderr)
-        .contains("not yet implemented: sss-host is being built"));
-    let out = Command::new(EXE)
-        .args([
-            "client",
-            "--connect",
-            "x@127.0.0.1:9",
-            "--bytes",
-            "1",
-            "--stack",
-            "sss",
-        ])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
+fn the_sss_stack_serves_uploads_and_round_trips() {
+    let server = server("sss");
+    let out = client_on("sss", &server.1, &["--bytes", "3M", "--streams", "4"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(String::from_utf8(out.stdout).unwrap().trim()).unwrap();
+    assert_eq!(v["bytes"], 3_000_000);
+    assert_eq!(v["streams"], 4);
+    let out = client_on("sss", &server.1, &["--requests", "50", "--size", "100"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(String::from_utf8(out.stdout).unwrap().trim()).unwrap();
+    assert!(v["p50_us"].as_f64().unwrap() > 0.0);
+    // A wrong EID is an error, not a hang or a silent success.
+    let wrong = format!("{}@{}", "a".repeat(52), server.1.split_once('@').unwrap().1);
+    let out = client_on("sss", &wrong, &["--bytes", "1", "--streams", "1"]);
+    assert!(!out.status.success());
 }

@@ -864,3 +864,54 @@ fn a_record_larger_than_the_window_is_read_whole() {
     );
     assert!(got == huge);
 }
+
+#[test]
+fn a_session_given_up_on_one_side_starts_afresh_on_both() {
+    let link = LinkConfig::with_latency(Duration::from_millis(10));
+    let mut w = world(13, link, SessionConfig::default());
+    let old = w.open();
+    w.write(old, b"old data");
+    let mut got = vec![Vec::new()];
+    w.run_reading(
+        &[old],
+        &mut got,
+        Duration::from_millis(5),
+        Duration::from_millis(500),
+        |_, _| {},
+    );
+    assert_eq!(got[0], b"old data");
+    // Only A loses the channel and, after its detached timeout, gives its streams up.
+    let (now, b_eid) = (w.net.now(), w.b_eid);
+    w.net.node_mut(w.a).kill_channels(now, b_eid);
+    let later = now + SessionConfig::default().detached_timeout + Duration::from_secs(1);
+    w.a_session().handle_timeout(later);
+    assert_eq!(w.a_session().stream_count(), 0);
+    // A opens a stream again: its counter starts over and collides with the old one's id.
+    let new = w.open();
+    assert_eq!(new, old, "stream ids restart in the new session");
+    w.write(new, b"new data");
+    let mut got = vec![Vec::new()];
+    w.run_reading(
+        &[new],
+        &mut got,
+        Duration::from_millis(5),
+        Duration::from_secs(2),
+        |_, _| {},
+    );
+    // B saw A's session change: the old stream was reset, the new one carries only new data.
+    let resets: Vec<u64> = w
+        .net
+        .node(w.b)
+        .events
+        .iter()
+        .filter_map(|(_, e)| match e {
+            SessionEvent::Reset { id, code } if *id == old => Some(*code),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        resets.contains(&sss_proto::stream::ErrorCode::PEER_RESTARTED),
+        "{resets:?}"
+    );
+    assert_eq!(got[0], b"new data");
+}

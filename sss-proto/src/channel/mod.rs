@@ -1078,7 +1078,13 @@ impl<M> Channel<M> {
     }
 
     fn pto_duration(&self) -> Duration {
-        self.pto_base() * 2u32.saturating_pow(self.pto_count.min(16))
+        // Called for nearly every packet sent and received: skip the multiplication in the
+        // usual case of no backoff.
+        let base = self.pto_base();
+        if self.pto_count == 0 {
+            return base;
+        }
+        base * 2u32.saturating_pow(self.pto_count.min(16))
     }
 
     fn set_loss_detection_timer(&mut self, now: Instant) {

@@ -7,6 +7,12 @@
 use std::collections::VecDeque;
 use std::time::Instant;
 
+/// Most emptied frame vectors kept for reuse. One ACK often releases a whole window of
+/// packets (hundreds at high rates) before the next window is built; a smaller pool freed
+/// most of them and the next window allocated them again, one allocation per packet. The
+/// pool holds only emptied vectors, so this bounds it to a few tens of KiB.
+const MAX_POOL: usize = 1024;
+
 /// What the sender remembers about one packet.
 #[derive(Debug)]
 pub(crate) struct SentPacket<M> {
@@ -57,7 +63,7 @@ impl<M> SentPackets<M> {
     /// Gives back a frame vector whose items were consumed.
     pub(crate) fn recycle(&mut self, mut v: Vec<M>) {
         v.clear();
-        if self.pool.len() < 64 {
+        if self.pool.len() < MAX_POOL && v.capacity() > 0 {
             self.pool.push(v);
         }
     }
@@ -164,6 +170,25 @@ mod tests {
         assert!(s.is_empty());
         assert!(s.range(0, 100).is_empty());
         assert!(s.take(u64::MAX).is_none());
+    }
+
+    #[test]
+    fn a_whole_window_of_frame_vectors_is_reused() {
+        let mut s = SentPackets::<u32>::new();
+        let window: Vec<Vec<u32>> = (0..500).map(|_| Vec::with_capacity(4)).collect();
+        for v in window {
+            s.recycle(v);
+        }
+        // Vectors that never held anything are not worth keeping.
+        s.recycle(Vec::new());
+        for _ in 0..500 {
+            assert!(s.take_frame_vec().capacity() >= 4, "reused, not allocated");
+        }
+        assert_eq!(s.take_frame_vec().capacity(), 0);
+        for _ in 0..2 * MAX_POOL {
+            s.recycle(vec![1]);
+        }
+        assert_eq!(s.pool.len(), MAX_POOL, "the pool is bounded");
     }
 
     #[test]

@@ -214,9 +214,7 @@ impl RecvBuffer {
                 inner.data.resize((end - read) as usize, 0);
             }
             let pos = (at - read) as usize;
-            for (i, b) in bytes.iter().enumerate() {
-                inner.data[pos + i] = *b;
-            }
+            copy_into(&mut inner.data, pos, bytes);
             inner.runs.insert(at..end);
             let cap = MIN_RUNS.max(((limit - read) / 1024) as usize);
             if inner.runs.len() > cap {
@@ -422,6 +420,21 @@ impl RecvBuffer {
             // (bits at or below `read` were consumed).
             self.inner = None;
         }
+    }
+}
+
+/// Overwrites `data[pos..pos + bytes.len()]` with `bytes` (the range exists).
+fn copy_into(data: &mut VecDeque<u8>, pos: usize, bytes: &[u8]) {
+    let (a, b) = data.as_mut_slices();
+    let end = pos + bytes.len();
+    if end <= a.len() {
+        a[pos..end].copy_from_slice(bytes);
+    } else if pos >= a.len() {
+        b[pos - a.len()..end - a.len()].copy_from_slice(bytes);
+    } else {
+        let split = a.len() - pos;
+        a[pos..].copy_from_slice(&bytes[..split]);
+        b[..end - a.len()].copy_from_slice(&bytes[split..]);
     }
 }
 

@@ -384,6 +384,14 @@ impl Session {
             if now >= since + self.config.detached_timeout && !self.streams.is_empty() {
                 self.reset_all(ErrorCode::LINK_DOWN);
                 self.detached_since = None;
+                // A new session: stream ids start again, so the peer must not resume the
+                // old one (it would see ids it already knows). A new session id makes it
+                // reset its side too (`Attach::PeerRestarted`).
+                let mut x = self.local_session_id.wrapping_add(0x9E37_79B9_7F4A_7C15);
+                x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+                x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+                self.local_session_id = (x ^ (x >> 31)) | 1;
+                self.remote_session_id = None;
             }
         }
     }
