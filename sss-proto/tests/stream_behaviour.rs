@@ -83,6 +83,11 @@ impl World {
         self.net.wake(a);
     }
 
+    /// Runs the network for `total` in 5 ms steps, reading what B receives on `ids`.
+    fn read_for(&mut self, ids: &[StreamId], got: &mut [Vec<u8>], total: Duration) {
+        self.run_reading(ids, got, Duration::from_millis(5), total, |_, _| {});
+    }
+
     /// Runs the network in `step`s for `total`, reading everything B receives on `ids` after
     /// each step; calls `tick` with the time and the bytes read so far per stream.
     fn run_reading(
@@ -139,13 +144,7 @@ fn hol_run(drop_one: bool) -> (Duration, Duration) {
     w.write(x, b"x");
     w.write(y, b"y");
     let mut got = vec![Vec::new(), Vec::new()];
-    w.run_reading(
-        &[x, y],
-        &mut got,
-        Duration::from_millis(5),
-        Duration::from_secs(1),
-        |_, _| {},
-    );
+    w.read_for(&[x, y], &mut got, Duration::from_secs(1));
     assert_eq!(got, vec![b"x".to_vec(), b"y".to_vec()]);
     // X's data goes out first (one full packet), Y's next; the first packet is dropped.
     let armed = Rc::new(Cell::new(drop_one));
@@ -250,13 +249,7 @@ fn streams_resume_exactly_on_a_new_channel_after_the_old_one_dies() {
             }
             let ids: Vec<StreamId> = [Some(s1), b_child].into_iter().flatten().collect();
             let mut g: Vec<Vec<u8>> = ids.iter().map(|_| Vec::new()).collect();
-            w.run_reading(
-                &ids,
-                &mut g,
-                Duration::from_millis(5),
-                Duration::from_millis(20),
-                |_, _| {},
-            );
+            w.read_for(&ids, &mut g, Duration::from_millis(20));
             for (i, bytes) in g.into_iter().enumerate() {
                 got[i].extend_from_slice(&bytes);
             }
@@ -303,13 +296,7 @@ fn link_status_goes_stalled_then_down_then_up_again() {
     let s = w.open();
     w.write(s, b"hello");
     let mut got = vec![Vec::new()];
-    w.run_reading(
-        &[s],
-        &mut got,
-        Duration::from_millis(5),
-        Duration::from_secs(1),
-        |_, _| {},
-    );
+    w.read_for(&[s], &mut got, Duration::from_secs(1));
     assert_eq!(w.a_session().link_status(), LinkStatus::Up);
     // Cut the path both ways; keep sending.
     let l1 = w.net.route(addr(1), addr(2)).unwrap();
@@ -342,13 +329,7 @@ fn link_status_goes_stalled_then_down_then_up_again() {
     w.net
         .node_mut(a)
         .ensure_channel(now, b_eid, addr(2), SERVICE.0, SERVICE.1);
-    w.run_reading(
-        &[s],
-        &mut got,
-        Duration::from_millis(5),
-        Duration::from_secs(2),
-        |_, _| {},
-    );
+    w.read_for(&[s], &mut got, Duration::from_secs(2));
     assert_eq!(w.a_session().link_status(), LinkStatus::Up);
     assert_eq!(got[0], b"hello world");
 }
@@ -419,13 +400,7 @@ fn priorities_reproduce_the_sst_experiment() {
         let a = w.a;
         w.net.wake(a);
         let mut step_got = vec![Vec::new(), Vec::new(), Vec::new()];
-        w.run_reading(
-            &[s1, s2, s3],
-            &mut step_got,
-            Duration::from_millis(5),
-            Duration::from_millis(5),
-            |_, _| {},
-        );
+        w.read_for(&[s1, s2, s3], &mut step_got, Duration::from_millis(5));
         for i in 0..3 {
             got[i].extend_from_slice(&step_got[i]);
         }
@@ -667,13 +642,7 @@ fn a_receiver_that_stops_reading_gets_receive_blocked_and_holds_the_sender() {
         if off < data.len() {
             off += w.a_session().write(s, &data[off..]).unwrap();
         }
-        w.run_reading(
-            &[s],
-            &mut got,
-            Duration::from_millis(5),
-            Duration::from_millis(20),
-            |_, _| {},
-        );
+        w.read_for(&[s], &mut got, Duration::from_millis(20));
     }
     assert!(got[0] == data);
 }
@@ -698,13 +667,7 @@ fn receive_windows_grow_with_the_bandwidth_delay_product_up_to_the_limit() {
         while w.a_session().write_capacity(s) >= chunk.len() {
             w.a_session().write(s, &chunk).unwrap();
         }
-        w.run_reading(
-            &[s],
-            &mut got,
-            Duration::from_millis(5),
-            Duration::from_millis(20),
-            |_, _| {},
-        );
+        w.read_for(&[s], &mut got, Duration::from_millis(20));
         samples.push((w.net.now(), vec![got[0].len()]));
         got[0].clear();
         got[0].shrink_to(0);
@@ -758,13 +721,7 @@ fn reliable_datagrams_never_show_up_as_substreams() {
     let big = pattern(4, 100_000);
     w.a_session().write_datagram(s, &big, true).unwrap();
     let mut got = vec![Vec::new()];
-    w.run_reading(
-        &[s],
-        &mut got,
-        Duration::from_millis(5),
-        Duration::from_secs(2),
-        |_, _| {},
-    );
+    w.read_for(&[s], &mut got, Duration::from_secs(2));
     let b = w.b_session();
     assert_eq!(b.accept_substream(s), Ok(Some(sub)));
     assert_eq!(b.accept_substream(s), Ok(None));
@@ -872,13 +829,7 @@ fn a_session_given_up_on_one_side_starts_afresh_on_both() {
     let old = w.open();
     w.write(old, b"old data");
     let mut got = vec![Vec::new()];
-    w.run_reading(
-        &[old],
-        &mut got,
-        Duration::from_millis(5),
-        Duration::from_millis(500),
-        |_, _| {},
-    );
+    w.read_for(&[old], &mut got, Duration::from_millis(500));
     assert_eq!(got[0], b"old data");
     // Only A loses the channel and, after its detached timeout, gives its streams up.
     let (now, b_eid) = (w.net.now(), w.b_eid);
@@ -891,13 +842,7 @@ fn a_session_given_up_on_one_side_starts_afresh_on_both() {
     assert_eq!(new, old, "stream ids restart in the new session");
     w.write(new, b"new data");
     let mut got = vec![Vec::new()];
-    w.run_reading(
-        &[new],
-        &mut got,
-        Duration::from_millis(5),
-        Duration::from_secs(2),
-        |_, _| {},
-    );
+    w.read_for(&[new], &mut got, Duration::from_secs(2));
     // B saw A's session change: the old stream was reset, the new one carries only new data.
     let resets: Vec<u64> = w
         .net
