@@ -124,10 +124,15 @@ impl DataHeader {
             first |= bits::KEY_PHASE;
         }
         debug_assert_eq!(first & bits::RESERVED, 0, "reserved bits are sent as zero");
-        buf.push(first);
-        buf.extend_from_slice(&receiver_index.to_be_bytes());
-        buf.extend_from_slice(&pn.to_be_bytes()[8 - pn_len..]);
-        1 + 4 + pn_len
+        // Built on the stack and appended in one copy: this runs for every packet sent.
+        let mut header = [0u8; 9];
+        header[0] = first;
+        header[1..5].copy_from_slice(&receiver_index.to_be_bytes());
+        header[5..9].copy_from_slice(&(pn as u32).to_be_bytes());
+        let len = 1 + 4 + pn_len;
+        header.copy_within(9 - pn_len..9, 5);
+        buf.extend_from_slice(&header[..len]);
+        len
     }
 
     /// Parses the clear header of a data packet; returns it and its length. Fails if the
@@ -185,9 +190,12 @@ pub fn packet_number_len(pn: u64, largest_acked: Option<u64>) -> usize {
     };
     // RFC 9000 A.2: bytes = ceil((log2(unacked) + 1) / 8), i.e. the least n with
     // unacked <= 2^(8n - 1).
-    (1..=4)
-        .find(|&n| unacked <= 1u64 << (8 * n - 1))
-        .unwrap_or(4)
+    match unacked {
+        0..=0x80 => 1,
+        0x81..=0x8000 => 2,
+        0x8001..=0x80_0000 => 3,
+        _ => 4,
+    }
 }
 
 /// Rebuilds a full packet number from its low `pn_len` bytes: the candidate closest to the

@@ -307,6 +307,23 @@ fn idle_timeout_closes_a_dead_channel_and_keepalive_prevents_it() {
         );
         let h = p.start_transfer(13, 1_000);
         assert!(p.run_transfer(h, Duration::from_secs(5)));
+        // The last packets (the final ACKs) arrive within a few RTTs of the transfer's end:
+        // the channel is alive just short of the idle timeout after it, and closed just
+        // after (the deadline is kept lazily and re-armed, it must still be exact).
+        p.net.run_for(Duration::from_millis(4_800)).unwrap();
+        assert_eq!(
+            p.net.node(p.a).closed(h),
+            None,
+            "closed before the idle timeout"
+        );
+        p.net.run_for(Duration::from_millis(400)).unwrap();
+        if keepalive.is_none() {
+            let closed = p.net.node(p.a).closed(h).cloned();
+            assert!(
+                matches!(closed, Some(ChannelError::TimedOut(_))),
+                "not closed right after the idle timeout: {closed:?}"
+            );
+        }
         p.net.run_for(Duration::from_secs(20)).unwrap();
         let closed = p.net.node(p.a).closed(h).cloned();
         match keepalive {

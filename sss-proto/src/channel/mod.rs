@@ -253,6 +253,11 @@ pub struct Channel<M> {
     path_response: Option<[u8; 8]>,
     app_limited: bool,
     idle_timeout: Duration,
+    /// Last packet authenticated (or keys installed): the idle timeout counts from here.
+    last_activity: Instant,
+    /// An ack-eliciting packet was sent since the loss detection timer was last set: set it
+    /// once at the end of the batch rather than for every packet.
+    loss_timer_stale: bool,
     last_send: Instant,
     timers: TimerTable,
     events: VecDeque<ChannelEvent>,
@@ -317,6 +322,8 @@ impl<M> Channel<M> {
             path_response: None,
             app_limited: true,
             idle_timeout: config.idle_timeout,
+            last_activity: now,
+            loss_timer_stale: false,
             last_send: now,
             timers: TimerTable::default(),
             events: VecDeque::new(),
@@ -403,7 +410,9 @@ impl<M> Channel<M> {
             MtuDiscovery::new(base, base)
         };
         self.peer_params = peer;
-        self.reset_idle_timer(now);
+        // The idle timeout may have changed: re-arm from now.
+        self.last_activity = now;
+        self.arm_idle_timer();
     }
 
     // ---------------------------------------------------------------- getters
@@ -1120,9 +1129,27 @@ impl<M> Channel<M> {
         self.set_loss_detection_timer(now);
     }
 
+    /// Notes activity at `now` (a packet authenticated, keys installed): the channel times
+    /// out `max(idle timeout, 3 PTO)` after the last of them. The timer itself is only armed
+    /// when unset; when it fires early (activity since), it is re-armed from the last
+    /// activity, so a busy channel does no timer arithmetic per packet.
     fn reset_idle_timer(&mut self, now: Instant) {
-        let timeout = self.idle_timeout.max(3 * self.pto_duration());
-        self.timers.set(Timer::Idle, now + timeout);
+        self.last_activity = now;
+        if !self.timers.is_set(Timer::Idle) {
+            self.arm_idle_timer();
+        }
+    }
+
+    /// When the channel times out, counting from the last activity.
+    /// Three PTOs without backoff, as quinn does: with the backoff, a dead path's growing
+    /// probe interval would keep pushing the deadline away.
+    fn idle_deadline(&self) -> Instant {
+        self.last_activity + self.idle_timeout.max(3 * self.pto_base())
+    }
+
+    fn arm_idle_timer(&mut self) {
+        let at = self.idle_deadline();
+        self.timers.set(Timer::Idle, at);
     }
 
     // ---------------------------------------------------------------- timers
@@ -1142,10 +1169,10 @@ impl<M> Channel<M> {
 
     /// Acts on every timer due at `now`.
     pub fn handle_timeout<U: Upper<Meta = M>>(&mut self, now: Instant, upper: &mut U) {
-        let due: Vec<Timer> = self.timers.expire(now).collect();
-        for timer in due {
+        for timer in self.timers.expire(now) {
             match timer {
                 Timer::LossDetection => self.on_loss_detection_timeout(now, upper),
+                Timer::Idle if self.idle_deadline() > now => self.arm_idle_timer(),
                 Timer::Idle => {
                     let idle = self.idle_timeout;
                     self.finish(ChannelError::TimedOut(idle), upper);

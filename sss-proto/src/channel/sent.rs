@@ -7,11 +7,15 @@
 use std::collections::VecDeque;
 use std::time::Instant;
 
-/// Most emptied frame vectors kept for reuse. One ACK often releases a whole window of
-/// packets (hundreds at high rates) before the next window is built; a smaller pool freed
-/// most of them and the next window allocated them again, one allocation per packet. The
-/// pool holds only emptied vectors, so this bounds it to a few tens of KiB.
+/// Emptied frame vectors kept for reuse, at least. One ACK often releases a whole window of
+/// packets (hundreds or thousands at high rates) before the next window is built; a pool
+/// smaller than the window freed most of them and the next window allocated them again, one
+/// allocation per packet. So the pool may grow to the most packets ever outstanding at once
+/// (the vectors existed then anyway), up to [`MAX_POOL_PEAK`].
 const MAX_POOL: usize = 1024;
+
+/// Upper bound of the pool whatever the window was: about 6 MiB of vectors of a few frames.
+const MAX_POOL_PEAK: usize = 1 << 16;
 
 /// What the sender remembers about one packet.
 #[derive(Debug)]
@@ -38,6 +42,8 @@ pub(crate) struct SentPackets<M> {
     outstanding: usize,
     /// Emptied frame vectors, kept to avoid an allocation per packet.
     pool: Vec<Vec<M>>,
+    /// Most packets outstanding at once so far (bounds the pool).
+    peak: usize,
 }
 
 impl<M> SentPackets<M> {
@@ -47,6 +53,7 @@ impl<M> SentPackets<M> {
             slots: VecDeque::new(),
             outstanding: 0,
             pool: Vec::new(),
+            peak: 0,
         }
     }
 
@@ -63,7 +70,8 @@ impl<M> SentPackets<M> {
     /// Gives back a frame vector whose items were consumed.
     pub(crate) fn recycle(&mut self, mut v: Vec<M>) {
         v.clear();
-        if self.pool.len() < MAX_POOL && v.capacity() > 0 {
+        let cap = self.peak.clamp(MAX_POOL, MAX_POOL_PEAK);
+        if self.pool.len() < cap && v.capacity() > 0 {
             self.pool.push(v);
         }
     }
@@ -79,6 +87,7 @@ impl<M> SentPackets<M> {
         }
         self.slots.push_back(Some(packet));
         self.outstanding += 1;
+        self.peak = self.peak.max(self.outstanding);
     }
 
     /// Removes and returns packet `pn` if it is outstanding.
@@ -189,6 +198,32 @@ mod tests {
             s.recycle(vec![1]);
         }
         assert_eq!(s.pool.len(), MAX_POOL, "the pool is bounded");
+    }
+
+    #[test]
+    fn the_pool_holds_a_window_larger_than_its_floor_but_never_more_than_its_peak() {
+        let now = Instant::now();
+        let mut s = SentPackets::<u32>::new();
+        let window = 3 * MAX_POOL;
+        for pn in 0..window as u64 {
+            let mut p = packet(now);
+            p.frames = vec![pn as u32];
+            s.insert(pn, p);
+        }
+        // One ACK releases the whole window: every vector is kept for the next one.
+        for pn in 0..window as u64 {
+            let p = s.take(pn).expect("outstanding");
+            s.recycle(p.frames);
+        }
+        assert_eq!(s.pool.len(), window);
+        for _ in 0..window {
+            assert!(s.take_frame_vec().capacity() >= 1, "reused, not allocated");
+        }
+        // The pool never exceeds the most packets outstanding at once.
+        for _ in 0..2 * window {
+            s.recycle(vec![1]);
+        }
+        assert_eq!(s.pool.len(), window);
     }
 
     #[test]

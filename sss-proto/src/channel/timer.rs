@@ -55,6 +55,10 @@ impl TimerTable {
         self.data[timer as usize] = Some(at);
     }
 
+    pub(crate) fn is_set(&self, timer: Timer) -> bool {
+        self.data[timer as usize].is_some()
+    }
+
     pub(crate) fn stop(&mut self, timer: Timer) {
         self.data[timer as usize] = None;
     }
@@ -67,14 +71,33 @@ impl TimerTable {
         self.data.iter().flatten().min().copied()
     }
 
-    /// Timers whose deadline is at or before `now`, clearing them.
-    pub(crate) fn expire(&mut self, now: Instant) -> impl Iterator<Item = Timer> + '_ {
-        ALL.into_iter().filter(move |&t| {
-            let due = matches!(self.data[t as usize], Some(at) if at <= now);
-            if due {
+    /// Timers whose deadline is at or before `now`, clearing them. The result does not
+    /// borrow the table, so the caller can act on each while changing timers.
+    pub(crate) fn expire(&mut self, now: Instant) -> Expired {
+        let mut due = 0u16;
+        for t in ALL {
+            if matches!(self.data[t as usize], Some(at) if at <= now) {
                 self.data[t as usize] = None;
+                due |= 1 << t as u16;
             }
-            due
-        })
+        }
+        Expired(due)
+    }
+}
+
+/// The timers one [`TimerTable::expire`] found due, in [`ALL`] order.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Expired(u16);
+
+impl Iterator for Expired {
+    type Item = Timer;
+
+    fn next(&mut self) -> Option<Timer> {
+        if self.0 == 0 {
+            return None;
+        }
+        let i = self.0.trailing_zeros() as usize;
+        self.0 &= self.0 - 1;
+        Some(ALL[i])
     }
 }

@@ -48,6 +48,21 @@ impl<M> Channel<M> {
         buf: &mut Vec<u8>,
         upper: &mut U,
     ) -> Option<Transmit> {
+        let transmit = self.poll_transmit_inner(now, max_datagrams, buf, upper);
+        if std::mem::take(&mut self.loss_timer_stale) {
+            // Every packet of the batch was sent at `now`: one update covers them all.
+            self.set_loss_detection_timer(now);
+        }
+        transmit
+    }
+
+    fn poll_transmit_inner<U: Upper<Meta = M>>(
+        &mut self,
+        now: Instant,
+        max_datagrams: usize,
+        buf: &mut Vec<u8>,
+        upper: &mut U,
+    ) -> Option<Transmit> {
         buf.clear();
         match &mut self.state {
             State::Closed | State::Draining(_) => return None,
@@ -366,7 +381,8 @@ impl<M> Channel<M> {
         );
         self.on_datagram_sent(now, len);
         if ack_eliciting {
-            self.set_loss_detection_timer(now);
+            // Set by `poll_transmit` once the batch is built.
+            self.loss_timer_stale = true;
         }
         Some(len)
     }
