@@ -8,12 +8,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sss_proto::channel::{CloseCode, Upper};
-use sss_proto::endpoint::EndpointConfig;
 use sss_proto::frame::FrameType;
 use sss_proto::sim::{LinkConfig, Network, NodeId, Verdict};
 use sss_proto::stream::frames::{OpenInfo, StreamLayerFrame};
 use sss_proto::stream::{LinkStatus, Session, SessionConfig, SessionEvent, StreamError, StreamId};
-use sss_proto::testkit::session_host::SessionHost;
+use sss_proto::testkit::session_host::{SessionHost, SessionPair};
 use sss_proto::testkit::{addr, identity};
 use sss_proto::Eid;
 
@@ -28,28 +27,21 @@ struct World {
 }
 
 fn world(seed: u64, link: LinkConfig, config: SessionConfig) -> World {
-    let start = Instant::now();
-    let mut net = Network::new(seed, start);
-    let (ida, idb) = (identity(seed * 2 + 1), identity(seed * 2 + 2));
-    let mut ca = EndpointConfig::new([seed as u8; 32]);
-    let mut cb = EndpointConfig::new([seed as u8 ^ 0xff; 32]);
-    for c in [&mut ca, &mut cb] {
-        let mut ch = sss_proto::ChannelConfig::default();
-        ch.initial_rtt = Duration::from_millis(100);
-        c.channel = Arc::new(ch);
-    }
-    let ha = SessionHost::new(&ida, ca, config.clone(), start);
-    let mut hb = SessionHost::new(&idb, cb, config, start);
-    hb.listeners.push((SERVICE.0.into(), SERVICE.1.into()));
-    let a = net.add_node(addr(1), ha);
-    let b = net.add_node(addr(2), hb);
-    net.connect(addr(1), addr(2), link);
+    let mut channel = sss_proto::ChannelConfig::default();
+    channel.initial_rtt = Duration::from_millis(100);
+    let SessionPair {
+        net,
+        a,
+        b,
+        a_eid,
+        b_eid,
+    } = SessionPair::new(seed, link, config, channel, SERVICE);
     World {
         net,
         a,
         b,
-        a_eid: ida.eid(),
-        b_eid: idb.eid(),
+        a_eid,
+        b_eid,
     }
 }
 

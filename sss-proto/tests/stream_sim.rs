@@ -3,15 +3,14 @@
 //! exactly-once, in-order delivery; and streams that survive the death of their channel.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use sss_proto::endpoint::EndpointConfig;
 use sss_proto::sim::{LinkConfig, Network, NodeId};
 use sss_proto::stream::{SessionConfig, SessionEvent, StreamError, StreamId};
-use sss_proto::testkit::session_host::SessionHost;
-use sss_proto::testkit::{addr, identity};
+use sss_proto::testkit::addr;
+use sss_proto::testkit::session_host::{SessionHost, SessionPair};
 use sss_proto::Eid;
 
 const SERVICE: (&str, &str) = ("test", "streams/1");
@@ -43,29 +42,22 @@ struct Received {
 }
 
 fn world(seed: u64, link: LinkConfig) -> World {
-    let start = Instant::now();
-    let mut net = Network::new(seed, start);
-    let (ida, idb) = (identity(seed * 2 + 1), identity(seed * 2 + 2));
-    let mut ca = EndpointConfig::new([seed as u8; 32]);
-    let mut cb = EndpointConfig::new([seed as u8 ^ 0xff; 32]);
-    for c in [&mut ca, &mut cb] {
-        let mut ch = sss_proto::ChannelConfig::default();
-        ch.initial_rtt = Duration::from_millis(100);
-        ch.handshake_timeout = Duration::from_secs(120);
-        c.channel = std::sync::Arc::new(ch);
-    }
-    let ha = SessionHost::new(&ida, ca, SessionConfig::default(), start);
-    let mut hb = SessionHost::new(&idb, cb, SessionConfig::default(), start);
-    hb.listeners.push((SERVICE.0.into(), SERVICE.1.into()));
-    let a = net.add_node(addr(1), ha);
-    let b = net.add_node(addr(2), hb);
-    net.connect(addr(1), addr(2), link);
+    let mut channel = sss_proto::ChannelConfig::default();
+    channel.initial_rtt = Duration::from_millis(100);
+    channel.handshake_timeout = Duration::from_secs(120);
+    let SessionPair {
+        net,
+        a,
+        b,
+        a_eid,
+        b_eid,
+    } = SessionPair::new(seed, link, SessionConfig::default(), channel, SERVICE);
     World {
         net,
         a,
         b,
-        a_eid: ida.eid(),
-        b_eid: idb.eid(),
+        a_eid,
+        b_eid,
         received: BTreeMap::new(),
     }
 }

@@ -321,3 +321,63 @@ impl Node for SessionHost {
         self.collect(now);
     }
 }
+
+/// Two [`SessionHost`]s on a simulated network, A at [`addr(1)`](super::addr) and B at
+/// `addr(2)` joined by one link, B listening on one (service, protocol): the set-up of the
+/// stream-layer simulator tests.
+pub struct SessionPair {
+    /// The network; node `a` dials, node `b` listens.
+    pub net: crate::sim::Network<SessionHost>,
+    /// The dialling host.
+    pub a: crate::sim::NodeId,
+    /// The listening host.
+    pub b: crate::sim::NodeId,
+    /// A's EID.
+    pub a_eid: Eid,
+    /// B's EID.
+    pub b_eid: Eid,
+}
+
+impl std::fmt::Debug for SessionPair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionPair")
+            .field("a_eid", &self.a_eid)
+            .field("b_eid", &self.b_eid)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SessionPair {
+    /// Builds the pair from `seed` (identities, endpoint secrets, the network's randomness),
+    /// the link between them, both hosts' session and channel configurations, and the
+    /// (service, protocol) B listens on.
+    pub fn new(
+        seed: u64,
+        link: crate::sim::LinkConfig,
+        session: SessionConfig,
+        channel: crate::ChannelConfig,
+        service: (&str, &str),
+    ) -> Self {
+        let start = Instant::now();
+        let mut net = crate::sim::Network::new(seed, start);
+        let (ida, idb) = (super::identity(seed * 2 + 1), super::identity(seed * 2 + 2));
+        let mut ca = EndpointConfig::new([seed as u8; 32]);
+        let mut cb = EndpointConfig::new([seed as u8 ^ 0xff; 32]);
+        let channel = Arc::new(channel);
+        ca.channel = Arc::clone(&channel);
+        cb.channel = channel;
+        let ha = SessionHost::new(&ida, ca, session.clone(), start);
+        let mut hb = SessionHost::new(&idb, cb, session, start);
+        hb.listeners.push((service.0.into(), service.1.into()));
+        let a = net.add_node(super::addr(1), ha);
+        let b = net.add_node(super::addr(2), hb);
+        net.connect(super::addr(1), super::addr(2), link);
+        Self {
+            net,
+            a,
+            b,
+            a_eid: ida.eid(),
+            b_eid: idb.eid(),
+        }
+    }
+}
