@@ -231,7 +231,7 @@ fn no_probe_timer_while_the_amplification_limit_blocks_the_probe() {
     let mut upper = Filler::default();
     // Room for exactly one full data packet and a few bytes more.
     let segment = 1200;
-    b.unvalidated_sent = 3 * b.unvalidated_received - (segment + 20);
+    b.unvalidated_sent = 3 * b.unvalidated_received - (segment + 40);
     let t = b
         .poll_transmit(now, 64, &mut buf, &mut upper)
         .expect("one full packet fits");
