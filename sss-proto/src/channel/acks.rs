@@ -23,8 +23,9 @@ pub(crate) struct ReceivedPackets {
     deadline: Option<Instant>,
     /// Packets arrived since the last ACK frame was sent (ack-eliciting or not).
     unacked: bool,
-    /// Authenticated packets received, by ECN codepoint (RFC 9000 §13.4.1).
-    ecn: EcnCounts,
+    /// Authenticated packets received, by ECN codepoint (RFC 9000 §13.4.1). Visible to the
+    /// channel's tests, which play a peer that misreports them.
+    pub(super) ecn: EcnCounts,
 }
 
 impl ReceivedPackets {
