@@ -57,7 +57,10 @@ async fn loopback_validates_ecn(bind: &str) {
         assert_eq!(received.ecn_ce_received, 0);
         assert_eq!(received.ecn_ect1_received, 0);
         // Nearly all of them: only the pause after the ten test packets goes out unmarked.
-        assert!(sent.ecn_marked_sent * 10 >= sent.packets_sent * 9, "{sent:?}");
+        assert!(
+            sent.ecn_marked_sent * 10 >= sent.packets_sent * 9,
+            "{sent:?}"
+        );
         assert_eq!(sent.ecn_state, EcnState::Capable, "{sent:?}");
         assert_eq!(sent.ecn_failures, 0);
         // The other way too: the server's ACKs were marked, counted and validated.
@@ -97,7 +100,10 @@ async fn a_relay_that_bleaches_ecn_turns_it_off_and_the_transfer_stays_exact() {
         assert_eq!(received.ecn_ect0_received, 0, "the relay forwards Not-ECT");
         assert_eq!(sent.ecn_state, EcnState::Failed, "{sent:?}");
         assert_eq!(sent.ecn_failures, 1);
-        assert!(sent.ecn_marked_sent <= 64, "only the test packets were marked");
+        assert!(
+            sent.ecn_marked_sent <= 64,
+            "only the test packets were marked"
+        );
     })
     .await;
 }

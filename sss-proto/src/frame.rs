@@ -466,9 +466,10 @@ mod tests {
 
     /// No counts (an ACK) or any three counts (an ACK_ECN).
     fn ecn_counts() -> impl Strategy<Value = Option<EcnCounts>> {
-        prop::option::of((0..=VARINT_MAX, 0..=VARINT_MAX, 0..=VARINT_MAX).prop_map(
-            |(ect0, ect1, ce)| EcnCounts { ect0, ect1, ce },
-        ))
+        prop::option::of(
+            (0..=VARINT_MAX, 0..=VARINT_MAX, 0..=VARINT_MAX)
+                .prop_map(|(ect0, ect1, ce)| EcnCounts { ect0, ect1, ce }),
+        )
     }
 
     /// Owned material for one frame of each kind.
@@ -671,7 +672,10 @@ mod tests {
                 ce: 300,
             }),
         };
-        assert_eq!(decode_all(&bytes).unwrap(), vec![Frame::Ack(expected.clone())]);
+        assert_eq!(
+            decode_all(&bytes).unwrap(),
+            vec![Frame::Ack(expected.clone())]
+        );
         assert_eq!(encode(&Frame::Ack(expected.clone())), bytes);
         // The same ACK without counts is type 0x02 and six bytes shorter.
         let plain = AckFrame {

@@ -98,7 +98,10 @@ fn ce_marks_shrink_the_window_without_loss_or_retransmission() {
     for algorithm in [CongestionAlgorithm::Cubic, CongestionAlgorithm::NewReno] {
         // Without ECN the sender finds the capacity by overflowing the queue.
         let (plain, _, drops, _) = over_bottleneck(algorithm, false, Some(125_000));
-        assert!(drops > 0 && plain.packets_lost > 0, "{algorithm:?}: no loss without ECN");
+        assert!(
+            drops > 0 && plain.packets_lost > 0,
+            "{algorithm:?}: no loss without ECN"
+        );
         assert_eq!(plain.ecn_marked_sent, 0);
 
         // With ECN, marks past 125 KB of backlog make it back off long before the queue

@@ -280,7 +280,10 @@ mod tests {
             e.on_ack(5, counts(4, 0, 1), true),
             EcnOutcome::CongestionExperienced
         );
-        assert_eq!(e.on_ack(5, counts(8, 0, 2), true), EcnOutcome::CongestionExperienced);
+        assert_eq!(
+            e.on_ack(5, counts(8, 0, 2), true),
+            EcnOutcome::CongestionExperienced
+        );
         assert_eq!(e.on_ack(0, counts(8, 0, 2), true), EcnOutcome::Nothing);
         assert_eq!(e.state(), EcnState::Capable);
     }
@@ -310,7 +313,10 @@ mod tests {
         ];
         for c in bad {
             let (mut e, _) = tested(10);
-            assert!(matches!(e.on_ack(1, c, true), EcnOutcome::Failed(_)), "{c:?}");
+            assert!(
+                matches!(e.on_ack(1, c, true), EcnOutcome::Failed(_)),
+                "{c:?}"
+            );
         }
         // Going backwards.
         let (mut e, _) = tested(10);

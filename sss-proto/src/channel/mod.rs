@@ -1074,7 +1074,10 @@ impl<M> Channel<M> {
         match self.ecn.on_ack(acked_marked, counts, newly_largest) {
             EcnOutcome::Nothing => {}
             EcnOutcome::Failed(reason) => {
-                tracing::debug!(reason, "ECN validation failed: sending Not-ECT on this path");
+                tracing::debug!(
+                    reason,
+                    "ECN validation failed: sending Not-ECT on this path"
+                );
                 self.stats.ecn_failures += 1;
             }
             EcnOutcome::CongestionExperienced => {

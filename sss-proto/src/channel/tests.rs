@@ -349,7 +349,10 @@ fn a_peer_reporting_decreasing_ecn_counts_disables_ecn() {
     let s = a.stats();
     assert_eq!(s.ecn_state, EcnState::Failed);
     assert_eq!(s.ecn_failures, 1);
-    assert!(a.is_established(), "bad ECN feedback never closes the channel");
+    assert!(
+        a.is_established(),
+        "bad ECN feedback never closes the channel"
+    );
     // From the failure on, everything goes out Not-ECT.
     assert_eq!(marks.last(), Some(&None));
     let sent = a.stats().ecn_marked_sent;

@@ -235,8 +235,13 @@ impl<N: Node> Network<N> {
         let slot = &mut self.nodes[id.0];
         slot.stats.received += 1;
         slot.stats.received_bytes += len;
-        slot.node
-            .handle_datagram_with_ecn(now, packet.to, packet.from, packet.ecn, &mut packet.data);
+        slot.node.handle_datagram_with_ecn(
+            now,
+            packet.to,
+            packet.from,
+            packet.ecn,
+            &mut packet.data,
+        );
         self.drain(id)
     }
 
