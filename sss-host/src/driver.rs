@@ -67,7 +67,7 @@ impl Driver {
                 Poll::Ready(Ok(_)) => {
                     any = true;
                     for d in self.recv.datagrams() {
-                        st.handle_datagram(now, d.from, d.data);
+                        st.handle_datagram(now, d.from, d.ecn, d.data);
                     }
                 }
                 Poll::Ready(Err(e)) => {

@@ -21,7 +21,7 @@ use sss_proto::handshake::RefuseCode;
 use sss_proto::stream::{
     Attach, ErrorCode, LinkStatus, SentFrame, Session, SessionConfig, SessionEvent, StreamId,
 };
-use sss_proto::{Channel, Eid, Transmit};
+use sss_proto::{Channel, EcnCodepoint, Eid, Transmit};
 use tokio::sync::watch;
 
 use crate::attempt::Attempt;
@@ -330,15 +330,21 @@ impl State {
 
     // ------------------------------------------------------------ driver input
 
-    /// One datagram from the socket.
-    pub(crate) fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &mut [u8]) {
+    /// One datagram from the socket, with the ECN codepoint of its IP header.
+    pub(crate) fn handle_datagram(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        ecn: Option<EcnCodepoint>,
+        data: &mut [u8],
+    ) {
         let mut scratch = std::mem::take(&mut self.scratch);
         match self.endpoint.handle(now, from, data, &mut scratch) {
             Some(DatagramEvent::Channel(h)) => {
                 if let Some(slot) = self.channels.get_mut(&h) {
                     if let Some(p) = self.peers.get_mut(&slot.peer) {
                         slot.channel
-                            .handle_datagram(now, from, data, &mut p.session);
+                            .handle_datagram_with_ecn(now, from, ecn, data, &mut p.session);
                     }
                 }
             }

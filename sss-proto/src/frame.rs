@@ -29,7 +29,7 @@ impl FrameType {
     pub const PING: FrameType = FrameType(0x01);
     /// Acknowledges ranges of received packet numbers.
     pub const ACK: FrameType = FrameType(0x02);
-    /// Reserved for an ACK carrying ECN counts; not implemented, rejected as reserved.
+    /// An ACK followed by the receiver's ECN counts (ECT(0), ECT(1), CE).
     pub const ACK_ECN: FrameType = FrameType(0x03);
     /// Closes the channel with an error code and a reason.
     pub const CLOSE: FrameType = FrameType(0x04);
@@ -88,7 +88,34 @@ pub enum FrameError {
     CloseReasonTooLong(u64),
 }
 
-/// An ACK frame (RFC 9000 §19.3 without ECN counts).
+/// Cumulative counts of received packets by ECN codepoint (RFC 9000 §19.3.2), as reported in
+/// an ACK_ECN frame: every authenticated packet the receiver processed, by the codepoint of
+/// its IP header.
+#[derive(Debug, Default, Copy, Clone, Eq, PartialEq, Hash)]
+pub struct EcnCounts {
+    /// Packets received marked ECT(0).
+    pub ect0: u64,
+    /// Packets received marked ECT(1).
+    pub ect1: u64,
+    /// Packets received marked CE (congestion experienced).
+    pub ce: u64,
+}
+
+impl EcnCounts {
+    /// All counts zero.
+    pub const ZERO: Self = Self {
+        ect0: 0,
+        ect1: 0,
+        ce: 0,
+    };
+
+    /// Whether every count is zero (an ACK then carries no counts).
+    pub fn is_zero(&self) -> bool {
+        *self == Self::ZERO
+    }
+}
+
+/// An ACK frame (RFC 9000 §19.3): type ACK without ECN counts, type ACK_ECN with them.
 ///
 /// Invariant, guaranteed by decoding and by [`AckFrame::from_ranges`]: `ranges` is non-empty,
 /// descending, disjoint and non-adjacent, `ranges[0]` ends at `largest`, and every value is at
@@ -101,6 +128,8 @@ pub struct AckFrame {
     pub delay_micros: u64,
     /// Acknowledged packet numbers, newest range first.
     pub ranges: Vec<RangeInclusive<u64>>,
+    /// The receiver's ECN counts; `Some` makes the frame an ACK_ECN.
+    pub ecn: Option<EcnCounts>,
 }
 
 impl AckFrame {
@@ -121,12 +150,14 @@ impl AckFrame {
             largest,
             delay_micros,
             ranges,
+            ecn: None,
         })
     }
 
     /// Longest encoding of an ACK frame with one range: the type byte, then largest, delay
-    /// and first range as full 8-byte varints, and a 1-byte range count of zero.
-    pub const MAX_SINGLE_RANGE_LEN: usize = 1 + 8 + 8 + 1 + 8;
+    /// and first range as full 8-byte varints, a 1-byte range count of zero, and three ECN
+    /// counts as full 8-byte varints.
+    pub const MAX_SINGLE_RANGE_LEN: usize = 1 + 8 + 8 + 1 + 8 + 3 * 8;
 
     /// Drops the oldest ranges until the frame's encoding takes at most `room` bytes, keeping
     /// at least the newest one. Whether it then fits.
@@ -145,8 +176,18 @@ impl AckFrame {
         self.ranges.iter().cloned()
     }
 
+    /// The frame type on the wire: ACK_ECN when the frame carries ECN counts.
+    pub fn frame_type(&self) -> FrameType {
+        if self.ecn.is_some() {
+            FrameType::ACK_ECN
+        } else {
+            FrameType::ACK
+        }
+    }
+
     /// The integers after the type, in wire order: largest, delay, range count, first range,
-    /// then (gap, range length) pairs. Encoding and its length both derive from this.
+    /// then (gap, range length) pairs, then the ECN counts if any. Encoding and its length
+    /// both derive from this.
     fn wire_fields(&self) -> impl Iterator<Item = u64> + '_ {
         let first_start = self.ranges.first().map_or(self.largest, |r| *r.start());
         let count = self.ranges.len().saturating_sub(1) as u64;
@@ -161,11 +202,13 @@ impl AckFrame {
             let gap = w[0].start().saturating_sub(*w[1].end()).saturating_sub(2);
             [gap, w[1].end().saturating_sub(*w[1].start())]
         });
-        head.into_iter().chain(pairs)
+        let ecn = self.ecn.into_iter().flat_map(|c| [c.ect0, c.ect1, c.ce]);
+        head.into_iter().chain(pairs).chain(ecn)
     }
 
-    fn decode(r: &mut Reader<'_>) -> Result<Self, FrameError> {
-        let truncated = |_| FrameError::Truncated(FrameType::ACK);
+    /// Decodes the body of an ACK (`ty` = ACK) or ACK_ECN frame.
+    fn decode(r: &mut Reader<'_>, ty: FrameType) -> Result<Self, FrameError> {
+        let truncated = |_| FrameError::Truncated(ty);
         let largest = r.varint().map_err(truncated)?;
         let delay_micros = r.varint().map_err(truncated)?;
         let count = r.varint().map_err(truncated)?;
@@ -188,10 +231,20 @@ impl AckFrame {
             smallest = high.checked_sub(len).ok_or(FrameError::AckUnderflow)?;
             ranges.push(smallest..=high);
         }
+        let ecn = if ty == FrameType::ACK_ECN {
+            Some(EcnCounts {
+                ect0: r.varint().map_err(truncated)?,
+                ect1: r.varint().map_err(truncated)?,
+                ce: r.varint().map_err(truncated)?,
+            })
+        } else {
+            None
+        };
         Ok(Self {
             largest,
             delay_micros,
             ranges,
+            ecn,
         })
     }
 }
@@ -203,7 +256,7 @@ pub enum Frame<'a> {
     Padding(usize),
     /// Asks for an acknowledgment.
     Ping,
-    /// Acknowledges packet numbers.
+    /// Acknowledges packet numbers (type ACK, or ACK_ECN when it carries ECN counts).
     Ack(AckFrame),
     /// Closes the channel.
     Close {
@@ -232,7 +285,7 @@ impl Frame<'_> {
             Frame::Padding(n) => buf.resize(buf.len() + n, 0),
             Frame::Ping => write_varint(buf, FrameType::PING.0),
             Frame::Ack(ack) => {
-                write_varint(buf, FrameType::ACK.0);
+                write_varint(buf, ack.frame_type().0);
                 ack.wire_fields().for_each(|v| write_varint(buf, v));
             }
             Frame::Close { code, reason } => {
@@ -328,7 +381,7 @@ impl<'a> Frames<'a> {
         let truncated = |_| FrameError::Truncated(ty);
         let frame = match ty {
             FrameType::PING => Frame::Ping,
-            FrameType::ACK => Frame::Ack(AckFrame::decode(&mut r)?),
+            FrameType::ACK | FrameType::ACK_ECN => Frame::Ack(AckFrame::decode(&mut r, ty)?),
             FrameType::CLOSE => {
                 let code = r.varint().map_err(truncated)?;
                 let len = r.varint().map_err(truncated)?;
@@ -411,6 +464,14 @@ mod tests {
             })
     }
 
+    /// No counts (an ACK) or any three counts (an ACK_ECN).
+    fn ecn_counts() -> impl Strategy<Value = Option<EcnCounts>> {
+        prop::option::of(
+            (0..=VARINT_MAX, 0..=VARINT_MAX, 0..=VARINT_MAX)
+                .prop_map(|(ect0, ect1, ce)| EcnCounts { ect0, ect1, ce }),
+        )
+    }
+
     /// Owned material for one frame of each kind.
     #[derive(Debug, Clone)]
     enum Spec {
@@ -447,9 +508,13 @@ mod tests {
         prop_oneof![
             (1usize..50).prop_map(Spec::Padding),
             Just(Spec::Ping),
-            (range_set(), 0..=VARINT_MAX, 1usize..30).prop_map(|(set, delay, max)| {
-                Spec::Ack(AckFrame::from_ranges(&set, delay, max).unwrap())
-            }),
+            (range_set(), 0..=VARINT_MAX, 1usize..30, ecn_counts()).prop_map(
+                |(set, delay, max, ecn)| {
+                    let mut ack = AckFrame::from_ranges(&set, delay, max).unwrap();
+                    ack.ecn = ecn;
+                    Spec::Ack(ack)
+                }
+            ),
             (
                 0..=VARINT_MAX,
                 prop::collection::vec(any::<u8>(), 0..=MAX_CLOSE_REASON_LEN)
@@ -504,8 +569,10 @@ mod tests {
             set in range_set(),
             delay in 0..=VARINT_MAX,
             room in 0usize..400,
+            ecn in ecn_counts(),
         ) {
-            let full = AckFrame::from_ranges(&set, delay, usize::MAX).unwrap();
+            let mut full = AckFrame::from_ranges(&set, delay, usize::MAX).unwrap();
+            full.ecn = ecn;
             let newest = AckFrame { ranges: full.ranges[..1].to_vec(), ..full.clone() };
             prop_assert!(Frame::Ack(newest).encoded_len() <= AckFrame::MAX_SINGLE_RANGE_LEN);
             let mut ack = full.clone();
@@ -588,6 +655,50 @@ mod tests {
     }
 
     #[test]
+    fn ack_ecn_wire_format() {
+        // ACK_ECN: the ACK fields, then ECT(0), ECT(1) and CE counts, all varints.
+        let mut bytes = vec![0x03];
+        for v in [10u64, 25, 0, 3, 7, 0, 300] {
+            write_varint(&mut bytes, v);
+        }
+        assert_eq!(bytes, [0x03, 10, 25, 0, 3, 7, 0, 0x41, 0x2c]);
+        let expected = AckFrame {
+            largest: 10,
+            delay_micros: 25,
+            ranges: vec![7..=10],
+            ecn: Some(EcnCounts {
+                ect0: 7,
+                ect1: 0,
+                ce: 300,
+            }),
+        };
+        assert_eq!(
+            decode_all(&bytes).unwrap(),
+            vec![Frame::Ack(expected.clone())]
+        );
+        assert_eq!(encode(&Frame::Ack(expected.clone())), bytes);
+        // The same ACK without counts is type 0x02 and six bytes shorter.
+        let plain = AckFrame {
+            ecn: None,
+            ..expected
+        };
+        assert_eq!(encode(&Frame::Ack(plain)), [0x02, 10, 25, 0, 3]);
+        // Counts cut short: truncated ACK_ECN, not an ACK.
+        for cut in [5, 6, 7, 8] {
+            assert_eq!(
+                decode_all(&bytes[..cut]),
+                Err(FrameError::Truncated(FrameType::ACK_ECN)),
+                "cut at {cut}"
+            );
+        }
+        // Range arithmetic is checked the same way in both types.
+        assert_eq!(
+            decode_all(&[0x03, 3, 0, 0, 4, 0, 0, 0]),
+            Err(FrameError::AckUnderflow)
+        );
+    }
+
+    #[test]
     fn malformed_acks_are_rejected() {
         // largest, delay, count, first, (gap, len)*
         let first_beyond_largest = raw_ack(&[3, 0, 0, 4]);
@@ -615,7 +726,7 @@ mod tests {
 
     #[test]
     fn bad_types_and_lengths_are_rejected() {
-        for ty in [0x03u8, 0x07, 0x1f] {
+        for ty in [0x07u8, 0x08, 0x1f] {
             assert_eq!(
                 decode_all(&[ty, 0, 0]),
                 Err(FrameError::Reserved(FrameType(ty.into())))

@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use sss_proto::crypto::aead::{next_secret, PacketKey, Suite};
-use sss_proto::frame::{AckFrame, Frame, FrameType, Frames};
+use sss_proto::frame::{AckFrame, EcnCounts, Frame, FrameType, Frames};
 use sss_proto::packet::{decode_packet_number, DataHeader, TAG_LEN};
 
 /// `k1` of `spec/vectors/handshake.txt`: the initiator's first send secret.
@@ -40,6 +40,9 @@ const HEADER: &str = "\
 #
 # Vectors: *_chacha20_poly1305 and *_aes_256_gcm with k1 and key phase 0;
 # *_chacha20_poly1305_k1_next with k1_next and key phase 1.
+#
+# frame_ack_ecn: an ACK_ECN frame alone (type 0x03, spec/packets.md §4.2): the ACK above
+# followed by the counts ECT(0) 0x21, ECT(1) 0, CE 0x1234.
 ";
 
 fn hex(bytes: &[u8]) -> String {
@@ -64,12 +67,33 @@ fn frames() -> Vec<Frame<'static>> {
             largest: 0x1000,
             delay_micros: 600,
             ranges: vec![0xff0..=0x1000, 0xfd0..=0xfe0],
+            ecn: None,
         }),
         Frame::Upper {
             ty: FrameType(0x20),
             body: UPPER_BODY,
         },
     ]
+}
+
+/// The ACK frame of `frames()` with ECN counts: an ACK_ECN.
+fn ack_ecn() -> Frame<'static> {
+    Frame::Ack(AckFrame {
+        largest: 0x1000,
+        delay_micros: 600,
+        ranges: vec![0xff0..=0x1000, 0xfd0..=0xfe0],
+        ecn: Some(EcnCounts {
+            ect0: 0x21,
+            ect1: 0,
+            ce: 0x1234,
+        }),
+    })
+}
+
+fn encode_one(frame: &Frame<'_>) -> Vec<u8> {
+    let mut buf = Vec::new();
+    frame.encode(&mut buf);
+    buf
 }
 
 /// The encoded frames (the plaintext of every vector).
@@ -150,6 +174,7 @@ fn generate() -> String {
         line(&format!("header_{name}"), &datagram[..header_len]);
         line(&format!("datagram_{name}"), &datagram);
     }
+    line("frame_ack_ecn", &encode_one(&ack_ecn()));
     out
 }
 
@@ -214,4 +239,18 @@ fn committed_datagrams_decode() {
         assert!(datagram.starts_with(&get(&format!("header_{name}"))));
         check_decodes(suite, &secret, phase, &datagram);
     }
+    let ack_ecn_bytes = get("frame_ack_ecn");
+    let decoded: Vec<Frame<'_>> = Frames::new(&ack_ecn_bytes)
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(decoded, vec![ack_ecn()]);
+    // The same frame as a plain ACK: the type byte differs, and the counts are missing.
+    let Frame::Ack(ack) = ack_ecn() else {
+        unreachable!()
+    };
+    let plain = encode_one(&Frame::Ack(AckFrame { ecn: None, ..ack }));
+    assert_eq!(ack_ecn_bytes[0], 0x03);
+    assert_eq!(plain[0], 0x02);
+    assert_eq!(&ack_ecn_bytes[1..plain.len()], &plain[1..]);
+    assert_eq!(&ack_ecn_bytes[plain.len()..], [0x21, 0x00, 0x52, 0x34]);
 }

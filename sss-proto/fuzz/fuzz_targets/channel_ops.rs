@@ -27,6 +27,7 @@ use sss_proto::channel::ChannelConfig;
 use sss_proto::endpoint::{ChannelHandle, DatagramEvent, Endpoint, EndpointConfig, Incoming};
 use sss_proto::handshake::RefuseCode;
 use sss_proto::packet::{self, DataHeader, PacketKind};
+use sss_proto::EcnCodepoint;
 use sss_proto::testkit::{self, Bulk};
 use sss_proto::{Channel, Identity};
 
@@ -92,6 +93,13 @@ enum Op {
     },
     Release {
         dir: Dir,
+    },
+    /// The ECN codepoint datagrams in `dir` arrive with from now on (`ecn % 4`: Not-ECT,
+    /// ECT(0), ECT(1), CE): the network marks, re-marks or bleaches, and the receiver's
+    /// counts, echoed to the sender's ECN validation, follow.
+    Remark {
+        dir: Dir,
+        ecn: u8,
     },
     Corrupt {
         dir: Dir,
@@ -172,6 +180,7 @@ struct World {
     /// Datagrams in flight: `[A to B, B to A]`.
     wire: [VecDeque<Vec<u8>>; 2],
     held: [Vec<Vec<u8>>; 2],
+    ecn: [Option<EcnCodepoint>; 2],
     pending: Option<Box<Incoming>>,
     buf: Vec<u8>,
 }
@@ -238,6 +247,7 @@ impl World {
             total_b: u64::from(setup.initial_b % 16384),
             wire: [VecDeque::new(), VecDeque::new()],
             held: [Vec::new(), Vec::new()],
+            ecn: [None, None],
             pending: None,
             buf: Vec::with_capacity(65536),
         }
@@ -371,6 +381,7 @@ impl World {
         } else {
             (self.a_addr, true)
         };
+        let ecn = self.ecn[usize::from(dir)];
         let host = self.host(to_b);
         let mut scratch = std::mem::take(&mut host.scratch);
         let event = host.endpoint.handle(now, from, &data, &mut scratch);
@@ -378,7 +389,7 @@ impl World {
             Some(DatagramEvent::Channel(h)) => {
                 if let Some(slot) = host.slots.get_mut(&h) {
                     slot.channel
-                        .handle_datagram(now, from, &mut data, &mut slot.upper);
+                        .handle_datagram_with_ecn(now, from, ecn, &mut data, &mut slot.upper);
                 }
             }
             // A accepts nothing: dropping an initiation to it is a silent refusal.
@@ -549,6 +560,14 @@ impl World {
                         self.held[d].push(datagram);
                     }
                 }
+            }
+            Op::Remark { dir, ecn } => {
+                self.ecn[usize::from(dir)] = match ecn % 4 {
+                    0 => None,
+                    1 => Some(EcnCodepoint::Ect0),
+                    2 => Some(EcnCodepoint::Ect1),
+                    _ => Some(EcnCodepoint::Ce),
+                };
             }
             Op::Release { dir } => {
                 let held = std::mem::take(&mut self.held[usize::from(dir)]);

@@ -8,8 +8,10 @@
 
 use std::time::{Duration, Instant};
 
-use crate::frame::AckFrame;
+use crate::codec::VARINT_MAX;
+use crate::frame::{AckFrame, EcnCounts};
 use crate::ranges::RangeSet;
+use crate::EcnCodepoint;
 
 #[derive(Debug)]
 pub(crate) struct ReceivedPackets {
@@ -21,6 +23,9 @@ pub(crate) struct ReceivedPackets {
     deadline: Option<Instant>,
     /// Packets arrived since the last ACK frame was sent (ack-eliciting or not).
     unacked: bool,
+    /// Authenticated packets received, by ECN codepoint (RFC 9000 §13.4.1). Visible to the
+    /// channel's tests, which play a peer that misreports them.
+    pub(super) ecn: EcnCounts,
 }
 
 impl ReceivedPackets {
@@ -32,6 +37,7 @@ impl ReceivedPackets {
             immediate: false,
             deadline: None,
             unacked: false,
+            ecn: EcnCounts::ZERO,
         }
     }
 
@@ -72,6 +78,30 @@ impl ReceivedPackets {
         }
     }
 
+    /// Counts the ECN codepoint of a packet just recorded by [`on_packet`](Self::on_packet).
+    /// A CE mark on an ack-eliciting packet is acknowledged at once, so that the sender learns
+    /// of the congestion without delay (RFC 9000 §13.2.1).
+    pub(crate) fn on_ecn(&mut self, ecn: Option<EcnCodepoint>, ack_eliciting: bool) {
+        let count = match ecn {
+            None => return,
+            Some(EcnCodepoint::Ect0) => &mut self.ecn.ect0,
+            Some(EcnCodepoint::Ect1) => &mut self.ecn.ect1,
+            Some(EcnCodepoint::Ce) => {
+                if ack_eliciting {
+                    self.immediate = true;
+                }
+                &mut self.ecn.ce
+            }
+        };
+        // Packet numbers stop below 2^62 too, so the cap is never reached in practice.
+        *count = (*count + 1).min(VARINT_MAX);
+    }
+
+    /// The ECN counts so far.
+    pub(crate) fn ecn_counts(&self) -> EcnCounts {
+        self.ecn
+    }
+
     /// Whether an ACK frame must be sent now (not merely may be piggybacked).
     pub(crate) fn ack_due(&self, now: Instant) -> bool {
         self.ack_eliciting_since_ack > 0
@@ -98,11 +128,16 @@ impl ReceivedPackets {
     pub(crate) fn build_ack(&mut self, now: Instant, max_ranges: usize) -> Option<AckFrame> {
         let (_, received_at) = self.largest?;
         let delay = now.saturating_duration_since(received_at);
-        let frame = AckFrame::from_ranges(
+        let mut frame = AckFrame::from_ranges(
             &self.ranges,
             u64::try_from(delay.as_micros()).unwrap_or(u64::MAX),
             max_ranges,
         )?;
+        // Counts go out once there are any (an ACK_ECN frame), and then in every ACK: they
+        // are cumulative, so a lost ACK loses nothing.
+        if !self.ecn.is_zero() {
+            frame.ecn = Some(self.ecn);
+        }
         self.ack_eliciting_since_ack = 0;
         self.immediate = false;
         self.deadline = None;

@@ -41,6 +41,9 @@ pub struct ChannelConfig {
     pub packet_threshold: u64,
     /// AEAD suites this host offers (bit set of [`crate::crypto::aead::Suite::bit`]).
     pub suites: u8,
+    /// Mark packets ECN-capable (ECT(0)) on paths that validate it, and react to CE marks
+    /// (spec/recovery.md, "ECN"). Received marks are counted and reported either way.
+    pub ecn: bool,
 }
 
 impl Default for ChannelConfig {
@@ -62,6 +65,7 @@ impl Default for ChannelConfig {
             handshake_timeout: Duration::from_secs(20),
             packet_threshold: 3,
             suites: crate::crypto::aead::Suite::local_set(),
+            ecn: true,
         }
     }
 }

@@ -21,6 +21,7 @@
 
 mod acks;
 mod config;
+mod ecn;
 mod keys;
 mod sent;
 mod stats;
@@ -31,6 +32,7 @@ mod transmit;
 mod upper;
 
 pub use config::ChannelConfig;
+pub use ecn::EcnState;
 pub use stats::ChannelStats;
 pub use upper::{Upper, UpperError};
 
@@ -42,6 +44,7 @@ use std::time::{Duration, Instant};
 use rand_chacha::ChaCha20Rng;
 
 use self::acks::ReceivedPackets;
+use self::ecn::{EcnOutcome, EcnSender};
 use self::keys::KeySet;
 use self::sent::SentPackets;
 use self::timer::{Timer, TimerTable};
@@ -57,6 +60,7 @@ use crate::recovery::mtu::MtuDiscovery;
 use crate::recovery::pacing::Pacer;
 use crate::recovery::rtt::{RttEstimator, GRANULARITY};
 use crate::replay::ReplayWindow;
+use crate::EcnCodepoint;
 
 /// Error codes carried in CLOSE frames.
 #[derive(Debug, Copy, Clone, Eq, PartialEq, Hash)]
@@ -235,6 +239,8 @@ pub struct Channel<M> {
     cc: Box<dyn Controller>,
     pacer: Pacer,
     mtu: MtuDiscovery,
+    /// ECN marking and validation of the current path.
+    ecn: EcnSender,
     bytes_in_flight: u64,
     time_of_last_ack_eliciting: Option<Instant>,
     loss_time: Option<Instant>,
@@ -307,6 +313,7 @@ impl<M> Channel<M> {
             cc,
             pacer,
             mtu: MtuDiscovery::new(mtu, mtu),
+            ecn: EcnSender::new(config.ecn),
             bytes_in_flight: 0,
             time_of_last_ack_eliciting: None,
             loss_time: None,
@@ -499,6 +506,12 @@ impl<M> Channel<M> {
         s.bytes_in_flight = self.bytes_in_flight;
         s.mtu = self.mtu.current();
         s.key_updates = self.keys.as_ref().map_or(0, |k| k.updates);
+        s.ecn_state = self.ecn.state();
+        s.ecn_ce_reported = self.ecn.reported().ce;
+        let received = self.received.ecn_counts();
+        s.ecn_ect0_received = received.ect0;
+        s.ecn_ect1_received = received.ect1;
+        s.ecn_ce_received = received.ce;
         s
     }
 
@@ -542,7 +555,9 @@ impl<M> Channel<M> {
 
     /// Processes one datagram the endpoint routed to this channel (a data packet, or, while
     /// connecting, a handshake response or cookie reply). Invalid datagrams are counted and
-    /// dropped; they never change the channel's state.
+    /// dropped; they never change the channel's state. The same as
+    /// [`handle_datagram_with_ecn`](Self::handle_datagram_with_ecn) with no ECN codepoint
+    /// (Not-ECT, or unknown because the socket cannot read it).
     pub fn handle_datagram<U: Upper<Meta = M>>(
         &mut self,
         now: Instant,
@@ -550,8 +565,22 @@ impl<M> Channel<M> {
         data: &mut [u8],
         upper: &mut U,
     ) {
+        self.handle_datagram_with_ecn(now, from, None, data, upper);
+    }
+
+    /// [`handle_datagram`](Self::handle_datagram) for a datagram whose IP header carried the
+    /// ECN codepoint `ecn` (`None`: Not-ECT or unknown). The codepoints of authenticated data
+    /// packets are counted and reported to the peer in ACK frames (spec/recovery.md, "ECN").
+    pub fn handle_datagram_with_ecn<U: Upper<Meta = M>>(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        ecn: Option<EcnCodepoint>,
+        data: &mut [u8],
+        upper: &mut U,
+    ) {
         match packet::classify(data) {
-            Some(PacketKind::Data) => self.handle_data(now, from, data, upper),
+            Some(PacketKind::Data) => self.handle_data(now, from, ecn, data, upper),
             Some(PacketKind::Response) => self.handle_response(now, from, data, upper),
             Some(PacketKind::CookieReply) => self.handle_cookie_reply(now, data),
             _ => self.stats.dropped_malformed += 1,
@@ -649,6 +678,7 @@ impl<M> Channel<M> {
         &mut self,
         now: Instant,
         from: SocketAddr,
+        ecn: Option<EcnCodepoint>,
         data: &mut [u8],
         upper: &mut U,
     ) {
@@ -718,6 +748,7 @@ impl<M> Channel<M> {
                     to: from,
                 });
                 self.ping_pending = true;
+                self.reset_ecn_path();
             }
         }
         self.reset_idle_timer(now);
@@ -780,6 +811,7 @@ impl<M> Channel<M> {
             self.config.max_ack_delay,
             self.config.max_ack_ranges * 2,
         );
+        self.received.on_ecn(ecn, ack_eliciting);
     }
 
     fn close_with_error<U: Upper<Meta = M>>(
@@ -837,8 +869,19 @@ impl<M> Channel<M> {
             self.cc = self.config.congestion.build(now, self.mtu.current());
             self.rtt = RttEstimator::new(self.config.initial_rtt);
         }
+        // Even a new port may mean new middleboxes (NAT rebinding): ECN is tested afresh.
+        self.reset_ecn_path();
         self.events
             .push_back(ChannelEvent::PathChanged { from, to });
+    }
+
+    /// Packets now go to another address: ECN is validated afresh there, and packets marked
+    /// on the old path count neither for nor against the new one.
+    fn reset_ecn_path(&mut self) {
+        self.ecn.on_path_change();
+        for p in self.sent.iter_mut() {
+            p.ect = false;
+        }
     }
 
     /// A PATH_RESPONSE arrived from `from`.
@@ -869,6 +912,7 @@ impl<M> Channel<M> {
                 from: failed,
                 to: fallback,
             });
+            self.reset_ecn_path();
             self.set_loss_detection_timer(now);
         } else {
             p.send = true;
@@ -956,6 +1000,9 @@ impl<M> Channel<M> {
         let mut acked_any = false;
         let mut rtt_sample = None;
         let mut acked_ack_eliciting = false;
+        let mut acked_marked = 0u64;
+        // Send time of the newest packet newly acknowledged: a CE signal belongs to it.
+        let mut newest_acked: Option<(u64, Instant)> = None;
         for range in ack.iter() {
             for pn in self.sent.range(*range.start(), *range.end()) {
                 let Some(mut p) = self.sent.take(pn) else {
@@ -964,6 +1011,10 @@ impl<M> Channel<M> {
                 acked_any = true;
                 if pn == ack.largest {
                     rtt_sample = Some(now.saturating_duration_since(p.time));
+                }
+                acked_marked += u64::from(p.ect);
+                if newest_acked.is_none_or(|(n, _)| pn > n) {
+                    newest_acked = Some((pn, p.time));
                 }
                 acked_ack_eliciting |= p.ack_eliciting;
                 if p.in_flight {
@@ -993,6 +1044,9 @@ impl<M> Channel<M> {
             let delay = Duration::from_micros(ack.delay_micros).min(max_delay);
             self.rtt.update(delay, sample);
         }
+        if let Some((_, sent)) = newest_acked {
+            self.process_ecn(now, acked_marked, ack.ecn, newly_largest, sent);
+        }
         self.detect_lost_packets(now, upper);
         self.cc.on_end_acks(
             now,
@@ -1003,6 +1057,38 @@ impl<M> Channel<M> {
         self.pto_count = 0;
         self.set_loss_detection_timer(now);
         Ok(())
+    }
+
+    /// The ECN part of an ACK that newly acknowledged packets, the newest sent at `sent`
+    /// (RFC 9000 §13.4.2.1, RFC 9002 §7.1): validation, and a growing CE count as a congestion
+    /// signal. The controller's recovery period makes it one reduction per round trip; nothing
+    /// is retransmitted, since nothing was lost.
+    fn process_ecn(
+        &mut self,
+        now: Instant,
+        acked_marked: u64,
+        counts: Option<crate::frame::EcnCounts>,
+        newly_largest: bool,
+        sent: Instant,
+    ) {
+        match self.ecn.on_ack(acked_marked, counts, newly_largest) {
+            EcnOutcome::Nothing => {}
+            EcnOutcome::Failed(reason) => {
+                tracing::debug!(
+                    reason,
+                    "ECN validation failed: sending Not-ECT on this path"
+                );
+                self.stats.ecn_failures += 1;
+            }
+            EcnOutcome::CongestionExperienced => {
+                self.stats.ecn_congestion_signals += 1;
+                let window = self.cc.window();
+                self.cc.on_congestion_event(now, sent, false, 0);
+                if self.cc.window() < window {
+                    self.stats.congestion_events += 1;
+                }
+            }
+        }
     }
 
     fn loss_delay(&self) -> Duration {
@@ -1051,6 +1137,9 @@ impl<M> Channel<M> {
             if p.in_flight {
                 self.stats.packets_lost += 1;
                 self.stats.bytes_lost += u64::from(p.size);
+            }
+            if p.ect {
+                self.ecn.on_marked_lost();
             }
             self.mtu.on_lost(now, pn, p.size);
             if !p.mtu_probe && p.in_flight {

@@ -27,6 +27,9 @@ pub(crate) struct SentPacket<M> {
     /// Counted in bytes in flight (ack-eliciting or padded probes).
     pub(crate) in_flight: bool,
     pub(crate) mtu_probe: bool,
+    /// Sent marked ECT(0) on the current path (cleared when the path changes, so that the
+    /// new path's ECN validation counts only its own packets).
+    pub(crate) ect: bool,
     /// Largest packet number acknowledged by an ACK frame in this packet.
     pub(crate) largest_acked: Option<u64>,
     /// Upper-layer frames to re-send if this packet is lost.
@@ -131,6 +134,11 @@ impl<M> SentPackets<M> {
         (!self.slots.is_empty()).then_some(self.base)
     }
 
+    /// Every outstanding packet, mutably.
+    pub(crate) fn iter_mut(&mut self) -> impl Iterator<Item = &mut SentPacket<M>> + '_ {
+        self.slots.iter_mut().flatten()
+    }
+
     /// Removes every outstanding packet (the channel closed).
     pub(crate) fn drain(&mut self) -> impl Iterator<Item = (u64, SentPacket<M>)> + '_ {
         let base = self.base;
@@ -154,6 +162,7 @@ mod tests {
             ack_eliciting: true,
             in_flight: true,
             mtu_probe: false,
+            ect: false,
             largest_acked: None,
             frames: Vec::new(),
         }

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use super::EcnState;
+
 /// Statistics of one channel.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -44,4 +46,22 @@ pub struct ChannelStats {
     pub mtu: u16,
     /// Largest GSO batch built so far, in datagrams.
     pub max_batch: u64,
+    /// ECN on the current path: testing, validated (`Capable`), failed or disabled.
+    pub ecn_state: EcnState,
+    /// Packets sent marked ECT(0).
+    pub ecn_marked_sent: u64,
+    /// Authenticated packets received marked ECT(0).
+    pub ecn_ect0_received: u64,
+    /// Authenticated packets received marked ECT(1).
+    pub ecn_ect1_received: u64,
+    /// Authenticated packets received marked CE (congestion experienced).
+    pub ecn_ce_received: u64,
+    /// CE count the peer reported in its last validated ACK: our packets it received marked CE.
+    pub ecn_ce_reported: u64,
+    /// ACKs whose growing CE count reached the congestion controller as a congestion signal
+    /// (it reduces the window at most once per round trip).
+    pub ecn_congestion_signals: u64,
+    /// Times ECN validation failed (a path that bleaches, drops or invents marks, or a peer
+    /// that misreports them).
+    pub ecn_failures: u64,
 }

@@ -9,10 +9,11 @@ use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 
 use super::transmit::MIN_SMALL_PACKET;
-use super::{Channel, ChannelConfig, Upper, UpperError};
+use super::{Channel, ChannelConfig, EcnState, Upper, UpperError};
 use crate::endpoint::{DatagramEvent, Endpoint, EndpointConfig};
 use crate::frame::{upper_header_len, write_upper_header, FrameType};
 use crate::identity::Identity;
+use crate::EcnCodepoint;
 
 const UNIX_NANOS: u64 = 1_700_000_000_000_000_000;
 
@@ -231,7 +232,7 @@ fn no_probe_timer_while_the_amplification_limit_blocks_the_probe() {
     let mut upper = Filler::default();
     // Room for exactly one full data packet and a few bytes more.
     let segment = 1200;
-    b.unvalidated_sent = 3 * b.unvalidated_received - (segment + 20);
+    b.unvalidated_sent = 3 * b.unvalidated_received - (segment + 40);
     let t = b
         .poll_transmit(now, 64, &mut buf, &mut upper)
         .expect("one full packet fits");
@@ -262,4 +263,120 @@ fn no_probe_timer_while_the_amplification_limit_blocks_the_probe() {
     assert!(t.size < 100);
     assert_eq!(upper.frames, 1, "still no data");
     assert!(b.poll_timeout().expect("PTO") > now);
+}
+
+/// An upper layer that accepts every frame and sends none.
+struct Sink;
+
+impl Upper for Sink {
+    type Meta = ();
+
+    fn has_pending(&self) -> bool {
+        false
+    }
+
+    fn write_frames(&mut self, _: Instant, _: &mut Vec<u8>, _: usize, _: &mut Vec<()>) {}
+
+    fn handle_frame(&mut self, _: Instant, _: FrameType, _: &[u8]) -> Result<(), UpperError> {
+        Ok(())
+    }
+
+    fn on_acked(&mut self, _: ()) {}
+
+    fn on_lost(&mut self, _: ()) {}
+}
+
+/// Runs `rounds` steps of 5 ms: timers, then one batch `a` sends goes to `b` and everything
+/// `b` sends goes back, each datagram with the ECN codepoint of its transmit. Returns the
+/// codepoints of `a`'s transmits.
+fn exchange(
+    now: &mut Instant,
+    a: &mut Channel<()>,
+    b: &mut Channel<()>,
+    upper: &mut Filler,
+    rounds: usize,
+) -> Vec<Option<EcnCodepoint>> {
+    let mut buf = Vec::new();
+    let mut marks = Vec::new();
+    for _ in 0..rounds {
+        *now += Duration::from_millis(5);
+        if a.poll_timeout().is_some_and(|t| t <= *now) {
+            a.handle_timeout(*now, upper);
+        }
+        if b.poll_timeout().is_some_and(|t| t <= *now) {
+            b.handle_timeout(*now, &mut Sink);
+        }
+        // A link of ten datagrams per step: the window has nothing else to stop it.
+        if let Some(t) = a.poll_transmit(*now, 10, &mut buf, upper) {
+            marks.push(t.ecn);
+            for d in buf[..t.size].chunks_mut(t.segment_size.unwrap_or(t.size)) {
+                b.handle_datagram_with_ecn(*now, addr(1), t.ecn, d, &mut Sink);
+            }
+        }
+        while let Some(t) = b.poll_transmit(*now, 64, &mut buf, &mut Sink) {
+            for d in buf[..t.size].chunks_mut(t.segment_size.unwrap_or(t.size)) {
+                a.handle_datagram_with_ecn(*now, addr(2), t.ecn, d, upper);
+            }
+        }
+    }
+    marks
+}
+
+/// An established pair whose path was validated for ECN: `a` sends bulk data to `b`.
+fn ecn_capable_pair() -> (Instant, Channel<()>, Channel<()>, Filler) {
+    let Handshaken {
+        mut now,
+        mut a,
+        mut b,
+        mut ping,
+    } = handshake();
+    let mut upper = Filler::default();
+    // The PING was the first packet of the ECN test, so it went out ECT(0).
+    assert_eq!(a.stats().ecn_marked_sent, 1);
+    b.handle_datagram_with_ecn(now, addr(1), Some(EcnCodepoint::Ect0), &mut ping, &mut Sink);
+    exchange(&mut now, &mut a, &mut b, &mut upper, 40);
+    assert_eq!(a.stats().ecn_state, EcnState::Capable);
+    assert!(b.stats().ecn_ect0_received > 10);
+    (now, a, b, upper)
+}
+
+#[test]
+fn a_peer_reporting_decreasing_ecn_counts_disables_ecn() {
+    let (mut now, mut a, mut b, mut upper) = ecn_capable_pair();
+    // The peer starts reporting fewer ECT(0) packets than before.
+    b.received.ecn.ect0 = 1;
+    let marks = exchange(&mut now, &mut a, &mut b, &mut upper, 40);
+    let s = a.stats();
+    assert_eq!(s.ecn_state, EcnState::Failed);
+    assert_eq!(s.ecn_failures, 1);
+    assert!(
+        a.is_established(),
+        "bad ECN feedback never closes the channel"
+    );
+    // From the failure on, everything goes out Not-ECT.
+    assert_eq!(marks.last(), Some(&None));
+    let sent = a.stats().ecn_marked_sent;
+    let marks = exchange(&mut now, &mut a, &mut b, &mut upper, 20);
+    assert!(!marks.is_empty() && marks.iter().all(Option::is_none));
+    assert_eq!(a.stats().ecn_marked_sent, sent);
+}
+
+#[test]
+fn a_peer_reporting_impossible_ecn_counts_disables_ecn() {
+    type Lie = fn(&mut crate::frame::EcnCounts);
+    let lies: [Lie; 3] = [
+        |c| c.ect0 = crate::codec::VARINT_MAX,
+        |c| c.ce += 1_000_000,
+        |c| c.ect1 += 1,
+    ];
+    for lie in lies {
+        let (mut now, mut a, mut b, mut upper) = ecn_capable_pair();
+        lie(&mut b.received.ecn);
+        exchange(&mut now, &mut a, &mut b, &mut upper, 20);
+        let s = a.stats();
+        assert_eq!(s.ecn_state, EcnState::Failed);
+        assert_eq!(s.ecn_failures, 1);
+        assert_eq!(s.ecn_congestion_signals, 0, "a failed count is no signal");
+        assert!(a.is_established());
+    }
 }

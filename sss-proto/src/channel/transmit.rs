@@ -18,7 +18,7 @@ use super::{Channel, State, Upper};
 use crate::crypto::aead::TAG_LEN;
 use crate::frame::{AckFrame, Frame, FrameType};
 use crate::packet::{DataHeader, MAX_HEADER_LEN};
-use crate::Transmit;
+use crate::{EcnCodepoint, Transmit};
 
 /// Longest packet carrying an ACK frame with its newest range and a PING: the room an
 /// amplification-limited channel needs to send anything.
@@ -35,6 +35,9 @@ struct Content {
     /// Pad the datagram to exactly this size (MTU probes).
     pad_to: Option<usize>,
     probe: bool,
+    /// Marked ECT(0). One value for a whole batch: the IP header's ECN field is set per
+    /// `sendmsg`.
+    ect: bool,
 }
 
 impl<M> Channel<M> {
@@ -73,7 +76,7 @@ impl<M> Channel<M> {
                 hs.send_pending = false;
                 buf.extend_from_slice(&hs.message);
                 self.on_datagram_sent(now, buf.len());
-                return Some(self.transmit(buf.len(), None));
+                return Some(self.transmit(buf.len(), None, false));
             }
             State::Closing(_) => {
                 if !self.close_pending {
@@ -86,7 +89,7 @@ impl<M> Channel<M> {
                     ..Content::default()
                 };
                 let len = self.build_packet(now, buf, size, content, upper)?;
-                return Some(self.transmit(len, None));
+                return Some(self.transmit(len, None, false));
             }
             State::Established => {}
         }
@@ -94,7 +97,7 @@ impl<M> Channel<M> {
             buf.extend_from_slice(&response);
             self.unvalidated_sent += response.len() as u64;
             self.on_datagram_sent(now, buf.len());
-            return Some(self.transmit(buf.len(), None));
+            return Some(self.transmit(buf.len(), None, false));
         }
         self.maybe_update_keys(now);
         if let Some(t) = self.poll_mtu_probe(now, buf, upper) {
@@ -103,10 +106,14 @@ impl<M> Channel<M> {
 
         let segment = usize::from(self.mtu.current());
         let mut count = 0;
+        let mut ect = None;
         while count < max_datagrams.max(1) {
-            let Some((content, size)) = self.plan_packet(now, segment, upper) else {
+            let Some((mut content, size)) = self.plan_packet(now, segment, upper) else {
                 break;
             };
+            // Decided once a packet is sure to go, for the whole batch.
+            let pto = self.pto_duration();
+            content.ect = *ect.get_or_insert_with(|| self.ecn.should_mark(now, pto));
             // The last probe of a PTO is no larger than the base size, so that it gets
             // through even when the path MTU shrank below `segment` (a black hole): its
             // acknowledgement lets loss detection see the large packets die.
@@ -129,15 +136,15 @@ impl<M> Channel<M> {
         }
         self.stats.max_batch = self.stats.max_batch.max(count as u64);
         let segment_size = (count > 1).then_some(segment);
-        Some(self.transmit(buf.len(), segment_size))
+        Some(self.transmit(buf.len(), segment_size, ect.unwrap_or(false)))
     }
 
-    fn transmit(&self, size: usize, segment_size: Option<usize>) -> Transmit {
+    fn transmit(&self, size: usize, segment_size: Option<usize>, ect: bool) -> Transmit {
         Transmit {
             destination: self.remote,
             size,
             segment_size,
-            ecn: None,
+            ecn: ect.then_some(EcnCodepoint::Ect0),
             src_ip: None,
         }
     }
@@ -249,12 +256,13 @@ impl<M> Channel<M> {
         let content = Content {
             ping: true,
             pad_to: Some(usize::from(size)),
+            ect: self.ecn.marks_probes(),
             ..Content::default()
         };
         let pn = self.next_pn;
         let len = self.build_packet(now, buf, usize::from(size), content, upper)?;
         self.mtu.on_probe_sent(pn, size);
-        Some(self.transmit(len, None))
+        Some(self.transmit(len, None, content.ect))
     }
 
     fn maybe_update_keys(&mut self, now: Instant) {
@@ -367,6 +375,10 @@ impl<M> Channel<M> {
         if !self.validated {
             self.unvalidated_sent += len as u64;
         }
+        if content.ect {
+            self.ecn.on_marked_sent();
+            self.stats.ecn_marked_sent += 1;
+        }
         self.sent.insert(
             pn,
             SentPacket {
@@ -375,6 +387,7 @@ impl<M> Channel<M> {
                 ack_eliciting,
                 in_flight,
                 mtu_probe: content.pad_to.is_some(),
+                ect: content.ect,
                 largest_acked: acked_up_to,
                 frames,
             },

@@ -16,6 +16,7 @@ use rand_core::{RngCore, SeedableRng};
 
 use super::link::LinkId;
 use super::NodeId;
+use crate::EcnCodepoint;
 
 /// A datagram in flight.
 #[derive(Debug, Clone)]
@@ -23,6 +24,8 @@ pub(crate) struct Packet {
     pub(crate) from: SocketAddr,
     pub(crate) to: SocketAddr,
     pub(crate) data: Vec<u8>,
+    /// ECN codepoint of its IP header (`None`: Not-ECT).
+    pub(crate) ecn: Option<EcnCodepoint>,
     /// The link it travelled over; `None` for injected packets.
     pub(crate) link: Option<LinkId>,
     /// The node that sent it; `None` for injected packets.

@@ -10,7 +10,7 @@ use super::link::{Link, LinkFate, LinkId};
 use super::network::Network;
 use super::trace::{DropCause, Fate, TraceEvent};
 use super::{Intercept, Node, NodeId, SimError, Verdict};
-use crate::Transmit;
+use crate::{EcnCodepoint, Transmit};
 
 impl<N: Node> Network<N> {
     /// Splits a transmit into datagrams (GSO) and sends each.
@@ -18,13 +18,14 @@ impl<N: Node> Network<N> {
         let size = transmit.size.min(buf.len());
         let payload = &buf[..size];
         let src = self.source_address(id, transmit);
+        let (dst, ecn) = (transmit.destination, transmit.ecn);
         match transmit.segment_size {
             Some(seg) if seg > 0 && size > seg => {
                 for chunk in payload.chunks(seg) {
-                    self.send_datagram(id, src, transmit.destination, chunk.to_vec());
+                    self.send_datagram(id, src, dst, ecn, chunk.to_vec());
                 }
             }
-            _ => self.send_datagram(id, src, transmit.destination, payload.to_vec()),
+            _ => self.send_datagram(id, src, dst, ecn, payload.to_vec()),
         }
     }
 
@@ -42,6 +43,7 @@ impl<N: Node> Network<N> {
         origin: NodeId,
         src: Option<SocketAddr>,
         dst: SocketAddr,
+        mut ecn: Option<EcnCodepoint>,
         mut data: Vec<u8>,
     ) {
         let len = data.len();
@@ -77,7 +79,7 @@ impl<N: Node> Network<N> {
         }
 
         let link_id = self.link_for(wire_src, dst);
-        let fate = self.links[link_id.0].send(self.now, &mut data, &mut self.rng);
+        let fate = self.links[link_id.0].send(self.now, &mut data, &mut ecn, &mut self.rng);
         match fate {
             LinkFate::Dropped(cause) => {
                 self.drop_datagram(Some(origin), wire_src, dst, len, cause);
@@ -91,6 +93,7 @@ impl<N: Node> Network<N> {
                     from: wire_src,
                     to: dst,
                     data,
+                    ecn,
                     link: Some(link_id),
                     origin: Some(origin),
                     screened: false,
@@ -133,10 +136,12 @@ impl<N: Node> Network<N> {
                     to: packet.to,
                     time: self.now,
                     data: &mut packet.data,
+                    ecn: packet.ecn,
                 };
                 let verdict = interceptor(&mut view);
                 packet.from = view.from;
                 packet.to = view.to;
+                packet.ecn = view.ecn;
                 packet.screened = true;
                 match verdict {
                     Verdict::Deliver => {}
@@ -230,8 +235,13 @@ impl<N: Node> Network<N> {
         let slot = &mut self.nodes[id.0];
         slot.stats.received += 1;
         slot.stats.received_bytes += len;
-        slot.node
-            .handle_datagram(now, packet.to, packet.from, &mut packet.data);
+        slot.node.handle_datagram_with_ecn(
+            now,
+            packet.to,
+            packet.from,
+            packet.ecn,
+            &mut packet.data,
+        );
         self.drain(id)
     }
 

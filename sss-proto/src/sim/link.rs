@@ -1,6 +1,7 @@
 //! A directed link: a drop-tail bottleneck queue in front of a serializer of fixed bandwidth,
 //! then a propagation delay with jitter, and random loss, corruption, duplication and
-//! reordering.
+//! reordering. ECN-capable datagrams may be marked CE (at random, or when the queue is longer
+//! than a threshold, like an AQM), and a link may bleach the ECN field.
 //!
 //! The queue is not stored packet by packet: since the serializer is FIFO and work-conserving,
 //! the bytes waiting at time `now` are exactly `(busy_until - now) * rate`, so one timestamp
@@ -10,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use super::event::SimRng;
 use super::trace::{DropCause, Stats};
+use crate::EcnCodepoint;
 
 /// Identifies a link of a [`Network`](super::Network).
 #[derive(Debug, Copy, Clone, Eq, PartialEq, Hash, PartialOrd, Ord)]
@@ -45,6 +47,15 @@ pub struct LinkConfig {
     pub mtu: usize,
     /// When true, the link silently drops everything.
     pub down: bool,
+    /// Probability that an ECN-capable (ECT) datagram is marked CE (congestion experienced)
+    /// instead of being delivered unmarked. Not-ECT datagrams are never marked.
+    pub ce_mark: f64,
+    /// Mark ECT datagrams CE when they join a bottleneck backlog of more than this many bytes
+    /// (a step-marking AQM, as in DCTCP or L4S). Ignored without `bandwidth_bps`.
+    pub ce_threshold: Option<usize>,
+    /// When true, the link clears the ECN field of every datagram (bleaching): everything
+    /// arrives Not-ECT.
+    pub bleach: bool,
 }
 
 impl Default for LinkConfig {
@@ -63,6 +74,9 @@ impl Default for LinkConfig {
             corrupt: 0.0,
             mtu: 1500 - 28,
             down: false,
+            ce_mark: 0.0,
+            ce_threshold: None,
+            bleach: false,
         }
     }
 }
@@ -122,19 +136,32 @@ impl Link {
         }
     }
 
-    /// Offers `data` to the link at `now`; may flip a bit of it.
-    pub(crate) fn send(&mut self, now: Instant, data: &mut [u8], rng: &mut SimRng) -> LinkFate {
+    /// Offers `data` to the link at `now`; may flip a bit of it, and change its ECN
+    /// codepoint `ecn`.
+    pub(crate) fn send(
+        &mut self,
+        now: Instant,
+        data: &mut [u8],
+        ecn: &mut Option<EcnCodepoint>,
+        rng: &mut SimRng,
+    ) -> LinkFate {
         let len = data.len();
         self.stats.sent += 1;
         self.stats.sent_bytes += len as u64;
-        let fate = self.fate(now, data, rng);
+        let fate = self.fate(now, data, ecn, rng);
         if let LinkFate::Dropped(cause) = fate {
             self.stats.dropped.add(cause);
         }
         fate
     }
 
-    fn fate(&mut self, now: Instant, data: &mut [u8], rng: &mut SimRng) -> LinkFate {
+    fn fate(
+        &mut self,
+        now: Instant,
+        data: &mut [u8],
+        ecn: &mut Option<EcnCodepoint>,
+        rng: &mut SimRng,
+    ) -> LinkFate {
         let c = &self.config;
         if c.down {
             return LinkFate::Dropped(DropCause::Down);
@@ -148,6 +175,11 @@ impl Link {
                 if backlog > 0 && backlog + data.len() as u64 > c.queue_bytes as u64 {
                     return LinkFate::Dropped(DropCause::Queue);
                 }
+                let ect = matches!(ecn, Some(EcnCodepoint::Ect0 | EcnCodepoint::Ect1));
+                if ect && c.ce_threshold.is_some_and(|t| backlog > t as u64) {
+                    *ecn = Some(EcnCodepoint::Ce);
+                    self.stats.ce_marked += 1;
+                }
                 let bits = data.len() as u128 * 8;
                 let ns = (bits * 1_000_000_000).div_ceil(u128::from(bps));
                 let start = self.busy_until.max(now);
@@ -159,6 +191,16 @@ impl Link {
         };
         if rng.chance(c.loss) {
             return LinkFate::Dropped(DropCause::Loss);
+        }
+        // Drawn only for ECT datagrams: a link without ECN traffic draws as it always did.
+        let ect = matches!(ecn, Some(EcnCodepoint::Ect0 | EcnCodepoint::Ect1));
+        if ect && rng.chance(c.ce_mark) {
+            *ecn = Some(EcnCodepoint::Ce);
+            self.stats.ce_marked += 1;
+        }
+        if c.bleach && ecn.is_some() {
+            *ecn = None;
+            self.stats.bleached += 1;
         }
         if !data.is_empty() && rng.chance(c.corrupt) {
             let bit = rng.below(data.len() as u64 * 8);
@@ -208,32 +250,33 @@ mod tests {
             t0,
         );
         let mut d = vec![0u8; 1000];
+        let mut ecn = None;
         let at = |f| match f {
             LinkFate::Arrives { at, .. } => at,
             LinkFate::Dropped(c) => panic!("dropped: {c:?}"),
         };
         assert_eq!(
-            at(link.send(t0, &mut d, &mut rng)),
+            at(link.send(t0, &mut d, &mut ecn, &mut rng)),
             t0 + Duration::from_micros(1000)
         );
         assert_eq!(
-            at(link.send(t0, &mut d, &mut rng)),
+            at(link.send(t0, &mut d, &mut ecn, &mut rng)),
             t0 + Duration::from_micros(2000)
         );
         assert_eq!(
-            at(link.send(t0, &mut d, &mut rng)),
+            at(link.send(t0, &mut d, &mut ecn, &mut rng)),
             t0 + Duration::from_micros(3000)
         );
         assert_eq!(link.backlog_bytes(t0), 3000);
         assert_eq!(
-            link.send(t0, &mut d, &mut rng),
+            link.send(t0, &mut d, &mut ecn, &mut rng),
             LinkFate::Dropped(DropCause::Queue)
         );
         // Half a datagram later there is room again.
         let t = t0 + Duration::from_micros(1500);
         assert_eq!(link.backlog_bytes(t), 1500);
         assert_eq!(
-            at(link.send(t, &mut d, &mut rng)),
+            at(link.send(t, &mut d, &mut ecn, &mut rng)),
             t0 + Duration::from_micros(4000)
         );
         assert_eq!(link.stats.dropped.queue, 1);

@@ -43,7 +43,7 @@ use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
-use crate::Transmit;
+use crate::{EcnCodepoint, Transmit};
 
 pub use link::{LinkConfig, LinkId};
 pub use nat::{Nat, NatId, NatKind, DEFAULT_MAPPING_TIMEOUT};
@@ -60,6 +60,20 @@ pub trait Node {
         from: SocketAddr,
         data: &mut [u8],
     );
+    /// A datagram whose IP header carried the ECN codepoint `ecn` (`None`: Not-ECT) arrived.
+    /// The simulator calls this; by default it ignores the codepoint and calls
+    /// [`handle_datagram`](Node::handle_datagram).
+    fn handle_datagram_with_ecn(
+        &mut self,
+        now: Instant,
+        local: SocketAddr,
+        from: SocketAddr,
+        ecn: Option<EcnCodepoint>,
+        data: &mut [u8],
+    ) {
+        let _ = ecn;
+        self.handle_datagram(now, local, from, data);
+    }
     /// Next batch to send, written into `buf` (cleared by the simulator before the call).
     /// With `segment_size`, the buffer holds a GSO batch that the simulator splits.
     fn poll_transmit(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<Transmit>;
@@ -79,6 +93,16 @@ impl<T: Node + ?Sized> Node for Box<T> {
         data: &mut [u8],
     ) {
         (**self).handle_datagram(now, local, from, data);
+    }
+    fn handle_datagram_with_ecn(
+        &mut self,
+        now: Instant,
+        local: SocketAddr,
+        from: SocketAddr,
+        ecn: Option<EcnCodepoint>,
+        data: &mut [u8],
+    ) {
+        (**self).handle_datagram_with_ecn(now, local, from, ecn, data);
     }
     fn poll_transmit(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<Transmit> {
         (**self).poll_transmit(now, buf)
@@ -173,6 +197,8 @@ pub struct Intercept<'a> {
     pub time: Instant,
     /// The datagram; may be modified, truncated or extended.
     pub data: &'a mut Vec<u8>,
+    /// ECN codepoint of its IP header (`None`: Not-ECT); may be rewritten.
+    pub ecn: Option<EcnCodepoint>,
 }
 
 /// What the interceptor does with a datagram.

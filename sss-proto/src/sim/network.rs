@@ -355,6 +355,7 @@ impl<N: Node> Network<N> {
             from,
             to,
             data,
+            ecn: None,
             link: None,
             origin: None,
             screened: true,

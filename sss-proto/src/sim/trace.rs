@@ -92,6 +92,10 @@ pub struct Stats {
     pub corrupted: u64,
     /// Datagrams given an extra reordering delay (links only).
     pub reordered: u64,
+    /// ECN-capable datagrams marked CE (links only).
+    pub ce_marked: u64,
+    /// Datagrams whose ECN field was cleared (links only).
+    pub bleached: u64,
     /// Datagrams dropped, by cause.
     pub dropped: Drops,
 }

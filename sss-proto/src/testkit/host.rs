@@ -9,7 +9,7 @@ use crate::endpoint::{ChannelHandle, DatagramEvent, Endpoint, EndpointConfig};
 use crate::handshake::RefuseCode;
 use crate::identity::{Eid, Identity};
 use crate::sim::Node;
-use crate::Transmit;
+use crate::{EcnCodepoint, Transmit};
 
 use super::{Bulk, UNIX_NANOS};
 
@@ -143,8 +143,19 @@ impl Node for TestHost {
     fn handle_datagram(
         &mut self,
         now: Instant,
+        local: SocketAddr,
+        from: SocketAddr,
+        data: &mut [u8],
+    ) {
+        self.handle_datagram_with_ecn(now, local, from, None, data);
+    }
+
+    fn handle_datagram_with_ecn(
+        &mut self,
+        now: Instant,
         _local: SocketAddr,
         from: SocketAddr,
+        ecn: Option<EcnCodepoint>,
         data: &mut [u8],
     ) {
         let mut buf = std::mem::take(&mut self.scratch);
@@ -152,7 +163,7 @@ impl Node for TestHost {
             Some(DatagramEvent::Channel(h)) => {
                 if let Some(slot) = self.slots.get_mut(&h) {
                     slot.channel
-                        .handle_datagram(now, from, data, &mut slot.upper);
+                        .handle_datagram_with_ecn(now, from, ecn, data, &mut slot.upper);
                 }
             }
             Some(DatagramEvent::Incoming(incoming)) => {

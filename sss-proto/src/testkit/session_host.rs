@@ -16,7 +16,7 @@ use crate::handshake::RefuseCode;
 use crate::identity::{Eid, Identity};
 use crate::sim::Node;
 use crate::stream::{SentFrame, Session, SessionConfig, SessionEvent, StreamError, StreamId};
-use crate::Transmit;
+use crate::{EcnCodepoint, Transmit};
 
 use super::UNIX_NANOS;
 
@@ -230,8 +230,19 @@ impl Node for SessionHost {
     fn handle_datagram(
         &mut self,
         now: Instant,
+        local: SocketAddr,
+        from: SocketAddr,
+        data: &mut [u8],
+    ) {
+        self.handle_datagram_with_ecn(now, local, from, None, data);
+    }
+
+    fn handle_datagram_with_ecn(
+        &mut self,
+        now: Instant,
         _local: SocketAddr,
         from: SocketAddr,
+        ecn: Option<EcnCodepoint>,
         data: &mut [u8],
     ) {
         let mut buf = Vec::new();
@@ -239,7 +250,8 @@ impl Node for SessionHost {
             Some(DatagramEvent::Channel(h)) => {
                 if let Some(slot) = self.channels.get_mut(&h) {
                     if let Some(session) = self.sessions.get_mut(&slot.peer) {
-                        slot.channel.handle_datagram(now, from, data, session);
+                        slot.channel
+                            .handle_datagram_with_ecn(now, from, ecn, data, session);
                     }
                 }
             }
