@@ -64,7 +64,8 @@ fn shuttle(
             match to.endpoint.handle(now, from.addr, datagram, scratch) {
                 Some(DatagramEvent::Channel(_)) => {
                     if let Some(c) = to.channel.as_mut() {
-                        c.handle_datagram(now, from.addr, datagram, &mut to.upper);
+                        // The codepoint travels as on a real path (loopback keeps it).
+                        c.handle_datagram_with_ecn(now, from.addr, t.ecn, datagram, &mut to.upper);
                     }
                 }
                 Some(DatagramEvent::Incoming(inc)) => {
