@@ -7,6 +7,7 @@
 
 pub mod datagram;
 pub mod frames;
+pub mod pages;
 pub mod recv_buf;
 pub mod send_buf;
 

@@ -13,6 +13,7 @@ use bytes::Bytes;
 
 use super::datagram::{Outgoing, Reassembly};
 use super::frames::StreamId;
+use super::pages::PagePool;
 use super::scheduler::Scheduler;
 use super::state::{flag, Kind, StreamState};
 use super::{ErrorCode, IdHasher, LinkStatus, SessionConfig, SessionEvent, StreamError};
@@ -116,6 +117,8 @@ pub struct Session {
     /// Peer substreams whose parent's OPEN has not arrived yet, by parent.
     pub(crate) orphans: HashMap<StreamId, Vec<StreamId>, BuildHasherDefault<IdHasher>>,
     pub(crate) reassembly: Reassembly,
+    /// Spare pages for the streams' send and receive buffers.
+    pub(crate) pool: PagePool,
     pub(crate) events: VecDeque<SessionEvent>,
     pub(crate) link: LinkStatus,
     pub(crate) detached_since: Option<Instant>,
@@ -168,6 +171,7 @@ impl Session {
             credit_blocked: Vec::new(),
             orphans: HashMap::default(),
             reassembly,
+            pool: PagePool::default(),
             events: VecDeque::new(),
             link: LinkStatus::Down,
             detached_since: None,
@@ -489,7 +493,7 @@ impl Session {
             st.set(flag::WRITABLE_WANTED);
             return Ok(0);
         }
-        st.send.write(&data[..n]);
+        st.send.write(&data[..n], &mut self.pool);
         schedule_in(&mut self.scheduler, st, id);
         Ok(n)
     }
@@ -505,7 +509,7 @@ impl Session {
         if st.has(flag::STOP_RECEIVED) {
             return Err(StreamError::Stopped);
         }
-        st.send.write(data);
+        st.send.write(data, &mut self.pool);
         if !st.send.mark_record() {
             return Err(StreamError::EmptyRecord);
         }
@@ -527,7 +531,7 @@ impl Session {
         if reliable {
             let child = self.open_child(id, Kind::Datagram)?;
             let st = self.streams.get_mut(&child).expect("just opened");
-            st.send.write(data);
+            st.send.write(data, &mut self.pool);
             st.send.finish();
             // Our receiving side of an ephemeral datagram stream carries nothing.
             st.set(flag::RECV_RESET);
@@ -648,7 +652,7 @@ impl Session {
     /// (or the end, see [`at_end`](Self::at_end)).
     pub fn read(&mut self, id: StreamId, buf: &mut [u8]) -> Result<usize, StreamError> {
         let st = live_in(&mut self.streams, id)?;
-        let n = st.recv.read(buf);
+        let n = st.recv.read(buf, &mut self.pool);
         st.clear(flag::READABLE_NOTIFIED | flag::WANTS_RECORD);
         let done = note_read(st, id, n as u64, &mut self.control);
         self.consumed(n as u64);
@@ -672,7 +676,7 @@ impl Session {
     ) -> Result<Option<(Vec<u8>, bool)>, StreamError> {
         let st = live_in(&mut self.streams, id)?;
         let before = st.recv.read_offset();
-        let r = st.recv.read_record(max);
+        let r = st.recv.read_record(max, &mut self.pool);
         let consumed = st.recv.read_offset() - before;
         st.clear(flag::READABLE_NOTIFIED);
         if r.is_none() {

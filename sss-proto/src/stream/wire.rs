@@ -160,7 +160,7 @@ impl Session {
         }
         let new = st
             .recv
-            .insert(f.offset, f.data, f.record, f.fin, limit)
+            .insert(f.offset, f.data, f.record, f.fin, limit, &mut self.pool)
             .map_err(|e| violation(format!("stream {id}: {e}")))?;
         self.data_received += new;
         if st.kind == Kind::Datagram {
@@ -399,7 +399,7 @@ impl Session {
             }
             let st = self.streams.get_mut(&id).expect("checked above");
             let before = st.recv.read_offset();
-            if let Some(data) = st.recv.read_all() {
+            if let Some(data) = st.recv.read_all(&mut self.pool) {
                 let consumed = st.recv.read_offset() - before;
                 let parent = st.parent();
                 self.consumed(consumed);
@@ -814,7 +814,8 @@ impl Upper for Session {
                         st.set(flag::OPEN_ACKED);
                         st.clear(flag::OPEN_IN_FLIGHT);
                     }
-                    st.send.on_acked(offset, len as usize, fin, record);
+                    st.send
+                        .on_acked(offset, len as usize, fin, record, &mut self.pool);
                     if st.is_done() {
                         self.remove_done(id);
                     }
