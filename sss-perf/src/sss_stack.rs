@@ -44,6 +44,9 @@ fn host_config(bind: SocketAddr, tuning: &Tuning) -> HostConfig {
         max_stream_window: tuning.stream_window,
         max_session_window: tuning.conn_window,
         send_buffer: tuning.stream_window as usize,
+        // All streams together buffer at most the connection window, as quinn's
+        // `send_window(conn_window)` does.
+        session_send_buffer: tuning.conn_window as usize,
         ..SessionConfig::default()
     };
     let mut channel = (*config.endpoint.channel).clone();

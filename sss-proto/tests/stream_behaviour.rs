@@ -183,6 +183,41 @@ fn hol_run(drop_one: bool) -> (Duration, Duration) {
 }
 
 #[test]
+fn the_session_send_buffer_bounds_all_streams_together_and_frees_on_acknowledgement() {
+    let link = LinkConfig::with_latency(Duration::from_millis(10));
+    let config = SessionConfig {
+        send_buffer: 80_000,
+        session_send_buffer: 100_000,
+        ..SessionConfig::default()
+    };
+    let mut w = world(5, link, config);
+    let ids = [w.open(), w.open(), w.open()];
+    let data: Vec<Vec<u8>> = (0..3).map(|i| pattern(40 + i, 60_000)).collect();
+    let s = w.a_session();
+    assert_eq!(s.write(ids[0], &data[0]).unwrap(), 60_000);
+    assert_eq!(
+        s.write(ids[1], &data[1]).unwrap(),
+        40_000,
+        "cut at the session's limit"
+    );
+    assert_eq!(s.write(ids[2], &data[2]).unwrap(), 0);
+    assert_eq!(s.send_buffered(), 100_000);
+    assert_eq!(s.write_capacity(ids[2]), 0);
+    w.net.wake(w.a);
+    let mut got = vec![Vec::new(); 3];
+    w.read_for(&ids, &mut got, Duration::from_secs(1));
+    let s = w.a_session();
+    assert_eq!(s.send_buffered(), 0, "every byte was acknowledged");
+    assert_eq!(s.write_capacity(ids[2]), 80_000);
+    assert_eq!(s.write(ids[1], &data[1][40_000..]).unwrap(), 20_000);
+    assert_eq!(s.write(ids[2], &data[2]).unwrap(), 60_000);
+    w.net.wake(w.a);
+    w.read_for(&ids, &mut got, Duration::from_secs(1));
+    assert_eq!(w.a_session().send_buffered(), 0);
+    assert_eq!(got, data);
+}
+
+#[test]
 fn a_loss_on_one_stream_does_not_delay_another() {
     let (x_clean, y_clean) = hol_run(false);
     let (x_lossy, y_lossy) = hol_run(true);

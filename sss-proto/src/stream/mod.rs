@@ -40,6 +40,10 @@ pub struct SessionConfig {
     pub max_session_window: u64,
     /// Bytes a stream buffers for sending before `write` takes fewer than offered.
     pub send_buffer: usize,
+    /// Bytes all streams of the session together buffer for sending (written, not yet
+    /// acknowledged) before `write` takes fewer than offered (quinn's `send_window`). Records
+    /// and reliable datagrams are taken whole whatever this says, but count against it.
+    pub session_send_buffer: usize,
     /// Largest datagram (best-effort or reliable) accepted for sending or reassembly.
     pub max_datagram_size: u64,
     /// Bytes of incomplete best-effort datagrams held for reassembly (whole session).
@@ -61,6 +65,7 @@ impl Default for SessionConfig {
             max_stream_window: 16 * 1024 * 1024,
             max_session_window: 64 * 1024 * 1024,
             send_buffer: 4 * 1024 * 1024,
+            session_send_buffer: 64 * 1024 * 1024,
             max_datagram_size: 1024 * 1024,
             datagram_reassembly_limit: 4 * 1024 * 1024,
             outgoing_datagram_limit: 1024 * 1024,

@@ -475,8 +475,10 @@ mod tests {
     #[test]
     fn in_order_bytes_and_records() {
         let mut r = RecvBuffer::new();
-        r.insert(0, b"hello", true, false, LIM, &mut PagePool::default()).unwrap();
-        r.insert(5, b"wor", false, false, LIM, &mut PagePool::default()).unwrap();
+        r.insert(0, b"hello", true, false, LIM, &mut PagePool::default())
+            .unwrap();
+        r.insert(5, b"wor", false, false, LIM, &mut PagePool::default())
+            .unwrap();
         assert_eq!(r.pending_records(), 1);
         assert_eq!(r.pending_record_size(), Some(5));
         let mut buf = [0u8; 100];
@@ -485,8 +487,12 @@ mod tests {
         assert_eq!(&buf[..5], b"hello");
         assert_eq!(r.pending_records(), 0);
         assert!(r.read_record(100, &mut PagePool::default()).is_none());
-        r.insert(8, b"ld", true, true, LIM, &mut PagePool::default()).unwrap();
-        assert_eq!(r.read_record(100, &mut PagePool::default()), Some((b"world".to_vec(), false)));
+        r.insert(8, b"ld", true, true, LIM, &mut PagePool::default())
+            .unwrap();
+        assert_eq!(
+            r.read_record(100, &mut PagePool::default()),
+            Some((b"world".to_vec(), false))
+        );
         assert!(r.at_end());
         assert!(r.inner.is_none());
     }
@@ -494,13 +500,27 @@ mod tests {
     #[test]
     fn out_of_order_reassembly_and_duplicates() {
         let mut r = RecvBuffer::new();
-        assert_eq!(r.insert(6, b"ghi", false, false, LIM, &mut PagePool::default()).unwrap(), 9);
+        assert_eq!(
+            r.insert(6, b"ghi", false, false, LIM, &mut PagePool::default())
+                .unwrap(),
+            9
+        );
         assert_eq!(r.bytes_available(), 0);
-        assert_eq!(r.insert(0, b"abc", false, false, LIM, &mut PagePool::default()).unwrap(), 0);
-        assert_eq!(r.insert(0, b"abc", false, false, LIM, &mut PagePool::default()).unwrap(), 0);
+        assert_eq!(
+            r.insert(0, b"abc", false, false, LIM, &mut PagePool::default())
+                .unwrap(),
+            0
+        );
+        assert_eq!(
+            r.insert(0, b"abc", false, false, LIM, &mut PagePool::default())
+                .unwrap(),
+            0
+        );
         assert_eq!(r.bytes_available(), 3);
-        r.insert(2, b"cdefg", false, true, LIM, &mut PagePool::default()).unwrap_err();
-        r.insert(2, b"cdefg", false, false, LIM, &mut PagePool::default()).unwrap();
+        r.insert(2, b"cdefg", false, true, LIM, &mut PagePool::default())
+            .unwrap_err();
+        r.insert(2, b"cdefg", false, false, LIM, &mut PagePool::default())
+            .unwrap();
         assert_eq!(r.bytes_available(), 9);
         let mut buf = [0u8; 9];
         assert_eq!(r.read(&mut buf, &mut PagePool::default()), 9);
@@ -510,22 +530,35 @@ mod tests {
     #[test]
     fn oversized_record_is_cut_and_the_rest_discarded() {
         let mut r = RecvBuffer::new();
-        r.insert(0, b"0123456789", true, false, LIM, &mut PagePool::default()).unwrap();
-        r.insert(10, b"ab", true, false, LIM, &mut PagePool::default()).unwrap();
-        assert_eq!(r.read_record(4, &mut PagePool::default()), Some((b"0123".to_vec(), true)));
-        assert_eq!(r.read_record(4, &mut PagePool::default()), Some((b"ab".to_vec(), false)));
+        r.insert(0, b"0123456789", true, false, LIM, &mut PagePool::default())
+            .unwrap();
+        r.insert(10, b"ab", true, false, LIM, &mut PagePool::default())
+            .unwrap();
+        assert_eq!(
+            r.read_record(4, &mut PagePool::default()),
+            Some((b"0123".to_vec(), true))
+        );
+        assert_eq!(
+            r.read_record(4, &mut PagePool::default()),
+            Some((b"ab".to_vec(), false))
+        );
         assert_eq!(r.read_record(4, &mut PagePool::default()), None);
     }
 
     #[test]
     fn fin_ends_the_last_record_and_read_all_waits_for_completion() {
         let mut r = RecvBuffer::new();
-        r.insert(3, b"def", false, true, LIM, &mut PagePool::default()).unwrap();
+        r.insert(3, b"def", false, true, LIM, &mut PagePool::default())
+            .unwrap();
         assert_eq!(r.read_all(&mut PagePool::default()), None);
         assert_eq!(r.pending_records(), 0);
-        r.insert(0, b"abc", false, false, LIM, &mut PagePool::default()).unwrap();
+        r.insert(0, b"abc", false, false, LIM, &mut PagePool::default())
+            .unwrap();
         assert_eq!(r.pending_records(), 1);
-        assert_eq!(r.read_all(&mut PagePool::default()), Some(b"abcdef".to_vec()));
+        assert_eq!(
+            r.read_all(&mut PagePool::default()),
+            Some(b"abcdef".to_vec())
+        );
         assert!(r.at_end());
     }
 
@@ -533,38 +566,57 @@ mod tests {
     fn the_end_of_the_stream_ends_one_record_whatever_marks_it() {
         // A FIN alone ends the last record, without a boundary bitmap.
         let mut r = RecvBuffer::new();
-        r.insert(0, b"abc", false, true, LIM, &mut PagePool::default()).unwrap();
+        r.insert(0, b"abc", false, true, LIM, &mut PagePool::default())
+            .unwrap();
         assert!(r.inner.as_ref().is_some_and(|i| i.marks.is_empty()));
         assert_eq!(r.pending_records(), 1);
         assert_eq!(r.pending_record_size(), Some(3));
-        assert_eq!(r.read_record(10, &mut PagePool::default()), Some((b"abc".to_vec(), false)));
+        assert_eq!(
+            r.read_record(10, &mut PagePool::default()),
+            Some((b"abc".to_vec(), false))
+        );
         assert_eq!(r.pending_records(), 0);
         assert!(r.at_end() && r.inner.is_none());
         // A record mark and the FIN at the same offset are one record, in either order.
         for mark_first in [true, false] {
             let mut r = RecvBuffer::new();
-            r.insert(0, b"xy", false, false, LIM, &mut PagePool::default()).unwrap();
+            r.insert(0, b"xy", false, false, LIM, &mut PagePool::default())
+                .unwrap();
             let (a, b) = if mark_first {
                 ((true, false), (false, true))
             } else {
                 ((false, true), (true, false))
             };
-            r.insert(2, b"", a.0, a.1, LIM, &mut PagePool::default()).unwrap();
-            r.insert(2, b"", b.0, b.1, LIM, &mut PagePool::default()).unwrap();
+            r.insert(2, b"", a.0, a.1, LIM, &mut PagePool::default())
+                .unwrap();
+            r.insert(2, b"", b.0, b.1, LIM, &mut PagePool::default())
+                .unwrap();
             assert_eq!(r.pending_records(), 1, "mark first: {mark_first}");
-            assert_eq!(r.read_record(10, &mut PagePool::default()), Some((b"xy".to_vec(), false)));
+            assert_eq!(
+                r.read_record(10, &mut PagePool::default()),
+                Some((b"xy".to_vec(), false))
+            );
             assert_eq!(r.pending_records(), 0);
             assert!(r.at_end());
         }
         // A FIN that overtakes the data: the record completes when the gap fills.
         let mut r = RecvBuffer::new();
-        r.insert(5, b"", false, true, LIM, &mut PagePool::default()).unwrap();
+        r.insert(5, b"", false, true, LIM, &mut PagePool::default())
+            .unwrap();
         assert_eq!((r.pending_records(), r.bytes_available()), (0, 0));
-        r.insert(0, b"he", true, false, LIM, &mut PagePool::default()).unwrap();
-        r.insert(2, b"llo", false, false, LIM, &mut PagePool::default()).unwrap();
+        r.insert(0, b"he", true, false, LIM, &mut PagePool::default())
+            .unwrap();
+        r.insert(2, b"llo", false, false, LIM, &mut PagePool::default())
+            .unwrap();
         assert_eq!(r.pending_records(), 2);
-        assert_eq!(r.read_record(10, &mut PagePool::default()), Some((b"he".to_vec(), false)));
-        assert_eq!(r.read_record(10, &mut PagePool::default()), Some((b"llo".to_vec(), false)));
+        assert_eq!(
+            r.read_record(10, &mut PagePool::default()),
+            Some((b"he".to_vec(), false))
+        );
+        assert_eq!(
+            r.read_record(10, &mut PagePool::default()),
+            Some((b"llo".to_vec(), false))
+        );
         assert!(r.at_end() && r.inner.is_none());
     }
 
@@ -573,9 +625,24 @@ mod tests {
         // Flow control counts the highest offset even without data; it must not be lost
         // when nothing is buffered.
         let mut r = RecvBuffer::new();
-        assert_eq!(r.insert(10, b"", false, false, LIM, &mut PagePool::default()).unwrap(), 10);
+        assert_eq!(
+            r.insert(10, b"", false, false, LIM, &mut PagePool::default())
+                .unwrap(),
+            10
+        );
         assert_eq!(r.max_received(), 10);
-        assert_eq!(r.insert(0, b"0123456789", false, false, LIM, &mut PagePool::default()).unwrap(), 0);
+        assert_eq!(
+            r.insert(
+                0,
+                b"0123456789",
+                false,
+                false,
+                LIM,
+                &mut PagePool::default()
+            )
+            .unwrap(),
+            0
+        );
         let mut buf = [0u8; 16];
         assert_eq!(r.read(&mut buf, &mut PagePool::default()), 10);
         assert!(r.inner.is_none());
@@ -585,10 +652,15 @@ mod tests {
     #[test]
     fn late_bare_mark_completes_a_record() {
         let mut r = RecvBuffer::new();
-        r.insert(0, b"abc", false, false, LIM, &mut PagePool::default()).unwrap();
+        r.insert(0, b"abc", false, false, LIM, &mut PagePool::default())
+            .unwrap();
         assert!(r.read_record(10, &mut PagePool::default()).is_none());
-        r.insert(3, b"", true, false, LIM, &mut PagePool::default()).unwrap();
-        assert_eq!(r.read_record(10, &mut PagePool::default()), Some((b"abc".to_vec(), false)));
+        r.insert(3, b"", true, false, LIM, &mut PagePool::default())
+            .unwrap();
+        assert_eq!(
+            r.read_record(10, &mut PagePool::default()),
+            Some((b"abc".to_vec(), false))
+        );
     }
 
     #[test]
@@ -598,15 +670,26 @@ mod tests {
             r.insert(LIM - 1, b"ab", false, false, LIM, &mut PagePool::default()),
             Err(RecvError::FlowControl { .. })
         ));
-        r.insert(0, b"abcd", false, false, LIM, &mut PagePool::default()).unwrap();
+        r.insert(0, b"abcd", false, false, LIM, &mut PagePool::default())
+            .unwrap();
         assert!(matches!(
             r.insert(0, b"ab", false, true, LIM, &mut PagePool::default()),
             Err(RecvError::FinalSize { .. })
         ));
-        r.insert(4, b"", false, true, LIM, &mut PagePool::default()).unwrap();
-        assert!(r.insert(4, b"x", false, false, LIM, &mut PagePool::default()).is_err());
+        r.insert(4, b"", false, true, LIM, &mut PagePool::default())
+            .unwrap();
         assert!(r
-            .insert(u64::MAX - 1, b"xyz", false, false, u64::MAX, &mut PagePool::default())
+            .insert(4, b"x", false, false, LIM, &mut PagePool::default())
+            .is_err());
+        assert!(r
+            .insert(
+                u64::MAX - 1,
+                b"xyz",
+                false,
+                false,
+                u64::MAX,
+                &mut PagePool::default()
+            )
             .is_err());
     }
 
@@ -615,7 +698,14 @@ mod tests {
         let mut r = RecvBuffer::new();
         let mut err = None;
         for i in 0..5000u64 {
-            if let Err(e) = r.insert(1 + 2 * i, b"x", false, false, 64 * 1024, &mut PagePool::default()) {
+            if let Err(e) = r.insert(
+                1 + 2 * i,
+                b"x",
+                false,
+                false,
+                64 * 1024,
+                &mut PagePool::default(),
+            ) {
                 err = Some(e);
                 break;
             }
@@ -627,11 +717,15 @@ mod tests {
     fn many_tiny_records_across_bitmap_words() {
         let mut r = RecvBuffer::new();
         for i in 0..1000u64 {
-            r.insert(i, &[i as u8], true, false, LIM, &mut PagePool::default()).unwrap();
+            r.insert(i, &[i as u8], true, false, LIM, &mut PagePool::default())
+                .unwrap();
         }
         assert_eq!(r.pending_records(), 1000);
         for i in 0..1000u64 {
-            assert_eq!(r.read_record(8, &mut PagePool::default()), Some((vec![i as u8], false)));
+            assert_eq!(
+                r.read_record(8, &mut PagePool::default()),
+                Some((vec![i as u8], false))
+            );
         }
         assert_eq!(r.pending_records(), 0);
         assert!(r.inner.is_none());

@@ -568,7 +568,13 @@ mod tests {
         s.on_lost(0, 10, false, false);
         let r = s.next_chunk(100, u64::MAX).unwrap();
         assert_eq!((r.offset, r.len, r.fresh), (0, 10, false));
-        s.on_acked(chunks[0].offset, chunks[0].len, false, false, &mut PagePool::default());
+        s.on_acked(
+            chunks[0].offset,
+            chunks[0].len,
+            false,
+            false,
+            &mut PagePool::default(),
+        );
         assert_eq!(s.buffered(), 0);
         assert!(s.inner.is_none());
     }

@@ -119,6 +119,12 @@ pub struct Session {
     pub(crate) reassembly: Reassembly,
     /// Spare pages for the streams' send and receive buffers.
     pub(crate) pool: PagePool,
+    /// Bytes written and not yet acknowledged, all streams together (the sum of their
+    /// `send.buffered()`), against `config.session_send_buffer`.
+    pub(crate) send_buffered: usize,
+    /// Streams whose `write` was cut short by the session's send buffer: they get
+    /// [`SessionEvent::Writable`] when it has room again.
+    pub(crate) session_write_waiters: Vec<StreamId>,
     pub(crate) events: VecDeque<SessionEvent>,
     pub(crate) link: LinkStatus,
     pub(crate) detached_since: Option<Instant>,
@@ -172,6 +178,8 @@ impl Session {
             orphans: HashMap::default(),
             reassembly,
             pool: PagePool::default(),
+            send_buffered: 0,
+            session_write_waiters: Vec::new(),
             events: VecDeque::new(),
             link: LinkStatus::Down,
             detached_since: None,
@@ -345,6 +353,8 @@ impl Session {
             self.events.push_back(SessionEvent::Reset { id, code });
         }
         self.streams.clear();
+        self.send_buffered = 0;
+        self.session_write_waiters.clear();
         self.scheduler = Scheduler::default();
         self.control.clear();
         self.deferred_control.clear();
@@ -471,17 +481,36 @@ impl Session {
 
     /// Bytes that `id` can still buffer for sending before writes are refused.
     pub fn write_capacity(&self, id: StreamId) -> usize {
+        let session_room = self.session_send_room();
         self.streams.get(&id).map_or(0, |st| {
-            self.config.send_buffer.saturating_sub(st.send.buffered())
+            self.config
+                .send_buffer
+                .saturating_sub(st.send.buffered())
+                .min(session_room)
         })
+    }
+
+    /// Bytes written on all streams together and not yet acknowledged (what
+    /// [`SessionConfig::session_send_buffer`] bounds).
+    pub fn send_buffered(&self) -> usize {
+        self.send_buffered
+    }
+
+    /// Bytes the session's send buffer (all streams together) can still take.
+    fn session_send_room(&self) -> usize {
+        self.config
+            .session_send_buffer
+            .saturating_sub(self.send_buffered)
     }
 
     /// Queues bytes for sending; returns how many were taken (fewer than `data.len()` when
     /// the stream's send buffer is full: wait for [`SessionEvent::Writable`]).
     pub fn write(&mut self, id: StreamId, data: &[u8]) -> Result<usize, StreamError> {
         let send_buffer = self.config.send_buffer;
+        let session_room = self.session_send_room();
         let st = live_in(&mut self.streams, id)?;
-        let cap = send_buffer.saturating_sub(st.send.buffered());
+        let own_room = send_buffer.saturating_sub(st.send.buffered());
+        let cap = own_room.min(session_room);
         if st.send.is_finished() || st.has(flag::SEND_RESET) {
             return Err(StreamError::Finished);
         }
@@ -489,11 +518,19 @@ impl Session {
             return Err(StreamError::Stopped);
         }
         let n = data.len().min(cap);
+        if n < data.len() && own_room > session_room {
+            // Cut short by the session's buffer: told when it has room again (the stream's own
+            // `Writable` comes only after its own data left, which may already be the case).
+            if !self.session_write_waiters.contains(&id) {
+                self.session_write_waiters.push(id);
+            }
+        }
         if n == 0 && !data.is_empty() {
             st.set(flag::WRITABLE_WANTED);
             return Ok(0);
         }
         st.send.write(&data[..n], &mut self.pool);
+        self.send_buffered += n;
         schedule_in(&mut self.scheduler, st, id);
         Ok(n)
     }
@@ -510,6 +547,7 @@ impl Session {
             return Err(StreamError::Stopped);
         }
         st.send.write(data, &mut self.pool);
+        self.send_buffered += data.len();
         if !st.send.mark_record() {
             return Err(StreamError::EmptyRecord);
         }
@@ -532,6 +570,7 @@ impl Session {
             let child = self.open_child(id, Kind::Datagram)?;
             let st = self.streams.get_mut(&child).expect("just opened");
             st.send.write(data, &mut self.pool);
+            self.send_buffered += data.len();
             st.send.finish();
             // Our receiving side of an ephemeral datagram stream carries nothing.
             st.set(flag::RECV_RESET);
@@ -600,6 +639,7 @@ impl Session {
         let mut queue = Vec::with_capacity(2);
         if !st.has(flag::SEND_RESET) {
             st.set(flag::SEND_RESET);
+            self.send_buffered = self.send_buffered.saturating_sub(st.send.buffered());
             let final_size = st.send.reset();
             queue.push(Control::Reset {
                 id,
@@ -900,6 +940,8 @@ impl Session {
             return;
         };
         debug_assert!(st.is_done());
+        // (Zero for a stream done: everything acknowledged, or reset.)
+        self.send_buffered = self.send_buffered.saturating_sub(st.send.buffered());
         if st.has(flag::SCHEDULED) {
             self.scheduler.remove(id, st.priority);
         }

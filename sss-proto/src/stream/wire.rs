@@ -434,6 +434,20 @@ impl Session {
         }
     }
 
+    /// `n` bytes of sent data were acknowledged and released: writers cut short by the
+    /// session's send buffer may write again.
+    fn on_send_released(&mut self, n: usize) {
+        self.send_buffered = self.send_buffered.saturating_sub(n);
+        if self.send_buffered < self.config.session_send_buffer {
+            for id in std::mem::take(&mut self.session_write_waiters) {
+                if let Some(st) = self.streams.get_mut(&id) {
+                    st.clear(flag::WRITABLE_WANTED);
+                    self.events.push_back(SessionEvent::Writable(id));
+                }
+            }
+        }
+    }
+
     fn unblock(&mut self, list: fn(&mut Session) -> &mut Vec<StreamId>, f: u16) {
         let ids = std::mem::take(list(self));
         for id in ids {
@@ -814,10 +828,16 @@ impl Upper for Session {
                         st.set(flag::OPEN_ACKED);
                         st.clear(flag::OPEN_IN_FLIGHT);
                     }
+                    let before = st.send.buffered();
                     st.send
                         .on_acked(offset, len as usize, fin, record, &mut self.pool);
-                    if st.is_done() {
+                    let released = before.saturating_sub(st.send.buffered());
+                    let done = st.is_done();
+                    if done {
                         self.remove_done(id);
+                    }
+                    if released > 0 {
+                        self.on_send_released(released);
                     }
                 }
             }
