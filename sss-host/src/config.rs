@@ -38,6 +38,11 @@ pub struct HostConfig {
     /// [`Listener`](crate::Listener)) is dropped, the driver keeps delivering written data for
     /// up to this long, then closes every channel. Default 2 s.
     pub linger: Duration,
+    /// Send and receive buffer size asked of the kernel for the host's socket, in bytes.
+    /// Default [`SOCKET_BUFFER_SIZE`](crate::udp::SOCKET_BUFFER_SIZE) (4 MiB). Linux caps a
+    /// request at `net.core.{r,w}mem_max`; a process allowed to (`CAP_NET_ADMIN`) gets the
+    /// size asked for beyond that cap.
+    pub socket_buffer: usize,
 }
 
 impl Default for HostConfig {
@@ -50,6 +55,7 @@ impl Default for HostConfig {
             attempt_timeout: Duration::from_secs(5),
             max_peers: 4096,
             linger: Duration::from_secs(2),
+            socket_buffer: crate::udp::SOCKET_BUFFER_SIZE,
         }
     }
 }

@@ -58,6 +58,7 @@ fn host_config(bind: SocketAddr, tuning: &Tuning) -> HostConfig {
     channel.max_udp_payload = tuning.max_udp_payload;
     config.endpoint.channel = Arc::new(channel);
     config.linger = Duration::from_millis(500);
+    config.socket_buffer = tuning.socket_buffer;
     config
 }
 
