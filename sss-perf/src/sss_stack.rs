@@ -47,7 +47,7 @@ fn host_config(bind: SocketAddr, tuning: &Tuning) -> HostConfig {
         // All streams together buffer at most the connection window, as quinn's
         // `send_window(conn_window)` does.
         session_send_buffer: tuning.conn_window as usize,
-        ..SessionConfig::default()
+        ..config.session
     };
     let mut channel = (*config.endpoint.channel).clone();
     channel.suites = match tuning.cipher.resolve() {

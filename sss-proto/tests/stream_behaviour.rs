@@ -218,6 +218,36 @@ fn the_session_send_buffer_bounds_all_streams_together_and_frees_on_acknowledgem
 }
 
 #[test]
+fn writes_stop_at_max_unsent_and_resume_once_sent() {
+    let link = LinkConfig::with_latency(Duration::from_millis(10));
+    let config = SessionConfig {
+        max_unsent: 40_000,
+        ..SessionConfig::default()
+    };
+    let mut w = world(9, link, config);
+    let s = w.open();
+    let data = pattern(77, 100_000);
+    let a = w.a_session();
+    assert_eq!(a.write(s, &data).unwrap(), 40_000);
+    assert_eq!(a.write_capacity(s), 0);
+    w.net.wake(w.a);
+    let mut got = vec![Vec::new()];
+    w.read_for(&[s], &mut got, Duration::from_millis(100));
+    // Everything written was sent: the stream takes up to max_unsent again, although
+    // nothing says all of it was acknowledged yet (the send buffer is far larger).
+    let a = w.a_session();
+    assert_eq!(a.write_capacity(s), 40_000);
+    let mut at = 40_000;
+    while at < data.len() {
+        at += w.a_session().write(s, &data[at..]).unwrap();
+        w.net.wake(w.a);
+        w.read_for(&[s], &mut got, Duration::from_millis(20));
+    }
+    w.read_for(&[s], &mut got, Duration::from_millis(200));
+    assert_eq!(got[0], data);
+}
+
+#[test]
 fn a_loss_on_one_stream_does_not_delay_another() {
     let (x_clean, y_clean) = hol_run(false);
     let (x_lossy, y_lossy) = hol_run(true);

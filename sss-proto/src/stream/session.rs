@@ -36,6 +36,21 @@ pub(crate) fn live_in(
     Ok(st)
 }
 
+/// Bytes stream `st` may take in a `write` by its own limits: its send buffer, and its
+/// unsent bytes (see [`SessionConfig::max_unsent`], with its hysteresis).
+fn stream_send_room(config: &SessionConfig, st: &StreamState) -> usize {
+    let buffer_room = config.send_buffer.saturating_sub(st.send.buffered());
+    let unsent =
+        usize::try_from(st.send.write_offset() - st.send.sent_offset()).unwrap_or(usize::MAX);
+    let max = config.max_unsent.max(1);
+    let unsent_room = if unsent > max - max / 4 {
+        0
+    } else {
+        max - unsent
+    };
+    buffer_room.min(unsent_room)
+}
+
 /// Puts `id` (whose state is `st`) in the send queue unless it is queued or blocked.
 pub(crate) fn schedule_in(scheduler: &mut Scheduler, st: &mut StreamState, id: StreamId) {
     if st.has(flag::SCHEDULED | flag::CREDIT_BLOCKED | flag::STREAM_BLOCKED | flag::SESSION_BLOCKED)
@@ -482,12 +497,9 @@ impl Session {
     /// Bytes that `id` can still buffer for sending before writes are refused.
     pub fn write_capacity(&self, id: StreamId) -> usize {
         let session_room = self.session_send_room();
-        self.streams.get(&id).map_or(0, |st| {
-            self.config
-                .send_buffer
-                .saturating_sub(st.send.buffered())
-                .min(session_room)
-        })
+        self.streams
+            .get(&id)
+            .map_or(0, |st| stream_send_room(&self.config, st).min(session_room))
     }
 
     /// Bytes written on all streams together and not yet acknowledged (what
@@ -506,10 +518,9 @@ impl Session {
     /// Queues bytes for sending; returns how many were taken (fewer than `data.len()` when
     /// the stream's send buffer is full: wait for [`SessionEvent::Writable`]).
     pub fn write(&mut self, id: StreamId, data: &[u8]) -> Result<usize, StreamError> {
-        let send_buffer = self.config.send_buffer;
         let session_room = self.session_send_room();
         let st = live_in(&mut self.streams, id)?;
-        let own_room = send_buffer.saturating_sub(st.send.buffered());
+        let own_room = stream_send_room(&self.config, st);
         let cap = own_room.min(session_room);
         if st.send.is_finished() || st.has(flag::SEND_RESET) {
             return Err(StreamError::Finished);
