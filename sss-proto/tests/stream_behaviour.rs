@@ -248,6 +248,37 @@ fn writes_stop_at_max_unsent_and_resume_once_sent() {
 }
 
 #[test]
+fn bytes_held_by_flow_control_do_not_count_as_unsent() {
+    // B does not read: A's stream fills B's window (256 KiB), and the rest waits for it.
+    // Those bytes are bounded by the send buffer, not by max_unsent, so a writer that wants
+    // to finish before its peer reads can (a smaller bound would block it for ever).
+    let link = LinkConfig::with_latency(Duration::from_millis(5));
+    let config = SessionConfig {
+        max_unsent: 40_000,
+        send_buffer: 1_000_000,
+        ..SessionConfig::default()
+    };
+    let mut w = world(10, link, config);
+    let s = w.open();
+    let data = pattern(78, 1_200_000);
+    let mut written = 0;
+    for _ in 0..100 {
+        written += w.a_session().write(s, &data[written..]).unwrap();
+        w.net.wake(w.a);
+        w.net.run_for(Duration::from_millis(10)).unwrap();
+    }
+    assert!(written >= 1_000_000, "only {written} bytes taken");
+    let mut got = vec![Vec::new()];
+    while written < data.len() {
+        written += w.a_session().write(s, &data[written..]).unwrap();
+        w.net.wake(w.a);
+        w.read_for(&[s], &mut got, Duration::from_millis(20));
+    }
+    w.read_for(&[s], &mut got, Duration::from_millis(500));
+    assert_eq!(got[0], data);
+}
+
+#[test]
 fn a_loss_on_one_stream_does_not_delay_another() {
     let (x_clean, y_clean) = hol_run(false);
     let (x_lossy, y_lossy) = hol_run(true);

@@ -37,11 +37,19 @@ pub(crate) fn live_in(
 }
 
 /// Bytes stream `st` may take in a `write` by its own limits: its send buffer, and its
-/// unsent bytes (see [`SessionConfig::max_unsent`], with its hysteresis).
-fn stream_send_room(config: &SessionConfig, st: &StreamState) -> usize {
+/// unsent bytes (see [`SessionConfig::max_unsent`], with its hysteresis). Only bytes flow
+/// control lets go now count as unsent (`flow_room`: new bytes the session may still send):
+/// bytes waiting for the peer's window are bounded by the send buffer alone, or a writer
+/// whose peer reads only after the write completes would wait for ever.
+fn stream_send_room(config: &SessionConfig, st: &StreamState, flow_room: u64) -> usize {
     let buffer_room = config.send_buffer.saturating_sub(st.send.buffered());
-    let unsent =
-        usize::try_from(st.send.write_offset() - st.send.sent_offset()).unwrap_or(usize::MAX);
+    let sent = st.send.sent_offset();
+    let sendable_end = st
+        .send
+        .write_offset()
+        .min(st.send_limit)
+        .min(sent.saturating_add(flow_room));
+    let unsent = usize::try_from(sendable_end.saturating_sub(sent)).unwrap_or(usize::MAX);
     let max = config.max_unsent.max(1);
     let unsent_room = if unsent > max - max / 4 {
         0
@@ -497,9 +505,10 @@ impl Session {
     /// Bytes that `id` can still buffer for sending before writes are refused.
     pub fn write_capacity(&self, id: StreamId) -> usize {
         let session_room = self.session_send_room();
-        self.streams
-            .get(&id)
-            .map_or(0, |st| stream_send_room(&self.config, st).min(session_room))
+        let flow_room = self.peer_max_data.saturating_sub(self.data_sent);
+        self.streams.get(&id).map_or(0, |st| {
+            stream_send_room(&self.config, st, flow_room).min(session_room)
+        })
     }
 
     /// Bytes written on all streams together and not yet acknowledged (what
@@ -519,8 +528,9 @@ impl Session {
     /// the stream's send buffer is full: wait for [`SessionEvent::Writable`]).
     pub fn write(&mut self, id: StreamId, data: &[u8]) -> Result<usize, StreamError> {
         let session_room = self.session_send_room();
+        let flow_room = self.peer_max_data.saturating_sub(self.data_sent);
         let st = live_in(&mut self.streams, id)?;
-        let own_room = stream_send_room(&self.config, st);
+        let own_room = stream_send_room(&self.config, st, flow_room);
         let cap = own_room.min(session_room);
         if st.send.is_finished() || st.has(flag::SEND_RESET) {
             return Err(StreamError::Finished);
