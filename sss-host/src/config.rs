@@ -18,7 +18,8 @@ pub struct HostConfig {
     /// to `0.0.0.0` with the same port.
     pub bind: SocketAddr,
     /// Stream-layer limits of every session (windows, stream credit, datagram sizes, how long
-    /// streams survive without a channel). Default: [`SessionConfig::default`].
+    /// streams survive without a channel). Default: [`SessionConfig::default`] with
+    /// [`HOST_MAX_UNSENT`] unsent bytes per stream.
     pub session: SessionConfig,
     /// Endpoint and channel settings (congestion control, timers, cookie threshold). An
     /// all-zero `rng_seed` (the default) is replaced by one from the operating system; a
@@ -38,18 +39,35 @@ pub struct HostConfig {
     /// [`Listener`](crate::Listener)) is dropped, the driver keeps delivering written data for
     /// up to this long, then closes every channel. Default 2 s.
     pub linger: Duration,
+    /// Send and receive buffer size asked of the kernel for the host's socket, in bytes.
+    /// Default [`SOCKET_BUFFER_SIZE`](crate::udp::SOCKET_BUFFER_SIZE) (4 MiB). Linux caps a
+    /// request at `net.core.{r,w}mem_max`; a process allowed to (`CAP_NET_ADMIN`) gets the
+    /// size asked for beyond that cap.
+    pub socket_buffer: usize,
 }
+
+/// Bytes a stream of a host buffers beyond what it has sent
+/// ([`SessionConfig::max_unsent`]) by default: less than the stream layer's own default,
+/// because the driver wakes a waiting writer as soon as its stream has room again (each
+/// round), so a short backlog keeps the network busy, and what a writer adds is still in the
+/// CPU caches when the driver copies it into packets (256 KiB sent 1 stream 20-25 % faster on
+/// loopback than an unbounded backlog).
+pub const HOST_MAX_UNSENT: usize = 256 * 1024;
 
 impl Default for HostConfig {
     fn default() -> Self {
         Self {
             bind: SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)),
-            session: SessionConfig::default(),
+            session: SessionConfig {
+                max_unsent: HOST_MAX_UNSENT,
+                ..SessionConfig::default()
+            },
             endpoint: EndpointConfig::new([0; 32]),
             backoff: BackoffPolicy::default(),
             attempt_timeout: Duration::from_secs(5),
             max_peers: 4096,
             linger: Duration::from_secs(2),
+            socket_buffer: crate::udp::SOCKET_BUFFER_SIZE,
         }
     }
 }

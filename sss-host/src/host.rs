@@ -73,7 +73,7 @@ impl Host {
         })?;
         let socket = {
             let _guard = runtime.enter();
-            bind(config.bind)?
+            bind(config.bind, config.socket_buffer)?
         };
         let local_addr = socket.local_addr()?;
         if config.endpoint.rng_seed == [0; 32] {
@@ -373,15 +373,15 @@ pub(crate) fn check_names(service: &str, protocol: &str) -> Result<(), Error> {
 
 /// Binds the host's socket; an unspecified IPv6 address falls back to IPv4 where IPv6 is
 /// unavailable.
-fn bind(addr: SocketAddr) -> Result<UdpSocket, Error> {
-    match UdpSocket::bind(addr) {
+fn bind(addr: SocketAddr, buffer: usize) -> Result<UdpSocket, Error> {
+    match UdpSocket::bind_with_buffers(addr, buffer) {
         Ok(s) => Ok(s),
         Err(e) if addr.is_ipv6() && addr.ip().is_unspecified() => {
             tracing::debug!("cannot bind {addr} ({e}); falling back to IPv4");
-            Ok(UdpSocket::bind(SocketAddr::new(
-                Ipv4Addr::UNSPECIFIED.into(),
-                addr.port(),
-            ))?)
+            Ok(UdpSocket::bind_with_buffers(
+                SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), addr.port()),
+                buffer,
+            )?)
         }
         Err(e) => Err(e.into()),
     }

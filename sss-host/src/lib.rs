@@ -84,7 +84,7 @@ mod state;
 mod stream;
 pub mod udp;
 
-pub use config::{BackoffPolicy, HostConfig};
+pub use config::{BackoffPolicy, HostConfig, HOST_MAX_UNSENT};
 pub use error::Error;
 pub use host::Host;
 pub use impair::{ImpairConfig, Relay, RelayConfig, RelayHandle, RelayStats};

@@ -24,10 +24,11 @@ use socket2::{Domain, Protocol, Socket, Type};
 use sss_proto::{EcnCodepoint, Transmit};
 use tokio::io::Interest;
 
-/// Socket buffer size asked for in both directions. At 3 Gbit/s, 4 MiB is ~11 ms of traffic,
-/// enough to ride out a scheduling hiccup of the driver task without drops (quinn #2262
-/// traced real losses to socket drops; quinn asks for 2 MiB). Linux caps the request at
-/// `net.core.{r,w}mem_max` (4 MiB on our CI box) and then doubles it for bookkeeping.
+/// Socket buffer size asked for in both directions by default. At 3 Gbit/s, 4 MiB is ~11 ms
+/// of traffic, enough to ride out a scheduling hiccup of the driver task without drops (quinn
+/// #2262 traced real losses to socket drops; quinn asks for 2 MiB). Linux caps the request at
+/// `net.core.{r,w}mem_max` (4 MiB on our CI box) unless the process may exceed it (see
+/// [`UdpSocket::bind_with_buffers`]), and then doubles it for bookkeeping.
 pub const SOCKET_BUFFER_SIZE: usize = 4 << 20;
 
 /// Most payload bytes in one GSO `sendmsg`: the IPv4 datagram limit (65535 minus the IP and
@@ -63,17 +64,19 @@ impl UdpSocket {
     /// [`SOCKET_BUFFER_SIZE`]; [`UdpSocket::send_buffer_size`] and
     /// [`UdpSocket::recv_buffer_size`] report what the kernel granted.
     pub fn bind(addr: SocketAddr) -> io::Result<Self> {
+        Self::bind_with_buffers(addr, SOCKET_BUFFER_SIZE)
+    }
+
+    /// Binds a socket to `addr` (as [`UdpSocket::bind`]) asking for send and receive buffers
+    /// of `buffer` bytes. Where Linux caps the request (`net.core.{r,w}mem_max`), the socket
+    /// asks again with `SO_{RCV,SND}BUFFORCE`, which a process with `CAP_NET_ADMIN` is granted;
+    /// otherwise it keeps what the kernel allowed.
+    pub fn bind_with_buffers(addr: SocketAddr, buffer: usize) -> io::Result<Self> {
         let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
         if addr.is_ipv6() && addr.ip().is_unspecified() {
             socket.set_only_v6(false)?;
         }
-        // Failing to grow a buffer is not fatal: the socket still works, only less well.
-        if let Err(e) = socket.set_send_buffer_size(SOCKET_BUFFER_SIZE) {
-            tracing::debug!("cannot set SO_SNDBUF: {e}");
-        }
-        if let Err(e) = socket.set_recv_buffer_size(SOCKET_BUFFER_SIZE) {
-            tracing::debug!("cannot set SO_RCVBUF: {e}");
-        }
+        set_socket_buffers(&socket, buffer);
         socket.set_nonblocking(true)?;
         socket.bind(&addr.into())?;
         let send_buffer = socket.send_buffer_size()?;
@@ -288,6 +291,35 @@ impl UdpSocket {
         match ip {
             IpAddr::V4(v4) if self.ipv6 => IpAddr::V6(v4.to_ipv6_mapped()),
             ip => ip,
+        }
+    }
+}
+
+/// Asks for `buffer` bytes of send and receive buffer on `socket`, beyond Linux's
+/// `net.core.{r,w}mem_max` where the process may (`SO_{RCV,SND}BUFFORCE`, `CAP_NET_ADMIN`).
+/// Failing to get them is not fatal (the socket still works, only less well), so this only
+/// logs: read the sizes granted back from the socket.
+pub fn set_socket_buffers(socket: &Socket, buffer: usize) {
+    if let Err(e) = socket.set_send_buffer_size(buffer) {
+        tracing::debug!("cannot set SO_SNDBUF: {e}");
+    }
+    if let Err(e) = socket.set_recv_buffer_size(buffer) {
+        tracing::debug!("cannot set SO_RCVBUF: {e}");
+    }
+    // Linux reports twice the size it granted (the other half is bookkeeping).
+    #[cfg(target_os = "linux")]
+    {
+        use rustix::net::sockopt;
+        let granted = |size: io::Result<usize>| size.map_or(0, |s| s / 2);
+        if granted(socket.send_buffer_size()) < buffer {
+            if let Err(e) = sockopt::set_socket_send_buffer_size_force(socket, buffer) {
+                tracing::debug!("cannot force SO_SNDBUF beyond wmem_max: {e}");
+            }
+        }
+        if granted(socket.recv_buffer_size()) < buffer {
+            if let Err(e) = sockopt::set_socket_recv_buffer_size_force(socket, buffer) {
+                tracing::debug!("cannot force SO_RCVBUF beyond rmem_max: {e}");
+            }
         }
     }
 }

@@ -226,9 +226,8 @@ async fn request<C: Conn>(conn: &C, stream: u32, size: u64, seed: u64) -> Result
     recv.read_exact(&mut buf)
         .await
         .map_err(|e| io("reading response to", e))?;
-    let mut scratch = vec![0u8; body.clamp(1, CHUNK)];
     Pattern::new(seed, stream, Direction::Response)
-        .verify(0, &buf, &mut scratch)
+        .verify(0, &buf)
         .map_err(|m| PerfError::ResponseMismatch {
             stream,
             offset: m.offset,

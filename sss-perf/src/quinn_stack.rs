@@ -1,6 +1,6 @@
 //! The quinn 0.11 stack, configured for parity with SSS (perf-anchors §7.2): rustls with the
 //! ring provider and one chosen TLS 1.3 suite, CUBIC, 1200-byte initial MTU with discovery up
-//! to `max_udp_payload` (1452), large stream and connection windows, 4 MiB socket buffers,
+//! to `max_udp_payload` (1452), large stream and connection windows, 16 MiB socket buffers,
 //! GSO/GRO as quinn-udp enables them by default.
 
 use std::future::Future;
@@ -26,9 +26,9 @@ pub fn udp_socket(addr: SocketAddr, buffer: usize) -> Result<(std::net::UdpSocke
     let io = |what: &str, e| PerfError::io(format!("{what} (UDP {addr})"), e);
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))
         .map_err(|e| io("creating socket", e))?;
-    // Best effort: an unprivileged process gets at most the sysctl maximum, which is fine.
-    let _ = socket.set_recv_buffer_size(buffer);
-    let _ = socket.set_send_buffer_size(buffer);
+    // Best effort, exactly as the SSS host asks for its socket: an unprivileged process gets
+    // at most the sysctl maximum, one with CAP_NET_ADMIN what it asks for.
+    sss_host::udp::set_socket_buffers(&socket, buffer);
     socket.bind(&addr.into()).map_err(|e| io("binding", e))?;
     socket
         .set_nonblocking(true)

@@ -113,7 +113,6 @@ async fn receive_and_verify<R: AsyncRead + Unpin>(
     // over-long stream be seen when `len` is zero.
     let size = usize::try_from(len).unwrap_or(CHUNK).clamp(1, CHUNK);
     let mut buf = vec![0u8; size];
-    let mut scratch = vec![0u8; size];
     let mut received = 0u64;
     loop {
         let n = recv
@@ -138,7 +137,7 @@ async fn receive_and_verify<R: AsyncRead + Unpin>(
                 value: end,
             });
         }
-        if let Err(m) = pattern.verify(received, &buf[..n], &mut scratch) {
+        if let Err(m) = pattern.verify(received, &buf[..n]) {
             eprintln!(
                 "sss-perf server: MISMATCH at offset {}: expected {:#04x}, got {:#04x}",
                 m.offset, m.expected, m.got
@@ -272,9 +271,8 @@ mod tests {
         );
         let body = &out[crate::wire::REPLY_LEN..];
         assert_eq!(body.len(), 100_000);
-        let mut scratch = [0u8; 4096];
         assert_eq!(
-            Pattern::new(9, 7, Direction::Response).verify(0, body, &mut scratch),
+            Pattern::new(9, 7, Direction::Response).verify(0, body),
             Ok(())
         );
     }

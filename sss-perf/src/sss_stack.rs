@@ -44,7 +44,10 @@ fn host_config(bind: SocketAddr, tuning: &Tuning) -> HostConfig {
         max_stream_window: tuning.stream_window,
         max_session_window: tuning.conn_window,
         send_buffer: tuning.stream_window as usize,
-        ..SessionConfig::default()
+        // All streams together buffer at most the connection window, as quinn's
+        // `send_window(conn_window)` does.
+        session_send_buffer: tuning.conn_window as usize,
+        ..config.session
     };
     let mut channel = (*config.endpoint.channel).clone();
     channel.suites = match tuning.cipher.resolve() {
@@ -55,6 +58,7 @@ fn host_config(bind: SocketAddr, tuning: &Tuning) -> HostConfig {
     channel.max_udp_payload = tuning.max_udp_payload;
     config.endpoint.channel = Arc::new(channel);
     config.linger = Duration::from_millis(500);
+    config.socket_buffer = tuning.socket_buffer;
     config
 }
 

@@ -175,6 +175,102 @@ fn hol_run(drop_one: bool) -> (Duration, Duration) {
 }
 
 #[test]
+fn the_session_send_buffer_bounds_all_streams_together_and_frees_on_acknowledgement() {
+    let link = LinkConfig::with_latency(Duration::from_millis(10));
+    let config = SessionConfig {
+        send_buffer: 80_000,
+        session_send_buffer: 100_000,
+        ..SessionConfig::default()
+    };
+    let mut w = world(5, link, config);
+    let ids = [w.open(), w.open(), w.open()];
+    let data: Vec<Vec<u8>> = (0..3).map(|i| pattern(40 + i, 60_000)).collect();
+    let s = w.a_session();
+    assert_eq!(s.write(ids[0], &data[0]).unwrap(), 60_000);
+    assert_eq!(
+        s.write(ids[1], &data[1]).unwrap(),
+        40_000,
+        "cut at the session's limit"
+    );
+    assert_eq!(s.write(ids[2], &data[2]).unwrap(), 0);
+    assert_eq!(s.send_buffered(), 100_000);
+    assert_eq!(s.write_capacity(ids[2]), 0);
+    w.net.wake(w.a);
+    let mut got = vec![Vec::new(); 3];
+    w.read_for(&ids, &mut got, Duration::from_secs(1));
+    let s = w.a_session();
+    assert_eq!(s.send_buffered(), 0, "every byte was acknowledged");
+    assert_eq!(s.write_capacity(ids[2]), 80_000);
+    assert_eq!(s.write(ids[1], &data[1][40_000..]).unwrap(), 20_000);
+    assert_eq!(s.write(ids[2], &data[2]).unwrap(), 60_000);
+    w.net.wake(w.a);
+    w.read_for(&ids, &mut got, Duration::from_secs(1));
+    assert_eq!(w.a_session().send_buffered(), 0);
+    assert_eq!(got, data);
+}
+
+#[test]
+fn writes_stop_at_max_unsent_and_resume_once_sent() {
+    let link = LinkConfig::with_latency(Duration::from_millis(10));
+    let config = SessionConfig {
+        max_unsent: 40_000,
+        ..SessionConfig::default()
+    };
+    let mut w = world(9, link, config);
+    let s = w.open();
+    let data = pattern(77, 100_000);
+    let a = w.a_session();
+    assert_eq!(a.write(s, &data).unwrap(), 40_000);
+    assert_eq!(a.write_capacity(s), 0);
+    w.net.wake(w.a);
+    let mut got = vec![Vec::new()];
+    w.read_for(&[s], &mut got, Duration::from_millis(100));
+    // Everything written was sent: the stream takes up to max_unsent again, although
+    // nothing says all of it was acknowledged yet (the send buffer is far larger).
+    let a = w.a_session();
+    assert_eq!(a.write_capacity(s), 40_000);
+    let mut at = 40_000;
+    while at < data.len() {
+        at += w.a_session().write(s, &data[at..]).unwrap();
+        w.net.wake(w.a);
+        w.read_for(&[s], &mut got, Duration::from_millis(20));
+    }
+    w.read_for(&[s], &mut got, Duration::from_millis(200));
+    assert_eq!(got[0], data);
+}
+
+#[test]
+fn bytes_held_by_flow_control_do_not_count_as_unsent() {
+    // B does not read: A's stream fills B's window (256 KiB), and the rest waits for it.
+    // Those bytes are bounded by the send buffer, not by max_unsent, so a writer that wants
+    // to finish before its peer reads can (a smaller bound would block it for ever).
+    let link = LinkConfig::with_latency(Duration::from_millis(5));
+    let config = SessionConfig {
+        max_unsent: 40_000,
+        send_buffer: 1_000_000,
+        ..SessionConfig::default()
+    };
+    let mut w = world(10, link, config);
+    let s = w.open();
+    let data = pattern(78, 1_200_000);
+    let mut written = 0;
+    for _ in 0..100 {
+        written += w.a_session().write(s, &data[written..]).unwrap();
+        w.net.wake(w.a);
+        w.net.run_for(Duration::from_millis(10)).unwrap();
+    }
+    assert!(written >= 1_000_000, "only {written} bytes taken");
+    let mut got = vec![Vec::new()];
+    while written < data.len() {
+        written += w.a_session().write(s, &data[written..]).unwrap();
+        w.net.wake(w.a);
+        w.read_for(&[s], &mut got, Duration::from_millis(20));
+    }
+    w.read_for(&[s], &mut got, Duration::from_millis(500));
+    assert_eq!(got[0], data);
+}
+
+#[test]
 fn a_loss_on_one_stream_does_not_delay_another() {
     let (x_clean, y_clean) = hol_run(false);
     let (x_lossy, y_lossy) = hol_run(true);

@@ -211,6 +211,9 @@ fn config(s: &Setup) -> SessionConfig {
         max_stream_window: 256 * 1024,
         max_session_window: 1024 * 1024,
         send_buffer: 1024 * (usize::from(s.send_buffer % 64) + 1),
+        // Twice one stream's buffer: binds when several streams write at once.
+        session_send_buffer: 2048 * (usize::from(s.send_buffer % 64) + 1),
+        max_unsent: 512 * (usize::from(s.stream_window % 16) + 1),
         // At most a quarter of the session window, so a reliable datagram can complete.
         max_datagram_size: (256 * (u64::from(s.max_datagram) + 1)).min(session / 4),
         datagram_reassembly_limit: 2048 * (usize::from(s.reassembly % 32) + 1),

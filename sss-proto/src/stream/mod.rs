@@ -7,6 +7,7 @@
 
 pub mod datagram;
 pub mod frames;
+pub mod pages;
 pub mod recv_buf;
 pub mod send_buf;
 
@@ -39,6 +40,17 @@ pub struct SessionConfig {
     pub max_session_window: u64,
     /// Bytes a stream buffers for sending before `write` takes fewer than offered.
     pub send_buffer: usize,
+    /// Bytes all streams of the session together buffer for sending (written, not yet
+    /// acknowledged) before `write` takes fewer than offered (quinn's `send_window`). Records
+    /// and reliable datagrams are taken whole whatever this says, but count against it.
+    pub session_send_buffer: usize,
+    /// Bytes a stream buffers beyond what it has sent (at least once) before `write` takes
+    /// fewer than offered, like TCP's `TCP_NOTSENT_LOWAT`: bytes written far ahead of the
+    /// network go cold in the CPU caches before they are copied into packets (on loopback a
+    /// 16 MiB backlog made that copy a quarter of the sender's time). Once refused, a writer
+    /// may write again when the unsent bytes fall below three quarters of this. The send
+    /// buffers above still bound the bytes kept for re-sending.
+    pub max_unsent: usize,
     /// Largest datagram (best-effort or reliable) accepted for sending or reassembly.
     pub max_datagram_size: u64,
     /// Bytes of incomplete best-effort datagrams held for reassembly (whole session).
@@ -60,6 +72,8 @@ impl Default for SessionConfig {
             max_stream_window: 16 * 1024 * 1024,
             max_session_window: 64 * 1024 * 1024,
             send_buffer: 4 * 1024 * 1024,
+            session_send_buffer: 64 * 1024 * 1024,
+            max_unsent: 1024 * 1024,
             max_datagram_size: 1024 * 1024,
             datagram_reassembly_limit: 4 * 1024 * 1024,
             outgoing_datagram_limit: 1024 * 1024,

@@ -6,10 +6,12 @@
 //! boundaries are a bitmap over the same span (one bit per offset, `span / 8` bytes); the
 //! number of separate received runs above the contiguous prefix is capped (a peer sending
 //! scattered single bytes gets an error, not a bloated range set). An idle stream (everything
-//! read) holds no allocation.
+//! read) holds no allocation. The bytes are kept in [`Pages`] from the session's
+//! [`PagePool`]: pages wholly read go back to the pool as reading advances.
 
 use std::collections::VecDeque;
 
+use super::pages::{PagePool, Pages};
 use crate::ranges::RangeSet;
 
 /// Most separate received runs beyond the contiguous prefix, at the smallest windows.
@@ -45,8 +47,8 @@ struct Inner {
     contiguous: u64,
     /// Highest offset received (end of the furthest data).
     max_received: u64,
-    /// Bytes `[read, read + data.len())`; gaps hold zeros.
-    data: VecDeque<u8>,
+    /// Bytes `[read, max_received)`; gaps hold zeros (or nothing yet).
+    data: Pages,
     /// Received runs above `contiguous` (absolute offsets).
     runs: RangeSet,
     /// Boundary bitmap: bit `i` of word `w` is offset `mark_base + 64 w + i`. The end of the
@@ -64,7 +66,7 @@ impl Inner {
         Self {
             contiguous: read,
             max_received: read,
-            data: VecDeque::new(),
+            data: Pages::new(read),
             runs: RangeSet::new(),
             marks: VecDeque::new(),
             mark_base: read & !63,
@@ -138,12 +140,14 @@ impl RecvBuffer {
 
     /// Bytes held: received (or gaps awaiting data) and not yet read.
     pub fn buffered(&self) -> usize {
-        self.inner.as_ref().map_or(0, |i| i.data.len())
+        self.inner
+            .as_ref()
+            .map_or(0, |i| (i.max_received - self.read) as usize)
     }
 
     /// Stores `data` at `offset`, with a record ending at `offset + data.len()` if `record`
     /// and the stream ending there if `fin`. `limit` is the receive limit. Returns by how much
-    /// the highest received offset grew (what flow control counts).
+    /// the highest received offset grew (what flow control counts). Pages come from `pool`.
     pub fn insert(
         &mut self,
         offset: u64,
@@ -151,6 +155,7 @@ impl RecvBuffer {
         record: bool,
         fin: bool,
         limit: u64,
+        pool: &mut PagePool,
     ) -> Result<u64, RecvError> {
         let end = offset
             .checked_add(data.len() as u64)
@@ -184,7 +189,7 @@ impl RecvBuffer {
         // Data.
         let lo = offset.max(self.contiguous());
         if lo < end {
-            self.store(lo, &data[(lo - offset) as usize..], limit)?;
+            self.store(lo, &data[(lo - offset) as usize..], limit, pool)?;
         }
         if grew > 0 {
             self.inner_mut().max_received = end;
@@ -194,27 +199,27 @@ impl RecvBuffer {
         if record && end > self.read {
             self.set_mark(end);
         }
-        self.release_if_idle();
+        self.release_if_idle(pool);
         Ok(grew)
     }
 
     /// Copies `bytes` (all at or above `contiguous`) into place at `at`.
-    fn store(&mut self, at: u64, bytes: &[u8], limit: u64) -> Result<(), RecvError> {
+    fn store(
+        &mut self,
+        at: u64,
+        bytes: &[u8],
+        limit: u64,
+        pool: &mut PagePool,
+    ) -> Result<(), RecvError> {
         let read = self.read;
         let inner = self.inner_mut();
         let contiguous = inner.contiguous;
         let end = at + bytes.len() as u64;
-        let have_end = read + inner.data.len() as u64;
-        if at == have_end && at == contiguous {
+        inner.data.write(at, bytes, pool);
+        if at == inner.max_received && at == contiguous {
             // In order, the common case.
-            inner.data.extend(bytes);
             inner.contiguous = end;
         } else {
-            if end > have_end {
-                inner.data.resize((end - read) as usize, 0);
-            }
-            let pos = (at - read) as usize;
-            copy_into(&mut inner.data, pos, bytes);
             inner.runs.insert(at..end);
             let cap = MIN_RUNS.max(((limit - read) / 1024) as usize);
             if inner.runs.len() > cap {
@@ -281,31 +286,25 @@ impl RecvBuffer {
         (stop - self.read) as usize
     }
 
-    /// Reads bytes, never across a record boundary.
-    pub fn read(&mut self, buf: &mut [u8]) -> usize {
+    /// Reads bytes, never across a record boundary; pages read go back to `pool`.
+    pub fn read(&mut self, buf: &mut [u8], pool: &mut PagePool) -> usize {
         let n = self.bytes_available().min(buf.len());
         if n == 0 {
             return 0;
         }
         let inner = self.inner.as_mut().expect("bytes available");
-        let (a, b) = inner.data.as_slices();
-        if n <= a.len() {
-            buf[..n].copy_from_slice(&a[..n]);
-        } else {
-            buf[..a.len()].copy_from_slice(a);
-            buf[a.len()..n].copy_from_slice(&b[..n - a.len()]);
-        }
-        self.consume(n as u64);
+        inner.data.read(self.read, &mut buf[..n]);
+        self.consume(n as u64, pool);
         n
     }
 
     /// Advances the read offset by `n` bytes (at most to the next boundary), dropping
-    /// boundaries passed.
-    fn consume(&mut self, n: u64) {
+    /// boundaries passed and giving back the pages read.
+    fn consume(&mut self, n: u64, pool: &mut PagePool) {
         let from = self.read;
         let to = from + n;
         let inner = self.inner.as_mut().expect("data to consume");
-        inner.data.drain(..n as usize);
+        inner.data.release_below(to, pool);
         if !inner.marks.is_empty() {
             inner.complete -= count_marks(inner, from + 1, to + 1);
         }
@@ -319,7 +318,7 @@ impl RecvBuffer {
         if inner.marks.is_empty() {
             inner.mark_base = to & !63;
         }
-        self.release_if_idle();
+        self.release_if_idle(pool);
     }
 
     /// Complete records waiting (including a final unterminated piece when the stream ended).
@@ -341,29 +340,30 @@ impl RecvBuffer {
 
     /// The next complete record, cut to `max` bytes (the flag says it was cut; the rest is
     /// discarded); `None` if no record is complete.
-    pub fn read_record(&mut self, max: usize) -> Option<(Vec<u8>, bool)> {
+    pub fn read_record(&mut self, max: usize, pool: &mut PagePool) -> Option<(Vec<u8>, bool)> {
         let m = self.next_complete_mark()?;
         let len = (m - self.read) as usize;
         let keep = len.min(max);
         let inner = self.inner.as_ref().expect("a record");
-        let out: Vec<u8> = inner.data.range(..keep).copied().collect();
-        self.consume(len as u64);
+        let mut out = Vec::new();
+        inner.data.append_to(self.read, keep, &mut out);
+        self.consume(len as u64, pool);
         Some((out, keep < len))
     }
 
     /// All the stream's bytes once it is complete (FIN received and no gap); `None` before.
-    pub fn read_all(&mut self) -> Option<Vec<u8>> {
+    pub fn read_all(&mut self, pool: &mut PagePool) -> Option<Vec<u8>> {
         let f = self.final_size()?;
         if self.contiguous() != f {
             return None;
         }
         let n = f - self.read;
-        let out: Vec<u8> = self
-            .inner
-            .as_ref()
-            .map_or_else(Vec::new, |i| i.data.range(..n as usize).copied().collect());
+        let mut out = Vec::new();
+        if let Some(i) = &self.inner {
+            i.data.append_to(self.read, n as usize, &mut out);
+        }
         if n > 0 {
-            self.consume(n);
+            self.consume(n, pool);
         }
         Some(out)
     }
@@ -410,7 +410,7 @@ impl RecvBuffer {
     }
 
     /// Drops the allocation once nothing was received beyond what was read.
-    fn release_if_idle(&mut self) {
+    fn release_if_idle(&mut self, pool: &mut PagePool) {
         if self
             .inner
             .as_ref()
@@ -418,23 +418,10 @@ impl RecvBuffer {
         {
             // Then nothing is buffered: `contiguous == read`, no runs, no complete records
             // (bits at or below `read` were consumed).
-            self.inner = None;
+            if let Some(mut inner) = self.inner.take() {
+                inner.data.release_all(pool);
+            }
         }
-    }
-}
-
-/// Overwrites `data[pos..pos + bytes.len()]` with `bytes` (the range exists).
-fn copy_into(data: &mut VecDeque<u8>, pos: usize, bytes: &[u8]) {
-    let (a, b) = data.as_mut_slices();
-    let end = pos + bytes.len();
-    if end <= a.len() {
-        a[pos..end].copy_from_slice(bytes);
-    } else if pos >= a.len() {
-        b[pos - a.len()..end - a.len()].copy_from_slice(bytes);
-    } else {
-        let split = a.len() - pos;
-        a[pos..].copy_from_slice(&bytes[..split]);
-        b[..end - a.len()].copy_from_slice(&bytes[split..]);
     }
 }
 
@@ -488,18 +475,24 @@ mod tests {
     #[test]
     fn in_order_bytes_and_records() {
         let mut r = RecvBuffer::new();
-        r.insert(0, b"hello", true, false, LIM).unwrap();
-        r.insert(5, b"wor", false, false, LIM).unwrap();
+        r.insert(0, b"hello", true, false, LIM, &mut PagePool::default())
+            .unwrap();
+        r.insert(5, b"wor", false, false, LIM, &mut PagePool::default())
+            .unwrap();
         assert_eq!(r.pending_records(), 1);
         assert_eq!(r.pending_record_size(), Some(5));
         let mut buf = [0u8; 100];
         // A plain read stops at the boundary.
-        assert_eq!(r.read(&mut buf), 5);
+        assert_eq!(r.read(&mut buf, &mut PagePool::default()), 5);
         assert_eq!(&buf[..5], b"hello");
         assert_eq!(r.pending_records(), 0);
-        assert!(r.read_record(100).is_none());
-        r.insert(8, b"ld", true, true, LIM).unwrap();
-        assert_eq!(r.read_record(100), Some((b"world".to_vec(), false)));
+        assert!(r.read_record(100, &mut PagePool::default()).is_none());
+        r.insert(8, b"ld", true, true, LIM, &mut PagePool::default())
+            .unwrap();
+        assert_eq!(
+            r.read_record(100, &mut PagePool::default()),
+            Some((b"world".to_vec(), false))
+        );
         assert!(r.at_end());
         assert!(r.inner.is_none());
     }
@@ -507,38 +500,65 @@ mod tests {
     #[test]
     fn out_of_order_reassembly_and_duplicates() {
         let mut r = RecvBuffer::new();
-        assert_eq!(r.insert(6, b"ghi", false, false, LIM).unwrap(), 9);
+        assert_eq!(
+            r.insert(6, b"ghi", false, false, LIM, &mut PagePool::default())
+                .unwrap(),
+            9
+        );
         assert_eq!(r.bytes_available(), 0);
-        assert_eq!(r.insert(0, b"abc", false, false, LIM).unwrap(), 0);
-        assert_eq!(r.insert(0, b"abc", false, false, LIM).unwrap(), 0);
+        assert_eq!(
+            r.insert(0, b"abc", false, false, LIM, &mut PagePool::default())
+                .unwrap(),
+            0
+        );
+        assert_eq!(
+            r.insert(0, b"abc", false, false, LIM, &mut PagePool::default())
+                .unwrap(),
+            0
+        );
         assert_eq!(r.bytes_available(), 3);
-        r.insert(2, b"cdefg", false, true, LIM).unwrap_err();
-        r.insert(2, b"cdefg", false, false, LIM).unwrap();
+        r.insert(2, b"cdefg", false, true, LIM, &mut PagePool::default())
+            .unwrap_err();
+        r.insert(2, b"cdefg", false, false, LIM, &mut PagePool::default())
+            .unwrap();
         assert_eq!(r.bytes_available(), 9);
         let mut buf = [0u8; 9];
-        assert_eq!(r.read(&mut buf), 9);
+        assert_eq!(r.read(&mut buf, &mut PagePool::default()), 9);
         assert_eq!(&buf, b"abcdefghi");
     }
 
     #[test]
     fn oversized_record_is_cut_and_the_rest_discarded() {
         let mut r = RecvBuffer::new();
-        r.insert(0, b"0123456789", true, false, LIM).unwrap();
-        r.insert(10, b"ab", true, false, LIM).unwrap();
-        assert_eq!(r.read_record(4), Some((b"0123".to_vec(), true)));
-        assert_eq!(r.read_record(4), Some((b"ab".to_vec(), false)));
-        assert_eq!(r.read_record(4), None);
+        r.insert(0, b"0123456789", true, false, LIM, &mut PagePool::default())
+            .unwrap();
+        r.insert(10, b"ab", true, false, LIM, &mut PagePool::default())
+            .unwrap();
+        assert_eq!(
+            r.read_record(4, &mut PagePool::default()),
+            Some((b"0123".to_vec(), true))
+        );
+        assert_eq!(
+            r.read_record(4, &mut PagePool::default()),
+            Some((b"ab".to_vec(), false))
+        );
+        assert_eq!(r.read_record(4, &mut PagePool::default()), None);
     }
 
     #[test]
     fn fin_ends_the_last_record_and_read_all_waits_for_completion() {
         let mut r = RecvBuffer::new();
-        r.insert(3, b"def", false, true, LIM).unwrap();
-        assert_eq!(r.read_all(), None);
+        r.insert(3, b"def", false, true, LIM, &mut PagePool::default())
+            .unwrap();
+        assert_eq!(r.read_all(&mut PagePool::default()), None);
         assert_eq!(r.pending_records(), 0);
-        r.insert(0, b"abc", false, false, LIM).unwrap();
+        r.insert(0, b"abc", false, false, LIM, &mut PagePool::default())
+            .unwrap();
         assert_eq!(r.pending_records(), 1);
-        assert_eq!(r.read_all(), Some(b"abcdef".to_vec()));
+        assert_eq!(
+            r.read_all(&mut PagePool::default()),
+            Some(b"abcdef".to_vec())
+        );
         assert!(r.at_end());
     }
 
@@ -546,38 +566,57 @@ mod tests {
     fn the_end_of_the_stream_ends_one_record_whatever_marks_it() {
         // A FIN alone ends the last record, without a boundary bitmap.
         let mut r = RecvBuffer::new();
-        r.insert(0, b"abc", false, true, LIM).unwrap();
+        r.insert(0, b"abc", false, true, LIM, &mut PagePool::default())
+            .unwrap();
         assert!(r.inner.as_ref().is_some_and(|i| i.marks.is_empty()));
         assert_eq!(r.pending_records(), 1);
         assert_eq!(r.pending_record_size(), Some(3));
-        assert_eq!(r.read_record(10), Some((b"abc".to_vec(), false)));
+        assert_eq!(
+            r.read_record(10, &mut PagePool::default()),
+            Some((b"abc".to_vec(), false))
+        );
         assert_eq!(r.pending_records(), 0);
         assert!(r.at_end() && r.inner.is_none());
         // A record mark and the FIN at the same offset are one record, in either order.
         for mark_first in [true, false] {
             let mut r = RecvBuffer::new();
-            r.insert(0, b"xy", false, false, LIM).unwrap();
+            r.insert(0, b"xy", false, false, LIM, &mut PagePool::default())
+                .unwrap();
             let (a, b) = if mark_first {
                 ((true, false), (false, true))
             } else {
                 ((false, true), (true, false))
             };
-            r.insert(2, b"", a.0, a.1, LIM).unwrap();
-            r.insert(2, b"", b.0, b.1, LIM).unwrap();
+            r.insert(2, b"", a.0, a.1, LIM, &mut PagePool::default())
+                .unwrap();
+            r.insert(2, b"", b.0, b.1, LIM, &mut PagePool::default())
+                .unwrap();
             assert_eq!(r.pending_records(), 1, "mark first: {mark_first}");
-            assert_eq!(r.read_record(10), Some((b"xy".to_vec(), false)));
+            assert_eq!(
+                r.read_record(10, &mut PagePool::default()),
+                Some((b"xy".to_vec(), false))
+            );
             assert_eq!(r.pending_records(), 0);
             assert!(r.at_end());
         }
         // A FIN that overtakes the data: the record completes when the gap fills.
         let mut r = RecvBuffer::new();
-        r.insert(5, b"", false, true, LIM).unwrap();
+        r.insert(5, b"", false, true, LIM, &mut PagePool::default())
+            .unwrap();
         assert_eq!((r.pending_records(), r.bytes_available()), (0, 0));
-        r.insert(0, b"he", true, false, LIM).unwrap();
-        r.insert(2, b"llo", false, false, LIM).unwrap();
+        r.insert(0, b"he", true, false, LIM, &mut PagePool::default())
+            .unwrap();
+        r.insert(2, b"llo", false, false, LIM, &mut PagePool::default())
+            .unwrap();
         assert_eq!(r.pending_records(), 2);
-        assert_eq!(r.read_record(10), Some((b"he".to_vec(), false)));
-        assert_eq!(r.read_record(10), Some((b"llo".to_vec(), false)));
+        assert_eq!(
+            r.read_record(10, &mut PagePool::default()),
+            Some((b"he".to_vec(), false))
+        );
+        assert_eq!(
+            r.read_record(10, &mut PagePool::default()),
+            Some((b"llo".to_vec(), false))
+        );
         assert!(r.at_end() && r.inner.is_none());
     }
 
@@ -586,11 +625,26 @@ mod tests {
         // Flow control counts the highest offset even without data; it must not be lost
         // when nothing is buffered.
         let mut r = RecvBuffer::new();
-        assert_eq!(r.insert(10, b"", false, false, LIM).unwrap(), 10);
+        assert_eq!(
+            r.insert(10, b"", false, false, LIM, &mut PagePool::default())
+                .unwrap(),
+            10
+        );
         assert_eq!(r.max_received(), 10);
-        assert_eq!(r.insert(0, b"0123456789", false, false, LIM).unwrap(), 0);
+        assert_eq!(
+            r.insert(
+                0,
+                b"0123456789",
+                false,
+                false,
+                LIM,
+                &mut PagePool::default()
+            )
+            .unwrap(),
+            0
+        );
         let mut buf = [0u8; 16];
-        assert_eq!(r.read(&mut buf), 10);
+        assert_eq!(r.read(&mut buf, &mut PagePool::default()), 10);
         assert!(r.inner.is_none());
         assert_eq!(r.max_received(), 10);
     }
@@ -598,28 +652,44 @@ mod tests {
     #[test]
     fn late_bare_mark_completes_a_record() {
         let mut r = RecvBuffer::new();
-        r.insert(0, b"abc", false, false, LIM).unwrap();
-        assert!(r.read_record(10).is_none());
-        r.insert(3, b"", true, false, LIM).unwrap();
-        assert_eq!(r.read_record(10), Some((b"abc".to_vec(), false)));
+        r.insert(0, b"abc", false, false, LIM, &mut PagePool::default())
+            .unwrap();
+        assert!(r.read_record(10, &mut PagePool::default()).is_none());
+        r.insert(3, b"", true, false, LIM, &mut PagePool::default())
+            .unwrap();
+        assert_eq!(
+            r.read_record(10, &mut PagePool::default()),
+            Some((b"abc".to_vec(), false))
+        );
     }
 
     #[test]
     fn protocol_violations_are_errors() {
         let mut r = RecvBuffer::new();
         assert!(matches!(
-            r.insert(LIM - 1, b"ab", false, false, LIM),
+            r.insert(LIM - 1, b"ab", false, false, LIM, &mut PagePool::default()),
             Err(RecvError::FlowControl { .. })
         ));
-        r.insert(0, b"abcd", false, false, LIM).unwrap();
+        r.insert(0, b"abcd", false, false, LIM, &mut PagePool::default())
+            .unwrap();
         assert!(matches!(
-            r.insert(0, b"ab", false, true, LIM),
+            r.insert(0, b"ab", false, true, LIM, &mut PagePool::default()),
             Err(RecvError::FinalSize { .. })
         ));
-        r.insert(4, b"", false, true, LIM).unwrap();
-        assert!(r.insert(4, b"x", false, false, LIM).is_err());
+        r.insert(4, b"", false, true, LIM, &mut PagePool::default())
+            .unwrap();
         assert!(r
-            .insert(u64::MAX - 1, b"xyz", false, false, u64::MAX)
+            .insert(4, b"x", false, false, LIM, &mut PagePool::default())
+            .is_err());
+        assert!(r
+            .insert(
+                u64::MAX - 1,
+                b"xyz",
+                false,
+                false,
+                u64::MAX,
+                &mut PagePool::default()
+            )
             .is_err());
     }
 
@@ -628,7 +698,14 @@ mod tests {
         let mut r = RecvBuffer::new();
         let mut err = None;
         for i in 0..5000u64 {
-            if let Err(e) = r.insert(1 + 2 * i, b"x", false, false, 64 * 1024) {
+            if let Err(e) = r.insert(
+                1 + 2 * i,
+                b"x",
+                false,
+                false,
+                64 * 1024,
+                &mut PagePool::default(),
+            ) {
                 err = Some(e);
                 break;
             }
@@ -640,11 +717,15 @@ mod tests {
     fn many_tiny_records_across_bitmap_words() {
         let mut r = RecvBuffer::new();
         for i in 0..1000u64 {
-            r.insert(i, &[i as u8], true, false, LIM).unwrap();
+            r.insert(i, &[i as u8], true, false, LIM, &mut PagePool::default())
+                .unwrap();
         }
         assert_eq!(r.pending_records(), 1000);
         for i in 0..1000u64 {
-            assert_eq!(r.read_record(8), Some((vec![i as u8], false)));
+            assert_eq!(
+                r.read_record(8, &mut PagePool::default()),
+                Some((vec![i as u8], false))
+            );
         }
         assert_eq!(r.pending_records(), 0);
         assert!(r.inner.is_none());

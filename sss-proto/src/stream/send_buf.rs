@@ -8,10 +8,13 @@
 //!
 //! An idle stream (everything acknowledged) holds no allocation and 24 bytes of state: the
 //! buffer, the ranges, the boundaries and the acknowledged and sent offsets live in a box
-//! dropped whenever the stream goes quiet (then `base == sent == written`).
+//! dropped whenever the stream goes quiet (then `base == sent == written`). The bytes are
+//! kept in [`Pages`] from the session's [`PagePool`]: pages wholly acknowledged go back to the
+//! pool at once.
 
 use std::collections::VecDeque;
 
+use super::pages::{PagePool, Pages};
 use crate::ranges::RangeSet;
 
 /// A piece of the stream to put in one STREAM frame.
@@ -38,8 +41,8 @@ struct Inner {
     base: u64,
     /// Bytes below were sent at least once.
     sent: u64,
-    /// Bytes `[base, base + data.len())`.
-    data: VecDeque<u8>,
+    /// Bytes `[base, written)`.
+    data: Pages,
     /// Record boundaries above `base`, increasing (a boundary `b` ends the record at byte
     /// `b - 1`).
     marks: VecDeque<u64>,
@@ -75,7 +78,7 @@ impl Inner {
         Self {
             base: at,
             sent: at,
-            data: VecDeque::new(),
+            data: Pages::new(at),
             marks: VecDeque::new(),
             rec: None,
         }
@@ -98,7 +101,7 @@ impl Inner {
 pub struct SendBuffer {
     /// `None` when idle: then every written byte was acknowledged (`base == sent == written`).
     inner: Option<Box<Inner>>,
-    /// End of the written data (`base + data.len()`).
+    /// End of the written data.
     written: u64,
     state: u8,
 }
@@ -129,13 +132,15 @@ impl SendBuffer {
         self.inner.as_ref().map_or(self.written, |i| i.base)
     }
 
-    /// Appends bytes. The caller checks [`is_finished`](Self::is_finished) first.
-    pub fn write(&mut self, data: &[u8]) {
+    /// Appends bytes (into pages from `pool`). The caller checks
+    /// [`is_finished`](Self::is_finished) first.
+    pub fn write(&mut self, data: &[u8], pool: &mut PagePool) {
         debug_assert!(self.state & (FINISHED | RESET) == 0);
         if data.is_empty() || self.state & (FINISHED | RESET) != 0 {
             return;
         }
-        self.inner().data.extend(data);
+        let at = self.written;
+        self.inner().data.write(at, data, pool);
         self.written += data.len() as u64;
         self.state |= DIRTY;
     }
@@ -339,21 +344,19 @@ impl SendBuffer {
             return;
         }
         let inner = self.inner.as_ref().expect("a chunk with data has a buffer");
-        let start = (chunk.offset - inner.base) as usize;
-        let (a, b) = inner.data.as_slices();
-        let end = start + chunk.len;
-        if end <= a.len() {
-            out.extend_from_slice(&a[start..end]);
-        } else if start >= a.len() {
-            out.extend_from_slice(&b[start - a.len()..end - a.len()]);
-        } else {
-            out.extend_from_slice(&a[start..]);
-            out.extend_from_slice(&b[..end - a.len()]);
-        }
+        inner.data.append_to(chunk.offset, chunk.len, out);
     }
 
-    /// A frame carrying `offset..offset + len` (and the FIN, a bare mark) was acknowledged.
-    pub fn on_acked(&mut self, offset: u64, len: usize, fin: bool, record: bool) {
+    /// A frame carrying `offset..offset + len` (and the FIN, a bare mark) was acknowledged;
+    /// pages no longer needed go back to `pool`.
+    pub fn on_acked(
+        &mut self,
+        offset: u64,
+        len: usize,
+        fin: bool,
+        record: bool,
+        pool: &mut PagePool,
+    ) {
         if self.state & RESET != 0 {
             return;
         }
@@ -394,8 +397,7 @@ impl SendBuffer {
                     }
                 };
                 if let Some(front_end) = front_end {
-                    let n = (front_end - base) as usize;
-                    inner.data.drain(..n);
+                    inner.data.release_below(front_end, pool);
                     inner.base = front_end;
                     while inner.marks.front().is_some_and(|&m| m <= front_end) {
                         inner.marks.pop_front();
@@ -403,7 +405,7 @@ impl SendBuffer {
                 }
             }
         }
-        self.release_if_idle();
+        self.release_if_idle(pool);
     }
 
     /// A frame carrying `offset..offset + len` (and the FIN, a bare mark) was lost: queue
@@ -452,16 +454,15 @@ impl SendBuffer {
     }
 
     /// Drops the allocation of an idle stream.
-    fn release_if_idle(&mut self) {
+    fn release_if_idle(&mut self, pool: &mut PagePool) {
+        let written = self.written;
         if let Some(i) = &mut self.inner {
             i.tidy();
-            if i.data.is_empty() && i.rec.is_none() && i.marks.is_empty() {
+            if i.base == written && i.rec.is_none() && i.marks.is_empty() {
                 // Nothing is buffered, so `base == sent == written`.
-                debug_assert!(i.base == self.written && i.sent == self.written);
+                debug_assert!(i.sent == written);
+                i.data.release_all(pool);
                 self.inner = None;
-            } else if i.data.is_empty() && i.data.capacity() > 4096 {
-                // Keep the bookkeeping but give back a large buffer.
-                i.data = VecDeque::new();
             }
         }
     }
@@ -504,9 +505,9 @@ mod tests {
     #[test]
     fn chunks_stop_at_record_boundaries() {
         let mut s = SendBuffer::new();
-        s.write(b"hello");
+        s.write(b"hello", &mut PagePool::default());
         assert!(s.mark_record());
-        s.write(b"world!");
+        s.write(b"world!", &mut PagePool::default());
         s.finish();
         let chunks = send_all(&mut s, 100);
         assert_eq!(chunks.len(), 2);
@@ -519,7 +520,7 @@ mod tests {
     #[test]
     fn late_mark_goes_as_bare_frame_and_is_resent_when_lost() {
         let mut s = SendBuffer::new();
-        s.write(b"abc");
+        s.write(b"abc", &mut PagePool::default());
         let c = s.next_chunk(100, u64::MAX).unwrap();
         assert!(!c.record);
         assert!(s.mark_record());
@@ -528,12 +529,12 @@ mod tests {
         s.on_lost(3, 0, false, true);
         let m2 = s.next_chunk(100, u64::MAX).unwrap();
         assert_eq!((m2.offset, m2.len, m2.record), (3, 0, true));
-        s.on_acked(0, 3, false, false);
-        s.on_acked(3, 0, false, true);
+        s.on_acked(0, 3, false, false, &mut PagePool::default());
+        s.on_acked(3, 0, false, true, &mut PagePool::default());
         s.finish();
         let f = s.next_chunk(100, u64::MAX).unwrap();
         assert!(f.fin && f.len == 0);
-        s.on_acked(3, 0, true, false);
+        s.on_acked(3, 0, true, false, &mut PagePool::default());
         assert!(s.is_fully_acked());
         assert!(s.inner.is_none());
     }
@@ -541,17 +542,17 @@ mod tests {
     #[test]
     fn in_order_acknowledgements_need_no_recovery_state() {
         let mut s = SendBuffer::new();
-        s.write(&[1; 30]);
+        s.write(&[1; 30], &mut PagePool::default());
         s.finish();
         let chunks: Vec<Chunk> = std::iter::from_fn(|| s.next_chunk(10, u64::MAX)).collect();
         assert_eq!(chunks.len(), 3);
         for c in &chunks[..2] {
-            s.on_acked(c.offset, c.len, c.fin, c.record);
+            s.on_acked(c.offset, c.len, c.fin, c.record, &mut PagePool::default());
             assert!(s.inner.as_ref().is_some_and(|i| i.rec.is_none()));
         }
         assert_eq!(s.buffered(), 10);
         let c = chunks[2];
-        s.on_acked(c.offset, c.len, c.fin, c.record);
+        s.on_acked(c.offset, c.len, c.fin, c.record, &mut PagePool::default());
         assert!(s.is_fully_acked() && s.inner.is_none());
         assert_eq!((s.sent_offset(), s.write_offset()), (30, 30));
     }
@@ -559,15 +560,21 @@ mod tests {
     #[test]
     fn out_of_order_acknowledgements_release_the_front_once_filled() {
         let mut s = SendBuffer::new();
-        s.write(&[2; 30]);
+        s.write(&[2; 30], &mut PagePool::default());
         let chunks: Vec<Chunk> = std::iter::from_fn(|| s.next_chunk(10, u64::MAX)).collect();
-        s.on_acked(20, 10, false, false);
-        s.on_acked(10, 10, false, false);
+        s.on_acked(20, 10, false, false, &mut PagePool::default());
+        s.on_acked(10, 10, false, false, &mut PagePool::default());
         assert_eq!(s.buffered(), 30, "the front is not acknowledged yet");
         s.on_lost(0, 10, false, false);
         let r = s.next_chunk(100, u64::MAX).unwrap();
         assert_eq!((r.offset, r.len, r.fresh), (0, 10, false));
-        s.on_acked(chunks[0].offset, chunks[0].len, false, false);
+        s.on_acked(
+            chunks[0].offset,
+            chunks[0].len,
+            false,
+            false,
+            &mut PagePool::default(),
+        );
         assert_eq!(s.buffered(), 0);
         assert!(s.inner.is_none());
     }
@@ -576,27 +583,27 @@ mod tests {
     fn empty_records_are_refused() {
         let mut s = SendBuffer::new();
         assert!(!s.mark_record());
-        s.write(b"x");
+        s.write(b"x", &mut PagePool::default());
         assert!(s.mark_record());
         assert!(!s.mark_record());
         let c = s.next_chunk(10, u64::MAX).unwrap();
-        s.on_acked(c.offset, c.len, c.fin, c.record);
+        s.on_acked(c.offset, c.len, c.fin, c.record, &mut PagePool::default());
         assert!(!s.mark_record(), "the record just acknowledged ended here");
-        s.write(b"y");
+        s.write(b"y", &mut PagePool::default());
         assert!(s.mark_record());
     }
 
     #[test]
     fn lost_data_is_resent_with_its_marks_and_released_on_ack() {
         let mut s = SendBuffer::new();
-        s.write(b"0123456789");
+        s.write(b"0123456789", &mut PagePool::default());
         s.mark_record();
         let a = s.next_chunk(4, u64::MAX).unwrap();
         let b = s.next_chunk(4, u64::MAX).unwrap();
         let c = s.next_chunk(4, u64::MAX).unwrap();
         assert_eq!((c.offset, c.len, c.record), (8, 2, true));
         assert!(s.next_chunk(4, u64::MAX).is_none());
-        s.on_acked(b.offset, b.len, false, false);
+        s.on_acked(b.offset, b.len, false, false, &mut PagePool::default());
         s.on_lost(a.offset, a.len, false, false);
         s.on_lost(c.offset, c.len, false, true);
         // Spurious loss: part of b reported lost again changes nothing.
@@ -607,8 +614,8 @@ mod tests {
         assert_eq!(got, vec![(0, 4, false), (8, 2, true)]);
         assert_eq!(r[0].1, b"0123");
         assert_eq!(r[1].1, b"89");
-        s.on_acked(0, 4, false, false);
-        s.on_acked(8, 2, false, true);
+        s.on_acked(0, 4, false, false, &mut PagePool::default());
+        s.on_acked(8, 2, false, true, &mut PagePool::default());
         assert_eq!(s.buffered(), 0);
         assert!(s.inner.is_none());
     }
@@ -616,7 +623,7 @@ mod tests {
     #[test]
     fn flow_limit_bounds_new_data_only() {
         let mut s = SendBuffer::new();
-        s.write(&[7; 100]);
+        s.write(&[7; 100], &mut PagePool::default());
         let a = s.next_chunk(60, 50).unwrap();
         assert_eq!((a.offset, a.len, a.fresh), (0, 50, true));
         assert!(!s.has_pending(50));
@@ -631,7 +638,7 @@ mod tests {
     #[test]
     fn reset_drops_everything() {
         let mut s = SendBuffer::new();
-        s.write(&[1; 10]);
+        s.write(&[1; 10], &mut PagePool::default());
         s.next_chunk(4, u64::MAX).unwrap();
         assert_eq!(s.reset(), 4);
         assert!(s.next_chunk(100, u64::MAX).is_none());

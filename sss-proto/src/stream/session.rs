@@ -13,6 +13,7 @@ use bytes::Bytes;
 
 use super::datagram::{Outgoing, Reassembly};
 use super::frames::StreamId;
+use super::pages::PagePool;
 use super::scheduler::Scheduler;
 use super::state::{flag, Kind, StreamState};
 use super::{ErrorCode, IdHasher, LinkStatus, SessionConfig, SessionEvent, StreamError};
@@ -33,6 +34,29 @@ pub(crate) fn live_in(
         return Err(StreamError::Reset(code));
     }
     Ok(st)
+}
+
+/// Bytes stream `st` may take in a `write` by its own limits: its send buffer, and its
+/// unsent bytes (see [`SessionConfig::max_unsent`], with its hysteresis). Only bytes flow
+/// control lets go now count as unsent (`flow_room`: new bytes the session may still send):
+/// bytes waiting for the peer's window are bounded by the send buffer alone, or a writer
+/// whose peer reads only after the write completes would wait for ever.
+fn stream_send_room(config: &SessionConfig, st: &StreamState, flow_room: u64) -> usize {
+    let buffer_room = config.send_buffer.saturating_sub(st.send.buffered());
+    let sent = st.send.sent_offset();
+    let sendable_end = st
+        .send
+        .write_offset()
+        .min(st.send_limit)
+        .min(sent.saturating_add(flow_room));
+    let unsent = usize::try_from(sendable_end.saturating_sub(sent)).unwrap_or(usize::MAX);
+    let max = config.max_unsent.max(1);
+    let unsent_room = if unsent > max - max / 4 {
+        0
+    } else {
+        max - unsent
+    };
+    buffer_room.min(unsent_room)
 }
 
 /// Puts `id` (whose state is `st`) in the send queue unless it is queued or blocked.
@@ -116,6 +140,14 @@ pub struct Session {
     /// Peer substreams whose parent's OPEN has not arrived yet, by parent.
     pub(crate) orphans: HashMap<StreamId, Vec<StreamId>, BuildHasherDefault<IdHasher>>,
     pub(crate) reassembly: Reassembly,
+    /// Spare pages for the streams' send and receive buffers.
+    pub(crate) pool: PagePool,
+    /// Bytes written and not yet acknowledged, all streams together (the sum of their
+    /// `send.buffered()`), against `config.session_send_buffer`.
+    pub(crate) send_buffered: usize,
+    /// Streams whose `write` was cut short by the session's send buffer: they get
+    /// [`SessionEvent::Writable`] when it has room again.
+    pub(crate) session_write_waiters: Vec<StreamId>,
     pub(crate) events: VecDeque<SessionEvent>,
     pub(crate) link: LinkStatus,
     pub(crate) detached_since: Option<Instant>,
@@ -168,6 +200,9 @@ impl Session {
             credit_blocked: Vec::new(),
             orphans: HashMap::default(),
             reassembly,
+            pool: PagePool::default(),
+            send_buffered: 0,
+            session_write_waiters: Vec::new(),
             events: VecDeque::new(),
             link: LinkStatus::Down,
             detached_since: None,
@@ -341,6 +376,8 @@ impl Session {
             self.events.push_back(SessionEvent::Reset { id, code });
         }
         self.streams.clear();
+        self.send_buffered = 0;
+        self.session_write_waiters.clear();
         self.scheduler = Scheduler::default();
         self.control.clear();
         self.deferred_control.clear();
@@ -467,17 +504,34 @@ impl Session {
 
     /// Bytes that `id` can still buffer for sending before writes are refused.
     pub fn write_capacity(&self, id: StreamId) -> usize {
+        let session_room = self.session_send_room();
+        let flow_room = self.peer_max_data.saturating_sub(self.data_sent);
         self.streams.get(&id).map_or(0, |st| {
-            self.config.send_buffer.saturating_sub(st.send.buffered())
+            stream_send_room(&self.config, st, flow_room).min(session_room)
         })
+    }
+
+    /// Bytes written on all streams together and not yet acknowledged (what
+    /// [`SessionConfig::session_send_buffer`] bounds).
+    pub fn send_buffered(&self) -> usize {
+        self.send_buffered
+    }
+
+    /// Bytes the session's send buffer (all streams together) can still take.
+    fn session_send_room(&self) -> usize {
+        self.config
+            .session_send_buffer
+            .saturating_sub(self.send_buffered)
     }
 
     /// Queues bytes for sending; returns how many were taken (fewer than `data.len()` when
     /// the stream's send buffer is full: wait for [`SessionEvent::Writable`]).
     pub fn write(&mut self, id: StreamId, data: &[u8]) -> Result<usize, StreamError> {
-        let send_buffer = self.config.send_buffer;
+        let session_room = self.session_send_room();
+        let flow_room = self.peer_max_data.saturating_sub(self.data_sent);
         let st = live_in(&mut self.streams, id)?;
-        let cap = send_buffer.saturating_sub(st.send.buffered());
+        let own_room = stream_send_room(&self.config, st, flow_room);
+        let cap = own_room.min(session_room);
         if st.send.is_finished() || st.has(flag::SEND_RESET) {
             return Err(StreamError::Finished);
         }
@@ -485,11 +539,19 @@ impl Session {
             return Err(StreamError::Stopped);
         }
         let n = data.len().min(cap);
+        if n < data.len() && own_room > session_room {
+            // Cut short by the session's buffer: told when it has room again (the stream's own
+            // `Writable` comes only after its own data left, which may already be the case).
+            if !self.session_write_waiters.contains(&id) {
+                self.session_write_waiters.push(id);
+            }
+        }
         if n == 0 && !data.is_empty() {
             st.set(flag::WRITABLE_WANTED);
             return Ok(0);
         }
-        st.send.write(&data[..n]);
+        st.send.write(&data[..n], &mut self.pool);
+        self.send_buffered += n;
         schedule_in(&mut self.scheduler, st, id);
         Ok(n)
     }
@@ -505,7 +567,8 @@ impl Session {
         if st.has(flag::STOP_RECEIVED) {
             return Err(StreamError::Stopped);
         }
-        st.send.write(data);
+        st.send.write(data, &mut self.pool);
+        self.send_buffered += data.len();
         if !st.send.mark_record() {
             return Err(StreamError::EmptyRecord);
         }
@@ -527,7 +590,8 @@ impl Session {
         if reliable {
             let child = self.open_child(id, Kind::Datagram)?;
             let st = self.streams.get_mut(&child).expect("just opened");
-            st.send.write(data);
+            st.send.write(data, &mut self.pool);
+            self.send_buffered += data.len();
             st.send.finish();
             // Our receiving side of an ephemeral datagram stream carries nothing.
             st.set(flag::RECV_RESET);
@@ -596,6 +660,7 @@ impl Session {
         let mut queue = Vec::with_capacity(2);
         if !st.has(flag::SEND_RESET) {
             st.set(flag::SEND_RESET);
+            self.send_buffered = self.send_buffered.saturating_sub(st.send.buffered());
             let final_size = st.send.reset();
             queue.push(Control::Reset {
                 id,
@@ -648,7 +713,7 @@ impl Session {
     /// (or the end, see [`at_end`](Self::at_end)).
     pub fn read(&mut self, id: StreamId, buf: &mut [u8]) -> Result<usize, StreamError> {
         let st = live_in(&mut self.streams, id)?;
-        let n = st.recv.read(buf);
+        let n = st.recv.read(buf, &mut self.pool);
         st.clear(flag::READABLE_NOTIFIED | flag::WANTS_RECORD);
         let done = note_read(st, id, n as u64, &mut self.control);
         self.consumed(n as u64);
@@ -672,7 +737,7 @@ impl Session {
     ) -> Result<Option<(Vec<u8>, bool)>, StreamError> {
         let st = live_in(&mut self.streams, id)?;
         let before = st.recv.read_offset();
-        let r = st.recv.read_record(max);
+        let r = st.recv.read_record(max, &mut self.pool);
         let consumed = st.recv.read_offset() - before;
         st.clear(flag::READABLE_NOTIFIED);
         if r.is_none() {
@@ -896,6 +961,8 @@ impl Session {
             return;
         };
         debug_assert!(st.is_done());
+        // (Zero for a stream done: everything acknowledged, or reset.)
+        self.send_buffered = self.send_buffered.saturating_sub(st.send.buffered());
         if st.has(flag::SCHEDULED) {
             self.scheduler.remove(id, st.priority);
         }

@@ -160,7 +160,7 @@ impl Session {
         }
         let new = st
             .recv
-            .insert(f.offset, f.data, f.record, f.fin, limit)
+            .insert(f.offset, f.data, f.record, f.fin, limit, &mut self.pool)
             .map_err(|e| violation(format!("stream {id}: {e}")))?;
         self.data_received += new;
         if st.kind == Kind::Datagram {
@@ -399,7 +399,7 @@ impl Session {
             }
             let st = self.streams.get_mut(&id).expect("checked above");
             let before = st.recv.read_offset();
-            if let Some(data) = st.recv.read_all() {
+            if let Some(data) = st.recv.read_all(&mut self.pool) {
                 let consumed = st.recv.read_offset() - before;
                 let parent = st.parent();
                 self.consumed(consumed);
@@ -431,6 +431,20 @@ impl Session {
             // `max_stream_window` must be read with `read`).
             st.set(flag::BLOCKED_NOTIFIED);
             self.events.push_back(SessionEvent::ReceiveBlocked(id));
+        }
+    }
+
+    /// `n` bytes of sent data were acknowledged and released: writers cut short by the
+    /// session's send buffer may write again.
+    fn on_send_released(&mut self, n: usize) {
+        self.send_buffered = self.send_buffered.saturating_sub(n);
+        if self.send_buffered < self.config.session_send_buffer {
+            for id in std::mem::take(&mut self.session_write_waiters) {
+                if let Some(st) = self.streams.get_mut(&id) {
+                    st.clear(flag::WRITABLE_WANTED);
+                    self.events.push_back(SessionEvent::Writable(id));
+                }
+            }
         }
     }
 
@@ -814,9 +828,16 @@ impl Upper for Session {
                         st.set(flag::OPEN_ACKED);
                         st.clear(flag::OPEN_IN_FLIGHT);
                     }
-                    st.send.on_acked(offset, len as usize, fin, record);
-                    if st.is_done() {
+                    let before = st.send.buffered();
+                    st.send
+                        .on_acked(offset, len as usize, fin, record, &mut self.pool);
+                    let released = before.saturating_sub(st.send.buffered());
+                    let done = st.is_done();
+                    if done {
                         self.remove_done(id);
+                    }
+                    if released > 0 {
+                        self.on_send_released(released);
                     }
                 }
             }
