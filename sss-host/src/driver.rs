@@ -233,6 +233,11 @@ impl Future for Driver {
             }
             busy |= this.poll_timer(cx, &st);
             if !busy {
+                if st.wake.is_empty() && st.endpoint.needs_prepare() {
+                    // Idle, and no task waits to run: make the next handshake's ephemeral
+                    // key now rather than on its critical path.
+                    st.endpoint.prepare();
+                }
                 break;
             }
             if round + 1 >= ROUNDS_PER_POLL {
