@@ -593,3 +593,57 @@ fn truncate_utf8(s: &str, max: usize) -> &str {
     }
     &s[..end]
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand_chacha::rand_core::SeedableRng;
+
+    fn endpoint(seed: u8, now: Instant) -> Endpoint {
+        let identity = Identity::generate(&mut ChaCha20Rng::seed_from_u64(u64::from(seed)));
+        Endpoint::new(EndpointConfig::new([seed; 32]), &identity, now, 1 << 60)
+    }
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    /// The initiation's ephemeral public key (bytes 8..40).
+    fn ephemeral_of(channel: &mut Channel<()>, now: Instant) -> [u8; 32] {
+        let mut buf = Vec::new();
+        let t = channel
+            .poll_transmit(now, 1, &mut buf, &mut ())
+            .expect("initiation");
+        assert_eq!(t.size, handshake::INITIATION_LEN);
+        buf[8..40].try_into().unwrap()
+    }
+
+    #[test]
+    fn each_handshake_uses_its_own_ephemeral_made_ahead_of_time() {
+        let now = Instant::now();
+        let mut a = endpoint(1, now);
+        let b = endpoint(2, now);
+        assert!(!a.needs_prepare(), "made when the endpoint is created");
+        let (_, mut first) = a
+            .connect::<()>(now, b.eid(), addr(2), "s", "p")
+            .expect("connect");
+        assert!(a.needs_prepare(), "the first handshake used it");
+        a.prepare();
+        assert!(!a.needs_prepare());
+        let (_, mut second) = a
+            .connect::<()>(now, b.eid(), addr(2), "s", "p")
+            .expect("connect");
+        // Without a prepare in between, the next one is made inline.
+        let (_, mut third) = a
+            .connect::<()>(now, b.eid(), addr(2), "s", "p")
+            .expect("connect");
+        let keys = [
+            ephemeral_of(&mut first, now),
+            ephemeral_of(&mut second, now),
+            ephemeral_of(&mut third, now),
+        ];
+        assert_ne!(keys[0], keys[1]);
+        assert_ne!(keys[1], keys[2]);
+        assert_ne!(keys[0], keys[2]);
+    }
+}
