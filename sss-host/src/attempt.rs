@@ -188,6 +188,7 @@ impl State {
         for a in self.attempts.values_mut() {
             if a.outcome.is_none() && a.channels.contains(&h) {
                 a.outcome = Some(Ok(()));
+                self.connect_woken |= !a.waiters.is_empty();
                 self.wake.append(&mut a.waiters);
                 abandon.extend(a.channels.drain(..).filter(|&c| c != h));
             }
@@ -260,6 +261,9 @@ impl State {
 
     /// Abandons channels still in their handshake.
     fn close_handshakes(&mut self, now: Instant, handles: &[ChannelHandle]) {
+        if handles.is_empty() {
+            return;
+        }
         for h in handles {
             if let Some(slot) = self.channels.get_mut(h) {
                 if !slot.channel.is_established() {

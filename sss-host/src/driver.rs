@@ -190,6 +190,10 @@ impl Future for Driver {
         let mut st = shared.lock();
         st.set_driver_waker(cx.waker());
         let mut result = Poll::Pending;
+        // Poll again at once (the round budget ran out), or once the tasks woken by this
+        // poll have run.
+        let mut again = false;
+        let mut after_woken = false;
         for round in 0.. {
             let now = Instant::now();
             let mut busy = this.receive(cx, &mut st, now);
@@ -212,6 +216,13 @@ impl Future for Driver {
                     break;
                 }
             }
+            if std::mem::take(&mut st.connect_woken) && !st.closed {
+                // `connect` calls just succeeded: they run before this round's sends, so
+                // that the streams they open at once leave in the channel's first packet
+                // (which confirms the keys to the responder) rather than in a second one.
+                after_woken = true;
+                break;
+            }
             let (blocked, more) = this.transmit(cx, &mut st, now);
             st.collect(now);
             busy |= more;
@@ -222,10 +233,15 @@ impl Future for Driver {
             }
             busy |= this.poll_timer(cx, &st);
             if !busy {
+                if st.wake.is_empty() && st.endpoint.needs_prepare() {
+                    // Idle, and no task waits to run: make the next handshake's ephemeral
+                    // key now rather than on its critical path.
+                    st.endpoint.prepare();
+                }
                 break;
             }
             if round + 1 >= ROUNDS_PER_POLL {
-                cx.waker().wake_by_ref();
+                again = true;
                 break;
             }
         }
@@ -236,6 +252,14 @@ impl Future for Driver {
         drop(st);
         for w in wake {
             w.wake();
+        }
+        if after_woken {
+            // Deferred like `yield_now`: the runtime runs every task that is ready, the
+            // `block_on` future of a single-threaded runtime too, before polling us again.
+            let mut yielded = std::pin::pin!(tokio::task::yield_now());
+            let _ = yielded.as_mut().poll(cx);
+        } else if again {
+            cx.waker().wake_by_ref();
         }
         if result.is_ready() {
             tracing::debug!("host driver finished");

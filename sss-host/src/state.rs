@@ -154,6 +154,9 @@ pub(crate) struct State {
     driver_waker: Option<Waker>,
     /// Wakers to wake once the lock is released.
     pub(crate) wake: Vec<Waker>,
+    /// `connect` calls were woken because their channel just connected: the driver lets
+    /// them run before it sends (see the driver).
+    pub(crate) connect_woken: bool,
     /// Streams whose writer waits for send-buffer room.
     pub(crate) write_waiters: Vec<(Eid, StreamId)>,
     /// Live handles (hosts, streams, listeners); the driver winds down at zero.
@@ -186,6 +189,7 @@ impl State {
             driver_waker: None,
             wake: Vec::new(),
             write_waiters: Vec::new(),
+            connect_woken: false,
             refs: 0,
             linger_until: None,
             closed: false,

@@ -17,6 +17,7 @@ use rand_chacha::ChaCha20Rng;
 
 use crate::channel::{Channel, ChannelConfig, InitiatorSetup, ResponderSetup};
 use crate::crypto::aead::Suite;
+use crate::crypto::noise::DhKey;
 use crate::handshake::{
     self, Hello, Initiation, Initiator, PendingInitiation, RefuseCode, Reply, Responder,
     ResponderConfig, StaticKeys, TransportParams,
@@ -193,6 +194,9 @@ pub struct Endpoint {
     free: Vec<usize>,
     unix_at_creation: (Instant, u64),
     load_window: (Instant, u32),
+    /// The ephemeral key pair of the next handshake, initiated or answered, made ahead of
+    /// time (see [`Endpoint::prepare`]).
+    next_ephemeral: Option<DhKey>,
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -209,9 +213,10 @@ impl Endpoint {
     /// (nanoseconds since the Unix epoch), used for replay-proof handshake timestamps.
     pub fn new(config: EndpointConfig, identity: &Identity, now: Instant, unix_nanos: u64) -> Self {
         let mut rng = ChaCha20Rng::from_seed(config.rng_seed);
-        let responder = Responder::new(StaticKeys::new(identity), config.responder, now, &mut rng);
+        let statics = StaticKeys::new(identity);
+        let responder = Responder::new(statics.clone(), config.responder, now, &mut rng);
         Self {
-            statics: Arc::new(StaticKeys::new(identity)),
+            statics: Arc::new(statics),
             responder,
             rng,
             routes: HashMap::default(),
@@ -219,7 +224,37 @@ impl Endpoint {
             free: Vec::new(),
             unix_at_creation: (now, unix_nanos),
             load_window: (now, 0),
+            next_ephemeral: None,
             config,
+        }
+        .prepared()
+    }
+
+    fn prepared(mut self) -> Self {
+        self.prepare();
+        self
+    }
+
+    /// Makes the ephemeral key pair of the next handshake now, if it is not made yet, so
+    /// that the handshake does not wait for its fixed-base scalar multiplication. The
+    /// endpoint does it when created; afterwards each handshake uses the one made before
+    /// and the next is made inline unless this is called in between (a driver calls it
+    /// when idle). Cheap when there is one already.
+    pub fn prepare(&mut self) {
+        if self.next_ephemeral.is_none() {
+            self.next_ephemeral = Some(DhKey::generate(&mut self.rng));
+        }
+    }
+
+    /// Whether [`Endpoint::prepare`] has work to do.
+    pub fn needs_prepare(&self) -> bool {
+        self.next_ephemeral.is_none()
+    }
+
+    fn take_ephemeral(&mut self) -> DhKey {
+        match self.next_ephemeral.take() {
+            Some(key) => key,
+            None => DhKey::generate(&mut self.rng),
         }
     }
 
@@ -330,13 +365,14 @@ impl Endpoint {
         let (handle, index) = self.allocate();
         let unix = self.unix_nanos(now);
         let mut initiation = Vec::with_capacity(handshake::INITIATION_LEN);
-        let initiator = match Initiator::start(
+        let ephemeral = self.take_ephemeral();
+        let initiator = match Initiator::start_with_ephemeral(
             &self.statics,
             remote,
             index,
             &hello,
             unix,
-            &mut self.rng,
+            ephemeral,
             &mut initiation,
         ) {
             Ok(i) => i,
@@ -477,11 +513,12 @@ impl Endpoint {
         let protocol = incoming.protocol().to_owned();
         let reply = Reply::Accept { suite, params };
         let mut response = Vec::with_capacity(128);
-        let keys = match self.responder.respond(
+        let ephemeral = self.take_ephemeral();
+        let keys = match self.responder.respond_with_ephemeral(
             incoming.pending,
             index,
             &reply,
-            &mut self.rng,
+            ephemeral,
             &mut response,
         ) {
             Ok(Some(keys)) => keys,
@@ -555,4 +592,58 @@ fn truncate_utf8(s: &str, max: usize) -> &str {
         end -= 1;
     }
     &s[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand_chacha::rand_core::SeedableRng;
+
+    fn endpoint(seed: u8, now: Instant) -> Endpoint {
+        let identity = Identity::generate(&mut ChaCha20Rng::seed_from_u64(u64::from(seed)));
+        Endpoint::new(EndpointConfig::new([seed; 32]), &identity, now, 1 << 60)
+    }
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    /// The initiation's ephemeral public key (bytes 8..40).
+    fn ephemeral_of(channel: &mut Channel<()>, now: Instant) -> [u8; 32] {
+        let mut buf = Vec::new();
+        let t = channel
+            .poll_transmit(now, 1, &mut buf, &mut ())
+            .expect("initiation");
+        assert_eq!(t.size, handshake::INITIATION_LEN);
+        buf[8..40].try_into().unwrap()
+    }
+
+    #[test]
+    fn each_handshake_uses_its_own_ephemeral_made_ahead_of_time() {
+        let now = Instant::now();
+        let mut a = endpoint(1, now);
+        let b = endpoint(2, now);
+        assert!(!a.needs_prepare(), "made when the endpoint is created");
+        let (_, mut first) = a
+            .connect::<()>(now, b.eid(), addr(2), "s", "p")
+            .expect("connect");
+        assert!(a.needs_prepare(), "the first handshake used it");
+        a.prepare();
+        assert!(!a.needs_prepare());
+        let (_, mut second) = a
+            .connect::<()>(now, b.eid(), addr(2), "s", "p")
+            .expect("connect");
+        // Without a prepare in between, the next one is made inline.
+        let (_, mut third) = a
+            .connect::<()>(now, b.eid(), addr(2), "s", "p")
+            .expect("connect");
+        let keys = [
+            ephemeral_of(&mut first, now),
+            ephemeral_of(&mut second, now),
+            ephemeral_of(&mut third, now),
+        ];
+        assert_ne!(keys[0], keys[1]);
+        assert_ne!(keys[1], keys[2]);
+        assert_ne!(keys[0], keys[2]);
+    }
 }

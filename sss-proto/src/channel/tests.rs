@@ -1,5 +1,6 @@
 //! Channel internals that the public API cannot reach: the anti-amplification allowance and
-//! the ACK deadline `poll_timeout` reports.
+//! the ACK deadline `poll_timeout` reports, key confirmation by the first data packet and when
+//! path MTU probing starts.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -286,6 +287,40 @@ impl Upper for Sink {
     fn on_lost(&mut self, _: ()) {}
 }
 
+/// Upper-layer data of `left` bytes, written once.
+#[derive(Default)]
+struct Once {
+    left: usize,
+    frames: usize,
+}
+
+impl Upper for Once {
+    type Meta = ();
+
+    fn has_pending(&self) -> bool {
+        self.left > 0
+    }
+
+    fn write_frames(&mut self, _: Instant, buf: &mut Vec<u8>, space: usize, metas: &mut Vec<()>) {
+        if self.left == 0 || space <= upper_header_len(FILL, self.left) + self.left {
+            return;
+        }
+        write_upper_header(buf, FILL, self.left);
+        buf.resize(buf.len() + self.left, 0xab);
+        self.left = 0;
+        metas.push(());
+        self.frames += 1;
+    }
+
+    fn handle_frame(&mut self, _: Instant, _: FrameType, _: &[u8]) -> Result<(), UpperError> {
+        Ok(())
+    }
+
+    fn on_acked(&mut self, _: ()) {}
+
+    fn on_lost(&mut self, _: ()) {}
+}
+
 /// Runs `rounds` steps of 5 ms: timers, then one batch `a` sends goes to `b` and everything
 /// `b` sends goes back, each datagram with the ECN codepoint of its transmit. Returns the
 /// codepoints of `a`'s transmits.
@@ -379,4 +414,94 @@ fn a_peer_reporting_impossible_ecn_counts_disables_ecn() {
         assert_eq!(s.ecn_congestion_signals, 0, "a failed count is no signal");
         assert!(a.is_established());
     }
+}
+
+/// An initiator that just took the response (nothing sent since) and its responder, both
+/// with path MTU discovery on.
+fn established_with_mtu_discovery() -> (Instant, Channel<()>, Channel<()>) {
+    let now = Instant::now();
+    let with_discovery = |seed: u8| {
+        let identity = Identity::generate(&mut ChaCha20Rng::seed_from_u64(u64::from(seed)));
+        let mut config = EndpointConfig::new([seed; 32]);
+        config.channel = Arc::new(ChannelConfig {
+            mtu_discovery: true,
+            ..ChannelConfig::default()
+        });
+        Endpoint::new(config, &identity, now, UNIX_NANOS)
+    };
+    let (mut ea, mut eb) = (with_discovery(1), with_discovery(2));
+    let (_, mut a) = ea
+        .connect::<()>(now, eb.eid(), addr(2), "test", "none")
+        .expect("connect");
+    let mut buf = Vec::new();
+    let t = a
+        .poll_transmit(now, 1, &mut buf, &mut ())
+        .expect("initiation");
+    let mut scratch = Vec::new();
+    let Some(DatagramEvent::Incoming(incoming)) =
+        eb.handle(now, addr(1), &buf[..t.size], &mut scratch)
+    else {
+        panic!("the initiation must reach the application");
+    };
+    let (_, mut b) = eb.accept::<()>(now, incoming).expect("accept");
+    let t = b
+        .poll_transmit(now, 1, &mut buf, &mut ())
+        .expect("response");
+    a.handle_datagram(now, addr(2), &mut buf[..t.size], &mut ());
+    assert!(a.is_established());
+    (now, a, b)
+}
+
+#[test]
+fn data_ready_at_establishment_confirms_the_keys_without_a_separate_ping() {
+    let (now, mut a, mut b) = established_with_mtu_discovery();
+    assert!(a.ping_pending, "key confirmation is queued");
+    let mut upper = Once {
+        left: 50,
+        frames: 0,
+    };
+    let mut buf = Vec::new();
+    let t = a
+        .poll_transmit(now, 64, &mut buf, &mut upper)
+        .expect("the first packet");
+    assert_eq!(upper.frames, 1, "the data rides in the first packet");
+    assert!(t.size < 200, "no MTU probe, no padding: {t:?}");
+    assert!(!a.ping_pending, "the data packet confirmed the keys");
+    let mut data = buf[..t.size].to_vec();
+    assert!(
+        a.poll_transmit(now, 64, &mut buf, &mut upper).is_none(),
+        "no PING follows the data, and no MTU probe before an acknowledgement"
+    );
+    // The responder takes it as key confirmation: the initiator's address is validated.
+    assert!(!b.validated);
+    b.handle_datagram(now, addr(1), &mut data, &mut ());
+    assert!(b.validated);
+}
+
+#[test]
+fn path_mtu_probing_waits_for_the_first_acknowledgement() {
+    let (mut now, mut a, mut b) = established_with_mtu_discovery();
+    let mut buf = Vec::new();
+    // The key-confirming PING, alone: the probe does not go with it.
+    let t = a.poll_transmit(now, 64, &mut buf, &mut ()).expect("PING");
+    assert!(t.size < 100, "{t:?}");
+    let mut ping = buf[..t.size].to_vec();
+    assert!(a.poll_transmit(now, 64, &mut buf, &mut ()).is_none());
+    now += Duration::from_millis(10);
+    b.handle_datagram(now, addr(1), &mut ping, &mut ());
+    // The responder has seen nothing of its own acknowledged either: at its ACK deadline it
+    // sends the ACK, and no probe.
+    assert!(b.poll_transmit(now, 64, &mut buf, &mut ()).is_none());
+    now = b.received.deadline().expect("an ACK is owed for the PING");
+    b.handle_timeout(now, &mut ());
+    let t = b.poll_transmit(now, 64, &mut buf, &mut ()).expect("ACK");
+    assert!(t.size < 100, "{t:?}");
+    let mut ack = buf[..t.size].to_vec();
+    now += Duration::from_millis(10);
+    a.handle_datagram(now, addr(2), &mut ack, &mut ());
+    // Acknowledged: the search starts.
+    let t = a
+        .poll_transmit(now, 64, &mut buf, &mut ())
+        .expect("an MTU probe");
+    assert!(t.size > 1200, "a probe is larger than the base size: {t:?}");
 }

@@ -245,7 +245,14 @@ impl<M> Channel<M> {
         buf: &mut Vec<u8>,
         upper: &mut U,
     ) -> Option<Transmit> {
-        if !self.config.mtu_discovery || !self.validated || self.probes_pending > 0 {
+        // Probing starts once the peer has acknowledged a packet of ours: the first flight
+        // of application data (a new channel's first request and its answer) goes out and is
+        // answered without probes in its way, and the search starts one round trip later.
+        if !self.config.mtu_discovery
+            || !self.validated
+            || self.probes_pending > 0
+            || self.largest_acked.is_none()
+        {
             return None;
         }
         let room = self.cc.window().saturating_sub(self.bytes_in_flight);
@@ -368,6 +375,9 @@ impl<M> Channel<M> {
         }
         if ack_eliciting {
             self.time_of_last_ack_eliciting = Some(now);
+            // Any ack-eliciting packet does what a queued PING was for (confirm the keys,
+            // get an RTT sample, keep the path alive): no separate PING after it.
+            self.ping_pending = false;
             if content.probe {
                 self.probes_pending = self.probes_pending.saturating_sub(1);
             }

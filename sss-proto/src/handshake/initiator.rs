@@ -4,10 +4,8 @@
 use std::time::Instant;
 
 use rand_core::CryptoRngCore;
-use x25519_dalek::{PublicKey, StaticSecret};
-use zeroize::Zeroizing;
 
-use crate::crypto::noise::{ct_eq, dh, hash, mac16, Key, SymmetricState};
+use crate::crypto::noise::{ct_eq, dh, hash, mac16, DhKey, Key, SymmetricState};
 use crate::identity::Eid;
 
 use super::cookie::{cookie_reply_index, open_cookie_reply, Cookie, COOKIE_SECRET_LIFETIME};
@@ -32,7 +30,7 @@ pub struct Established {
 
 /// What the initiator keeps of the initiation it sent last.
 struct Sent {
-    ephemeral: StaticSecret,
+    ephemeral: DhKey,
     state: SymmetricState,
     mac1: [u8; 16],
 }
@@ -65,13 +63,6 @@ impl std::fmt::Debug for Initiator {
     }
 }
 
-fn ephemeral(rng: &mut impl CryptoRngCore) -> StaticSecret {
-    // 32 bytes straight from the generator (clamped by X25519), so tests can reproduce it.
-    let mut bytes = Zeroizing::new([0u8; 32]);
-    rng.fill_bytes(&mut bytes[..]);
-    StaticSecret::from(*bytes)
-}
-
 impl Initiator {
     /// Starts a handshake with `remote`: appends a complete 1200-byte initiation to `out`.
     ///
@@ -84,6 +75,30 @@ impl Initiator {
         hello: &Hello,
         unix_nanos: u64,
         rng: &mut impl CryptoRngCore,
+        out: &mut Vec<u8>,
+    ) -> Result<Self, HandshakeError> {
+        let ephemeral = DhKey::generate(rng);
+        Self::start_with_ephemeral(
+            local,
+            remote,
+            local_index,
+            hello,
+            unix_nanos,
+            ephemeral,
+            out,
+        )
+    }
+
+    /// [`Initiator::start`] with the ephemeral key pair made beforehand (its fixed-base
+    /// scalar multiplication off the connection's critical path). `ephemeral` must be fresh
+    /// and used for nothing else.
+    pub fn start_with_ephemeral(
+        local: &StaticKeys,
+        remote: Eid,
+        local_index: u32,
+        hello: &Hello,
+        unix_nanos: u64,
+        ephemeral: DhKey,
         out: &mut Vec<u8>,
     ) -> Result<Self, HandshakeError> {
         let remote_static = remote.x25519_public();
@@ -101,13 +116,13 @@ impl Initiator {
             last_timestamp: timestamp,
             // Replaced below before anyone can see it.
             sent: Sent {
-                ephemeral: StaticSecret::from([0; 32]),
+                ephemeral: ephemeral.clone(),
                 state: SymmetricState::new(PROLOGUE),
                 mac1: [0; 16],
             },
             cookie: None,
         };
-        this.sent = this.write_initiation(local, ephemeral(rng), timestamp, None, out)?;
+        this.sent = this.write_initiation(local, ephemeral, timestamp, None, out)?;
         Ok(this)
     }
 
@@ -135,7 +150,7 @@ impl Initiator {
         });
         let cookie = self.cookie.map(|(c, _)| c);
         self.sent =
-            self.write_initiation(local, ephemeral(rng), timestamp, cookie.as_ref(), out)?;
+            self.write_initiation(local, DhKey::generate(rng), timestamp, cookie.as_ref(), out)?;
         self.last_timestamp = timestamp;
         Ok(())
     }
@@ -238,7 +253,7 @@ impl Initiator {
     fn write_initiation(
         &self,
         local: &StaticKeys,
-        ephemeral: StaticSecret,
+        ephemeral: DhKey,
         timestamp: Timestamp,
         cookie: Option<&Cookie>,
         out: &mut Vec<u8>,
@@ -254,7 +269,7 @@ impl Initiator {
     fn write_initiation_inner(
         &self,
         local: &StaticKeys,
-        ephemeral: StaticSecret,
+        ephemeral: DhKey,
         timestamp: Timestamp,
         cookie: Option<&Cookie>,
         out: &mut Vec<u8>,
@@ -269,7 +284,7 @@ impl Initiator {
         out.extend_from_slice(&[0; 3]);
         out.extend_from_slice(&self.local_index.to_be_bytes());
         // -> e: msg.ephemeral = DH_PUBKEY(e); MixHash(e.public)
-        let e_public = PublicKey::from(&ephemeral).to_bytes();
+        let e_public = *ephemeral.public();
         out.extend_from_slice(&e_public);
         state.mix_hash(&e_public);
         // es: MixKey(DH(e, rs))

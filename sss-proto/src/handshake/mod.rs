@@ -18,10 +18,9 @@
 use std::fmt;
 
 use thiserror::Error;
-use x25519_dalek::{PublicKey, StaticSecret};
 
 use crate::crypto::aead::Secret;
-use crate::crypto::noise::{hash, DecryptError, LowOrderPoint};
+use crate::crypto::noise::{hash, DecryptError, DhKey, LowOrderPoint};
 use crate::identity::{Eid, Identity};
 
 mod cookie;
@@ -124,7 +123,7 @@ impl fmt::Debug for Keys {
 /// A host's static key material for the handshake, derived once from its [`Identity`].
 #[derive(Clone)]
 pub struct StaticKeys {
-    secret: StaticSecret,
+    secret: DhKey,
     public: [u8; 32],
     eid: Eid,
     /// `HASH(LABEL_MAC1 || public)`: checks mac1 of messages sent to us.
@@ -136,8 +135,8 @@ pub struct StaticKeys {
 impl StaticKeys {
     /// The X25519 forms of `identity`'s keys and the keys derived from them.
     pub fn new(identity: &Identity) -> Self {
-        let secret = StaticSecret::from(*identity.x25519_secret());
-        let public = PublicKey::from(&secret).to_bytes();
+        let secret = DhKey::from_secret(&identity.x25519_secret());
+        let public = *secret.public();
         Self {
             secret,
             public,

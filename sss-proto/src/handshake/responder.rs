@@ -6,10 +6,9 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use rand_core::CryptoRngCore;
-use x25519_dalek::{PublicKey, StaticSecret};
 use zeroize::Zeroizing;
 
-use crate::crypto::noise::{ct_eq, dh, hash, mac16, Key, SymmetricState};
+use crate::crypto::noise::{ct_eq, dh, hash, mac16, DhKey, Key, SymmetricState};
 use crate::identity::Eid;
 
 use super::cookie::{write_cookie_reply, CookieSecrets};
@@ -111,11 +110,7 @@ struct SsCache {
 const SS_CACHE_CAPACITY: usize = 4096;
 
 impl SsCache {
-    fn get_or_compute(
-        &mut self,
-        local: &StaticSecret,
-        remote: &[u8; 32],
-    ) -> Result<Key, HandshakeError> {
+    fn get_or_compute(&mut self, local: &DhKey, remote: &[u8; 32]) -> Result<Key, HandshakeError> {
         if let Some(k) = self.map.get(remote) {
             return Ok(k.clone());
         }
@@ -278,6 +273,21 @@ impl Responder {
         rng: &mut impl CryptoRngCore,
         out: &mut Vec<u8>,
     ) -> Result<Option<Keys>, HandshakeError> {
+        let ephemeral = DhKey::generate(rng);
+        self.respond_with_ephemeral(pending, local_index, reply, ephemeral, out)
+    }
+
+    /// [`Responder::respond`] with the ephemeral key pair made beforehand (its fixed-base
+    /// scalar multiplication off the connection's critical path). `ephemeral` must be fresh
+    /// and used for nothing else.
+    pub fn respond_with_ephemeral(
+        &mut self,
+        pending: PendingInitiation,
+        local_index: u32,
+        reply: &Reply,
+        ephemeral: DhKey,
+        out: &mut Vec<u8>,
+    ) -> Result<Option<Keys>, HandshakeError> {
         if let Reply::Accept { suite, .. } = reply {
             if pending.hello.params.suites & suite.bit() == 0 {
                 return Err(HandshakeError::SuiteNotOffered);
@@ -288,9 +298,6 @@ impl Responder {
         if RESP_OVERHEAD + payload.len() > MAX_RESPONSE_LEN {
             return Err(HandshakeError::InvalidArgument("reply too large"));
         }
-        let mut ephemeral = Zeroizing::new([0u8; 32]);
-        rng.fill_bytes(&mut ephemeral[..]);
-        let ephemeral = StaticSecret::from(*ephemeral);
         // DH before writing anything, so that an error leaves `out` untouched.
         let ee = dh(&ephemeral, &pending.initiator_ephemeral)?;
         let se = dh(&ephemeral, &pending.initiator_static)?;
@@ -303,7 +310,7 @@ impl Responder {
         out.extend_from_slice(&local_index.to_be_bytes());
         out.extend_from_slice(&pending.initiator_index.to_be_bytes());
         // <- e: msg.ephemeral = DH_PUBKEY(e); MixHash(e.public)
-        let e_public = PublicKey::from(&ephemeral).to_bytes();
+        let e_public = *ephemeral.public();
         out.extend_from_slice(&e_public);
         state.mix_hash(&e_public);
         // ee: MixKey(DH(e, re))
