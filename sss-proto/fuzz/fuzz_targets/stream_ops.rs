@@ -623,13 +623,13 @@ impl World {
                             self.gone(id);
                         }
                     }
-                    SessionEvent::Reset { id, code } => {
-                        // LINK_DOWN and PEER_RESTARTED come from a session starting afresh,
-                        // which `restarted` already accounted for (and `id` may by now name
-                        // a stream of the new session).
-                        if code != ErrorCode::LINK_DOWN && code != ErrorCode::PEER_RESTARTED {
-                            self.gone(id);
-                        }
+                    // LINK_DOWN and PEER_RESTARTED come from a session starting afresh, which
+                    // `restarted` already accounted for (and `id` may by now name a stream of
+                    // the new session).
+                    SessionEvent::Reset { id, code }
+                        if code != ErrorCode::LINK_DOWN && code != ErrorCode::PEER_RESTARTED =>
+                    {
+                        self.gone(id)
                     }
                     _ => {}
                 }
@@ -995,9 +995,7 @@ impl World {
                 moved = true;
             }
             loop {
-                if self.read_record(b, id, 1 << 20) {
-                    moved = true;
-                } else if self.read(b, id, 1 << 20) > 0 {
+                if self.read_record(b, id, 1 << 20) || self.read(b, id, 1 << 20) > 0 {
                     moved = true;
                 } else {
                     break;
