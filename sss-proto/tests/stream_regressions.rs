@@ -1,13 +1,16 @@
-//! Regression tests for stream-layer bugs found by the `stream_ops` fuzz target. Two sessions
-//! talk through the `Upper` trait directly; each test drives the exact sequence that failed.
+//! Regression tests for stream-layer bugs found by the `stream_ops` fuzz target, and for
+//! behaviour its model once got wrong. Two sessions talk through the `Upper` trait directly;
+//! each test drives the exact sequence that failed.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use sss_proto::channel::Upper;
 use sss_proto::frame::{Frame, Frames};
 use sss_proto::handshake::TransportParams;
-use sss_proto::stream::{ErrorCode, SentFrame, Session, SessionConfig, SessionEvent, StreamId};
+use sss_proto::stream::{
+    Attach, ErrorCode, SentFrame, Session, SessionConfig, SessionEvent, StreamId,
+};
 use sss_proto::testkit;
 
 /// One "packet": the frames a session wrote and what it must learn back about them.
@@ -46,6 +49,22 @@ impl Pair {
             s[i].attach(now, &peer);
         }
         Self { now, s }
+    }
+
+    /// A new channel: both sessions attach with the other's current parameters.
+    fn attach(&mut self) -> [Attach; 2] {
+        let params = |s: &Session| TransportParams {
+            session_id: s.local_session_id(),
+            initial_max_stream_data: s.layer_params().initial_max_stream_data,
+            initial_max_data: s.layer_params().initial_max_data,
+            initial_max_streams: s.layer_params().initial_max_streams,
+            ..TransportParams::default()
+        };
+        let (pa, pb) = (params(&self.s[0]), params(&self.s[1]));
+        [
+            self.s[0].attach(self.now, &pb),
+            self.s[1].attach(self.now, &pa),
+        ]
     }
 
     /// A packet from side `from`, if it has anything to send.
@@ -394,4 +413,52 @@ fn data_is_not_stranded_when_only_a_header_fits() {
         }
     }
     assert_eq!(got, b"hello");
+}
+
+/// The fuzz input that found it (the model forgot the new session's stream): both sessions
+/// detach; only B holds a stream at the detached timeout, so only B gives its session up
+/// (LINK_DOWN, new session id); A, without streams, keeps its session and opens a stream while
+/// still detached; B opens a stream in its new session, reusing its first id. At the next
+/// attach A sees B restarted: it resets its own stream (it belongs to the old session) with
+/// PEER_RESTARTED, and then accepts B's new stream like any other.
+#[test]
+fn lone_detached_timeout_restarts_the_peer_at_the_next_attach() {
+    let mut p = Pair::new();
+    p.pump();
+    let _ = (p.events(0), p.events(1));
+    for s in &mut p.s {
+        s.detach(p.now);
+    }
+    let old = p.s[1].open("nosvc", "p/1").unwrap();
+    p.now += SessionConfig::default().detached_timeout + Duration::from_secs(1);
+    let b_session = p.s[1].local_session_id();
+    for s in &mut p.s {
+        s.handle_timeout(p.now);
+    }
+    assert_ne!(
+        p.s[1].local_session_id(),
+        b_session,
+        "B starts a new session"
+    );
+    assert!(p.events(1).iter().any(|e| matches!(
+        e,
+        SessionEvent::Reset { id, code: ErrorCode::LINK_DOWN } if *id == old
+    )));
+    assert_eq!(p.s[1].stream_count(), 0);
+    let new = p.s[1].open("svc", "p/1").unwrap();
+    assert_eq!(new, old, "stream ids restart in the new session");
+    let mine = p.s[0].open("svc", "p/1").unwrap();
+    assert_eq!(p.attach(), [Attach::PeerRestarted, Attach::Fresh]);
+    assert!(p.events(0).iter().any(|e| matches!(
+        e,
+        SessionEvent::Reset { id, code: ErrorCode::PEER_RESTARTED } if *id == mine
+    )));
+    assert_eq!(p.s[0].stream_count(), 0, "A's old-session stream is gone");
+    p.s[1].write(new, b"new session").unwrap();
+    p.pump();
+    assert_eq!(p.incoming_at(0), new);
+    p.s[0].accept(new).unwrap();
+    let mut buf = [0u8; 32];
+    let n = p.s[0].read(new, &mut buf).unwrap();
+    assert_eq!(&buf[..n], b"new session");
 }

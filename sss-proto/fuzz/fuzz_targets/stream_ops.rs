@@ -40,7 +40,7 @@ use sss_proto::frame::{Frame, FrameType, Frames};
 use sss_proto::handshake::TransportParams;
 use sss_proto::stream::frames::{DatagramFrame, OpenInfo, StreamFrame, StreamLayerFrame};
 use sss_proto::stream::{
-    ErrorCode, SentFrame, Session, SessionConfig, SessionEvent, StreamError, StreamId,
+    Attach, ErrorCode, SentFrame, Session, SessionConfig, SessionEvent, StreamError, StreamId,
 };
 use sss_proto::{testkit, Eid};
 
@@ -189,6 +189,12 @@ struct World {
     opened: [usize; 2],
     /// Content checks are off (hostile frames were fed to B).
     tainted: bool,
+    /// How many times each session reset every stream and started afresh (a detached
+    /// timeout, or a peer restart seen at attach).
+    restarts: [u32; 2],
+    /// `restarts` of the peer when each session last attached: while equal, the peer's
+    /// session is the one this session knows.
+    synced: [u32; 2],
     next_tag: u32,
     salt: u8,
 }
@@ -254,6 +260,8 @@ impl World {
             known: [Vec::new(), Vec::new()],
             opened: [0, 0],
             tainted: false,
+            restarts: [0, 0],
+            synced: [0, 0],
             next_tag: 0,
             salt: 0,
         };
@@ -267,8 +275,16 @@ impl World {
         }
         let pa = params(&self.s[0], &self.cfg);
         let pb = params(&self.s[1], &self.cfg);
-        self.s[0].attach(self.now, &pb);
-        self.s[1].attach(self.now, &pa);
+        let outcome = [
+            self.s[0].attach(self.now, &pb),
+            self.s[1].attach(self.now, &pa),
+        ];
+        for b in [false, true] {
+            if outcome[ix(b)] == Attach::PeerRestarted {
+                self.restarted(b);
+            }
+        }
+        self.synced = [self.restarts[1], self.restarts[0]];
         self.attached = true;
         self.events();
     }
@@ -607,11 +623,13 @@ impl World {
                             self.gone(id);
                         }
                     }
-                    SessionEvent::Reset { id, code } => {
-                        if code == ErrorCode::LINK_DOWN || code == ErrorCode::PEER_RESTARTED {
-                            self.forget_all();
-                        }
-                        self.gone(id);
+                    // LINK_DOWN and PEER_RESTARTED come from a session starting afresh, which
+                    // `restarted` already accounted for (and `id` may by now name a stream of
+                    // the new session).
+                    SessionEvent::Reset { id, code }
+                        if code != ErrorCode::LINK_DOWN && code != ErrorCode::PEER_RESTARTED =>
+                    {
+                        self.gone(id)
                     }
                     _ => {}
                 }
@@ -619,11 +637,31 @@ impl World {
         }
     }
 
-    /// A session reset every stream and starts its ids afresh: start a new model (ids are
-    /// reused from here on).
-    fn forget_all(&mut self) {
-        self.model.clear();
-        self.known = [Vec::new(), Vec::new()];
+    /// Session `b` reset every stream and started afresh (spec/streams.md, "Session
+    /// identity" and "Link status"): its application lost every stream, and its stream ids
+    /// start again from the first, so the streams it opened leave the model (and the peer's
+    /// application drops them: the peer's session resets them when it meets the new session,
+    /// and the ids will name new streams). The peer's streams that this session knew are
+    /// doomed too (the peer resets them at the next attach) — unless the peer has itself
+    /// restarted since this session last attached: then its streams belong to its new
+    /// session, which this one never met, and they reach it on the next attach as usual.
+    fn restarted(&mut self, b: Side) {
+        let peer_same = self.restarts[ix(!b)] == self.synced[ix(b)];
+        self.restarts[ix(b)] += 1;
+        let mut dropped = Vec::new();
+        self.model.retain(|&id, m| {
+            if m.opener == b {
+                dropped.push(id);
+            }
+            m.opener != b
+        });
+        if peer_same {
+            for m in self.model.values_mut() {
+                m.reset = true;
+            }
+        }
+        self.known[ix(b)].clear();
+        self.known[ix(!b)].retain(|id| !dropped.contains(id));
     }
 
     // ---------------------------------------------------------------- network
@@ -755,11 +793,17 @@ impl World {
 
     fn advance(&mut self, ms: u64) {
         self.now += Duration::from_millis(ms);
-        // Both sessions have the same detached timeout and detach together, so they time
-        // out together (a lone timeout would leave the peer resuming streams we forgot).
-        for s in &mut self.s {
+        // Both sessions have the same detached timeout and detach together, but one without
+        // streams keeps its session at the timeout: then it sees the other restarted at the
+        // next attach (`Attach::PeerRestarted`) and resets what it opened meanwhile.
+        for b in [false, true] {
+            let s = &mut self.s[ix(b)];
             if s.poll_timeout().is_some_and(|t| t <= self.now) {
+                let id = s.local_session_id();
                 s.handle_timeout(self.now);
+                if s.local_session_id() != id {
+                    self.restarted(b);
+                }
             }
         }
         self.events();
@@ -951,9 +995,7 @@ impl World {
                 moved = true;
             }
             loop {
-                if self.read_record(b, id, 1 << 20) {
-                    moved = true;
-                } else if self.read(b, id, 1 << 20) > 0 {
+                if self.read_record(b, id, 1 << 20) || self.read(b, id, 1 << 20) > 0 {
                     moved = true;
                 } else {
                     break;
