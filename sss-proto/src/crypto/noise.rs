@@ -6,7 +6,6 @@
 
 use std::sync::Arc;
 
-use aws_lc_rs::agreement::{self, UnparsedPublicKey, X25519};
 use rand_core::CryptoRngCore;
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305};
 use ring::{digest, hmac};
@@ -85,14 +84,15 @@ pub struct LowOrderPoint;
 /// An X25519 key pair (Noise's `GENERATE_KEYPAIR` output, or a static key), ready for
 /// [`dh`]. Cloning shares the private key.
 ///
-/// X25519 is computed by aws-lc-rs (`agreement::PrivateKey`, which keeps a private key for
-/// any number of agreements): its scalar multiplication takes about half the time of the
-/// x25519-dalek ladder on the x86-64 machines we measure on, and a handshake does four on
-/// each side. The results are those of RFC 7748 (clamped scalar, the public key's top bit
-/// ignored), the same as x25519-dalek's; `tests::dh_agrees_with_x25519_dalek` checks it.
+/// With the `aws-lc` feature (on by default) X25519 is computed by aws-lc-rs
+/// (`agreement::PrivateKey`, which keeps a private key for any number of agreements): its
+/// scalar multiplication takes about half the time of the x25519-dalek ladder on the x86-64
+/// machines we measure on, and a handshake does four on each side. Without it, by
+/// x25519-dalek (pure Rust). The results are those of RFC 7748 (clamped scalar, the public
+/// key's top bit ignored) either way; `tests::dh_agrees_with_x25519_dalek` checks it.
 #[derive(Clone)]
 pub struct DhKey {
-    private: Arc<agreement::PrivateKey>,
+    private: Arc<backend::Private>,
     public: [u8; DH_LEN],
 }
 
@@ -100,15 +100,7 @@ impl DhKey {
     /// The key pair whose private key is `secret` (clamped as X25519 does). Costs one
     /// fixed-base scalar multiplication (the public key).
     pub fn from_secret(secret: &[u8; DH_LEN]) -> Self {
-        let private = agreement::PrivateKey::from_private_key(&X25519, secret)
-            .expect("any 32 bytes are an X25519 private key");
-        let mut public = [0u8; DH_LEN];
-        public.copy_from_slice(
-            private
-                .compute_public_key()
-                .expect("an X25519 private key has a public key")
-                .as_ref(),
-        );
+        let (private, public) = backend::key_pair(secret);
         Self {
             private: Arc::new(private),
             public,
@@ -137,18 +129,69 @@ impl std::fmt::Debug for DhKey {
 
 /// Noise §4.1 `DH(key_pair, public_key)` with X25519, rejecting all-zero outputs.
 pub fn dh(key: &DhKey, public: &[u8; DH_LEN]) -> Result<Key, LowOrderPoint> {
-    // aws-lc refuses an all-zero result (RFC 7748 §6.1: a low-order point), and nothing
-    // else: a 32-byte X25519 public key always parses.
-    agreement::agree(
-        &key.private,
-        UnparsedPublicKey::new(&X25519, public),
-        LowOrderPoint,
-        |shared| {
-            let mut out = Zeroizing::new([0u8; DH_LEN]);
-            out.copy_from_slice(shared);
-            Ok(out)
-        },
-    )
+    backend::agree(&key.private, public)
+}
+
+#[cfg(feature = "aws-lc")]
+mod backend {
+    use aws_lc_rs::agreement::{self, UnparsedPublicKey, X25519};
+    use zeroize::Zeroizing;
+
+    use super::{Key, LowOrderPoint, DH_LEN};
+
+    pub(super) type Private = agreement::PrivateKey;
+
+    pub(super) fn key_pair(secret: &[u8; DH_LEN]) -> (Private, [u8; DH_LEN]) {
+        let private = agreement::PrivateKey::from_private_key(&X25519, secret)
+            .expect("any 32 bytes are an X25519 private key");
+        let mut public = [0u8; DH_LEN];
+        public.copy_from_slice(
+            private
+                .compute_public_key()
+                .expect("an X25519 private key has a public key")
+                .as_ref(),
+        );
+        (private, public)
+    }
+
+    pub(super) fn agree(private: &Private, public: &[u8; DH_LEN]) -> Result<Key, LowOrderPoint> {
+        // aws-lc refuses an all-zero result (RFC 7748 §6.1: a low-order point), and nothing
+        // else: a 32-byte X25519 public key always parses.
+        agreement::agree(
+            private,
+            UnparsedPublicKey::new(&X25519, public),
+            LowOrderPoint,
+            |shared| {
+                let mut out = Zeroizing::new([0u8; DH_LEN]);
+                out.copy_from_slice(shared);
+                Ok(out)
+            },
+        )
+    }
+}
+
+#[cfg(not(feature = "aws-lc"))]
+mod backend {
+    use x25519_dalek::{PublicKey, StaticSecret};
+    use zeroize::Zeroizing;
+
+    use super::{Key, LowOrderPoint, DH_LEN};
+
+    pub(super) type Private = StaticSecret;
+
+    pub(super) fn key_pair(secret: &[u8; DH_LEN]) -> (Private, [u8; DH_LEN]) {
+        let private = StaticSecret::from(*secret);
+        let public = PublicKey::from(&private).to_bytes();
+        (private, public)
+    }
+
+    pub(super) fn agree(private: &Private, public: &[u8; DH_LEN]) -> Result<Key, LowOrderPoint> {
+        let shared = private.diffie_hellman(&PublicKey::from(*public));
+        if !shared.was_contributory() {
+            return Err(LowOrderPoint);
+        }
+        Ok(Zeroizing::new(shared.to_bytes()))
+    }
 }
 
 /// The AEAD of the handshake could not authenticate a ciphertext.
