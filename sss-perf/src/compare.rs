@@ -141,7 +141,11 @@ pub fn run(args: &CompareArgs) -> Result<()> {
                         args.rounds,
                         describe(&outcome)
                     );
-                    let row = match rows.iter_mut().find(|(l, _)| *l == label) {
+                    // A scenario can give several rows under one label (p50 and p99).
+                    let row = match rows
+                        .iter_mut()
+                        .find(|(l, r)| *l == label && r.unit == unit)
+                    {
                         Some((_, row)) => row,
                         None => {
                             rows.push((
