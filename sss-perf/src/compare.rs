@@ -142,10 +142,7 @@ pub fn run(args: &CompareArgs) -> Result<()> {
                         describe(&outcome)
                     );
                     // A scenario can give several rows under one label (p50 and p99).
-                    let row = match rows
-                        .iter_mut()
-                        .find(|(l, r)| *l == label && r.unit == unit)
-                    {
+                    let row = match rows.iter_mut().find(|(l, r)| *l == label && r.unit == unit) {
                         Some((_, row)) => row,
                         None => {
                             rows.push((

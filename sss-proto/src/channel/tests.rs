@@ -43,10 +43,9 @@ struct Handshaken {
     ping: Vec<u8>,
 }
 
-fn handshake() -> Handshaken {
-    let now = Instant::now();
-    let mut ea = endpoint(1, now);
-    let mut eb = endpoint(2, now);
+/// Runs the handshake from `ea` (at `addr(1)`) to `eb` (at `addr(2)`): the initiator is
+/// established; the responder sent its response and nothing else.
+fn establish(now: Instant, mut ea: Endpoint, mut eb: Endpoint) -> (Channel<()>, Channel<()>) {
     let (_, mut a) = ea
         .connect::<()>(now, eb.eid(), addr(2), "test", "none")
         .expect("connect");
@@ -66,6 +65,13 @@ fn handshake() -> Handshaken {
         .expect("response");
     a.handle_datagram(now, addr(2), &mut buf[..t.size], &mut ());
     assert!(a.is_established());
+    (a, b)
+}
+
+fn handshake() -> Handshaken {
+    let now = Instant::now();
+    let (mut a, b) = establish(now, endpoint(1, now), endpoint(2, now));
+    let mut buf = Vec::new();
     let t = a.poll_transmit(now, 1, &mut buf, &mut ()).expect("PING");
     Handshaken {
         now,
@@ -429,26 +435,7 @@ fn established_with_mtu_discovery() -> (Instant, Channel<()>, Channel<()>) {
         });
         Endpoint::new(config, &identity, now, UNIX_NANOS)
     };
-    let (mut ea, mut eb) = (with_discovery(1), with_discovery(2));
-    let (_, mut a) = ea
-        .connect::<()>(now, eb.eid(), addr(2), "test", "none")
-        .expect("connect");
-    let mut buf = Vec::new();
-    let t = a
-        .poll_transmit(now, 1, &mut buf, &mut ())
-        .expect("initiation");
-    let mut scratch = Vec::new();
-    let Some(DatagramEvent::Incoming(incoming)) =
-        eb.handle(now, addr(1), &buf[..t.size], &mut scratch)
-    else {
-        panic!("the initiation must reach the application");
-    };
-    let (_, mut b) = eb.accept::<()>(now, incoming).expect("accept");
-    let t = b
-        .poll_transmit(now, 1, &mut buf, &mut ())
-        .expect("response");
-    a.handle_datagram(now, addr(2), &mut buf[..t.size], &mut ());
-    assert!(a.is_established());
+    let (a, b) = establish(now, with_discovery(1), with_discovery(2));
     (now, a, b)
 }
 
