@@ -27,8 +27,8 @@ use sss_proto::channel::ChannelConfig;
 use sss_proto::endpoint::{ChannelHandle, DatagramEvent, Endpoint, EndpointConfig, Incoming};
 use sss_proto::handshake::RefuseCode;
 use sss_proto::packet::{self, DataHeader, PacketKind};
-use sss_proto::EcnCodepoint;
 use sss_proto::testkit::{self, Bulk};
+use sss_proto::EcnCodepoint;
 use sss_proto::{Channel, Identity};
 
 /// Content seed of every bulk stream (the content function only depends on the offset).
@@ -388,8 +388,13 @@ impl World {
         match event {
             Some(DatagramEvent::Channel(h)) => {
                 if let Some(slot) = host.slots.get_mut(&h) {
-                    slot.channel
-                        .handle_datagram_with_ecn(now, from, ecn, &mut data, &mut slot.upper);
+                    slot.channel.handle_datagram_with_ecn(
+                        now,
+                        from,
+                        ecn,
+                        &mut data,
+                        &mut slot.upper,
+                    );
                 }
             }
             // A accepts nothing: dropping an initiation to it is a silent refusal.

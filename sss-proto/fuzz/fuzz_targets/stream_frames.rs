@@ -22,7 +22,11 @@ fuzz_target!(|data: &[u8]| {
     let frames: Vec<Frame<'_>> = Frames::new(&buf)
         .collect::<Result<_, _>>()
         .expect("a re-encoded frame passes the channel framing");
-    let [Frame::Upper { ty: again_ty, body: again }] = frames.as_slice() else {
+    let [Frame::Upper {
+        ty: again_ty,
+        body: again,
+    }] = frames.as_slice()
+    else {
         panic!("re-encoding gave {frames:?}");
     };
     assert_eq!(*again_ty, ty);

@@ -70,33 +70,100 @@ type Side = bool; // false: A, true: B
 
 #[derive(Arbitrary, Debug)]
 enum Op {
-    Open { b: Side, unknown_service: bool },
-    OpenSub { b: Side, parent: u8 },
-    Write { b: Side, s: u8, len: u16 },
-    WriteRecord { b: Side, s: u8, len: u16 },
-    WriteDatagram { b: Side, s: u8, len: u16, reliable: bool },
-    Finish { b: Side, s: u8 },
-    Reset { b: Side, s: u8, code: u8 },
-    SetPriority { b: Side, s: u8, p: i8 },
-    Read { b: Side, s: u8, max: u16 },
-    ReadRecord { b: Side, s: u8, max: u16 },
-    ReadDatagram { b: Side, s: u8 },
-    Listen { b: Side, s: u8, on: bool },
-    Accept { b: Side, s: u8 },
+    Open {
+        b: Side,
+        unknown_service: bool,
+    },
+    OpenSub {
+        b: Side,
+        parent: u8,
+    },
+    Write {
+        b: Side,
+        s: u8,
+        len: u16,
+    },
+    WriteRecord {
+        b: Side,
+        s: u8,
+        len: u16,
+    },
+    WriteDatagram {
+        b: Side,
+        s: u8,
+        len: u16,
+        reliable: bool,
+    },
+    Finish {
+        b: Side,
+        s: u8,
+    },
+    Reset {
+        b: Side,
+        s: u8,
+        code: u8,
+    },
+    SetPriority {
+        b: Side,
+        s: u8,
+        p: i8,
+    },
+    Read {
+        b: Side,
+        s: u8,
+        max: u16,
+    },
+    ReadRecord {
+        b: Side,
+        s: u8,
+        max: u16,
+    },
+    ReadDatagram {
+        b: Side,
+        s: u8,
+    },
+    Listen {
+        b: Side,
+        s: u8,
+        on: bool,
+    },
+    Accept {
+        b: Side,
+        s: u8,
+    },
     /// One packet from this side (if attached and it has something), of `space % 1500 + 1`.
-    Send { b: Side, space: u16 },
+    Send {
+        b: Side,
+        space: u16,
+    },
     /// Deliver packet `i` of direction `dir` (it stays in flight: deliver it again and the
     /// receiver sees a duplicate).
-    Deliver { dir: Side, i: u8 },
+    Deliver {
+        dir: Side,
+        i: u8,
+    },
     /// Deliver packet `i` if not yet delivered, then acknowledge it.
-    Ack { dir: Side, i: u8 },
+    Ack {
+        dir: Side,
+        i: u8,
+    },
     /// Declare packet `i` lost (delivered or not); its bytes may still arrive late.
-    Lose { dir: Side, i: u8 },
+    Lose {
+        dir: Side,
+        i: u8,
+    },
     /// Deliver a packet declared lost earlier.
-    Late { dir: Side, i: u8 },
+    Late {
+        dir: Side,
+        i: u8,
+    },
     /// Send, deliver and acknowledge everything for a few rounds.
-    Flush { rounds: u8 },
-    Advance { ms: u16 },
+    Flush {
+        rounds: u8,
+    },
+    Advance {
+        ms: u16,
+    },
     Kill,
     Reattach,
     Hostile(Hostile),
@@ -104,13 +171,38 @@ enum Op {
 
 #[derive(Arbitrary, Debug)]
 enum Hostile {
-    Raw { ty: u8, body: Vec<u8> },
-    Stream { id: u16, flags: u8, parent: u16, offset: u32, len: u16 },
-    Datagram { id: u16, dgram: u8, total: u32, frag: u32, len: u16 },
-    Reset { id: u16, code: u16, final_size: u32 },
-    Stop { id: u16, code: u16 },
+    Raw {
+        ty: u8,
+        body: Vec<u8>,
+    },
+    Stream {
+        id: u16,
+        flags: u8,
+        parent: u16,
+        offset: u32,
+        len: u16,
+    },
+    Datagram {
+        id: u16,
+        dgram: u8,
+        total: u32,
+        frag: u32,
+        len: u16,
+    },
+    Reset {
+        id: u16,
+        code: u16,
+        final_size: u32,
+    },
+    Stop {
+        id: u16,
+        code: u16,
+    },
     MaxData(u64),
-    MaxStreamData { id: u16, max: u64 },
+    MaxStreamData {
+        id: u16,
+        max: u64,
+    },
     MaxStreams(u64),
 }
 
@@ -488,7 +580,10 @@ impl World {
                     "read {n} bytes at {from} of {id}: only {} written",
                     flow.data.len()
                 );
-                assert!(buf[..n] == flow.data[from..from + n], "read wrong bytes of {id}");
+                assert!(
+                    buf[..n] == flow.data[from..from + n],
+                    "read wrong bytes of {id}"
+                );
                 if n > 0 {
                     if let Some(end) = flow.record_end() {
                         assert!(
@@ -528,7 +623,10 @@ impl World {
                 assert!(end as usize <= flow.data.len(), "record beyond the data");
                 assert_eq!(cut, len > max, "truncation flag");
                 assert_eq!(data.len(), len.min(max), "record length");
-                assert!(data[..] == flow.data[from..from + data.len()], "record bytes");
+                assert!(
+                    data[..] == flow.data[from..from + data.len()],
+                    "record bytes"
+                );
                 flow.read = end;
                 true
             }
@@ -1088,14 +1186,24 @@ impl World {
             }
         }
         // Both finish everything; once quiescent, every stream is over and forgotten.
-        assert!(self.settle(true), "not quiescent after finishing everything");
+        assert!(
+            self.settle(true),
+            "not quiescent after finishing everything"
+        );
         for (id, m) in &self.model {
             if m.reset {
                 continue;
             }
-            assert!(m.known_by_peer, "stream {id} never reached the peer's application");
+            assert!(
+                m.known_by_peer,
+                "stream {id} never reached the peer's application"
+            );
             for (d, flow) in m.flows.iter().enumerate() {
-                assert_eq!(flow.read, flow.data.len() as u64, "stream {id} direction {d}");
+                assert_eq!(
+                    flow.read,
+                    flow.data.len() as u64,
+                    "stream {id} direction {d}"
+                );
                 assert!(flow.at_end, "stream {id} direction {d} did not end");
             }
         }
