@@ -35,11 +35,10 @@ use criterion::{Criterion, Throughput};
 use sss_proto::channel::Upper;
 use sss_proto::endpoint::EndpointConfig;
 use sss_proto::frame::{Frame, Frames};
-use sss_proto::handshake::TransportParams;
 use sss_proto::sim::{LinkConfig, Network};
 use sss_proto::stream::{SentFrame, Session, SessionConfig, SessionEvent, StreamId};
 use sss_proto::testkit::session_host::SessionHost;
-use sss_proto::testkit::{addr, identity};
+use sss_proto::testkit::{addr, attached_sessions, identity};
 
 // ------------------------------------------------------------------ counting allocator
 
@@ -128,23 +127,8 @@ struct Pair {
 
 impl Pair {
     fn new(config: SessionConfig) -> Self {
-        let cfg = Arc::new(config);
-        let (ea, eb) = (identity(1).eid(), identity(2).eid());
-        let mut s = [
-            Session::new(cfg.clone(), ea, eb, 11),
-            Session::new(cfg.clone(), eb, ea, 22),
-        ];
         let now = Instant::now();
-        for i in 0..2 {
-            let peer = TransportParams {
-                session_id: s[1 - i].local_session_id(),
-                initial_max_stream_data: cfg.initial_max_stream_data,
-                initial_max_data: cfg.initial_max_data,
-                initial_max_streams: cfg.initial_max_streams,
-                ..TransportParams::default()
-            };
-            s[i].attach(now, &peer);
-        }
+        let s = attached_sessions(config, now);
         Self {
             now,
             s,

@@ -2,7 +2,6 @@
 //! behaviour its model once got wrong. Two sessions talk through the `Upper` trait directly;
 //! each test drives the exact sequence that failed.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sss_proto::channel::Upper;
@@ -31,23 +30,8 @@ impl Pair {
     }
 
     fn with(config: SessionConfig) -> Self {
-        let cfg = Arc::new(config);
-        let (ea, eb) = (testkit::identity(1).eid(), testkit::identity(2).eid());
-        let mut s = [
-            Session::new(cfg.clone(), ea, eb, 11),
-            Session::new(cfg.clone(), eb, ea, 22),
-        ];
         let now = Instant::now();
-        for i in 0..2 {
-            let peer = TransportParams {
-                session_id: s[1 - i].local_session_id(),
-                initial_max_stream_data: cfg.initial_max_stream_data,
-                initial_max_data: cfg.initial_max_data,
-                initial_max_streams: cfg.initial_max_streams,
-                ..TransportParams::default()
-            };
-            s[i].attach(now, &peer);
-        }
+        let s = testkit::attached_sessions(config, now);
         Self { now, s }
     }
 
