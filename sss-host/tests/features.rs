@@ -252,6 +252,7 @@ async fn higher_priority_finishes_first() {
     // what goes first (not flow control, nor the order the writers run in).
     let mut config = sss_host::HostConfig::bind(common::loopback());
     config.session.send_buffer = 4 * LEN;
+    config.session.max_unsent = 4 * LEN;
     config.session.initial_max_stream_data = 2 * LEN as u64;
     config.session.initial_max_data = 4 * LEN as u64;
     let server = host_with(config.clone());
