@@ -79,8 +79,9 @@ fn shuttle(
     n
 }
 
-/// Two sides with an established channel from `a` to `b`, `a` ready to send `bytes`.
-fn connected(suite: Suite, bytes: u64) -> (Side, Side, Instant) {
+/// Two sides with an established channel from `a` to `b`, nothing queued yet (each transfer
+/// adds its bytes with [`Bulk::extend`]).
+fn connected(suite: Suite) -> (Side, Side, Instant) {
     let mut now = Instant::now();
     let mut a = Side {
         endpoint: endpoint(1, suite),
@@ -91,7 +92,7 @@ fn connected(suite: Suite, bytes: u64) -> (Side, Side, Instant) {
     let mut b = Side {
         endpoint: endpoint(2, suite),
         channel: None,
-        upper: Bulk::receiver(1, bytes),
+        upper: Bulk::receiver(1, 0),
         addr: "10.0.0.2:2".parse().unwrap(),
     };
     let b_eid = b.endpoint.eid();
@@ -107,7 +108,6 @@ fn connected(suite: Suite, bytes: u64) -> (Side, Side, Instant) {
         now += Duration::from_micros(50);
     }
     assert!(a.channel.as_ref().unwrap().is_established());
-    a.upper = Bulk::sender(1, bytes);
     (a, b, now)
 }
 
@@ -196,7 +196,7 @@ fn channel_transfer(c: &mut Criterion) {
         let mut pair: Option<(Side, Side, Instant)> = None;
         group.bench_function(name, |bencher| {
             let (a, b, now) = pair.get_or_insert_with(|| {
-                let (mut a, mut b, now) = connected(suite, 0);
+                let (mut a, mut b, now) = connected(suite);
                 let now = warm_up(&mut a, &mut b, now);
                 (a, b, now)
             });
@@ -282,7 +282,7 @@ fn paired_ratio() {
         // protocol (the sender still copies the content into each packet, as the bare loop
         // fills its packet).
         for verify in [true, false] {
-            let (mut a, mut b, mut now) = connected(suite, 0);
+            let (mut a, mut b, mut now) = connected(suite);
             b.upper.verify = verify;
             now = warm_up(&mut a, &mut b, now);
             let key = LessSafeKey::new(UnboundKey::new(alg, &[7u8; 32]).unwrap());

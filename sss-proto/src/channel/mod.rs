@@ -1176,7 +1176,7 @@ impl<M> Channel<M> {
     }
 
     fn pto_duration(&self) -> Duration {
-        // Called for nearly every packet sent and received: skip the multiplication in the
+        // Called for every batch sent and every ACK received: skip the multiplication in the
         // usual case of no backoff.
         let base = self.pto_base();
         if self.pto_count == 0 {
