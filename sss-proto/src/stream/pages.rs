@@ -97,10 +97,16 @@ impl Pages {
             while self.pages.len() <= index {
                 self.pages.push_back(pool.take());
             }
+            let multi_page = self.pages.len() > 1;
             let page = &mut self.pages[index];
             let end = pos + n;
             if page.len() < end {
-                reserve_page(page, end);
+                if multi_page {
+                    // A stream holding more than a page is a bulk one: no doubling steps.
+                    page.reserve_exact(PAGE - page.len());
+                } else {
+                    reserve_page(page, end);
+                }
                 if page.len() < pos {
                     page.resize(pos, 0);
                 }
