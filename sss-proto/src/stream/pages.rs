@@ -27,12 +27,20 @@ pub const PAGE: usize = 16 * 1024;
 /// Spare pages a session keeps for reuse by default: 4 MiB.
 pub const DEFAULT_SPARE_PAGES: usize = 256;
 
-/// Spare full-size pages, reused by the stream buffers of one session. Bounded: pages given
-/// back beyond the limit are freed.
+/// Spare pages a pool keeps whatever its buffers hold: an idle session keeps at most this
+/// many (128 KiB), so thousands of idle sessions do not each sit on megabytes.
+pub const IDLE_SPARE_PAGES: usize = 8;
+
+/// Spare full-size pages, reused by the stream buffers of one session. Bounded twice: never
+/// more than `max`, and never more than the pages the session's buffers hold now (or
+/// [`IDLE_SPARE_PAGES`] if that is more): a busy transfer recycles pages at the rate its
+/// buffers turn over, and once its buffers drain the spares go back to the allocator.
 #[derive(Debug)]
 pub struct PagePool {
     spare: Vec<Vec<u8>>,
     max: usize,
+    /// Pages taken and not given back (held by the session's buffers).
+    in_use: usize,
 }
 
 impl Default for PagePool {
@@ -47,6 +55,7 @@ impl PagePool {
         Self {
             spare: Vec::new(),
             max,
+            in_use: 0,
         }
     }
 
@@ -58,15 +67,20 @@ impl PagePool {
     /// An empty page: a spare one if any (with room for [`PAGE`] bytes), else a new
     /// allocation-free `Vec` that grows as it is written.
     fn take(&mut self) -> Vec<u8> {
+        self.in_use += 1;
         self.spare.pop().unwrap_or_default()
     }
 
-    /// Takes back a page no longer used; kept if full-size and the pool has room.
+    /// Takes back a page no longer used; kept if full-size and the pool has room (spares
+    /// beyond the bound, which falls as the buffers drain, are freed).
     fn give(&mut self, mut page: Vec<u8>) {
-        if page.capacity() >= PAGE && self.spare.len() < self.max {
+        self.in_use = self.in_use.saturating_sub(1);
+        let keep = self.max.min(self.in_use.max(IDLE_SPARE_PAGES));
+        if page.capacity() >= PAGE && self.spare.len() < keep {
             page.clear();
             self.spare.push(page);
         }
+        self.spare.truncate(keep);
     }
 }
 
@@ -179,7 +193,6 @@ impl Pages {
     }
 }
 
-
 /// Makes room in `page` for `end` bytes (at most [`PAGE`]), growing by doubling as a `Vec`
 /// would but never beyond a page.
 fn reserve_page(page: &mut Vec<u8>, end: usize) {
@@ -230,6 +243,27 @@ mod tests {
         let mut all = vec![0; data.len()];
         p.read(0, &mut all);
         assert_eq!(all, data);
+    }
+
+    #[test]
+    fn spares_follow_the_pages_in_use_and_an_idle_pool_keeps_few() {
+        let mut pool = PagePool::default();
+        let mut p = Pages::new(0);
+        let mut q = Pages::new(0);
+        p.write(0, &bytes(100 * PAGE, 1), &mut pool);
+        q.write(0, &bytes(100 * PAGE, 2), &mut pool);
+        // Half of p's pages go back while q still holds 100: all kept for reuse.
+        p.release_below(50 * PAGE as u64, &mut pool);
+        assert_eq!(pool.spare(), 50);
+        // Reused: no allocation for the next 50 pages.
+        let mut r = Pages::new(0);
+        r.write(0, &bytes(50 * PAGE, 3), &mut pool);
+        assert_eq!(pool.spare(), 0);
+        // Everything drains: the pool keeps only IDLE_SPARE_PAGES.
+        for pages in [&mut p, &mut q, &mut r] {
+            pages.release_all(&mut pool);
+        }
+        assert_eq!(pool.spare(), IDLE_SPARE_PAGES);
     }
 
     #[test]
