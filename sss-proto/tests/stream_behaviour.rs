@@ -225,7 +225,7 @@ fn spare_pages_go_back_once_transfers_end_or_streams_reset() {
     a.reset(s, 7).unwrap();
     let ids: Vec<_> = (0..4).map(|_| w.open()).collect();
     let data: Vec<_> = (0..4).map(|i| pattern(70 + i, 1_500_000)).collect();
-    let mut taken = vec![0; 4];
+    let mut taken = [0; 4];
     let mut got = vec![Vec::new(); 4];
     let mut peak = 0;
     for _ in 0..2000 {
