@@ -23,6 +23,14 @@ pub use frames::StreamId;
 pub use session::{Attach, Session};
 pub use wire::{ControlMeta, SentFrame};
 
+/// How long lower-priority streams wait for a writer: when a stream runs out of bytes to send
+/// while its writer, held back by [`SessionConfig::max_unsent`], could write more, streams of
+/// lower priority are not served until that writer writes again or this time has passed. A
+/// writer paced by `max_unsent` refills its stream only after the driver has run; without the
+/// hold, every such gap would go to lower priorities, and a low-priority bulk transfer could
+/// take most of the link from a high-priority one.
+pub const WRITER_HOLD: std::time::Duration = std::time::Duration::from_millis(1);
+
 /// Limits and windows of the stream layer.
 #[derive(Debug, Clone)]
 pub struct SessionConfig {

@@ -74,6 +74,11 @@ impl Scheduler {
     pub(crate) fn is_empty(&self) -> bool {
         self.levels.is_empty()
     }
+
+    /// The highest priority with a stream queued.
+    pub(crate) fn max_priority(&self) -> Option<i32> {
+        self.levels.first_key_value().map(|(k, _)| k.0)
+    }
 }
 
 #[cfg(test)]

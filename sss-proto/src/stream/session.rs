@@ -154,6 +154,9 @@ pub struct Session {
     pub(crate) rtt: Duration,
     /// Set when the peer broke the protocol; the driver closes the channel.
     pub(crate) violation: Option<(u64, String)>,
+    /// Streams below this priority are not served until the deadline, or until a writer of
+    /// a stream at least this important writes again (see [`super::WRITER_HOLD`]).
+    pub(crate) hold: Option<(i32, Instant)>,
 }
 
 impl std::fmt::Debug for Session {
@@ -208,6 +211,7 @@ impl Session {
             detached_since: None,
             rtt: Duration::from_millis(100),
             violation: None,
+            hold: None,
             config,
         }
     }
@@ -381,6 +385,7 @@ impl Session {
             st.recv.abandon(&mut self.pool);
         }
         self.streams.clear();
+        self.hold = None;
         self.send_buffered = 0;
         self.session_write_waiters.clear();
         self.scheduler = Scheduler::default();
@@ -412,16 +417,23 @@ impl Session {
         let detach = self
             .detached_since
             .map(|t| t + self.config.detached_timeout);
-        match (detach, self.reassembly.next_deadline()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [
+            detach,
+            self.reassembly.next_deadline(),
+            self.hold.map(|h| h.1),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Expires incomplete datagrams and, after `detached_timeout` without a channel, resets
     /// every stream with `LINK_DOWN`.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.reassembly.expire(now);
+        if self.hold.is_some_and(|(_, until)| now >= until) {
+            self.hold = None;
+        }
         if let Some(since) = self.detached_since {
             if now >= since + self.config.detached_timeout && !self.streams.is_empty() {
                 self.reset_all(ErrorCode::LINK_DOWN);
@@ -564,6 +576,9 @@ impl Session {
         }
         st.send.write(&data[..n], &mut self.pool);
         self.send_buffered += n;
+        if self.hold.is_some_and(|(held, _)| st.priority >= held) {
+            self.hold = None;
+        }
         schedule_in(&mut self.scheduler, st, id);
         Ok(n)
     }

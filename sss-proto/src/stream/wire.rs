@@ -648,7 +648,10 @@ impl Upper for Session {
         self.max_data_queued
             || self.max_streams_queued
             || !self.control.is_empty()
-            || !self.scheduler.is_empty()
+            || self
+                .scheduler
+                .max_priority()
+                .is_some_and(|p| self.hold.is_none_or(|(held, _)| p >= held))
     }
 
     fn write_frames(
@@ -660,7 +663,16 @@ impl Upper for Session {
     ) {
         let limit = buf.len() + space;
         self.write_control(now, buf, limit, metas);
-        while let Some((id, _)) = self.scheduler.pop() {
+        while let Some((id, priority)) = self.scheduler.pop() {
+            if let Some((held, until)) = self.hold {
+                if now >= until {
+                    self.hold = None;
+                } else if priority < held {
+                    // Lower priorities wait for the held writer (see `WRITER_HOLD`).
+                    self.scheduler.push_front(id, priority);
+                    break;
+                }
+            }
             let lim = TurnLimits {
                 side: self.side,
                 peer_max_streams: self.peer_max_streams,
@@ -688,6 +700,15 @@ impl Upper for Session {
                     if st.has(flag::WRITABLE_WANTED) {
                         st.clear(flag::WRITABLE_WANTED);
                         self.events.push_back(SessionEvent::Writable(id));
+                        // Its writer was held back by the unsent bound alone and could write
+                        // now: lower priorities wait a moment for it (strict priority
+                        // whatever the writer's pace).
+                        let buffers_have_room = st.send.buffered() < self.config.send_buffer
+                            && self.send_buffered < self.config.session_send_buffer;
+                        if buffers_have_room {
+                            let held = self.hold.map_or(st.priority, |(p, _)| p.max(st.priority));
+                            self.hold = Some((held, now + super::WRITER_HOLD));
+                        }
                     }
                     // The last best-effort datagram may leave after everything else was
                     // acknowledged: nothing else would forget the stream then.
