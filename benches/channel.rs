@@ -19,8 +19,17 @@ use sss_proto::{Channel, ChannelConfig, DatagramEvent, Endpoint, EndpointConfig,
 
 const PACKET: usize = 1452;
 const TRANSFER: u64 = 16 << 20;
-/// Datagrams per `poll_transmit` batch.
-const BATCH: usize = 64;
+/// Datagrams per `poll_transmit` batch (at most 64, as UDP GSO allows), unless
+/// `SSS_BENCH_BATCH` says otherwise (a diagnostic of how the batch size matters).
+fn batch() -> usize {
+    static BATCH: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *BATCH.get_or_init(|| {
+        std::env::var("SSS_BENCH_BATCH")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(64)
+    })
+}
 
 struct Side {
     endpoint: Endpoint,
@@ -51,10 +60,11 @@ fn shuttle(
     scratch: &mut Vec<u8>,
 ) -> usize {
     let mut n = 0;
+    let batch = batch();
     let Some(ch) = from.channel.as_mut() else {
         return 0;
     };
-    while let Some(t) = ch.poll_transmit(now, BATCH, buf, &mut from.upper) {
+    while let Some(t) = ch.poll_transmit(now, batch, buf, &mut from.upper) {
         let seg = t.segment_size.unwrap_or(t.size);
         for datagram in buf[..t.size].chunks_mut(seg) {
             n += 1;
@@ -282,6 +292,12 @@ fn paired_ratio() {
         // protocol (the sender still copies the content into each packet, as the bare loop
         // fills its packet).
         for verify in [true, false] {
+            // `SSS_PAIRED_ONLY=aes-256-gcm/protocol` (or a part of it) runs only the matching
+            // suite and mode, e.g. under a profiler.
+            let label = format!("{name}/{}", if verify { "checked" } else { "protocol" });
+            if std::env::var("SSS_PAIRED_ONLY").is_ok_and(|f| !label.contains(&f)) {
+                continue;
+            }
             let (mut a, mut b, mut now) = connected(suite);
             b.upper.verify = verify;
             now = warm_up(&mut a, &mut b, now);
@@ -321,9 +337,166 @@ fn paired_ratio() {
     }
 }
 
+/// Diagnostic (`--key-align`): the bare seal+open with the key at each 16-byte offset
+/// within a 64-byte cache line, against the yardstick's key on the stack.
+fn key_align() {
+    const ROUNDS: usize = 21;
+    const PACKETS: usize = 11_800;
+    let yard = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &[7u8; 32]).unwrap());
+    let size = std::mem::size_of::<LessSafeKey>();
+    let align = std::mem::align_of::<LessSafeKey>();
+    println!(
+        "LessSafeKey: {size} bytes, align {align}; yardstick key at {:#x}",
+        &yard as *const _ as usize % 64
+    );
+    // Eight keys in a row: their offsets mod 64 step by size mod 64.
+    let keys: Vec<LessSafeKey> = (0..8)
+        .map(|_| LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &[7u8; 32]).unwrap()))
+        .collect();
+    let (mut pn, mut packet) = (0u64, Vec::with_capacity(PACKET));
+    for key in &keys {
+        let mut ratios = Vec::with_capacity(ROUNDS);
+        for _ in 0..ROUNDS {
+            let y = bare_run(&yard, PACKETS, &mut pn, &mut packet);
+            let v = bare_run(key, PACKETS, &mut pn, &mut packet);
+            ratios.push(v.as_secs_f64() / y.as_secs_f64());
+        }
+        ratios.sort_by(f64::total_cmp);
+        println!(
+            "key at {:#04x} mod 64: time ratio to the yardstick median {:.3} (min {:.3}, max {:.3})",
+            key as *const _ as usize % 64,
+            ratios[ROUNDS / 2],
+            ratios[0],
+            ratios[ROUNDS - 1]
+        );
+    }
+}
+
+/// Diagnostic (`--aead-layout`): the bare seal+open of 1452-byte packets laid out as the
+/// channel lays them out, each variant timed in thread CPU time against the yardstick
+/// ([`seal_open`]) in alternation, 21 rounds of 11,800 packets, medians. Variants: the
+/// payload after a 7-byte header (misaligned as in a packet); and a batch of `n` packets
+/// sealed one after another into one buffer at 1452-byte strides, then opened one after
+/// another, as the in-process channel bench does with its GSO batches (n = 64: 93 KB, more
+/// than L1).
+fn aead_layout() {
+    const ROUNDS: usize = 21;
+    const PACKETS: usize = 11_800;
+    const HEADER: usize = 7;
+    let key = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &[7u8; 32]).unwrap());
+    let mut pn = 0u64;
+    let mut packet = Vec::with_capacity(PACKET);
+    // Seals `n` packets (header + payload + tag each) into `buf` at PACKET strides starting
+    // at `first`, then opens them; returns the time.
+    // A 128 KiB table the payload is copied from at the offsets the bulk test layer uses
+    // (`table` variants), as `Bulk::write_frames` copies its content.
+    let table: Vec<u8> = (0..128 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    let mut offset = 0usize;
+    let mut batched =
+        |n: usize, first: usize, copy: bool, pn: &mut u64, buf: &mut Vec<u8>| -> Duration {
+            buf.clear();
+            buf.resize(first + n * PACKET, 0);
+            let started = thread_cpu();
+            for _ in 0..PACKETS / n {
+                let base = *pn;
+                for i in 0..n {
+                    let p = &mut buf[first + i * PACKET..first + (i + 1) * PACKET];
+                    if copy {
+                        let len = PACKET - 16 - HEADER;
+                        p[HEADER..PACKET - 16].copy_from_slice(&table[offset..offset + len]);
+                        offset = (offset + len) % (64 * 1024);
+                    } else {
+                        p[HEADER..PACKET - 16].fill(0xab);
+                    }
+                    let (head, rest) = p.split_at_mut(HEADER);
+                    let (body, tag_out) = rest.split_at_mut(PACKET - HEADER - 16);
+                    let mut n = [0u8; 12];
+                    n[4..].copy_from_slice(&(base + i as u64).to_be_bytes());
+                    let tag = key
+                        .seal_in_place_separate_tag(
+                            Nonce::assume_unique_for_key(n),
+                            Aad::from(&*head),
+                            body,
+                        )
+                        .unwrap();
+                    tag_out.copy_from_slice(tag.as_ref());
+                }
+                for i in 0..n {
+                    let p = &mut buf[first + i * PACKET..first + (i + 1) * PACKET];
+                    let (head, rest) = p.split_at_mut(HEADER);
+                    let mut n = [0u8; 12];
+                    n[4..].copy_from_slice(&(base + i as u64).to_be_bytes());
+                    let opened = key
+                        .open_in_place(Nonce::assume_unique_for_key(n), Aad::from(&*head), rest)
+                        .unwrap();
+                    criterion::black_box(opened.len());
+                }
+                *pn += n as u64;
+            }
+            thread_cpu() - started
+        };
+    let mut buf = Vec::with_capacity(128 * PACKET + 64);
+    let variants: [(&str, usize, usize, bool); 10] = [
+        (
+            "1 packet, header 7, payload at +7 (aligned buffer)",
+            1,
+            0,
+            false,
+        ),
+        (
+            "1 packet, header 7, payload aligned (buffer at +57)",
+            1,
+            57,
+            false,
+        ),
+        ("batch of 4 at 1452-byte strides", 4, 0, false),
+        ("batch of 8", 8, 0, false),
+        ("batch of 16", 16, 0, false),
+        ("batch of 32", 32, 0, false),
+        ("batch of 64 (the bench's GSO batch)", 64, 0, false),
+        ("1 packet, payload copied from a 128 KiB table", 1, 0, true),
+        ("batch of 8, payload copied from the table", 8, 0, true),
+        ("batch of 64, payload copied from the table", 64, 0, true),
+    ];
+    for (name, n, first, copy) in variants {
+        if std::env::var("SSS_LAYOUT_ONLY").is_ok_and(|f| !name.contains(&f)) {
+            continue;
+        }
+        let mut ratios = Vec::with_capacity(ROUNDS);
+        let (mut yard, mut var) = (Duration::ZERO, Duration::ZERO);
+        for _ in 0..ROUNDS {
+            let y = bare_run(&key, PACKETS / n * n, &mut pn, &mut packet);
+            let v = batched(n, first, copy, &mut pn, &mut buf);
+            ratios.push(v.as_secs_f64() / y.as_secs_f64());
+            yard += y;
+            var += v;
+        }
+        ratios.sort_by(f64::total_cmp);
+        let per = |d: Duration| d.as_secs_f64() * 1e6 / (ROUNDS * (PACKETS / n * n)) as f64;
+        println!(
+            "aes-256-gcm {name}: {:.3} µs/packet against bare {:.3}; time ratio median {:.3} (min {:.3}, max {:.3})",
+            per(var),
+            per(yard),
+            ratios[ROUNDS / 2],
+            ratios[0],
+            ratios[ROUNDS - 1]
+        );
+    }
+}
+
 criterion_group!(benches, bare_aead, channel_transfer);
 
 fn main() {
+    if std::env::args().any(|a| a == "--key-align") {
+        key_align();
+        return;
+    }
+    if std::env::args().any(|a| a == "--aead-layout") {
+        aead_layout();
+        return;
+    }
     if std::env::args().any(|a| a == "--paired") {
         paired_ratio();
         return;

@@ -112,8 +112,13 @@ impl<M> Channel<M> {
                 break;
             };
             // Decided once a packet is sure to go, for the whole batch.
-            let pto = self.pto_duration();
-            content.ect = *ect.get_or_insert_with(|| self.ecn.should_mark(now, pto));
+            content.ect = match ect {
+                Some(e) => e,
+                None => {
+                    let pto = self.pto_duration();
+                    *ect.insert(self.ecn.should_mark(now, pto))
+                }
+            };
             // The last probe of a PTO is no larger than the base size, so that it gets
             // through even when the path MTU shrank below `segment` (a black hole): its
             // acknowledgement lets loss detection see the large packets die.
