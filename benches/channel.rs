@@ -51,20 +51,39 @@ fn endpoint(seed: u64, suite: Suite) -> Endpoint {
     Endpoint::new(config, &id, Instant::now(), 1_700_000_000_000_000_000)
 }
 
-/// Delivers every datagram `from` has to send into `to`; returns how many.
+/// Whether the receiver answers each batch it received before the sender builds its next
+/// (`SSS_BENCH_ACKS=batch`), or only once the sender has nothing more to send
+/// (`SSS_BENCH_ACKS=round`, the bench's original order).
+fn ack_per_batch() -> bool {
+    static PER_BATCH: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *PER_BATCH
+        .get_or_init(|| std::env::var("SSS_BENCH_ACKS").map_or(ACKS_PER_BATCH, |v| v == "batch"))
+}
+
+/// The default of [`ack_per_batch`].
+const ACKS_PER_BATCH: bool = false;
+
+/// Delivers every datagram `from` has to send into `to`; returns how many. With `answer`,
+/// `to` sends what it has for `from` (its ACKs) after each batch, as a host's receive loop
+/// does once it has processed a batch of received datagrams.
 fn shuttle(
     now: Instant,
     from: &mut Side,
     to: &mut Side,
-    buf: &mut Vec<u8>,
+    bufs: &mut [Vec<u8>; 2],
     scratch: &mut Vec<u8>,
+    answer: bool,
 ) -> usize {
     let mut n = 0;
     let batch = batch();
-    let Some(ch) = from.channel.as_mut() else {
-        return 0;
-    };
-    while let Some(t) = ch.poll_transmit(now, batch, buf, &mut from.upper) {
+    loop {
+        let Some(ch) = from.channel.as_mut() else {
+            return n;
+        };
+        let [buf, reply] = bufs;
+        let Some(t) = ch.poll_transmit(now, batch, buf, &mut from.upper) else {
+            return n;
+        };
         let seg = t.segment_size.unwrap_or(t.size);
         for datagram in buf[..t.size].chunks_mut(seg) {
             n += 1;
@@ -85,8 +104,16 @@ fn shuttle(
                 _ => {}
             }
         }
+        if answer {
+            let mut inner = [std::mem::take(reply), Vec::new()];
+            let answered = shuttle(now, to, from, &mut inner, scratch, false);
+            if answered > 0 {
+                ROUNDS.with(|r| r.set(r.get() + 1));
+            }
+            n += answered;
+            *reply = std::mem::take(&mut inner[0]);
+        }
     }
-    n
 }
 
 /// Two sides with an established channel from `a` to `b`, nothing queued yet (each transfer
@@ -111,10 +138,10 @@ fn connected(suite: Suite) -> (Side, Side, Instant) {
         .connect(now, b_eid, b.addr, "bench", "bulk/1")
         .expect("connect");
     a.channel = Some(ch);
-    let (mut buf, mut scratch) = (Vec::new(), Vec::new());
+    let (mut bufs, mut scratch) = ([Vec::new(), Vec::new()], Vec::new());
     for _ in 0..4 {
-        shuttle(now, &mut a, &mut b, &mut buf, &mut scratch);
-        shuttle(now, &mut b, &mut a, &mut buf, &mut scratch);
+        shuttle(now, &mut a, &mut b, &mut bufs, &mut scratch, false);
+        shuttle(now, &mut b, &mut a, &mut bufs, &mut scratch, false);
         now += Duration::from_micros(50);
     }
     assert!(a.channel.as_ref().unwrap().is_established());
@@ -124,10 +151,15 @@ fn connected(suite: Suite) -> (Side, Side, Instant) {
 /// Moves the data queued at `a` to `b`; returns the virtual time it took.
 fn transfer(a: &mut Side, b: &mut Side, mut now: Instant) -> Duration {
     let start = now;
-    let (mut buf, mut scratch) = (Vec::with_capacity(65536), Vec::new());
+    let mut bufs = [Vec::with_capacity(65536), Vec::with_capacity(65536)];
+    let mut scratch = Vec::new();
+    let answer = ack_per_batch();
     while !b.upper.complete() {
-        let sent =
-            shuttle(now, a, b, &mut buf, &mut scratch) + shuttle(now, b, a, &mut buf, &mut scratch);
+        let sent = shuttle(now, a, b, &mut bufs, &mut scratch, answer)
+            + shuttle(now, b, a, &mut bufs, &mut scratch, answer);
+        if sent > 0 && !answer {
+            ROUNDS.with(|r| r.set(r.get() + 1));
+        }
         if sent == 0 {
             // Nothing to send: jump to the next timer (pacing, delayed ACK).
             let next = [&*a, &*b]
@@ -246,6 +278,8 @@ fn next_transfer(a: &mut Side, b: &mut Side, now: Instant) -> (Instant, usize) {
 thread_local! {
     /// Datagrams `shuttle` delivered from the data sender (side address `10.0.0.1`).
     static DATAGRAMS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    /// Rounds of [`transfer`] that moved datagrams (each ends with the receiver's ACKs).
+    static ROUNDS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
 /// CPU time of the calling thread: unlike wall time it does not count the time the thread
@@ -306,6 +340,7 @@ fn paired_ratio() {
             let mut ratios = Vec::with_capacity(PAIRS);
             let (mut channel_total, mut bare_total, mut packets_total) =
                 (Duration::ZERO, Duration::ZERO, 0);
+            ROUNDS.with(|r| r.set(0));
             for _ in 0..PAIRS {
                 let started = thread_cpu();
                 let (end, packets) = next_transfer(&mut a, &mut b, now);
@@ -319,6 +354,13 @@ fn paired_ratio() {
             }
             ratios.sort_by(f64::total_cmp);
             let shown: Vec<String> = ratios.iter().map(|r| format!("{r:.3}")).collect();
+            let stats = a.channel.as_ref().expect("connected").stats();
+            println!(
+                "  sender: cwnd {} B, max batch {} datagrams, {} data packets between the receiver's answers",
+                stats.cwnd,
+                stats.max_batch,
+                packets_total / ROUNDS.with(|r| r.get()).max(1),
+            );
             println!(
                 "{name} ({}): {PAIRS} pairs, {:.0} data packets per transfer, channel {:.2} µs/packet, bare {:.2} µs/packet",
                 if verify { "checked" } else { "protocol" },
@@ -394,71 +436,118 @@ fn aead_layout() {
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
         .collect();
     let mut offset = 0usize;
-    let mut batched =
-        |n: usize, first: usize, copy: bool, pn: &mut u64, buf: &mut Vec<u8>| -> Duration {
-            buf.clear();
-            buf.resize(first + n * PACKET, 0);
-            let started = thread_cpu();
-            for _ in 0..PACKETS / n {
-                let base = *pn;
-                for i in 0..n {
-                    let p = &mut buf[first + i * PACKET..first + (i + 1) * PACKET];
-                    if copy {
-                        let len = PACKET - 16 - HEADER;
-                        p[HEADER..PACKET - 16].copy_from_slice(&table[offset..offset + len]);
-                        offset = (offset + len) % (64 * 1024);
-                    } else {
-                        p[HEADER..PACKET - 16].fill(0xab);
-                    }
-                    let (head, rest) = p.split_at_mut(HEADER);
-                    let (body, tag_out) = rest.split_at_mut(PACKET - HEADER - 16);
-                    let mut n = [0u8; 12];
-                    n[4..].copy_from_slice(&(base + i as u64).to_be_bytes());
-                    let tag = key
-                        .seal_in_place_separate_tag(
-                            Nonce::assume_unique_for_key(n),
-                            Aad::from(&*head),
-                            body,
-                        )
-                        .unwrap();
-                    tag_out.copy_from_slice(tag.as_ref());
+    // A ring of 64-byte records, one written per packet sealed and read back per packet
+    // opened (`state` variants): like the sent-packet table of a flight of 11,800 packets.
+    let mut state = vec![[0u64; 8]; 16 * 1024];
+    let mut slot = 0usize;
+    let mut batched = |n: usize,
+                       first: usize,
+                       (copy, with_state): (bool, bool),
+                       pn: &mut u64,
+                       buf: &mut Vec<u8>|
+     -> Duration {
+        buf.clear();
+        buf.resize(first + n * PACKET, 0);
+        let started = thread_cpu();
+        for _ in 0..PACKETS / n {
+            let base = *pn;
+            for i in 0..n {
+                let p = &mut buf[first + i * PACKET..first + (i + 1) * PACKET];
+                if copy {
+                    let len = PACKET - 16 - HEADER;
+                    p[HEADER..PACKET - 16].copy_from_slice(&table[offset..offset + len]);
+                    offset = (offset + len) % (64 * 1024);
+                } else {
+                    p[HEADER..PACKET - 16].fill(0xab);
                 }
-                for i in 0..n {
-                    let p = &mut buf[first + i * PACKET..first + (i + 1) * PACKET];
-                    let (head, rest) = p.split_at_mut(HEADER);
-                    let mut n = [0u8; 12];
-                    n[4..].copy_from_slice(&(base + i as u64).to_be_bytes());
-                    let opened = key
-                        .open_in_place(Nonce::assume_unique_for_key(n), Aad::from(&*head), rest)
-                        .unwrap();
-                    criterion::black_box(opened.len());
+                let (head, rest) = p.split_at_mut(HEADER);
+                let (body, tag_out) = rest.split_at_mut(PACKET - HEADER - 16);
+                let mut n = [0u8; 12];
+                n[4..].copy_from_slice(&(base + i as u64).to_be_bytes());
+                let tag = key
+                    .seal_in_place_separate_tag(
+                        Nonce::assume_unique_for_key(n),
+                        Aad::from(&*head),
+                        body,
+                    )
+                    .unwrap();
+                tag_out.copy_from_slice(tag.as_ref());
+                if with_state {
+                    let at = slot % state.len();
+                    state[at] = [base + i as u64; 8];
+                    slot += 1;
                 }
-                *pn += n as u64;
             }
-            thread_cpu() - started
-        };
+            for i in 0..n {
+                let p = &mut buf[first + i * PACKET..first + (i + 1) * PACKET];
+                let (head, rest) = p.split_at_mut(HEADER);
+                let mut n = [0u8; 12];
+                n[4..].copy_from_slice(&(base + i as u64).to_be_bytes());
+                let opened = key
+                    .open_in_place(Nonce::assume_unique_for_key(n), Aad::from(&*head), rest)
+                    .unwrap();
+                criterion::black_box(opened.len());
+                if with_state {
+                    let s = state[(slot + 1 + i) % state.len()];
+                    criterion::black_box(s[0]);
+                }
+            }
+            *pn += n as u64;
+        }
+        thread_cpu() - started
+    };
     let mut buf = Vec::with_capacity(128 * PACKET + 64);
-    let variants: [(&str, usize, usize, bool); 10] = [
+    // (name, packets per batch, offset of the first packet, (copy from the table, per-packet
+    // record in a 1 MiB ring)).
+    type Variant = (&'static str, usize, usize, (bool, bool));
+    let variants: [Variant; 12] = [
         (
             "1 packet, header 7, payload at +7 (aligned buffer)",
             1,
             0,
-            false,
+            (false, false),
         ),
         (
             "1 packet, header 7, payload aligned (buffer at +57)",
             1,
             57,
-            false,
+            (false, false),
         ),
-        ("batch of 4 at 1452-byte strides", 4, 0, false),
-        ("batch of 8", 8, 0, false),
-        ("batch of 16", 16, 0, false),
-        ("batch of 32", 32, 0, false),
-        ("batch of 64 (the bench's GSO batch)", 64, 0, false),
-        ("1 packet, payload copied from a 128 KiB table", 1, 0, true),
-        ("batch of 8, payload copied from the table", 8, 0, true),
-        ("batch of 64, payload copied from the table", 64, 0, true),
+        ("batch of 4 at 1452-byte strides", 4, 0, (false, false)),
+        ("batch of 8", 8, 0, (false, false)),
+        ("batch of 16", 16, 0, (false, false)),
+        ("batch of 32", 32, 0, (false, false)),
+        ("batch of 64 (the bench's GSO batch)", 64, 0, (false, false)),
+        (
+            "1 packet, payload copied from a 128 KiB table",
+            1,
+            0,
+            (true, false),
+        ),
+        (
+            "batch of 8, payload copied from the table",
+            8,
+            0,
+            (true, false),
+        ),
+        (
+            "batch of 64, payload copied from the table",
+            64,
+            0,
+            (true, false),
+        ),
+        (
+            "1 packet, a 64-byte record per packet in a 1 MiB ring",
+            1,
+            0,
+            (false, true),
+        ),
+        (
+            "batch of 64, table copy and ring record",
+            64,
+            0,
+            (true, true),
+        ),
     ];
     for (name, n, first, copy) in variants {
         if std::env::var("SSS_LAYOUT_ONLY").is_ok_and(|f| !name.contains(&f)) {

@@ -957,11 +957,7 @@ impl<M> Channel<M> {
     }
 
     fn release_in_flight<U: Upper<Meta = M>>(&mut self, upper: &mut U) {
-        let mut frames = Vec::new();
-        for (_, mut p) in self.sent.drain() {
-            frames.append(&mut p.frames);
-        }
-        for meta in frames {
+        for meta in self.sent.drain() {
             upper.on_lost(meta);
         }
         self.bytes_in_flight = 0;
@@ -1005,7 +1001,7 @@ impl<M> Channel<M> {
         let mut newest_acked: Option<(u64, Instant)> = None;
         for range in ack.iter() {
             for pn in self.sent.range(*range.start(), *range.end()) {
-                let Some(mut p) = self.sent.take(pn) else {
+                let Some(p) = self.sent.take(pn) else {
                     continue;
                 };
                 acked_any = true;
@@ -1030,10 +1026,8 @@ impl<M> Channel<M> {
                 if let Some(l) = p.largest_acked {
                     self.received.on_ack_acked(l);
                 }
-                for meta in p.frames.drain(..) {
-                    upper.on_acked(meta);
-                }
-                self.sent.recycle(p.frames);
+                self.sent
+                    .release_frames(p.frames, |meta| upper.on_acked(meta));
             }
         }
         if !acked_any {
@@ -1128,7 +1122,7 @@ impl<M> Channel<M> {
                 self.loss_time = Some(self.loss_time.map_or(at, |l| l.min(at)));
                 continue;
             }
-            let Some(mut p) = self.sent.take(pn) else {
+            let Some(p) = self.sent.take(pn) else {
                 continue;
             };
             if seen_gap {
@@ -1150,10 +1144,8 @@ impl<M> Channel<M> {
             if p.in_flight {
                 self.bytes_in_flight = self.bytes_in_flight.saturating_sub(u64::from(p.size));
             }
-            for meta in p.frames.drain(..) {
-                upper.on_lost(meta);
-            }
-            self.sent.recycle(p.frames);
+            self.sent
+                .release_frames(p.frames, |meta| upper.on_lost(meta));
         }
         if let (Some(newest), Some(oldest)) = (newest_lost, oldest_lost) {
             let period = self.pto_base() * 3;

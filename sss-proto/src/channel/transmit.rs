@@ -345,10 +345,10 @@ impl<M> Channel<M> {
             ack_eliciting = true;
             self.ping_pending = false;
         }
-        let mut frames = self.sent.take_frame_vec();
+        self.sent.scratch.clear();
         if content.data && buf.len() < limit {
             let before = buf.len();
-            upper.write_frames(now, buf, limit - buf.len(), &mut frames);
+            upper.write_frames(now, buf, limit - buf.len(), &mut self.sent.scratch);
             debug_assert!(buf.len() <= limit, "upper layer overfilled the packet");
             if buf.len() > before {
                 ack_eliciting = true;
@@ -359,7 +359,6 @@ impl<M> Channel<M> {
         }
         if buf.len() == payload_start {
             buf.truncate(start);
-            self.sent.recycle(frames);
             return None;
         }
 
@@ -394,6 +393,7 @@ impl<M> Channel<M> {
             self.ecn.on_marked_sent();
             self.stats.ecn_marked_sent += 1;
         }
+        let frames = self.sent.commit_frames();
         self.sent.insert(
             pn,
             SentPacket {
