@@ -493,9 +493,16 @@ impl<M> Channel<M> {
         self.cc.window().saturating_sub(self.bytes_in_flight)
     }
 
-    /// Largest payload of upper-layer frames one packet can carry at the current MTU.
+    /// Room for upper-layer frames in a full packet at the current MTU, with the longest
+    /// header (cut to whole 16-byte AEAD blocks under
+    /// [`ChannelConfig::whole_block_payloads`]).
     pub fn max_frame_space(&self) -> usize {
-        usize::from(self.mtu.current()) - packet::MAX_HEADER_LEN - TAG_LEN
+        let room = usize::from(self.mtu.current()) - packet::MAX_HEADER_LEN - TAG_LEN;
+        if self.config.whole_block_payloads {
+            room / 16 * 16
+        } else {
+            room
+        }
     }
 
     /// Counters and current estimates.
@@ -1019,7 +1026,8 @@ impl<M> Channel<M> {
                         .on_ack(now, p.time, u64::from(p.size), self.app_limited, &self.rtt);
                 }
                 let mtu_before = self.mtu.current();
-                self.mtu.on_acked(pn, p.size);
+                self.mtu
+                    .on_acked(pn, p.size.saturating_add(u16::from(p.cut)));
                 if self.mtu.current() != mtu_before {
                     self.cc.on_mtu_update(self.mtu.current());
                 }
@@ -1135,7 +1143,8 @@ impl<M> Channel<M> {
             if p.ect {
                 self.ecn.on_marked_lost();
             }
-            self.mtu.on_lost(now, pn, p.size);
+            self.mtu
+                .on_lost(now, pn, p.size.saturating_add(u16::from(p.cut)));
             if !p.mtu_probe && p.in_flight {
                 lost_bytes += u64::from(p.size);
                 newest_lost = Some(newest_lost.map_or(p.time, |t| t.max(p.time)));

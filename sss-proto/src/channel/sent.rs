@@ -31,6 +31,10 @@ pub(crate) struct SentPacket {
     /// Counted in bytes in flight (ack-eliciting or padded probes).
     pub(crate) in_flight: bool,
     pub(crate) mtu_probe: bool,
+    /// Bytes the datagram was cut short of its room so that its payload is whole AEAD
+    /// blocks (0-15): path MTU discovery counts it as `size + cut` bytes, the size class it
+    /// was built for.
+    pub(crate) cut: u8,
     /// Sent marked ECT(0) on the current path (cleared when the path changes, so that the
     /// new path's ECN validation counts only its own packets).
     pub(crate) ect: bool,
@@ -193,6 +197,7 @@ mod tests {
             ack_eliciting: true,
             in_flight: true,
             mtu_probe: false,
+            cut: 0,
             ect: false,
             largest_acked: None,
             frames: FrameSpan::default(),
