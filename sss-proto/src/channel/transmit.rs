@@ -136,9 +136,11 @@ impl<M> Channel<M> {
                 break;
             };
             count += 1;
-            if count == 1 {
-                // A full first packet sets the size of the batch's datagrams; one that came out
-                // shorter than its room ends the batch below.
+            if count == 1 && size == segment && room < size {
+                // A first packet cut to whole AEAD blocks sets the size of the batch's
+                // datagrams (one that came out shorter than its room ends the batch below).
+                // Without the cut, `segment` stays the MTU, and a packet given less (the last
+                // probe of a PTO, an amplification-limited one) ends the batch as before.
                 segment = room;
             }
             if len < segment {
