@@ -19,8 +19,17 @@ use sss_proto::{Channel, ChannelConfig, DatagramEvent, Endpoint, EndpointConfig,
 
 const PACKET: usize = 1452;
 const TRANSFER: u64 = 16 << 20;
-/// Datagrams per `poll_transmit` batch.
-const BATCH: usize = 64;
+/// Datagrams per `poll_transmit` batch (at most 64, as UDP GSO allows), unless
+/// `SSS_BENCH_BATCH` says otherwise (a diagnostic of how the batch size matters).
+fn batch() -> usize {
+    static BATCH: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *BATCH.get_or_init(|| {
+        std::env::var("SSS_BENCH_BATCH")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(64)
+    })
+}
 
 struct Side {
     endpoint: Endpoint,
@@ -38,23 +47,46 @@ fn endpoint(seed: u64, suite: Suite) -> Endpoint {
     channel.max_udp_payload = PACKET as u16;
     channel.mtu_discovery = false;
     channel.initial_rtt = Duration::from_micros(100);
+    // `SSS_BENCH_BLOCKS=1`: payloads cut to whole AEAD blocks (off by default in the
+    // channel, and so in the goal's figures).
+    channel.whole_block_payloads = std::env::var("SSS_BENCH_BLOCKS").is_ok_and(|v| v == "1");
     config.channel = std::sync::Arc::new(channel);
     Endpoint::new(config, &id, Instant::now(), 1_700_000_000_000_000_000)
 }
 
-/// Delivers every datagram `from` has to send into `to`; returns how many.
+/// Whether the receiver answers each batch it received before the sender builds its next
+/// (`SSS_BENCH_ACKS=batch`), or only once the sender has nothing more to send
+/// (`SSS_BENCH_ACKS=round`, the bench's original order).
+fn ack_per_batch() -> bool {
+    static PER_BATCH: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *PER_BATCH
+        .get_or_init(|| std::env::var("SSS_BENCH_ACKS").map_or(ACKS_PER_BATCH, |v| v == "batch"))
+}
+
+/// The default of [`ack_per_batch`].
+const ACKS_PER_BATCH: bool = false;
+
+/// Delivers every datagram `from` has to send into `to`; returns how many. With `answer`,
+/// `to` sends what it has for `from` (its ACKs) after each batch, as a host's receive loop
+/// does once it has processed a batch of received datagrams.
 fn shuttle(
     now: Instant,
     from: &mut Side,
     to: &mut Side,
-    buf: &mut Vec<u8>,
+    bufs: &mut [Vec<u8>; 2],
     scratch: &mut Vec<u8>,
+    answer: bool,
 ) -> usize {
     let mut n = 0;
-    let Some(ch) = from.channel.as_mut() else {
-        return 0;
-    };
-    while let Some(t) = ch.poll_transmit(now, BATCH, buf, &mut from.upper) {
+    let batch = batch();
+    loop {
+        let Some(ch) = from.channel.as_mut() else {
+            return n;
+        };
+        let [buf, reply] = bufs;
+        let Some(t) = ch.poll_transmit(now, batch, buf, &mut from.upper) else {
+            return n;
+        };
         let seg = t.segment_size.unwrap_or(t.size);
         for datagram in buf[..t.size].chunks_mut(seg) {
             n += 1;
@@ -75,8 +107,16 @@ fn shuttle(
                 _ => {}
             }
         }
+        if answer {
+            let mut inner = [std::mem::take(reply), Vec::new()];
+            let answered = shuttle(now, to, from, &mut inner, scratch, false);
+            if answered > 0 {
+                ROUNDS.with(|r| r.set(r.get() + 1));
+            }
+            n += answered;
+            *reply = std::mem::take(&mut inner[0]);
+        }
     }
-    n
 }
 
 /// Two sides with an established channel from `a` to `b`, nothing queued yet (each transfer
@@ -101,10 +141,10 @@ fn connected(suite: Suite) -> (Side, Side, Instant) {
         .connect(now, b_eid, b.addr, "bench", "bulk/1")
         .expect("connect");
     a.channel = Some(ch);
-    let (mut buf, mut scratch) = (Vec::new(), Vec::new());
+    let (mut bufs, mut scratch) = ([Vec::new(), Vec::new()], Vec::new());
     for _ in 0..4 {
-        shuttle(now, &mut a, &mut b, &mut buf, &mut scratch);
-        shuttle(now, &mut b, &mut a, &mut buf, &mut scratch);
+        shuttle(now, &mut a, &mut b, &mut bufs, &mut scratch, false);
+        shuttle(now, &mut b, &mut a, &mut bufs, &mut scratch, false);
         now += Duration::from_micros(50);
     }
     assert!(a.channel.as_ref().unwrap().is_established());
@@ -114,10 +154,15 @@ fn connected(suite: Suite) -> (Side, Side, Instant) {
 /// Moves the data queued at `a` to `b`; returns the virtual time it took.
 fn transfer(a: &mut Side, b: &mut Side, mut now: Instant) -> Duration {
     let start = now;
-    let (mut buf, mut scratch) = (Vec::with_capacity(65536), Vec::new());
+    let mut bufs = [Vec::with_capacity(65536), Vec::with_capacity(65536)];
+    let mut scratch = Vec::new();
+    let answer = ack_per_batch();
     while !b.upper.complete() {
-        let sent =
-            shuttle(now, a, b, &mut buf, &mut scratch) + shuttle(now, b, a, &mut buf, &mut scratch);
+        let sent = shuttle(now, a, b, &mut bufs, &mut scratch, answer)
+            + shuttle(now, b, a, &mut bufs, &mut scratch, answer);
+        if sent > 0 && !answer {
+            ROUNDS.with(|r| r.set(r.get() + 1));
+        }
         if sent == 0 {
             // Nothing to send: jump to the next timer (pacing, delayed ACK).
             let next = [&*a, &*b]
@@ -236,6 +281,8 @@ fn next_transfer(a: &mut Side, b: &mut Side, now: Instant) -> (Instant, usize) {
 thread_local! {
     /// Datagrams `shuttle` delivered from the data sender (side address `10.0.0.1`).
     static DATAGRAMS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    /// Rounds of [`transfer`] that moved datagrams (each ends with the receiver's ACKs).
+    static ROUNDS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
 /// CPU time of the calling thread: unlike wall time it does not count the time the thread
@@ -282,6 +329,12 @@ fn paired_ratio() {
         // protocol (the sender still copies the content into each packet, as the bare loop
         // fills its packet).
         for verify in [true, false] {
+            // `SSS_PAIRED_ONLY=aes-256-gcm/protocol` (or a part of it) runs only the matching
+            // suite and mode, e.g. under a profiler.
+            let label = format!("{name}/{}", if verify { "checked" } else { "protocol" });
+            if std::env::var("SSS_PAIRED_ONLY").is_ok_and(|f| !label.contains(&f)) {
+                continue;
+            }
             let (mut a, mut b, mut now) = connected(suite);
             b.upper.verify = verify;
             now = warm_up(&mut a, &mut b, now);
@@ -290,6 +343,7 @@ fn paired_ratio() {
             let mut ratios = Vec::with_capacity(PAIRS);
             let (mut channel_total, mut bare_total, mut packets_total) =
                 (Duration::ZERO, Duration::ZERO, 0);
+            ROUNDS.with(|r| r.set(0));
             for _ in 0..PAIRS {
                 let started = thread_cpu();
                 let (end, packets) = next_transfer(&mut a, &mut b, now);
@@ -303,6 +357,13 @@ fn paired_ratio() {
             }
             ratios.sort_by(f64::total_cmp);
             let shown: Vec<String> = ratios.iter().map(|r| format!("{r:.3}")).collect();
+            let stats = a.channel.as_ref().expect("connected").stats();
+            println!(
+                "  sender: cwnd {} B, max batch {} datagrams, {} data packets between the receiver's answers",
+                stats.cwnd,
+                stats.max_batch,
+                packets_total / ROUNDS.with(|r| r.get()).max(1),
+            );
             println!(
                 "{name} ({}): {PAIRS} pairs, {:.0} data packets per transfer, channel {:.2} µs/packet, bare {:.2} µs/packet",
                 if verify { "checked" } else { "protocol" },
@@ -321,9 +382,272 @@ fn paired_ratio() {
     }
 }
 
+/// Diagnostic (`--payload-sizes`): the bare seal+open of payloads of several lengths around
+/// a packet's (1,427-1,430 bytes in a 1,452-byte packet), against the yardstick (1,436).
+/// A length that is a multiple of 16 spares AES-GCM its partial last block.
+fn payload_sizes() {
+    const ROUNDS: usize = 21;
+    const PACKETS: usize = 11_800;
+    let key = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &[7u8; 32]).unwrap());
+    let (mut pn, mut packet) = (0u64, Vec::with_capacity(PACKET));
+    for len in [1424usize, 1429, 1436, 1440] {
+        let mut ratios = Vec::with_capacity(ROUNDS);
+        let (mut yard, mut var) = (Duration::ZERO, Duration::ZERO);
+        for _ in 0..ROUNDS {
+            let y = bare_run(&key, PACKETS, &mut pn, &mut packet);
+            let started = thread_cpu();
+            for _ in 0..PACKETS {
+                pn += 1;
+                let mut n = [0u8; 12];
+                n[4..].copy_from_slice(&pn.to_be_bytes());
+                packet.clear();
+                packet.resize(len, 0xab);
+                key.seal_in_place_append_tag(
+                    Nonce::assume_unique_for_key(n),
+                    Aad::from(&[1u8; 7]),
+                    &mut packet,
+                )
+                .unwrap();
+                let opened = key
+                    .open_in_place(
+                        Nonce::assume_unique_for_key(n),
+                        Aad::from(&[1u8; 7]),
+                        &mut packet,
+                    )
+                    .unwrap();
+                criterion::black_box(opened.len());
+            }
+            let v = thread_cpu() - started;
+            ratios.push(v.as_secs_f64() / y.as_secs_f64());
+            yard += y;
+            var += v;
+        }
+        ratios.sort_by(f64::total_cmp);
+        let per = |d: Duration| d.as_secs_f64() * 1e6 / (ROUNDS * PACKETS) as f64;
+        println!(
+            "aes-256-gcm payload {len} B ({} whole blocks + {} B): {:.3} µs/packet against bare (1436 B) {:.3}; time ratio median {:.3} (min {:.3}, max {:.3})",
+            len / 16,
+            len % 16,
+            per(var),
+            per(yard),
+            ratios[ROUNDS / 2],
+            ratios[0],
+            ratios[ROUNDS - 1]
+        );
+    }
+}
+
+/// Diagnostic (`--key-align`): the bare seal+open with the key at each 16-byte offset
+/// within a 64-byte cache line, against the yardstick's key on the stack.
+fn key_align() {
+    const ROUNDS: usize = 21;
+    const PACKETS: usize = 11_800;
+    let yard = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &[7u8; 32]).unwrap());
+    let size = std::mem::size_of::<LessSafeKey>();
+    let align = std::mem::align_of::<LessSafeKey>();
+    println!(
+        "LessSafeKey: {size} bytes, align {align}; yardstick key at {:#x}",
+        &yard as *const _ as usize % 64
+    );
+    // Eight keys in a row: their offsets mod 64 step by size mod 64.
+    let keys: Vec<LessSafeKey> = (0..8)
+        .map(|_| LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &[7u8; 32]).unwrap()))
+        .collect();
+    let (mut pn, mut packet) = (0u64, Vec::with_capacity(PACKET));
+    for key in &keys {
+        let mut ratios = Vec::with_capacity(ROUNDS);
+        for _ in 0..ROUNDS {
+            let y = bare_run(&yard, PACKETS, &mut pn, &mut packet);
+            let v = bare_run(key, PACKETS, &mut pn, &mut packet);
+            ratios.push(v.as_secs_f64() / y.as_secs_f64());
+        }
+        ratios.sort_by(f64::total_cmp);
+        println!(
+            "key at {:#04x} mod 64: time ratio to the yardstick median {:.3} (min {:.3}, max {:.3})",
+            key as *const _ as usize % 64,
+            ratios[ROUNDS / 2],
+            ratios[0],
+            ratios[ROUNDS - 1]
+        );
+    }
+}
+
+/// Diagnostic (`--aead-layout`): the bare seal+open of 1452-byte packets laid out as the
+/// channel lays them out, each variant timed in thread CPU time against the yardstick
+/// ([`seal_open`]) in alternation, 21 rounds of 11,800 packets, medians. Variants: the
+/// payload after a 7-byte header (misaligned as in a packet); and a batch of `n` packets
+/// sealed one after another into one buffer at 1452-byte strides, then opened one after
+/// another, as the in-process channel bench does with its GSO batches (n = 64: 93 KB, more
+/// than L1).
+fn aead_layout() {
+    const ROUNDS: usize = 21;
+    const PACKETS: usize = 11_800;
+    const HEADER: usize = 7;
+    let key = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &[7u8; 32]).unwrap());
+    let mut pn = 0u64;
+    let mut packet = Vec::with_capacity(PACKET);
+    // Seals `n` packets (header + payload + tag each) into `buf` at PACKET strides starting
+    // at `first`, then opens them; returns the time.
+    // A 128 KiB table the payload is copied from at the offsets the bulk test layer uses
+    // (`table` variants), as `Bulk::write_frames` copies its content.
+    let table: Vec<u8> = (0..128 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    let mut offset = 0usize;
+    // A ring of 64-byte records, one written per packet sealed and read back per packet
+    // opened (`state` variants): like the sent-packet table of a flight of 11,800 packets.
+    let mut state = vec![[0u64; 8]; 16 * 1024];
+    let mut slot = 0usize;
+    let mut batched = |n: usize,
+                       first: usize,
+                       (copy, with_state): (bool, bool),
+                       pn: &mut u64,
+                       buf: &mut Vec<u8>|
+     -> Duration {
+        buf.clear();
+        buf.resize(first + n * PACKET, 0);
+        let started = thread_cpu();
+        for _ in 0..PACKETS / n {
+            let base = *pn;
+            for i in 0..n {
+                let p = &mut buf[first + i * PACKET..first + (i + 1) * PACKET];
+                if copy {
+                    let len = PACKET - 16 - HEADER;
+                    p[HEADER..PACKET - 16].copy_from_slice(&table[offset..offset + len]);
+                    offset = (offset + len) % (64 * 1024);
+                } else {
+                    p[HEADER..PACKET - 16].fill(0xab);
+                }
+                let (head, rest) = p.split_at_mut(HEADER);
+                let (body, tag_out) = rest.split_at_mut(PACKET - HEADER - 16);
+                let mut n = [0u8; 12];
+                n[4..].copy_from_slice(&(base + i as u64).to_be_bytes());
+                let tag = key
+                    .seal_in_place_separate_tag(
+                        Nonce::assume_unique_for_key(n),
+                        Aad::from(&*head),
+                        body,
+                    )
+                    .unwrap();
+                tag_out.copy_from_slice(tag.as_ref());
+                if with_state {
+                    let at = slot % state.len();
+                    state[at] = [base + i as u64; 8];
+                    slot += 1;
+                }
+            }
+            for i in 0..n {
+                let p = &mut buf[first + i * PACKET..first + (i + 1) * PACKET];
+                let (head, rest) = p.split_at_mut(HEADER);
+                let mut n = [0u8; 12];
+                n[4..].copy_from_slice(&(base + i as u64).to_be_bytes());
+                let opened = key
+                    .open_in_place(Nonce::assume_unique_for_key(n), Aad::from(&*head), rest)
+                    .unwrap();
+                criterion::black_box(opened.len());
+                if with_state {
+                    let s = state[(slot + 1 + i) % state.len()];
+                    criterion::black_box(s[0]);
+                }
+            }
+            *pn += n as u64;
+        }
+        thread_cpu() - started
+    };
+    let mut buf = Vec::with_capacity(128 * PACKET + 64);
+    // (name, packets per batch, offset of the first packet, (copy from the table, per-packet
+    // record in a 1 MiB ring)).
+    type Variant = (&'static str, usize, usize, (bool, bool));
+    let variants: [Variant; 12] = [
+        (
+            "1 packet, header 7, payload at +7 (aligned buffer)",
+            1,
+            0,
+            (false, false),
+        ),
+        (
+            "1 packet, header 7, payload aligned (buffer at +57)",
+            1,
+            57,
+            (false, false),
+        ),
+        ("batch of 4 at 1452-byte strides", 4, 0, (false, false)),
+        ("batch of 8", 8, 0, (false, false)),
+        ("batch of 16", 16, 0, (false, false)),
+        ("batch of 32", 32, 0, (false, false)),
+        ("batch of 64 (the bench's GSO batch)", 64, 0, (false, false)),
+        (
+            "1 packet, payload copied from a 128 KiB table",
+            1,
+            0,
+            (true, false),
+        ),
+        (
+            "batch of 8, payload copied from the table",
+            8,
+            0,
+            (true, false),
+        ),
+        (
+            "batch of 64, payload copied from the table",
+            64,
+            0,
+            (true, false),
+        ),
+        (
+            "1 packet, a 64-byte record per packet in a 1 MiB ring",
+            1,
+            0,
+            (false, true),
+        ),
+        (
+            "batch of 64, table copy and ring record",
+            64,
+            0,
+            (true, true),
+        ),
+    ];
+    for (name, n, first, copy) in variants {
+        if std::env::var("SSS_LAYOUT_ONLY").is_ok_and(|f| !name.contains(&f)) {
+            continue;
+        }
+        let mut ratios = Vec::with_capacity(ROUNDS);
+        let (mut yard, mut var) = (Duration::ZERO, Duration::ZERO);
+        for _ in 0..ROUNDS {
+            let y = bare_run(&key, PACKETS / n * n, &mut pn, &mut packet);
+            let v = batched(n, first, copy, &mut pn, &mut buf);
+            ratios.push(v.as_secs_f64() / y.as_secs_f64());
+            yard += y;
+            var += v;
+        }
+        ratios.sort_by(f64::total_cmp);
+        let per = |d: Duration| d.as_secs_f64() * 1e6 / (ROUNDS * (PACKETS / n * n)) as f64;
+        println!(
+            "aes-256-gcm {name}: {:.3} µs/packet against bare {:.3}; time ratio median {:.3} (min {:.3}, max {:.3})",
+            per(var),
+            per(yard),
+            ratios[ROUNDS / 2],
+            ratios[0],
+            ratios[ROUNDS - 1]
+        );
+    }
+}
+
 criterion_group!(benches, bare_aead, channel_transfer);
 
 fn main() {
+    if std::env::args().any(|a| a == "--payload-sizes") {
+        payload_sizes();
+        return;
+    }
+    if std::env::args().any(|a| a == "--key-align") {
+        key_align();
+        return;
+    }
+    if std::env::args().any(|a| a == "--aead-layout") {
+        aead_layout();
+        return;
+    }
     if std::env::args().any(|a| a == "--paired") {
         paired_ratio();
         return;

@@ -493,9 +493,16 @@ impl<M> Channel<M> {
         self.cc.window().saturating_sub(self.bytes_in_flight)
     }
 
-    /// Largest payload of upper-layer frames one packet can carry at the current MTU.
+    /// Room for upper-layer frames in a full packet at the current MTU, with the longest
+    /// header (cut to whole 16-byte AEAD blocks under
+    /// [`ChannelConfig::whole_block_payloads`]).
     pub fn max_frame_space(&self) -> usize {
-        usize::from(self.mtu.current()) - packet::MAX_HEADER_LEN - TAG_LEN
+        let room = usize::from(self.mtu.current()) - packet::MAX_HEADER_LEN - TAG_LEN;
+        if self.config.whole_block_payloads {
+            room / 16 * 16
+        } else {
+            room
+        }
     }
 
     /// Counters and current estimates.
@@ -957,11 +964,7 @@ impl<M> Channel<M> {
     }
 
     fn release_in_flight<U: Upper<Meta = M>>(&mut self, upper: &mut U) {
-        let mut frames = Vec::new();
-        for (_, mut p) in self.sent.drain() {
-            frames.append(&mut p.frames);
-        }
-        for meta in frames {
+        for meta in self.sent.drain() {
             upper.on_lost(meta);
         }
         self.bytes_in_flight = 0;
@@ -1005,7 +1008,7 @@ impl<M> Channel<M> {
         let mut newest_acked: Option<(u64, Instant)> = None;
         for range in ack.iter() {
             for pn in self.sent.range(*range.start(), *range.end()) {
-                let Some(mut p) = self.sent.take(pn) else {
+                let Some(p) = self.sent.take(pn) else {
                     continue;
                 };
                 acked_any = true;
@@ -1023,17 +1026,16 @@ impl<M> Channel<M> {
                         .on_ack(now, p.time, u64::from(p.size), self.app_limited, &self.rtt);
                 }
                 let mtu_before = self.mtu.current();
-                self.mtu.on_acked(pn, p.size);
+                self.mtu
+                    .on_acked(pn, p.size.saturating_add(u16::from(p.cut)));
                 if self.mtu.current() != mtu_before {
                     self.cc.on_mtu_update(self.mtu.current());
                 }
                 if let Some(l) = p.largest_acked {
                     self.received.on_ack_acked(l);
                 }
-                for meta in p.frames.drain(..) {
-                    upper.on_acked(meta);
-                }
-                self.sent.recycle(p.frames);
+                self.sent
+                    .release_frames(p.frames, |meta| upper.on_acked(meta));
             }
         }
         if !acked_any {
@@ -1128,7 +1130,7 @@ impl<M> Channel<M> {
                 self.loss_time = Some(self.loss_time.map_or(at, |l| l.min(at)));
                 continue;
             }
-            let Some(mut p) = self.sent.take(pn) else {
+            let Some(p) = self.sent.take(pn) else {
                 continue;
             };
             if seen_gap {
@@ -1141,7 +1143,8 @@ impl<M> Channel<M> {
             if p.ect {
                 self.ecn.on_marked_lost();
             }
-            self.mtu.on_lost(now, pn, p.size);
+            self.mtu
+                .on_lost(now, pn, p.size.saturating_add(u16::from(p.cut)));
             if !p.mtu_probe && p.in_flight {
                 lost_bytes += u64::from(p.size);
                 newest_lost = Some(newest_lost.map_or(p.time, |t| t.max(p.time)));
@@ -1150,10 +1153,8 @@ impl<M> Channel<M> {
             if p.in_flight {
                 self.bytes_in_flight = self.bytes_in_flight.saturating_sub(u64::from(p.size));
             }
-            for meta in p.frames.drain(..) {
-                upper.on_lost(meta);
-            }
-            self.sent.recycle(p.frames);
+            self.sent
+                .release_frames(p.frames, |meta| upper.on_lost(meta));
         }
         if let (Some(newest), Some(oldest)) = (newest_lost, oldest_lost) {
             let period = self.pto_base() * 3;

@@ -3,23 +3,27 @@
 //! Packet numbers are consecutive, so the store is a ring of slots starting at the oldest
 //! outstanding packet: insertion, lookup and removal are O(1) and acknowledged slots at the
 //! front are trimmed. A slot is `None` once its packet was acknowledged or declared lost.
+//!
+//! The upper layer's records of the frames each packet carries live in one queue beside the
+//! slots, in the order they were sent, and a packet names its run of them: no vector per
+//! packet to take from a pool and give back, and the records of a window of packets lie
+//! next to each other in memory.
 
 use std::collections::VecDeque;
 use std::time::Instant;
 
-/// Emptied frame vectors kept for reuse, at least. One ACK often releases a whole window of
-/// packets (hundreds or thousands at high rates) before the next window is built; a pool
-/// smaller than the window freed most of them and the next window allocated them again, one
-/// allocation per packet. So the pool may grow to the most packets ever outstanding at once
-/// (the vectors existed then anyway), up to [`MAX_POOL_PEAK`].
-const MAX_POOL: usize = 1024;
-
-/// Upper bound of the pool whatever the window was: about 6 MiB of vectors of a few frames.
-const MAX_POOL_PEAK: usize = 1 << 16;
+/// Where a packet's upper-layer frame records are in [`SentPackets`]' record queue.
+#[derive(Debug, Default, Copy, Clone, Eq, PartialEq)]
+pub(crate) struct FrameSpan {
+    /// Sequence number of the first record (records are numbered from 0 as they are sent).
+    first: u64,
+    /// Number of records.
+    len: u32,
+}
 
 /// What the sender remembers about one packet.
 #[derive(Debug)]
-pub(crate) struct SentPacket<M> {
+pub(crate) struct SentPacket {
     pub(crate) time: Instant,
     /// Datagram size in bytes.
     pub(crate) size: u16,
@@ -27,26 +31,36 @@ pub(crate) struct SentPacket<M> {
     /// Counted in bytes in flight (ack-eliciting or padded probes).
     pub(crate) in_flight: bool,
     pub(crate) mtu_probe: bool,
+    /// Bytes the datagram was cut short of its room so that its payload is whole AEAD
+    /// blocks (0-15): path MTU discovery counts it as `size + cut` bytes, the size class it
+    /// was built for.
+    pub(crate) cut: u8,
     /// Sent marked ECT(0) on the current path (cleared when the path changes, so that the
     /// new path's ECN validation counts only its own packets).
     pub(crate) ect: bool,
     /// Largest packet number acknowledged by an ACK frame in this packet.
     pub(crate) largest_acked: Option<u64>,
-    /// Upper-layer frames to re-send if this packet is lost.
-    pub(crate) frames: Vec<M>,
+    /// Upper-layer frames to re-send if this packet is lost: release them with
+    /// [`SentPackets::release_frames`] once the packet is acknowledged or lost.
+    pub(crate) frames: FrameSpan,
 }
 
 #[derive(Debug)]
 pub(crate) struct SentPackets<M> {
     /// Packet number of `slots[0]`.
     base: u64,
-    slots: VecDeque<Option<SentPacket<M>>>,
+    slots: VecDeque<Option<SentPacket>>,
     /// Slots holding a packet.
     outstanding: usize,
-    /// Emptied frame vectors, kept to avoid an allocation per packet.
-    pool: Vec<Vec<M>>,
-    /// Most packets outstanding at once so far (bounds the pool).
-    peak: usize,
+    /// Frame records of the packets sent, in sending order; `None` once released. The front
+    /// is trimmed as records are released, so it holds no more than the records of the
+    /// oldest outstanding packet and those sent after it.
+    records: VecDeque<Option<M>>,
+    /// Sequence number of `records[0]`.
+    records_base: u64,
+    /// The upper layer writes the records of the packet being built here;
+    /// [`commit_frames`](Self::commit_frames) moves them to the queue.
+    pub(crate) scratch: Vec<M>,
 }
 
 impl<M> SentPackets<M> {
@@ -55,8 +69,9 @@ impl<M> SentPackets<M> {
             base: 0,
             slots: VecDeque::new(),
             outstanding: 0,
-            pool: Vec::new(),
-            peak: 0,
+            records: VecDeque::new(),
+            records_base: 0,
+            scratch: Vec::new(),
         }
     }
 
@@ -65,22 +80,43 @@ impl<M> SentPackets<M> {
         self.outstanding == 0
     }
 
-    /// An empty frame vector for the next packet.
-    pub(crate) fn take_frame_vec(&mut self) -> Vec<M> {
-        self.pool.pop().unwrap_or_default()
+    /// Moves the records in [`scratch`](Self::scratch) to the queue, for the packet about to
+    /// be recorded with [`insert`](Self::insert).
+    pub(crate) fn commit_frames(&mut self) -> FrameSpan {
+        let first = self.records_base + self.records.len() as u64;
+        let len = u32::try_from(self.scratch.len()).expect("a packet carries few frames");
+        self.records.extend(self.scratch.drain(..).map(Some));
+        FrameSpan { first, len }
     }
 
-    /// Gives back a frame vector whose items were consumed.
-    pub(crate) fn recycle(&mut self, mut v: Vec<M>) {
-        v.clear();
-        let cap = self.peak.clamp(MAX_POOL, MAX_POOL_PEAK);
-        if self.pool.len() < cap && v.capacity() > 0 {
-            self.pool.push(v);
+    /// Hands each record of `span` to `f`, in the order they were sent, and forgets them.
+    pub(crate) fn release_frames(&mut self, span: FrameSpan, mut f: impl FnMut(M)) {
+        if span.len == 0 {
+            return;
+        }
+        let Some(start) = span.first.checked_sub(self.records_base) else {
+            return;
+        };
+        let start = usize::try_from(start).unwrap_or(usize::MAX);
+        if start >= self.records.len() {
+            return;
+        }
+        let end = start
+            .saturating_add(span.len as usize)
+            .min(self.records.len());
+        for slot in self.records.range_mut(start..end) {
+            if let Some(record) = slot.take() {
+                f(record);
+            }
+        }
+        while let Some(None) = self.records.front() {
+            self.records.pop_front();
+            self.records_base += 1;
         }
     }
 
     /// Records packet `pn`, which must be above every packet recorded before.
-    pub(crate) fn insert(&mut self, pn: u64, packet: SentPacket<M>) {
+    pub(crate) fn insert(&mut self, pn: u64, packet: SentPacket) {
         if self.slots.is_empty() {
             self.base = pn;
         }
@@ -90,11 +126,11 @@ impl<M> SentPackets<M> {
         }
         self.slots.push_back(Some(packet));
         self.outstanding += 1;
-        self.peak = self.peak.max(self.outstanding);
     }
 
-    /// Removes and returns packet `pn` if it is outstanding.
-    pub(crate) fn take(&mut self, pn: u64) -> Option<SentPacket<M>> {
+    /// Removes and returns packet `pn` if it is outstanding. Its frame records stay until
+    /// [`release_frames`](Self::release_frames).
+    pub(crate) fn take(&mut self, pn: u64) -> Option<SentPacket> {
         let idx = usize::try_from(pn.checked_sub(self.base)?).ok()?;
         let packet = self.slots.get_mut(idx)?.take()?;
         self.outstanding -= 1;
@@ -102,7 +138,7 @@ impl<M> SentPackets<M> {
         Some(packet)
     }
 
-    pub(crate) fn get(&self, pn: u64) -> Option<&SentPacket<M>> {
+    pub(crate) fn get(&self, pn: u64) -> Option<&SentPacket> {
         let idx = usize::try_from(pn.checked_sub(self.base)?).ok()?;
         self.slots.get(idx)?.as_ref()
     }
@@ -135,19 +171,18 @@ impl<M> SentPackets<M> {
     }
 
     /// Every outstanding packet, mutably.
-    pub(crate) fn iter_mut(&mut self) -> impl Iterator<Item = &mut SentPacket<M>> + '_ {
+    pub(crate) fn iter_mut(&mut self) -> impl Iterator<Item = &mut SentPacket> + '_ {
         self.slots.iter_mut().flatten()
     }
 
-    /// Removes every outstanding packet (the channel closed).
-    pub(crate) fn drain(&mut self) -> impl Iterator<Item = (u64, SentPacket<M>)> + '_ {
-        let base = self.base;
+    /// Forgets every outstanding packet (the channel closed) and returns the frame records
+    /// they carried, in the order they were sent.
+    pub(crate) fn drain(&mut self) -> impl Iterator<Item = M> + '_ {
         self.outstanding = 0;
         self.base += self.slots.len() as u64;
-        self.slots
-            .drain(..)
-            .enumerate()
-            .filter_map(move |(i, p)| p.map(|p| (base + i as u64, p)))
+        self.slots.clear();
+        self.records_base += self.records.len() as u64;
+        self.records.drain(..).flatten()
     }
 }
 
@@ -155,23 +190,39 @@ impl<M> SentPackets<M> {
 mod tests {
     use super::*;
 
-    fn packet(now: Instant) -> SentPacket<u32> {
+    fn packet(now: Instant) -> SentPacket {
         SentPacket {
             time: now,
             size: 1200,
             ack_eliciting: true,
             in_flight: true,
             mtu_probe: false,
+            cut: 0,
             ect: false,
             largest_acked: None,
-            frames: Vec::new(),
+            frames: FrameSpan::default(),
         }
+    }
+
+    /// Records packet `pn` carrying `records`.
+    fn send(s: &mut SentPackets<u32>, now: Instant, pn: u64, records: &[u32]) {
+        s.scratch.extend_from_slice(records);
+        let mut p = packet(now);
+        p.frames = s.commit_frames();
+        s.insert(pn, p);
+    }
+
+    fn release(s: &mut SentPackets<u32>, pn: u64) -> Vec<u32> {
+        let p = s.take(pn).expect("outstanding");
+        let mut out = Vec::new();
+        s.release_frames(p.frames, |r| out.push(r));
+        out
     }
 
     #[test]
     fn insert_take_and_trim() {
         let now = Instant::now();
-        let mut s = SentPackets::new();
+        let mut s = SentPackets::<u32>::new();
         s.insert(3, packet(now));
         s.insert(4, packet(now));
         s.insert(7, packet(now));
@@ -191,60 +242,66 @@ mod tests {
     }
 
     #[test]
-    fn a_whole_window_of_frame_vectors_is_reused() {
+    fn each_packet_releases_its_own_records_in_any_order() {
+        let now = Instant::now();
         let mut s = SentPackets::<u32>::new();
-        let window: Vec<Vec<u32>> = (0..500).map(|_| Vec::with_capacity(4)).collect();
-        for v in window {
-            s.recycle(v);
-        }
-        // Vectors that never held anything are not worth keeping.
-        s.recycle(Vec::new());
-        for _ in 0..500 {
-            assert!(s.take_frame_vec().capacity() >= 4, "reused, not allocated");
-        }
-        assert_eq!(s.take_frame_vec().capacity(), 0);
-        for _ in 0..2 * MAX_POOL {
-            s.recycle(vec![1]);
-        }
-        assert_eq!(s.pool.len(), MAX_POOL, "the pool is bounded");
+        send(&mut s, now, 0, &[1, 2]);
+        send(&mut s, now, 1, &[]);
+        send(&mut s, now, 2, &[3]);
+        send(&mut s, now, 3, &[4, 5, 6]);
+        assert_eq!(release(&mut s, 2), vec![3]);
+        // Released out of order: the queue keeps the hole until the front goes.
+        assert_eq!(s.records.len(), 6);
+        assert_eq!(release(&mut s, 1), Vec::<u32>::new());
+        assert_eq!(release(&mut s, 0), vec![1, 2]);
+        // Records 1-3 are gone, so the front moves to packet 3's.
+        assert_eq!(s.records.len(), 3);
+        assert_eq!(release(&mut s, 3), vec![4, 5, 6]);
+        assert!(
+            s.records.is_empty(),
+            "nothing kept once every packet is done"
+        );
+        // A span released twice yields nothing the second time.
+        send(&mut s, now, 4, &[7]);
+        let p = s.take(4).unwrap();
+        let mut n = 0;
+        s.release_frames(p.frames, |_| n += 1);
+        s.release_frames(p.frames, |_| n += 1);
+        assert_eq!(n, 1);
     }
 
     #[test]
-    fn the_pool_holds_a_window_larger_than_its_floor_but_never_more_than_its_peak() {
+    fn records_of_a_window_stay_bounded_by_the_outstanding_packets() {
         let now = Instant::now();
         let mut s = SentPackets::<u32>::new();
-        let window = 3 * MAX_POOL;
-        for pn in 0..window as u64 {
-            let mut p = packet(now);
-            p.frames = vec![pn as u32];
-            s.insert(pn, p);
+        let mut pn = 0;
+        for round in 0..10u32 {
+            for i in 0..1000 {
+                send(&mut s, now, pn, &[round * 1000 + i]);
+                pn += 1;
+            }
+            // One ACK releases the whole window.
+            for p in pn - 1000..pn {
+                assert_eq!(release(&mut s, p).len(), 1);
+            }
+            assert!(s.records.is_empty());
+            assert!(s.is_empty());
         }
-        // One ACK releases the whole window: every vector is kept for the next one.
-        for pn in 0..window as u64 {
-            let p = s.take(pn).expect("outstanding");
-            s.recycle(p.frames);
-        }
-        assert_eq!(s.pool.len(), window);
-        for _ in 0..window {
-            assert!(s.take_frame_vec().capacity() >= 1, "reused, not allocated");
-        }
-        // The pool never exceeds the most packets outstanding at once.
-        for _ in 0..2 * window {
-            s.recycle(vec![1]);
-        }
-        assert_eq!(s.pool.len(), window);
     }
 
     #[test]
     fn drain_returns_everything_outstanding() {
         let now = Instant::now();
-        let mut s = SentPackets::new();
-        for pn in [10, 11, 13] {
-            s.insert(pn, packet(now));
-        }
-        s.take(11);
-        let drained: Vec<u64> = s.drain().map(|(pn, _)| pn).collect();
-        assert_eq!(drained, vec![10, 13]);
+        let mut s = SentPackets::<u32>::new();
+        send(&mut s, now, 10, &[1]);
+        send(&mut s, now, 11, &[2]);
+        send(&mut s, now, 13, &[3, 4]);
+        assert_eq!(release(&mut s, 11), vec![2]);
+        let drained: Vec<u32> = s.drain().collect();
+        assert_eq!(drained, vec![1, 3, 4]);
         assert!(s.is_empty());
+        // Packets sent afterwards are numbered on.
+        send(&mut s, now, 14, &[5]);
+        assert_eq!(release(&mut s, 14), vec![5]);
     }
 }

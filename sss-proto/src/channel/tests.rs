@@ -14,6 +14,7 @@ use super::{Channel, ChannelConfig, EcnState, Upper, UpperError};
 use crate::endpoint::{DatagramEvent, Endpoint, EndpointConfig};
 use crate::frame::{upper_header_len, write_upper_header, FrameType};
 use crate::identity::Identity;
+use crate::packet::{DataHeader, TAG_LEN};
 use crate::EcnCodepoint;
 
 const UNIX_NANOS: u64 = 1_700_000_000_000_000_000;
@@ -270,6 +271,63 @@ fn no_probe_timer_while_the_amplification_limit_blocks_the_probe() {
     assert!(t.size < 100);
     assert_eq!(upper.frames, 1, "still no data");
     assert!(b.poll_timeout().expect("PTO") > now);
+}
+
+/// `datagram` is a full data packet for an MTU of `mtu` under
+/// [`ChannelConfig::whole_block_payloads`]: its payload is whole 16-byte AEAD blocks, and it is
+/// the largest such packet, at most 15 bytes short of the MTU.
+fn assert_whole_block_packet(datagram: &[u8], mtu: usize) {
+    let (_, header_len) = DataHeader::parse(datagram).expect("a data packet");
+    let payload = datagram.len() - header_len - TAG_LEN;
+    assert_eq!(
+        payload % 16,
+        0,
+        "payload of {payload} bytes is not whole blocks"
+    );
+    assert!(
+        datagram.len() <= mtu && datagram.len() + 16 > mtu,
+        "{} bytes is not the largest such packet for an MTU of {mtu}",
+        datagram.len()
+    );
+}
+
+#[test]
+fn whole_block_payloads_cut_data_packets_and_a_batch_keeps_one_segment_size() {
+    let now = Instant::now();
+    let identity = Identity::generate(&mut ChaCha20Rng::seed_from_u64(2));
+    let mut config = EndpointConfig::new([2; 32]);
+    config.channel = Arc::new(ChannelConfig {
+        mtu_discovery: false,
+        whole_block_payloads: true,
+        ..ChannelConfig::default()
+    });
+    let eb = Endpoint::new(config, &identity, now, UNIX_NANOS);
+    let (mut a, mut b) = establish(now, endpoint(1, now), eb);
+    let mut buf = Vec::new();
+    let t = a.poll_transmit(now, 1, &mut buf, &mut ()).expect("PING");
+    let mut ping = buf[..t.size].to_vec();
+    let mut upper = Filler::default();
+    b.handle_datagram(now, addr(1), &mut ping, &mut upper);
+    assert!(b.validated);
+    let first = b.next_pn;
+    let t = b
+        .poll_transmit(now, 64, &mut buf, &mut upper)
+        .expect("data");
+    let segment = t.segment_size.expect("a batch of several datagrams");
+    let datagrams: Vec<&[u8]> = buf[..t.size].chunks(segment).collect();
+    assert!(datagrams.len() > 1, "{t:?}");
+    for datagram in &datagrams[..datagrams.len() - 1] {
+        assert_eq!(
+            datagram.len(),
+            segment,
+            "all but the last have the batch's size"
+        );
+        assert_whole_block_packet(datagram, 1200);
+    }
+    // Path MTU discovery counts them in the size class they were cut from.
+    let sent = b.sent.get(first).expect("outstanding");
+    assert_eq!(usize::from(sent.size) + usize::from(sent.cut), 1200);
+    assert!(sent.cut > 0);
 }
 
 /// An upper layer that accepts every frame and sends none.

@@ -231,7 +231,11 @@ impl Upper for Bulk {
         self.first_at.get_or_insert(now);
         self.bytes_received += data.len() as u64;
         self.received.insert(offset..offset + data.len() as u64);
-        if self.completed_at.is_none() && self.complete() {
+        // `complete` walks the range set: only worth asking once the last byte is in.
+        if self.completed_at.is_none()
+            && self.received.max().map(|m| m + 1) == self.expect
+            && self.complete()
+        {
             self.completed_at = Some(now);
         }
         Ok(())
