@@ -160,8 +160,94 @@ impl Host {
         protocol: &str,
     ) -> Result<Stream, Error> {
         check_names(service, protocol)?;
-        let stream = self.establish(peer, addrs, service, protocol, true).await?;
+        let stream = self.establish(peer, addrs, service, protocol, true, false).await?;
         Ok(stream.expect("asked to open a stream"))
+    }
+
+    /// [`connect`](Self::connect), then writes `first` to the stream, sending as much of it
+    /// as fits (about 900 bytes, less with long service and protocol names) inside the
+    /// handshake initiation: the peer's application gets the stream and those bytes with the
+    /// handshake, and its answer comes back in the handshake's round trip instead of one
+    /// round trip later ("early data", `spec/handshake.md` §3.1).
+    ///
+    /// Early data can be replayed by someone who captured the initiation, to a peer that
+    /// restarted since, as long as the peer's clock has not yet passed the initiation's
+    /// timestamp (the clock skew between the two hosts; `spec/handshake.md` §9). Use it for
+    /// requests whose replay does no harm (a read, an idempotent or authenticated command),
+    /// as with TLS 0-RTT. Without a new session to the peer (a channel is up, or a session
+    /// waits for a new channel) the stream opens as with `connect` and `first` is written as
+    /// ordinary data.
+    ///
+    /// ```no_run
+    /// # async fn demo(host: &sss_host::Host, peer: sss_host::Eid, addr: std::net::SocketAddr)
+    /// # -> Result<(), sss_host::Error> {
+    /// use tokio::io::AsyncReadExt;
+    ///
+    /// let mut stream = host
+    ///     .connect_early(peer, &[addr], "kv", "get/1", b"GET greeting\n")
+    ///     .await?;
+    /// stream.finish()?;
+    /// let mut answer = Vec::new();
+    /// stream.read_to_end(&mut answer).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn connect_early(
+        &self,
+        peer: Eid,
+        addrs: &[SocketAddr],
+        service: &str,
+        protocol: &str,
+        first: &[u8],
+    ) -> Result<Stream, Error> {
+        use tokio::io::AsyncWriteExt;
+
+        check_names(service, protocol)?;
+        if peer == self.shared.eid {
+            return Err(Error::SelfConnect);
+        }
+        // A new session: open the stream and write before the handshake starts, so that its
+        // first packet can ride in the initiation.
+        let early = {
+            let mut st = self.shared.lock();
+            if st.closed {
+                return Err(Error::HostClosed);
+            }
+            let new = !st.is_connected(peer) && st.peers.get(&peer).is_none_or(|p| p.session.is_new());
+            if new {
+                let p = st.peer_entry(peer);
+                let id = p
+                    .session
+                    .open(service, protocol)
+                    .map_err(Error::from_stream)?;
+                let _ = p.session.listen(id, true);
+                let mut written = 0;
+                while written < first.len() {
+                    match p.session.write(id, &first[written..]) {
+                        Ok(0) => break,
+                        Ok(n) => written += n,
+                        Err(e) => return Err(Error::from_stream(e)),
+                    }
+                }
+                st.new_handle(&self.shared, peer, id).map(|s| (s, written))
+            } else {
+                None
+            }
+        };
+        let Some((mut stream, written)) = early else {
+            let mut stream = self.connect(peer, addrs, service, protocol).await?;
+            stream.write_all(first).await?;
+            return Ok(stream);
+        };
+        if let Err(e) = self
+            .establish(peer, addrs, service, protocol, false, true)
+            .await
+        {
+            let _ = stream.reset(sss_proto::stream::ErrorCode::LINK_DOWN);
+            return Err(e);
+        }
+        stream.write_all(&first[written..]).await?;
+        Ok(stream)
     }
 
     /// Establishes a new channel to `peer` for the session that already exists with it,
@@ -179,12 +265,13 @@ impl Host {
         let Some((service, protocol)) = names else {
             return Err(Error::NoSession);
         };
-        self.establish(peer, addrs, &service, &protocol, false)
+        self.establish(peer, addrs, &service, &protocol, false, false)
             .await
             .map(|_| ())
     }
 
-    /// Attempts with retries until a channel is up, then opens a stream if `open`.
+    /// Attempts with retries until a channel is up, then opens a stream if `open`. With
+    /// `early`, handshakes of a new session carry its first frames as early data.
     async fn establish(
         &self,
         peer: Eid,
@@ -192,13 +279,17 @@ impl Host {
         service: &str,
         protocol: &str,
         open: bool,
+        early: bool,
     ) -> Result<Option<Stream>, Error> {
         if peer == self.shared.eid {
             return Err(Error::SelfConnect);
         }
         let mut failures = 0u32;
         loop {
-            let error = match self.attempt(peer, addrs, service, protocol, open).await {
+            let error = match self
+                .attempt(peer, addrs, service, protocol, open, early)
+                .await
+            {
                 Ok(stream) => return Ok(stream),
                 Err(e @ (Error::TimedOut | Error::ConnectFailed(_))) => e,
                 Err(e) => return Err(e),
@@ -226,6 +317,7 @@ impl Host {
         service: &str,
         protocol: &str,
         open: bool,
+        early: bool,
     ) -> Result<Option<Stream>, Error> {
         let (id, timeout) = {
             let mut st = self.shared.lock();
@@ -235,7 +327,7 @@ impl Host {
             if st.is_connected(peer) {
                 return self.open_connected(&mut st, peer, service, protocol, open);
             }
-            let id = st.start_attempt(Instant::now(), peer, addrs, service, protocol)?;
+            let id = st.start_attempt(Instant::now(), peer, addrs, service, protocol, early)?;
             (id, st.config.attempt_timeout)
         };
         let guard = AttemptGuard {
