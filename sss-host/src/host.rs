@@ -172,11 +172,11 @@ impl Host {
     ///
     /// Early data can be replayed by someone who captured the initiation, to a peer that
     /// restarted since, as long as the peer's clock has not yet passed the initiation's
-    /// timestamp (the clock skew between the two hosts; `spec/handshake.md` §9). Use it for
-    /// requests whose replay does no harm (a read, an idempotent or authenticated command),
-    /// as with TLS 0-RTT. Without a new session to the peer (a channel is up, or a session
-    /// waits for a new channel) the stream opens as with `connect` and `first` is written as
-    /// ordinary data.
+    /// timestamp (about the clock skew between the two hosts; `spec/handshake.md` §9). Use
+    /// it for requests whose replay does no harm (a read, an idempotent or authenticated
+    /// command), as with TLS 0-RTT. Without a new session to the peer (a channel is up, or a
+    /// session waits for a new channel) the stream opens as with `connect` and `first` goes
+    /// as ordinary data.
     ///
     /// ```no_run
     /// # async fn demo(host: &sss_host::Host, peer: sss_host::Eid, addr: std::net::SocketAddr)
@@ -202,52 +202,92 @@ impl Host {
     ) -> Result<Stream, Error> {
         use tokio::io::AsyncWriteExt;
 
+        let (mut stream, written) = self
+            .connect_early_with(peer, addrs, service, protocol, |s| s.try_write(first))
+            .await?;
+        stream.write_all(&first[written..]).await?;
+        Ok(stream)
+    }
+
+    /// The general form of [`connect_early`](Self::connect_early): opens the stream, runs
+    /// `prepare` on it before the handshake starts, then connects. What `prepare` writes with
+    /// non-blocking calls ([`Stream::try_write`], [`Stream::finish`],
+    /// [`Stream::open_substream`] and writes to those substreams, datagrams) rides in the
+    /// handshake initiation as far as it fits, as early data, and the rest follows once
+    /// connected. The same replay caveat applies. Returns the stream and what `prepare`
+    /// returned; if the connection fails, the stream is reset.
+    ///
+    /// ```no_run
+    /// # async fn demo(host: &sss_host::Host, peer: sss_host::Eid, addr: std::net::SocketAddr)
+    /// # -> Result<(), sss_host::Error> {
+    /// // A request on a substream of the connection's root stream, sent with the handshake.
+    /// let (root, request) = host
+    ///     .connect_early_with(peer, &[addr], "kv", "get/1", |root| {
+    ///         let request = root.open_substream()?;
+    ///         request.try_write(b"GET greeting\n")?;
+    ///         request.finish()?;
+    ///         Ok(request)
+    ///     })
+    ///     .await?;
+    /// # drop((root, request));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn connect_early_with<T>(
+        &self,
+        peer: Eid,
+        addrs: &[SocketAddr],
+        service: &str,
+        protocol: &str,
+        prepare: impl FnOnce(&Stream) -> Result<T, Error>,
+    ) -> Result<(Stream, T), Error> {
         check_names(service, protocol)?;
         if peer == self.shared.eid {
             return Err(Error::SelfConnect);
         }
-        // A new session: open the stream and write before the handshake starts, so that its
-        // first packet can ride in the initiation.
-        let early = {
+        let (stream, early) = {
             let mut st = self.shared.lock();
             if st.closed {
                 return Err(Error::HostClosed);
             }
-            let new = !st.is_connected(peer) && st.peers.get(&peer).is_none_or(|p| p.session.is_new());
-            if new {
+            // Early data only for a new session: see `Session::is_new`.
+            let early = !st.is_connected(peer)
+                && st.peers.get(&peer).is_none_or(|p| p.session.is_new());
+            if early {
                 let p = st.peer_entry(peer);
                 let id = p
                     .session
                     .open(service, protocol)
                     .map_err(Error::from_stream)?;
                 let _ = p.session.listen(id, true);
-                let mut written = 0;
-                while written < first.len() {
-                    match p.session.write(id, &first[written..]) {
-                        Ok(0) => break,
-                        Ok(n) => written += n,
-                        Err(e) => return Err(Error::from_stream(e)),
-                    }
-                }
-                st.new_handle(&self.shared, peer, id).map(|s| (s, written))
+                let stream = st
+                    .new_handle(&self.shared, peer, id)
+                    .ok_or(Error::HostClosed)?;
+                (Some(stream), true)
             } else {
-                None
+                (None, false)
             }
         };
-        let Some((mut stream, written)) = early else {
-            let mut stream = self.connect(peer, addrs, service, protocol).await?;
-            stream.write_all(first).await?;
-            return Ok(stream);
+        let Some(stream) = stream else {
+            let stream = self.connect(peer, addrs, service, protocol).await?;
+            let value = prepare(&stream)?;
+            return Ok((stream, value));
+        };
+        let value = match prepare(&stream) {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = stream.reset(crate::ErrorCode::LINK_DOWN);
+                return Err(e);
+            }
         };
         if let Err(e) = self
-            .establish(peer, addrs, service, protocol, false, true)
+            .establish(peer, addrs, service, protocol, false, early)
             .await
         {
-            let _ = stream.reset(sss_proto::stream::ErrorCode::LINK_DOWN);
+            let _ = stream.reset(crate::ErrorCode::LINK_DOWN);
             return Err(e);
         }
-        stream.write_all(&first[written..]).await?;
-        Ok(stream)
+        Ok((stream, value))
     }
 
     /// Establishes a new channel to `peer` for the session that already exists with it,
