@@ -160,7 +160,9 @@ impl Host {
         protocol: &str,
     ) -> Result<Stream, Error> {
         check_names(service, protocol)?;
-        let stream = self.establish(peer, addrs, service, protocol, true, false).await?;
+        let stream = self
+            .establish(peer, addrs, service, protocol, true, false)
+            .await?;
         Ok(stream.expect("asked to open a stream"))
     }
 
@@ -168,7 +170,7 @@ impl Host {
     /// as fits (about 900 bytes, less with long service and protocol names) inside the
     /// handshake initiation: the peer's application gets the stream and those bytes with the
     /// handshake, and its answer comes back in the handshake's round trip instead of one
-    /// round trip later ("early data", `spec/handshake.md` §3.1).
+    /// round trip later ("early data", `spec/handshake.md` §3.4).
     ///
     /// Early data can be replayed by someone who captured the initiation, to a peer that
     /// restarted since, as long as the peer's clock has not yet passed the initiation's
@@ -251,8 +253,8 @@ impl Host {
                 return Err(Error::HostClosed);
             }
             // Early data only for a new session: see `Session::is_new`.
-            let early = !st.is_connected(peer)
-                && st.peers.get(&peer).is_none_or(|p| p.session.is_new());
+            let early =
+                !st.is_connected(peer) && st.peers.get(&peer).is_none_or(|p| p.session.is_new());
             if early {
                 let p = st.peer_entry(peer);
                 let id = p

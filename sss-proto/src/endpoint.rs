@@ -44,7 +44,7 @@ pub struct EndpointConfig {
     /// Seed of the endpoint's random generator (ephemeral keys, indices, cookies). A host
     /// fills it from the operating system; tests fix it.
     pub rng_seed: [u8; 32],
-    /// Whether early data in initiations is taken (`spec/handshake.md` §3.1, §9). When
+    /// Whether early data in initiations is taken (`spec/handshake.md` §3.4, §9). When
     /// `false` it is ignored and the initiator re-sends it after the handshake.
     pub accept_early_data: bool,
 }
@@ -387,20 +387,14 @@ impl Endpoint {
         let (handle, index) = self.allocate();
         let unix = self.unix_nanos(now);
         let ephemeral = self.take_ephemeral();
-        let initiator = match Initiator::prepare(
-            &self.statics,
-            remote,
-            index,
-            &hello,
-            unix,
-            ephemeral,
-        ) {
-            Ok(i) => i,
-            Err(e) => {
-                self.forget(handle);
-                return Err(e.into());
-            }
-        };
+        let initiator =
+            match Initiator::prepare(&self.statics, remote, index, &hello, unix, ephemeral) {
+                Ok(i) => i,
+                Err(e) => {
+                    self.forget(handle);
+                    return Err(e.into());
+                }
+            };
         let rng = self.channel_rng();
         let setup = InitiatorSetup {
             local_index: index,

@@ -239,7 +239,10 @@ fn early_data_reaches_the_responder_with_the_initiation() {
     send(&mut w, &msg);
     deliver(&mut w, &msg, Duration::from_secs(10), Duration::ZERO);
     let (sent, taken) = early_counts(&w);
-    assert!(sent > 300, "the request rode in the initiation ({sent} bytes)");
+    assert!(
+        sent > 300,
+        "the request rode in the initiation ({sent} bytes)"
+    );
     assert_eq!(sent, taken, "and the responder took it");
     // B's application read the request one way after A started, before any second flight.
     let read_at = w.b_first_read.unwrap() - start;
@@ -260,7 +263,10 @@ fn without_early_data_the_request_waits_for_the_handshake() {
     deliver(&mut w, &msg, Duration::from_secs(10), Duration::ZERO);
     assert_eq!(early_counts(&w), (0, 0));
     let read_at = w.b_first_read.unwrap() - start;
-    assert!(read_at >= Duration::from_millis(60), "read after {read_at:?}");
+    assert!(
+        read_at >= Duration::from_millis(60),
+        "read after {read_at:?}"
+    );
 }
 
 /// Initiations and responses dropped, initiations duplicated and delivered late (so that
@@ -283,33 +289,39 @@ fn early_data_arrives_once_whatever_happens_to_the_handshake() {
         let dup_delay = Duration::from_millis(rng.next_u64() % 900);
         let mut inits = 0u64;
         let mut resps = 0u64;
-        w.net.set_interceptor(Box::new(move |i: &mut Intercept<'_>| {
-            match i.data.first() {
-                Some(&INITIATION) => {
-                    inits += 1;
-                    if inits <= drop_inits {
-                        Verdict::Drop
-                    } else if inits % dup_every == 0 {
-                        Verdict::DeliverAndReplayLater(dup_delay)
-                    } else {
-                        Verdict::Deliver
+        w.net
+            .set_interceptor(Box::new(move |i: &mut Intercept<'_>| {
+                match i.data.first() {
+                    Some(&INITIATION) => {
+                        inits += 1;
+                        if inits <= drop_inits {
+                            Verdict::Drop
+                        } else if inits % dup_every == 0 {
+                            Verdict::DeliverAndReplayLater(dup_delay)
+                        } else {
+                            Verdict::Deliver
+                        }
                     }
-                }
-                Some(&RESPONSE) => {
-                    resps += 1;
-                    if resps <= drop_resps {
-                        Verdict::Drop
-                    } else {
-                        Verdict::Deliver
+                    Some(&RESPONSE) => {
+                        resps += 1;
+                        if resps <= drop_resps {
+                            Verdict::Drop
+                        } else {
+                            Verdict::Deliver
+                        }
                     }
+                    _ => Verdict::Deliver,
                 }
-                _ => Verdict::Deliver,
-            }
-        }));
+            }));
         let len = 1 + (rng.next_u64() % 3000) as usize;
         let msg = message(seed, len);
         send(&mut w, &msg);
-        deliver(&mut w, &msg, Duration::from_secs(60), Duration::from_secs(2));
+        deliver(
+            &mut w,
+            &msg,
+            Duration::from_secs(60),
+            Duration::from_secs(2),
+        );
         let (sent, taken) = early_counts(&w);
         assert!(sent > 0, "seed {seed}: early data sent");
         if taken > 0 {
@@ -336,7 +348,12 @@ fn declined_early_data_is_sent_again_and_arrives_once() {
         let mut w = world(seed, l, UNIX_NANOS + 3_600_000_000_000);
         let msg = message(seed, 1 + (seed as usize * 97) % 2500);
         send(&mut w, &msg);
-        deliver(&mut w, &msg, Duration::from_secs(60), Duration::from_secs(1));
+        deliver(
+            &mut w,
+            &msg,
+            Duration::from_secs(60),
+            Duration::from_secs(1),
+        );
         let b = w.net.node(w.b);
         assert!(b.endpoint.early_data_declined() >= 1, "seed {seed}");
         let (sent, taken) = early_counts(&w);
@@ -365,7 +382,12 @@ fn a_responder_may_refuse_all_early_data() {
     *w.net.node_mut(w.b) = hb;
     let msg = message(7, 500);
     send(&mut w, &msg);
-    deliver(&mut w, &msg, Duration::from_secs(10), Duration::from_millis(500));
+    deliver(
+        &mut w,
+        &msg,
+        Duration::from_secs(10),
+        Duration::from_millis(500),
+    );
     assert_eq!(w.net.node(w.b).endpoint.early_data_declined(), 1);
     assert_eq!(early_counts(&w).1, 0);
 }
@@ -378,15 +400,21 @@ fn a_replayed_initiation_delivers_no_early_data() {
         let mut w = world(seed, link(10), UNIX_NANOS);
         let captured: Rc<RefCell<Vec<Vec<u8>>>> = Rc::default();
         let c = captured.clone();
-        w.net.set_interceptor(Box::new(move |i: &mut Intercept<'_>| {
-            if i.data.first() == Some(&INITIATION) {
-                c.borrow_mut().push(i.data.clone());
-            }
-            Verdict::Deliver
-        }));
+        w.net
+            .set_interceptor(Box::new(move |i: &mut Intercept<'_>| {
+                if i.data.first() == Some(&INITIATION) {
+                    c.borrow_mut().push(i.data.clone());
+                }
+                Verdict::Deliver
+            }));
         let msg = message(seed, 400);
         send(&mut w, &msg);
-        deliver(&mut w, &msg, Duration::from_secs(10), Duration::from_millis(200));
+        deliver(
+            &mut w,
+            &msg,
+            Duration::from_secs(10),
+            Duration::from_millis(200),
+        );
         eprintln!("after deliver: {:?}", w.net.elapsed());
         let initiation = captured.borrow()[0].clone();
         assert!(w.net.node(w.b).channels.len() == 1);
@@ -438,9 +466,18 @@ fn early_data_larger_than_the_room_falls_back_to_ordinary_packets() {
         let mut w = world(seed, l, UNIX_NANOS);
         let msg = message(seed, 5000 + seed as usize * 31);
         send(&mut w, &msg);
-        deliver(&mut w, &msg, Duration::from_secs(60), Duration::from_millis(500));
+        deliver(
+            &mut w,
+            &msg,
+            Duration::from_secs(60),
+            Duration::from_millis(500),
+        );
         let a = w.net.node(w.a);
-        let early_len: usize = a.channels.values().map(|c| c.channel.early_data_len()).sum();
+        let early_len: usize = a
+            .channels
+            .values()
+            .map(|c| c.channel.early_data_len())
+            .sum();
         assert!(
             (500..1064).contains(&early_len),
             "seed {seed}: {early_len} bytes in the initiation"

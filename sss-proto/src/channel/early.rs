@@ -1,5 +1,5 @@
 //! Early data: the initiator's first upper-layer frames, carried inside the handshake
-//! initiation as its packet number 0 (`spec/handshake.md` §3.1, `spec/channel.md`).
+//! initiation as its packet number 0 (`spec/handshake.md` §3.4, `spec/channel.md`).
 //!
 //! Initiator: when allowed ([`Channel::set_early_data`]), the first initiation is written
 //! when the channel is first polled, with as many of the upper layer's pending frames as the
@@ -129,10 +129,16 @@ impl<M> Channel<M> {
         if self.early.allowed && upper.has_pending() {
             let space = hs.initiator.early_capacity();
             upper.write_frames(now, &mut early, space, &mut self.early.frames);
-            debug_assert!(early.len() <= space, "upper layer overfilled the initiation");
+            debug_assert!(
+                early.len() <= space,
+                "upper layer overfilled the initiation"
+            );
         }
         hs.message.clear();
-        match hs.initiator.send_first(&hs.statics, &early, &mut hs.message) {
+        match hs
+            .initiator
+            .send_first(&hs.statics, &early, &mut hs.message)
+        {
             Ok(()) => {
                 self.early.len = early.len();
                 self.stats.early_data_sent += early.len() as u64;

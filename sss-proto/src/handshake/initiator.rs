@@ -147,7 +147,7 @@ impl Initiator {
         })
     }
 
-    /// The most early data the initiation can carry (`spec/handshake.md` §3.1): what the
+    /// The most early data the initiation can carry (`spec/handshake.md` §3.4): what the
     /// service, protocol and transport parameters leave of the payload.
     pub fn early_capacity(&self) -> usize {
         self.early_capacity

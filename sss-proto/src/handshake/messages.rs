@@ -193,7 +193,9 @@ pub(crate) struct InitPayload {
 /// [`INIT_PAYLOAD_LEN`], less the length prefix. An error if the fields alone do not fit.
 pub(crate) fn early_capacity(hello: &Hello) -> Result<usize, HandshakeError> {
     if hello.service.len() > MAX_NAME_LEN || hello.protocol.len() > MAX_NAME_LEN {
-        return Err(HandshakeError::InvalidArgument("name longer than 255 bytes"));
+        return Err(HandshakeError::InvalidArgument(
+            "name longer than 255 bytes",
+        ));
     }
     let mut params = Vec::new();
     hello.params.encode(&mut params);
@@ -206,7 +208,9 @@ pub(crate) fn early_capacity(hello: &Hello) -> Result<usize, HandshakeError> {
         + params.len();
     let rest = INIT_PAYLOAD_LEN
         .checked_sub(fixed)
-        .ok_or(HandshakeError::InvalidArgument("transport parameters too large"))?;
+        .ok_or(HandshakeError::InvalidArgument(
+            "transport parameters too large",
+        ))?;
     // The prefix of `rest` bytes is at least as long as that of anything shorter.
     Ok(rest.saturating_sub(varint_len(rest as u64)))
 }

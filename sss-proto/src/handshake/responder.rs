@@ -61,7 +61,7 @@ pub struct PendingInitiation {
 }
 
 impl PendingInitiation {
-    /// The early data (`spec/handshake.md` §3.1): the initiator's channel frames of its
+    /// The early data (`spec/handshake.md` §3.4): the initiator's channel frames of its
     /// packet number 0, authenticated with the initiation; empty if none. Replayable in
     /// principle: see §9 before using it.
     pub fn early_data(&self) -> &[u8] {
