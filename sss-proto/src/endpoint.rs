@@ -464,9 +464,8 @@ impl Endpoint {
                         // endpoint started: the replay table cannot vouch for older ones
                         // (it was empty then). spec/handshake.md §9.
                         let fresh = pending.timestamp().unix_nanos() > self.unix_at_creation.1;
-                        if !pending.early_data().is_empty()
-                            && !(fresh && self.config.accept_early_data)
-                        {
+                        let take = fresh && self.config.accept_early_data;
+                        if !take && !pending.early_data().is_empty() {
                             pending.take_early_data();
                             self.early_declined += 1;
                         }
