@@ -153,6 +153,13 @@ impl<M> Channel<M> {
 
     /// Initiator, handshake completed: the early frames become packet 0, sent when the last
     /// initiation was; the channel's own packets start at 1.
+    ///
+    /// Packet 0 is not counted in flight: it rode in the initiation, outside congestion
+    /// control, and a responder that declines it (a restart) says nothing about congestion.
+    /// So its acknowledgement does not grow the window nor its loss shrink it; it is still
+    /// ack-eliciting (an RTT sample) and declared lost by the usual thresholds once a later
+    /// packet is acknowledged (the PING sent on connecting is one), its frames then sent
+    /// again.
     pub(super) fn early_to_packet_zero(&mut self, now: Instant) {
         if self.early.frames.is_empty() {
             return;
@@ -166,7 +173,7 @@ impl<M> Channel<M> {
                 time,
                 size,
                 ack_eliciting: true,
-                in_flight: true,
+                in_flight: false,
                 mtu_probe: false,
                 ect: false,
                 largest_acked: None,
@@ -174,9 +181,6 @@ impl<M> Channel<M> {
             },
         );
         self.next_pn = self.next_pn.max(1);
-        self.bytes_in_flight += u64::from(size);
-        self.cc.on_sent(time, u64::from(size), 0);
-        self.time_of_last_ack_eliciting = Some(time);
     }
 
     /// The frames the initiation carried, while the handshake is not complete: reported
