@@ -40,8 +40,10 @@ struct World {
     fin: bool,
     /// IncomingStream events B's application saw.
     incoming: Vec<StreamId>,
-    /// When B first read a byte, and when A first heard from B's application.
+    /// When B first read a byte.
     b_first_read: Option<Instant>,
+    /// What B's application answers once it has read the whole request (sent once).
+    reply: Option<Vec<u8>>,
 }
 
 fn channel_config() -> ChannelConfig {
@@ -91,6 +93,7 @@ fn world(seed: u64, link: LinkConfig, b_unix: u64) -> World {
         fin: false,
         incoming: Vec::new(),
         b_first_read: None,
+        reply: None,
     }
 }
 
@@ -121,6 +124,7 @@ fn send(w: &mut World, msg: &[u8]) -> StreamId {
 }
 
 /// Whether B's application has something to do: a new stream, or bytes or the end to read.
+#[allow(clippy::too_many_arguments)]
 fn b_has_work(
     net: &Network<SessionHost>,
     b: NodeId,
@@ -175,6 +179,12 @@ fn serve(w: &mut World) {
                     break;
                 }
             }
+        }
+    }
+    if w.fin {
+        if let (Some(reply), Some(&id)) = (w.reply.take(), w.incoming.first()) {
+            assert_eq!(session.write(id, &reply).unwrap(), reply.len());
+            session.finish(id).unwrap();
         }
     }
 }
@@ -481,6 +491,58 @@ fn early_data_larger_than_the_room_falls_back_to_ordinary_packets() {
         assert!(
             (500..1064).contains(&early_len),
             "seed {seed}: {early_len} bytes in the initiation"
+        );
+    }
+}
+
+/// The responder's answer to early data can overtake its handshake response on the way (it
+/// is sent right after it): the initiator keeps it until the response authenticates, instead
+/// of dropping it and waiting for a retransmission.
+#[test]
+fn an_answer_that_overtakes_the_response_is_kept() {
+    for delay_ms in [0u64, 5, 15] {
+        let mut w = world(11 + delay_ms, link(20), UNIX_NANOS);
+        let delay = Duration::from_millis(delay_ms);
+        w.net
+            .set_interceptor(Box::new(move |i: &mut Intercept<'_>| {
+                if i.data.first() == Some(&RESPONSE) && !delay.is_zero() {
+                    Verdict::Delay(delay)
+                } else {
+                    Verdict::Deliver
+                }
+            }));
+        w.reply = Some(b"pong".to_vec());
+        let start = w.net.now();
+        let msg = message(11, 100);
+        let id = send(&mut w, &msg);
+        let (a, b, a_eid, b_eid) = (w.a, w.b, w.a_eid, w.b_eid);
+        let deadline = start + Duration::from_secs(5);
+        let answered = |net: &Network<SessionHost>| {
+            net.node(a)
+                .sessions
+                .get(&b_eid)
+                .is_some_and(|s| s.bytes_available(id).is_ok_and(|n| n > 0))
+        };
+        loop {
+            let (incoming, fin) = (w.incoming.clone(), w.fin);
+            let stopped = w
+                .net
+                .run_while(deadline, |net| {
+                    !answered(net) && !b_has_work(net, b, a_eid, &incoming, fin)
+                })
+                .unwrap();
+            serve(&mut w);
+            if answered(&w.net) || !stopped {
+                break;
+            }
+        }
+        assert!(answered(&w.net), "delay {delay_ms} ms: answered");
+        let at = w.net.now() - start;
+        // One round trip (40 ms) plus the response's extra delay; a retransmission would
+        // take at least one probe timeout more (the initial RTT is 100 ms).
+        assert!(
+            at <= Duration::from_millis(41) + delay,
+            "delay {delay_ms} ms: answered after {at:?}"
         );
     }
 }

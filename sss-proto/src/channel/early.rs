@@ -14,11 +14,13 @@
 //! initiator's packet 0 the first time it is given the upper layer (or when the driver calls
 //! [`Channel::process_early_data`], after attaching the upper layer to the channel).
 
+use std::net::SocketAddr;
 use std::time::Instant;
 
 use super::sent::SentPacket;
 use super::{Channel, ChannelError, CloseCode, Side, State, Upper};
 use crate::frame::{Frame, Frames};
+use crate::EcnCodepoint;
 
 /// The early-data state of a channel.
 pub(super) struct Early<M> {
@@ -32,7 +34,15 @@ pub(super) struct Early<M> {
     pub(super) sent_at: Option<Instant>,
     /// Responder: the initiator's packet 0, not yet processed.
     pub(super) received: Option<Vec<u8>>,
+    /// Initiator: data packets that arrived before the response (reordered on the way),
+    /// processed once it authenticates. At most [`MAX_STASHED`].
+    pub(super) stash: Vec<(SocketAddr, Option<EcnCodepoint>, Vec<u8>)>,
 }
+
+/// Data packets an initiator keeps while it waits for the response: the responder's first
+/// packets (its answer to early data) may overtake the response. QUIC keeps undecryptable
+/// packets the same way (RFC 9001 §4.1.4). Unauthenticated until then, so few.
+pub(super) const MAX_STASHED: usize = 4;
 
 impl<M> Early<M> {
     pub(super) fn new() -> Self {
@@ -42,6 +52,7 @@ impl<M> Early<M> {
             len: 0,
             sent_at: None,
             received: None,
+            stash: Vec::new(),
         }
     }
 }
@@ -187,5 +198,32 @@ impl<M> Channel<M> {
     /// lost with the rest when the channel ends.
     pub(super) fn take_early_frames(&mut self) -> Vec<M> {
         std::mem::take(&mut self.early.frames)
+    }
+
+    /// Initiator in its handshake: keeps a data packet that overtook the response.
+    pub(super) fn stash_early_datagram(
+        &mut self,
+        from: SocketAddr,
+        ecn: Option<EcnCodepoint>,
+        data: &[u8],
+    ) {
+        if matches!(self.state, State::Handshake(_))
+            && self.early.stash.len() < MAX_STASHED
+            && data.len() <= usize::from(self.config.max_udp_payload)
+        {
+            self.early.stash.push((from, ecn, data.to_vec()));
+        }
+    }
+
+    /// The handshake completed: the data packets that came before the response are handled
+    /// now, in the order they arrived.
+    pub(super) fn handle_stashed_datagrams<U: Upper<Meta = M>>(
+        &mut self,
+        now: Instant,
+        upper: &mut U,
+    ) {
+        for (from, ecn, mut data) in std::mem::take(&mut self.early.stash) {
+            self.handle_datagram_with_ecn(now, from, ecn, &mut data, upper);
+        }
     }
 }

@@ -645,6 +645,7 @@ impl<M> Channel<M> {
                 // Confirm the keys to the responder at once, and get an RTT sample.
                 self.ping_pending = true;
                 self.events.push_back(ChannelEvent::Connected);
+                self.handle_stashed_datagrams(now, upper);
             }
         }
     }
@@ -699,6 +700,8 @@ impl<M> Channel<M> {
             self.state,
             State::Established | State::Closing(_) | State::Draining(_)
         ) {
+            // Overtook the response (the responder's first data after it): kept for then.
+            self.stash_early_datagram(from, ecn, data);
             return;
         }
         let Ok((header, header_len)) = DataHeader::parse(data) else {
