@@ -78,7 +78,15 @@ impl<M> Channel<M> {
     /// Processes the early data an accepted handshake carried, as the initiator's packet 0,
     /// passing its frames to `upper`. Any call that takes the upper layer does this first;
     /// a driver calls it to deliver the early data at once, after attaching the upper layer.
+    #[inline]
     pub fn process_early_data<U: Upper<Meta = M>>(&mut self, now: Instant, upper: &mut U) {
+        // Checked on every call that takes the upper layer: keep the usual case to a test.
+        if self.early.received.is_some() {
+            self.take_packet_zero(now, upper);
+        }
+    }
+
+    fn take_packet_zero<U: Upper<Meta = M>>(&mut self, now: Instant, upper: &mut U) {
         let Some(data) = self.early.received.take() else {
             return;
         };
