@@ -89,6 +89,8 @@ impl SssListener {
 #[derive(Debug)]
 pub struct SssDialer {
     host: Host,
+    /// The connect probe rides in the handshake (`--no-early-data` turns it off).
+    early: bool,
 }
 
 impl SssDialer {
@@ -101,7 +103,10 @@ impl SssDialer {
         };
         let host = Host::new(host_config(bind, tuning))
             .map_err(|e| io_err("binding the SSS client host", e))?;
-        Ok(Self { host })
+        Ok(Self {
+            host,
+            early: !tuning.no_early_data,
+        })
     }
 }
 
@@ -156,6 +161,14 @@ impl Dialer for SssDialer {
         target: &Target,
         probe: &[u8],
     ) -> Result<(SssConn, WriteHalf<Stream>, ReadHalf<Stream>)> {
+        let io = |e| PerfError::io("probe", e);
+        if !self.early {
+            let conn = self.connect(target).await?;
+            let (mut w, r) = conn.open_bi().await?;
+            w.write_all(probe).await.map_err(io)?;
+            w.shutdown().await.map_err(io)?;
+            return Ok((conn, w, r));
+        }
         let eid: Eid = target
             .eid
             .parse()
@@ -173,7 +186,6 @@ impl Dialer for SssDialer {
             .await
             .map_err(|e| io_err(&format!("connecting to {target}"), e))?;
         let (r, mut w) = tokio::io::split(sub);
-        let io = |e| PerfError::io("probe", e);
         if written < probe.len() {
             w.write_all(&probe[written..]).await.map_err(io)?;
             w.shutdown().await.map_err(io)?;
