@@ -107,3 +107,33 @@ async fn the_listener_reads_the_first_bytes_without_writing_back() {
     within(10, incoming.read_exact(&mut got)).await.unwrap();
     assert_eq!(got, request);
 }
+
+#[test]
+fn the_blocking_facade_sends_early_data_too() {
+    use sss_host::blocking;
+    use std::io::{Read, Write};
+    let config = || sss_host::HostConfig::bind(common::loopback());
+    let server = blocking::Host::new(config()).unwrap();
+    let listener = server.listen("early", "blocking/1").unwrap();
+    let (eid, addr) = (server.eid(), server.loopback_addr());
+    let echo = std::thread::spawn(move || {
+        let mut s = listener.accept().unwrap();
+        let mut data = Vec::new();
+        s.read_to_end(&mut data).unwrap();
+        s.write_all(&data).unwrap();
+        s.finish().unwrap();
+        server
+    });
+    let client = blocking::Host::new(config()).unwrap();
+    let request = Pattern::bytes(6, 5000);
+    let mut s = client
+        .connect_early(eid, &[addr], "early", "blocking/1", &request)
+        .unwrap();
+    s.finish().unwrap();
+    let mut back = Vec::new();
+    s.read_to_end(&mut back).unwrap();
+    assert!(back == request);
+    let sent = client.stats(eid).unwrap().early_data_sent;
+    assert!(sent > 500, "{sent} bytes went early");
+    drop(echo.join().unwrap());
+}
