@@ -17,11 +17,19 @@ use std::time::Instant;
 use sss_proto::Transmit;
 
 use crate::state::{Shared, State};
-use crate::udp::{RecvBatch, UdpSocket, GSO_MAX_BYTES};
+use crate::udp::{RecvBatch, UdpSocket, DEFAULT_BUFFER_SIZE, GSO_MAX_BYTES};
 
 /// Receive calls per round before the driver turns to sending (acknowledgements should not
 /// wait behind a long receive burst).
 const RECV_CALLS_PER_ROUND: usize = 8;
+/// Bytes received per poll before the driver yields, so that the tasks reading the streams
+/// run while what arrived is still in the cache (the data is copied twice more: into the
+/// stream's buffer, then out to the reader). Without a bound one poll could drain a 16 MiB
+/// socket buffer into stream buffers before any reader ran (quinn bounds its receive loop by
+/// time, 50 µs, for the same reason). Measured on loopback: ~15 % less receiver CPU per byte.
+const RECV_BYTES_PER_POLL: usize = 512 << 10;
+/// Buffers per `recvmmsg`: up to 512 KiB of GRO batches, the same bound.
+const RECV_BUFFERS: usize = 8;
 /// Batches sent per round before the driver turns to receiving again.
 const SEND_BATCHES_PER_ROUND: usize = 32;
 /// Batches one channel sends before the next channel's turn.
@@ -49,7 +57,7 @@ impl Driver {
         Self {
             shared,
             socket,
-            recv: RecvBatch::new(),
+            recv: RecvBatch::with_buffers(RECV_BUFFERS, DEFAULT_BUFFER_SIZE),
             buf: Vec::with_capacity(GSO_MAX_BYTES),
             pending: None,
             timer: Box::pin(tokio::time::sleep_until(tokio::time::Instant::now())),
@@ -59,14 +67,26 @@ impl Driver {
         }
     }
 
-    /// Receives what the socket holds; returns whether anything arrived.
-    fn receive(&mut self, cx: &mut Context<'_>, st: &mut State, now: Instant) -> bool {
+    /// Receives what the socket holds, stopping early once `budget` bytes have arrived;
+    /// returns whether anything arrived, and the bytes received.
+    fn receive(
+        &mut self,
+        cx: &mut Context<'_>,
+        st: &mut State,
+        now: Instant,
+        budget: usize,
+    ) -> (bool, usize) {
         let mut any = false;
+        let mut bytes = 0;
         for _ in 0..RECV_CALLS_PER_ROUND {
+            if bytes >= budget {
+                break;
+            }
             match self.recv.poll_recv(cx, &self.socket) {
                 Poll::Ready(Ok(_)) => {
                     any = true;
                     for d in self.recv.datagrams() {
+                        bytes += d.data.len();
                         st.handle_datagram(now, d.from, d.ecn, d.data);
                     }
                 }
@@ -78,7 +98,7 @@ impl Driver {
                 Poll::Pending => break,
             }
         }
-        any
+        (any, bytes)
     }
 
     /// Sends what is due. Returns `(blocked, more)`: the socket is full (we are registered
@@ -194,9 +214,16 @@ impl Future for Driver {
         // poll have run.
         let mut again = false;
         let mut after_woken = false;
+        let mut received = 0;
         for round in 0.. {
             let now = Instant::now();
-            let mut busy = this.receive(cx, &mut st, now);
+            let (mut busy, bytes) = this.receive(
+                cx,
+                &mut st,
+                now,
+                RECV_BYTES_PER_POLL.saturating_sub(received),
+            );
+            received += bytes;
             st.handle_timeouts(now);
             st.collect(now);
             if st.refs == 0 && !st.closed {
@@ -247,7 +274,7 @@ impl Future for Driver {
                 }
                 break;
             }
-            if round + 1 >= ROUNDS_PER_POLL {
+            if round + 1 >= ROUNDS_PER_POLL || received >= RECV_BYTES_PER_POLL {
                 again = true;
                 break;
             }

@@ -81,6 +81,7 @@ pub mod blocking;
 mod config;
 mod driver;
 mod error;
+mod hash;
 mod host;
 pub mod impair;
 mod listener;

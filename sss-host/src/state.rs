@@ -26,6 +26,7 @@ use tokio::sync::watch;
 
 use crate::attempt::Attempt;
 use crate::config::HostConfig;
+use crate::hash::FastMap;
 use crate::stream::Stream;
 
 /// Most handshake replies (cookie replies, refusals) queued for sending; more are dropped
@@ -138,8 +139,8 @@ pub(crate) struct ListenerSlot {
 /// The host's state; see the [module documentation](self).
 pub(crate) struct State {
     pub(crate) endpoint: Endpoint,
-    pub(crate) channels: HashMap<ChannelHandle, ChannelSlot>,
-    pub(crate) peers: HashMap<Eid, Peer>,
+    pub(crate) channels: FastMap<ChannelHandle, ChannelSlot>,
+    pub(crate) peers: FastMap<Eid, Peer>,
     pub(crate) listeners: HashMap<(String, String), ListenerSlot>,
     pub(crate) attempts: HashMap<u64, Attempt>,
     pub(crate) next_attempt: u64,
@@ -174,8 +175,8 @@ impl State {
         let local = endpoint.eid();
         Self {
             endpoint,
-            channels: HashMap::new(),
-            peers: HashMap::new(),
+            channels: FastMap::default(),
+            peers: FastMap::default(),
             listeners: HashMap::new(),
             attempts: HashMap::new(),
             next_attempt: 0,

@@ -153,31 +153,34 @@ async fn upload_stream<C: Conn>(
     let pattern = Pattern::new(seed, stream, Direction::Request);
     let corrupt = corrupt.filter(|c| c.stream == stream).map(|c| c.offset);
     let written = async {
-        let mut buf = Vec::with_capacity(CHUNK);
+        // One buffer, zeroed once: the header, then content chunks written over each other.
+        let mut header = Vec::with_capacity(HEADER_LEN);
         Header {
             kind: Kind::UPLOAD,
             stream,
             seed,
             len,
         }
-        .encode(&mut buf);
+        .encode(&mut header);
+        let mut buf = vec![0; CHUNK];
+        buf[..header.len()].copy_from_slice(&header);
+        let mut head = header.len();
         let mut offset = 0u64;
         loop {
-            let head = buf.len();
             let n = usize::try_from(len - offset)
                 .unwrap_or(CHUNK)
                 .min(CHUNK - head);
-            buf.resize(head + n, 0);
-            pattern.fill(offset, &mut buf[head..]);
+            let chunk = &mut buf[..head + n];
+            pattern.fill(offset, &mut chunk[head..]);
             if let Some(at) = corrupt.filter(|at| (offset..offset + n as u64).contains(at)) {
-                buf[head + (at - offset) as usize] ^= 0xff;
+                chunk[head + (at - offset) as usize] ^= 0xff;
             }
-            send.write_all(&buf).await?;
+            send.write_all(chunk).await?;
             offset += n as u64;
             if offset == len {
                 break;
             }
-            buf.clear();
+            head = 0;
         }
         send.shutdown().await
     }

@@ -87,6 +87,8 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    // The content table is built before anything is timed.
+    sss_perf::content::warm_up();
     let result = match cli.command {
         Command::Compare(args) => sss_perf::compare::run(&args),
         command => current_thread().and_then(|rt| rt.block_on(run_command(command))),

@@ -11,6 +11,7 @@ use sss_proto::channel::{CloseCode, Upper};
 use sss_proto::frame::FrameType;
 use sss_proto::sim::{LinkConfig, Network, NodeId, Verdict};
 use sss_proto::stream::frames::{OpenInfo, StreamLayerFrame};
+use sss_proto::stream::pages::IDLE_SPARE_PAGES;
 use sss_proto::stream::{LinkStatus, Session, SessionConfig, SessionEvent, StreamError, StreamId};
 use sss_proto::testkit::session_host::{SessionHost, SessionPair};
 use sss_proto::testkit::{addr, identity};
@@ -207,6 +208,49 @@ fn the_session_send_buffer_bounds_all_streams_together_and_frees_on_acknowledgem
     w.read_for(&ids, &mut got, Duration::from_secs(1));
     assert_eq!(w.a_session().send_buffered(), 0);
     assert_eq!(got, data);
+}
+
+#[test]
+fn spare_pages_go_back_once_transfers_end_or_streams_reset() {
+    let link = LinkConfig::with_latency(Duration::from_millis(5));
+    let mut w = world(12, link, SessionConfig::default());
+    // A stream reset with a megabyte unsent: its pages go back to the pool (were they
+    // dropped uncounted, the pool would think them still in use and keep too many spares
+    // after the transfer below).
+    let s = w.open();
+    let big = pattern(80, 3_000_000);
+    let a = w.a_session();
+    let n = a.write(s, &big).unwrap();
+    assert!(n >= 1_000_000, "{n} bytes taken");
+    a.reset(s, 7).unwrap();
+    let ids: Vec<_> = (0..4).map(|_| w.open()).collect();
+    let data: Vec<_> = (0..4).map(|i| pattern(70 + i, 1_500_000)).collect();
+    let mut taken = [0; 4];
+    let mut got = vec![Vec::new(); 4];
+    let mut peak = 0;
+    for _ in 0..2000 {
+        let a = w.a_session();
+        for (i, id) in ids.iter().enumerate() {
+            taken[i] += a.write(*id, &data[i][taken[i]..]).unwrap();
+        }
+        w.net.wake(w.a);
+        w.read_for(&ids, &mut got, Duration::from_millis(5));
+        peak = peak
+            .max(w.a_session().spare_pages())
+            .max(w.b_session().spare_pages());
+        if got == data {
+            break;
+        }
+    }
+    assert_eq!(got, data);
+    // Let the last acknowledgements arrive.
+    w.net.run_for(Duration::from_millis(100)).unwrap();
+    assert!(
+        peak > IDLE_SPARE_PAGES,
+        "pages were recycled during the transfer ({peak})"
+    );
+    assert!(w.a_session().spare_pages() <= IDLE_SPARE_PAGES);
+    assert!(w.b_session().spare_pages() <= IDLE_SPARE_PAGES);
 }
 
 #[test]

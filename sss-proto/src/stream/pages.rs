@@ -9,7 +9,11 @@
 //! there instead of the allocator.
 //!
 //! Page `i` of a [`Pages`] holds the stream offsets `[base + i * PAGE, base + (i + 1) *
-//! PAGE)`, with `base` a multiple of [`PAGE`]. A page is a `Vec<u8>` whose length is the end
+//! PAGE)`, where `base` is where the storage started (or restarted, once empty): it need not
+//! be a multiple of [`PAGE`], so a receive buffer that is dropped whenever its reader catches
+//! up and restarted at the read offset writes from the start of its first page instead of
+//! zero-filling up to the offset (with 100 streams whose readers keep up, that zero-filling
+//! was ~3 % of the receiver). A page is a `Vec<u8>` whose length is the end
 //! of what was written in it (gaps below are zero-filled), so a stream holding a few bytes
 //! holds a small allocation, not a whole page: pages from the pool have the full capacity,
 //! fresh ones grow to at most [`PAGE`].
@@ -23,12 +27,20 @@ pub const PAGE: usize = 16 * 1024;
 /// Spare pages a session keeps for reuse by default: 4 MiB.
 pub const DEFAULT_SPARE_PAGES: usize = 256;
 
-/// Spare full-size pages, reused by the stream buffers of one session. Bounded: pages given
-/// back beyond the limit are freed.
+/// Spare pages a pool keeps whatever its buffers hold: an idle session keeps at most this
+/// many (128 KiB), so thousands of idle sessions do not each sit on megabytes.
+pub const IDLE_SPARE_PAGES: usize = 8;
+
+/// Spare full-size pages, reused by the stream buffers of one session. Bounded twice: never
+/// more than `max`, and never more than the pages the session's buffers hold now (or
+/// [`IDLE_SPARE_PAGES`] if that is more): a busy transfer recycles pages at the rate its
+/// buffers turn over, and once its buffers drain the spares go back to the allocator.
 #[derive(Debug)]
 pub struct PagePool {
     spare: Vec<Vec<u8>>,
     max: usize,
+    /// Pages taken and not given back (held by the session's buffers).
+    in_use: usize,
 }
 
 impl Default for PagePool {
@@ -43,6 +55,7 @@ impl PagePool {
         Self {
             spare: Vec::new(),
             max,
+            in_use: 0,
         }
     }
 
@@ -54,15 +67,20 @@ impl PagePool {
     /// An empty page: a spare one if any (with room for [`PAGE`] bytes), else a new
     /// allocation-free `Vec` that grows as it is written.
     fn take(&mut self) -> Vec<u8> {
+        self.in_use += 1;
         self.spare.pop().unwrap_or_default()
     }
 
-    /// Takes back a page no longer used; kept if full-size and the pool has room.
+    /// Takes back a page no longer used; kept if full-size and the pool has room (spares
+    /// beyond the bound, which falls as the buffers drain, are freed).
     fn give(&mut self, mut page: Vec<u8>) {
-        if page.capacity() >= PAGE && self.spare.len() < self.max {
+        self.in_use = self.in_use.saturating_sub(1);
+        let keep = self.max.min(self.in_use.max(IDLE_SPARE_PAGES));
+        if page.capacity() >= PAGE && self.spare.len() < keep {
             page.clear();
             self.spare.push(page);
         }
+        self.spare.truncate(keep);
     }
 }
 
@@ -70,7 +88,7 @@ impl PagePool {
 #[derive(Debug)]
 pub struct Pages {
     pages: VecDeque<Vec<u8>>,
-    /// Stream offset of the first byte of `pages[0]`; a multiple of [`PAGE`].
+    /// Stream offset of the first byte of `pages[0]`.
     base: u64,
 }
 
@@ -79,7 +97,7 @@ impl Pages {
     pub fn new(at: u64) -> Self {
         Self {
             pages: VecDeque::new(),
-            base: align(at),
+            base: at,
         }
     }
 
@@ -97,10 +115,16 @@ impl Pages {
             while self.pages.len() <= index {
                 self.pages.push_back(pool.take());
             }
+            let multi_page = self.pages.len() > 1;
             let page = &mut self.pages[index];
             let end = pos + n;
             if page.len() < end {
-                reserve_page(page, end);
+                if multi_page {
+                    // A stream holding more than a page is a bulk one: no doubling steps.
+                    page.reserve_exact(PAGE - page.len());
+                } else {
+                    reserve_page(page, end);
+                }
                 if page.len() < pos {
                     page.resize(pos, 0);
                 }
@@ -154,7 +178,7 @@ impl Pages {
                     self.base += PAGE as u64;
                 }
                 None => {
-                    self.base = align(at);
+                    self.base = at;
                     break;
                 }
             }
@@ -167,11 +191,6 @@ impl Pages {
             pool.give(page);
         }
     }
-}
-
-/// `at` rounded down to a page boundary.
-fn align(at: u64) -> u64 {
-    at - at % PAGE as u64
 }
 
 /// Makes room in `page` for `end` bytes (at most [`PAGE`]), growing by doubling as a `Vec`
@@ -227,6 +246,27 @@ mod tests {
     }
 
     #[test]
+    fn spares_follow_the_pages_in_use_and_an_idle_pool_keeps_few() {
+        let mut pool = PagePool::default();
+        let mut p = Pages::new(0);
+        let mut q = Pages::new(0);
+        p.write(0, &bytes(100 * PAGE, 1), &mut pool);
+        q.write(0, &bytes(100 * PAGE, 2), &mut pool);
+        // Half of p's pages go back while q still holds 100: all kept for reuse.
+        p.release_below(50 * PAGE as u64, &mut pool);
+        assert_eq!(pool.spare(), 50);
+        // Reused: no allocation for the next 50 pages.
+        let mut r = Pages::new(0);
+        r.write(0, &bytes(50 * PAGE, 3), &mut pool);
+        assert_eq!(pool.spare(), 0);
+        // Everything drains: the pool keeps only IDLE_SPARE_PAGES.
+        for pages in [&mut p, &mut q, &mut r] {
+            pages.release_all(&mut pool);
+        }
+        assert_eq!(pool.spare(), IDLE_SPARE_PAGES);
+    }
+
+    #[test]
     fn released_pages_are_reused_and_the_pool_is_bounded() {
         let mut pool = PagePool::new(2);
         let mut p = Pages::new(0);
@@ -250,6 +290,7 @@ mod tests {
         let mut p = Pages::new(100);
         p.write(100, b"hello", &mut pool);
         assert!(p.pages[0].capacity() < 1024);
+        assert_eq!(p.pages[0].len(), 5, "nothing below the start is stored");
         let mut out = [0u8; 5];
         p.read(100, &mut out);
         assert_eq!(&out, b"hello");

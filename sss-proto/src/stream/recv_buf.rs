@@ -368,12 +368,15 @@ impl RecvBuffer {
         Some(out)
     }
 
-    /// Abandons every byte held (the stream was reset): everything up to the highest offset
-    /// received counts as read. Returns how many bytes that skipped.
-    pub fn abandon(&mut self) -> u64 {
+    /// Abandons every byte held (the stream was reset; its pages go back to `pool`):
+    /// everything up to the highest offset received counts as read. Returns how many bytes
+    /// that skipped.
+    pub fn abandon(&mut self, pool: &mut PagePool) -> u64 {
         let max_received = self.max_received();
         let skipped = max_received - self.read;
-        self.inner = None;
+        if let Some(mut inner) = self.inner.take() {
+            inner.data.release_all(pool);
+        }
         self.read = max_received;
         skipped
     }

@@ -175,12 +175,15 @@ impl SendBuffer {
         self.state & (FINISHED | RESET) != 0
     }
 
-    /// Abandons every byte; returns the final size for RESET_STREAM (bytes ever sent).
-    pub fn reset(&mut self) -> u64 {
+    /// Abandons every byte (its pages go back to `pool`); returns the final size for
+    /// RESET_STREAM (bytes ever sent).
+    pub fn reset(&mut self, pool: &mut PagePool) -> u64 {
         let sent = self.sent_offset();
         self.state |= RESET;
         self.state &= !(FIN_PENDING | FIN_IN_FLIGHT);
-        self.inner = None;
+        if let Some(mut i) = self.inner.take() {
+            i.data.release_all(pool);
+        }
         self.written = sent;
         sent
     }
@@ -638,9 +641,10 @@ mod tests {
     #[test]
     fn reset_drops_everything() {
         let mut s = SendBuffer::new();
-        s.write(&[1; 10], &mut PagePool::default());
+        let mut pool = PagePool::default();
+        s.write(&[1; 10], &mut pool);
         s.next_chunk(4, u64::MAX).unwrap();
-        assert_eq!(s.reset(), 4);
+        assert_eq!(s.reset(&mut pool), 4);
         assert!(s.next_chunk(100, u64::MAX).is_none());
         assert!(s.is_fully_acked());
         assert_eq!(s.buffered(), 0);

@@ -384,6 +384,11 @@ impl Session {
         for id in ids {
             self.events.push_back(SessionEvent::Reset { id, code });
         }
+        for st in self.streams.values_mut() {
+            // Their pages go back to the pool, which then keeps only what it may.
+            st.send.reset(&mut self.pool);
+            st.recv.abandon(&mut self.pool);
+        }
         self.streams.clear();
         self.send_buffered = 0;
         self.session_write_waiters.clear();
@@ -518,6 +523,13 @@ impl Session {
         self.streams.get(&id).map_or(0, |st| {
             stream_send_room(&self.config, st, flow_room).min(session_room)
         })
+    }
+
+    /// Spare buffer pages the session keeps for reuse (each
+    /// [`PAGE`](super::pages::PAGE) bytes): bounded by the pages its buffers hold, and at most
+    /// [`IDLE_SPARE_PAGES`](super::pages::IDLE_SPARE_PAGES) once they are empty.
+    pub fn spare_pages(&self) -> usize {
+        self.pool.spare()
     }
 
     /// Bytes written on all streams together and not yet acknowledged (what
@@ -670,7 +682,7 @@ impl Session {
         if !st.has(flag::SEND_RESET) {
             st.set(flag::SEND_RESET);
             self.send_buffered = self.send_buffered.saturating_sub(st.send.buffered());
-            let final_size = st.send.reset();
+            let final_size = st.send.reset(&mut self.pool);
             queue.push(Control::Reset {
                 id,
                 code,
@@ -681,7 +693,7 @@ impl Session {
         if !st.has(flag::RECV_RESET) {
             st.set(flag::RECV_RESET);
             queue.push(Control::Stop { id, code });
-            unread = st.recv.abandon();
+            unread = st.recv.abandon(&mut self.pool);
         }
         st.extra().reset_code = Some(code);
         for c in queue {

@@ -226,7 +226,7 @@ impl Session {
                 if datagram {
                     // Nothing ever flows back on a reliable datagram.
                     st.set(flag::SEND_RESET);
-                    st.send.reset();
+                    st.send.reset(&mut self.pool);
                     // It is read only whole: give it room for the largest datagram at once.
                     let max = self.config.max_datagram_size.max(window);
                     st.recv_limit = max;
@@ -737,7 +737,7 @@ impl Upper for Session {
                     st.set(flag::RECV_RESET);
                     // Bytes never read, and bytes sent that never arrived, count as consumed:
                     // the peer counted them against the session window.
-                    let unread = st.recv.abandon();
+                    let unread = st.recv.abandon(&mut self.pool);
                     let limit = st.recv_limit;
                     let grew = st
                         .recv
