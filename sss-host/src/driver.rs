@@ -250,7 +250,13 @@ impl Future for Driver {
                 // What arrived while the response was processed is taken first: the peer's
                 // answer to early data follows its response closely, and the woken tasks
                 // then find it instead of waiting for another round.
-                if this.receive(cx, &mut st, Instant::now()) {
+                let (any, _) = this.receive(
+                    cx,
+                    &mut st,
+                    Instant::now(),
+                    RECV_BYTES_PER_POLL.saturating_sub(received),
+                );
+                if any {
                     st.collect(now);
                 }
                 st.connect_woken = false;
