@@ -29,6 +29,8 @@ pub(crate) struct Attempt {
     pub(crate) peer: Eid,
     pub(crate) service: String,
     pub(crate) protocol: String,
+    /// Whether its handshakes carry the session's first frames as early data.
+    early: bool,
     /// Handshaking channels of this attempt.
     pub(crate) channels: Vec<ChannelHandle>,
     /// Addresses not tried yet, and when the next one starts.
@@ -50,7 +52,8 @@ impl Attempt {
 
 impl State {
     /// Starts a handshake to the first address of `peer`, or joins an attempt already under
-    /// way for the same (service, protocol). Returns the attempt's id.
+    /// way for the same (service, protocol). Returns the attempt's id. With `early`, the
+    /// handshakes of a new session carry its first frames as early data.
     pub(crate) fn start_attempt(
         &mut self,
         now: Instant,
@@ -58,6 +61,7 @@ impl State {
         addrs: &[SocketAddr],
         service: &str,
         protocol: &str,
+        early: bool,
     ) -> Result<u64, Error> {
         if let Some((&id, a)) = self.attempts.iter_mut().find(|(_, a)| {
             a.peer == peer && a.outcome.is_none() && a.service == service && a.protocol == protocol
@@ -77,6 +81,7 @@ impl State {
                 peer,
                 service: service.to_owned(),
                 protocol: protocol.to_owned(),
+                early,
                 channels: Vec::new(),
                 pending: addrs.iter().copied().collect(),
                 next_start: None,
@@ -104,7 +109,11 @@ impl State {
             return Ok(());
         };
         let (peer, service, protocol) = (a.peer, a.service.clone(), a.protocol.clone());
-        let layer = self.peer_entry(peer).session.layer_params();
+        let early = a.early;
+        let session = &self.peer_entry(peer).session;
+        // Only the first channel of a session: see `Session::is_new`.
+        let early = early && session.is_new();
+        let layer = session.layer_params();
         let mut failure = None;
         loop {
             let Some(a) = self.attempts.get_mut(&id) else {
@@ -121,8 +130,9 @@ impl State {
                 .endpoint
                 .connect_with(now, peer, addr, &service, &protocol, &layer)
             {
-                Ok((h, channel)) => {
-                    tracing::info!(%peer, %addr, service, protocol, "connecting");
+                Ok((h, mut channel)) => {
+                    channel.set_early_data(early);
+                    tracing::info!(%peer, %addr, service, protocol, early, "connecting");
                     a.channels.push(h);
                     a.next_start = (!a.pending.is_empty()).then(|| now + STAGGER);
                     self.channels.insert(h, ChannelSlot { channel, peer });

@@ -152,6 +152,27 @@ impl Host {
         })
     }
 
+    /// Opens a stream to `peer` and writes `first` to it, sending as much of it as fits
+    /// inside the handshake (early data; see [`crate::Host::connect_early`] for when to use
+    /// it), blocking until the channel is established and `first` is written.
+    pub fn connect_early(
+        &self,
+        peer: Eid,
+        addrs: &[SocketAddr],
+        service: &str,
+        protocol: &str,
+        first: &[u8],
+    ) -> Result<Stream, Error> {
+        let inner = self.rt.rt.block_on(
+            self.inner
+                .connect_early(peer, addrs, service, protocol, first),
+        )?;
+        Ok(Stream {
+            inner,
+            rt: self.rt.clone(),
+        })
+    }
+
     /// Statistics of the channel to `peer`.
     pub fn stats(&self, peer: Eid) -> Option<ChannelStats> {
         self.inner.stats(peer)

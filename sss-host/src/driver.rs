@@ -247,6 +247,19 @@ impl Future for Driver {
                 // `connect` calls just succeeded: they run before this round's sends, so
                 // that the streams they open at once leave in the channel's first packet
                 // (which confirms the keys to the responder) rather than in a second one.
+                // What arrived while the response was processed is taken first: the peer's
+                // answer to early data follows its response closely, and the woken tasks
+                // then find it instead of waiting for another round.
+                let (any, _) = this.receive(
+                    cx,
+                    &mut st,
+                    Instant::now(),
+                    RECV_BYTES_PER_POLL.saturating_sub(received),
+                );
+                if any {
+                    st.collect(now);
+                }
+                st.connect_woken = false;
                 after_woken = true;
                 break;
             }

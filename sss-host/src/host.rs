@@ -160,8 +160,136 @@ impl Host {
         protocol: &str,
     ) -> Result<Stream, Error> {
         check_names(service, protocol)?;
-        let stream = self.establish(peer, addrs, service, protocol, true).await?;
+        let stream = self
+            .establish(peer, addrs, service, protocol, true, false)
+            .await?;
         Ok(stream.expect("asked to open a stream"))
+    }
+
+    /// [`connect`](Self::connect), then writes `first` to the stream, sending as much of it
+    /// as fits (about 900 bytes, less with long service and protocol names) inside the
+    /// handshake initiation: the peer's application gets the stream and those bytes with the
+    /// handshake, and its answer comes back in the handshake's round trip instead of one
+    /// round trip later ("early data", `spec/handshake.md` §3.4).
+    ///
+    /// Early data can be replayed by someone who captured the initiation, to a peer that
+    /// restarted since, as long as the peer's clock has not yet passed the initiation's
+    /// timestamp (about the clock skew between the two hosts; `spec/handshake.md` §9). Use
+    /// it for requests whose replay does no harm (a read, an idempotent or authenticated
+    /// command), as with TLS 0-RTT. Without a new session to the peer (a channel is up, or a
+    /// session waits for a new channel) the stream opens as with `connect` and `first` goes
+    /// as ordinary data.
+    ///
+    /// ```no_run
+    /// # async fn demo(host: &sss_host::Host, peer: sss_host::Eid, addr: std::net::SocketAddr)
+    /// # -> Result<(), sss_host::Error> {
+    /// use tokio::io::AsyncReadExt;
+    ///
+    /// let mut stream = host
+    ///     .connect_early(peer, &[addr], "kv", "get/1", b"GET greeting\n")
+    ///     .await?;
+    /// stream.finish()?;
+    /// let mut answer = Vec::new();
+    /// stream.read_to_end(&mut answer).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn connect_early(
+        &self,
+        peer: Eid,
+        addrs: &[SocketAddr],
+        service: &str,
+        protocol: &str,
+        first: &[u8],
+    ) -> Result<Stream, Error> {
+        use tokio::io::AsyncWriteExt;
+
+        let (mut stream, written) = self
+            .connect_early_with(peer, addrs, service, protocol, |s| s.try_write(first))
+            .await?;
+        stream.write_all(&first[written..]).await?;
+        Ok(stream)
+    }
+
+    /// The general form of [`connect_early`](Self::connect_early): opens the stream, runs
+    /// `prepare` on it before the handshake starts, then connects. What `prepare` writes with
+    /// non-blocking calls ([`Stream::try_write`], [`Stream::finish`],
+    /// [`Stream::open_substream`] and writes to those substreams, datagrams) rides in the
+    /// handshake initiation as far as it fits, as early data, and the rest follows once
+    /// connected. The same replay caveat applies. Returns the stream and what `prepare`
+    /// returned; if the connection fails, the stream is reset.
+    ///
+    /// ```no_run
+    /// # async fn demo(host: &sss_host::Host, peer: sss_host::Eid, addr: std::net::SocketAddr)
+    /// # -> Result<(), sss_host::Error> {
+    /// // A request on a substream of the connection's root stream, sent with the handshake.
+    /// let (root, request) = host
+    ///     .connect_early_with(peer, &[addr], "kv", "get/1", |root| {
+    ///         let request = root.open_substream()?;
+    ///         request.try_write(b"GET greeting\n")?;
+    ///         request.finish()?;
+    ///         Ok(request)
+    ///     })
+    ///     .await?;
+    /// # drop((root, request));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn connect_early_with<T>(
+        &self,
+        peer: Eid,
+        addrs: &[SocketAddr],
+        service: &str,
+        protocol: &str,
+        prepare: impl FnOnce(&Stream) -> Result<T, Error>,
+    ) -> Result<(Stream, T), Error> {
+        check_names(service, protocol)?;
+        if peer == self.shared.eid {
+            return Err(Error::SelfConnect);
+        }
+        let (stream, early) = {
+            let mut st = self.shared.lock();
+            if st.closed {
+                return Err(Error::HostClosed);
+            }
+            // Early data only for a new session: see `Session::is_new`.
+            let early =
+                !st.is_connected(peer) && st.peers.get(&peer).is_none_or(|p| p.session.is_new());
+            if early {
+                let p = st.peer_entry(peer);
+                let id = p
+                    .session
+                    .open(service, protocol)
+                    .map_err(Error::from_stream)?;
+                let _ = p.session.listen(id, true);
+                let stream = st
+                    .new_handle(&self.shared, peer, id)
+                    .ok_or(Error::HostClosed)?;
+                (Some(stream), true)
+            } else {
+                (None, false)
+            }
+        };
+        let Some(stream) = stream else {
+            let stream = self.connect(peer, addrs, service, protocol).await?;
+            let value = prepare(&stream)?;
+            return Ok((stream, value));
+        };
+        let value = match prepare(&stream) {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = stream.reset(crate::ErrorCode::LINK_DOWN);
+                return Err(e);
+            }
+        };
+        if let Err(e) = self
+            .establish(peer, addrs, service, protocol, false, early)
+            .await
+        {
+            let _ = stream.reset(crate::ErrorCode::LINK_DOWN);
+            return Err(e);
+        }
+        Ok((stream, value))
     }
 
     /// Establishes a new channel to `peer` for the session that already exists with it,
@@ -179,12 +307,13 @@ impl Host {
         let Some((service, protocol)) = names else {
             return Err(Error::NoSession);
         };
-        self.establish(peer, addrs, &service, &protocol, false)
+        self.establish(peer, addrs, &service, &protocol, false, false)
             .await
             .map(|_| ())
     }
 
-    /// Attempts with retries until a channel is up, then opens a stream if `open`.
+    /// Attempts with retries until a channel is up, then opens a stream if `open`. With
+    /// `early`, handshakes of a new session carry its first frames as early data.
     async fn establish(
         &self,
         peer: Eid,
@@ -192,13 +321,17 @@ impl Host {
         service: &str,
         protocol: &str,
         open: bool,
+        early: bool,
     ) -> Result<Option<Stream>, Error> {
         if peer == self.shared.eid {
             return Err(Error::SelfConnect);
         }
         let mut failures = 0u32;
         loop {
-            let error = match self.attempt(peer, addrs, service, protocol, open).await {
+            let error = match self
+                .attempt(peer, addrs, service, protocol, open, early)
+                .await
+            {
                 Ok(stream) => return Ok(stream),
                 Err(e @ (Error::TimedOut | Error::ConnectFailed(_))) => e,
                 Err(e) => return Err(e),
@@ -226,6 +359,7 @@ impl Host {
         service: &str,
         protocol: &str,
         open: bool,
+        early: bool,
     ) -> Result<Option<Stream>, Error> {
         let (id, timeout) = {
             let mut st = self.shared.lock();
@@ -235,7 +369,7 @@ impl Host {
             if st.is_connected(peer) {
                 return self.open_connected(&mut st, peer, service, protocol, open);
             }
-            let id = st.start_attempt(Instant::now(), peer, addrs, service, protocol)?;
+            let id = st.start_attempt(Instant::now(), peer, addrs, service, protocol, early)?;
             (id, st.config.attempt_timeout)
         };
         let guard = AttemptGuard {

@@ -10,6 +10,10 @@
 //!   asking for a pair nobody listens on are refused in the handshake.
 //! - [`Host::connect`] opens a stream to a peer, by EID and candidate addresses, retrying as
 //!   [`HostConfig::backoff`] says.
+//! - [`Host::connect_early`] (and [`Host::connect_early_with`]) also sends the stream's first
+//!   bytes inside the handshake ("early data"): the peer can answer them within the
+//!   handshake's round trip. Replayable within the limits of `spec/handshake.md` §9, so
+//!   for requests whose repetition does no harm.
 //! - A [`Stream`] is a reliable byte stream each way with tokio's `AsyncRead`/`AsyncWrite`,
 //!   plus records, datagrams (best-effort or reliable), substreams opened without a round
 //!   trip, priorities, reset, and a watch of the link status.

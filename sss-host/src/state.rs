@@ -411,6 +411,11 @@ impl State {
                 // The responder's channel is established at once.
                 let attach = p.session.attach(now, &params);
                 p.on_attach(attach, &mut self.wake, &mut self.next_epoch);
+                // Early data in the initiation: the session has it before the response
+                // leaves, so the reply can follow the response in the same flight.
+                if let Some(slot) = self.channels.get_mut(&h) {
+                    slot.channel.process_early_data(now, &mut p.session);
+                }
                 // Crossing handshakes (both sides connecting at once) leave each side
                 // responder of the peer's channel and initiator of its own; both must keep
                 // the same one, or each would keep the channel the other dropped. The

@@ -180,6 +180,15 @@ impl Stream {
         Ok(())
     }
 
+    /// Writes as much of `data` as the stream takes now, without waiting (0 when its send
+    /// buffer is full). Before a handshake, e.g. in [`Host::connect_early_with`]'s
+    /// `prepare`, what is written this way can ride in the handshake initiation.
+    ///
+    /// [`Host::connect_early_with`]: crate::Host::connect_early_with
+    pub fn try_write(&self, data: &[u8]) -> Result<usize, Error> {
+        self.op(|s, id| s.write(id, data))
+    }
+
     /// Writes `data` followed by a record boundary (bytes written before with `write` form
     /// the head of the record). Waits while the send buffer is full, then takes the whole
     /// record at once.

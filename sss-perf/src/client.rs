@@ -4,7 +4,12 @@
 //! Definitions (identical for every stack):
 //! - **connect time**: from just before the handshake starts (the socket is already bound)
 //!   until the first byte of the server's reply to a probe stream arrives, i.e. handshake +
-//!   opening a stream + one application round trip ("connect to first byte").
+//!   opening a stream + one application round trip ("connect to first byte"). Each stack
+//!   sends the probe as early as it can ([`Dialer::connect_probe`]): SSS inside its handshake
+//!   initiation (early data: the client dials by the server's key, so it can encrypt to it
+//!   in the first message), which makes the whole a single round trip; quinn once its
+//!   handshake is done (QUIC has 0-RTT only when resuming an earlier session, which a first
+//!   connection cannot).
 //! - **transfer time** (`secs`): from just before the first content byte is written until
 //!   the last stream's verification reply has been read.
 //! - **round-trip time**: from opening a request's stream until the last byte of its
@@ -117,9 +122,6 @@ pub async fn connect_and_probe<D: Dialer>(
     target: &Target,
     seed: u64,
 ) -> Result<(D::Conn, Duration)> {
-    let start = Instant::now();
-    let conn = dialer.connect(target).await?;
-    let (mut send, mut recv) = conn.open_bi().await?;
     let mut header = Vec::with_capacity(HEADER_LEN);
     Header {
         kind: Kind::PROBE,
@@ -128,9 +130,9 @@ pub async fn connect_and_probe<D: Dialer>(
         len: 0,
     }
     .encode(&mut header);
+    let start = Instant::now();
+    let (conn, _send, mut recv) = dialer.connect_probe(target, &header).await?;
     let io = |e| PerfError::io("probe", e);
-    send.write_all(&header).await.map_err(io)?;
-    send.shutdown().await.map_err(io)?;
     let mut reply = [0u8; REPLY_LEN];
     recv.read_exact(&mut reply[..1]).await.map_err(io)?;
     let connect = start.elapsed();

@@ -71,6 +71,10 @@ pub struct CompareArgs {
     /// AEAD for both stacks.
     #[arg(long, value_enum, default_value_t = CipherChoice::Auto)]
     pub cipher: CipherChoice,
+    /// SSS clients send the connect probe after the handshake, not as early data inside it
+    /// (for a before/after comparison of early data with one binary).
+    #[arg(long)]
+    pub no_early_data: bool,
     /// Impairment relay command. Placeholders: {listen} {forward} {loss} (fraction)
     /// {loss_pct} {delay_ms} (one way = RTT/2) {rtt_ms}. Default: `<dir of this binary>/
     /// examples/impair --listen {listen} --forward {forward} --loss {loss} --delay-ms
@@ -394,6 +398,7 @@ impl<'a> Runner<'a> {
         let mut cmd = self.command(0);
         cmd.args(["client", "--connect", target, "--stack", &stack.to_string()])
             .args(["--cipher", &cipher_arg(self.args.cipher)])
+            .args(self.args.no_early_data.then_some("--no-early-data"))
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped());

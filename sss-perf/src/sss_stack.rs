@@ -14,7 +14,7 @@ use std::time::Duration;
 use sss_host::{Error as SssError, Host, HostConfig, SessionConfig, Stream};
 use sss_proto::crypto::aead::Suite;
 use sss_proto::Eid;
-use tokio::io::{ReadHalf, WriteHalf};
+use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
 
 use crate::error::{PerfError, Result};
 use crate::stack::{Conn, Dialer, Listener, Target};
@@ -89,6 +89,8 @@ impl SssListener {
 #[derive(Debug)]
 pub struct SssDialer {
     host: Host,
+    /// The connect probe rides in the handshake (`--no-early-data` turns it off).
+    early: bool,
 }
 
 impl SssDialer {
@@ -101,7 +103,10 @@ impl SssDialer {
         };
         let host = Host::new(host_config(bind, tuning))
             .map_err(|e| io_err("binding the SSS client host", e))?;
-        Ok(Self { host })
+        Ok(Self {
+            host,
+            early: !tuning.no_early_data,
+        })
     }
 }
 
@@ -147,6 +152,51 @@ impl Dialer for SssDialer {
         Ok(SssConn {
             root: Arc::new(root),
         })
+    }
+
+    /// The probe rides in the handshake: its substream is opened and written before the
+    /// handshake starts, so the server's host gets it with the initiation (early data).
+    async fn connect_probe(
+        &self,
+        target: &Target,
+        probe: &[u8],
+    ) -> Result<(SssConn, WriteHalf<Stream>, ReadHalf<Stream>)> {
+        let io = |e| PerfError::io("probe", e);
+        if !self.early {
+            let conn = self.connect(target).await?;
+            let (mut w, r) = conn.open_bi().await?;
+            w.write_all(probe).await.map_err(io)?;
+            w.shutdown().await.map_err(io)?;
+            return Ok((conn, w, r));
+        }
+        let eid: Eid = target
+            .eid
+            .parse()
+            .map_err(|e| PerfError::Config(format!("bad EID {:?}: {e}", target.eid)))?;
+        let (root, (sub, written)) = self
+            .host
+            .connect_early_with(eid, &[target.addr], SERVICE, PROTOCOL, |root| {
+                let sub = root.open_substream()?;
+                let written = sub.try_write(probe)?;
+                if written == probe.len() {
+                    sub.finish()?;
+                }
+                Ok((sub, written))
+            })
+            .await
+            .map_err(|e| io_err(&format!("connecting to {target}"), e))?;
+        let (r, mut w) = tokio::io::split(sub);
+        if written < probe.len() {
+            w.write_all(&probe[written..]).await.map_err(io)?;
+            w.shutdown().await.map_err(io)?;
+        }
+        Ok((
+            SssConn {
+                root: Arc::new(root),
+            },
+            w,
+            r,
+        ))
     }
 
     async fn shutdown(&self) {

@@ -77,6 +77,32 @@ pub trait Dialer: Send + Sync + 'static {
     /// Performs the handshake with `target`; resolves when the connection is usable.
     fn connect(&self, target: &Target) -> impl Future<Output = Result<Self::Conn>> + Send;
 
+    /// Connects and sends `probe` on a new stream, which it finishes: the connect probe.
+    /// By default the stream opens once the handshake is done; a stack that can carry the
+    /// first stream data inside its handshake (SSS's early data) overrides this.
+    #[allow(clippy::type_complexity)]
+    fn connect_probe(
+        &self,
+        target: &Target,
+        probe: &[u8],
+    ) -> impl Future<
+        Output = Result<(
+            Self::Conn,
+            <Self::Conn as Conn>::Send,
+            <Self::Conn as Conn>::Recv,
+        )>,
+    > + Send {
+        async move {
+            use tokio::io::AsyncWriteExt;
+            let conn = self.connect(target).await?;
+            let (mut send, recv) = conn.open_bi().await?;
+            let io = |e| PerfError::io("probe", e);
+            send.write_all(probe).await.map_err(io)?;
+            send.shutdown().await.map_err(io)?;
+            Ok((conn, send, recv))
+        }
+    }
+
     /// Called after the last connection was closed: waits (briefly) until the close has
     /// been sent, so the server does not keep a half-dead connection.
     fn shutdown(&self) -> impl Future<Output = ()> + Send;

@@ -87,6 +87,10 @@ pub struct Tuning {
     /// Largest UDP payload sent or accepted (the MTU discovery upper bound).
     #[arg(long, default_value_t = 1452)]
     pub max_udp_payload: u16,
+    /// SSS client: send the connect probe after the handshake rather than inside it as
+    /// early data (to measure what early data gains). quinn ignores it.
+    #[arg(long)]
+    pub no_early_data: bool,
 }
 
 impl Default for Tuning {
@@ -99,6 +103,7 @@ impl Default for Tuning {
             socket_buffer: 16 << 20,
             initial_mtu: 1200,
             max_udp_payload: 1452,
+            no_early_data: false,
         }
     }
 }
@@ -108,14 +113,15 @@ impl fmt::Display for Tuning {
         write!(
             f,
             "cipher={} stream_window={} conn_window={} max_streams={} socket_buffer={} \
-             initial_mtu={} max_udp_payload={}",
+             initial_mtu={} max_udp_payload={} early_data={}",
             self.cipher.resolve(),
             self.stream_window,
             self.conn_window,
             self.max_streams,
             self.socket_buffer,
             self.initial_mtu,
-            self.max_udp_payload
+            self.max_udp_payload,
+            !self.no_early_data
         )
     }
 }

@@ -44,6 +44,9 @@ pub struct EndpointConfig {
     /// Seed of the endpoint's random generator (ephemeral keys, indices, cookies). A host
     /// fills it from the operating system; tests fix it.
     pub rng_seed: [u8; 32],
+    /// Whether early data in initiations is taken (`spec/handshake.md` §3.4, §9). When
+    /// `false` it is ignored and the initiator re-sends it after the handshake.
+    pub accept_early_data: bool,
 }
 
 impl EndpointConfig {
@@ -54,6 +57,7 @@ impl EndpointConfig {
             responder: ResponderConfig::default(),
             cookie_threshold: 1000,
             rng_seed,
+            accept_early_data: true,
         }
     }
 }
@@ -129,6 +133,12 @@ impl Incoming {
     pub fn params(&self) -> &TransportParams {
         &self.pending.hello().params
     }
+
+    /// The early data the accepted channel will take as the initiator's packet 0 (empty if
+    /// there was none, or if it was declined: see [`Endpoint::early_data_declined`]).
+    pub fn early_data(&self) -> &[u8] {
+        self.pending.early_data()
+    }
 }
 
 /// Why a connection attempt could not start.
@@ -197,6 +207,8 @@ pub struct Endpoint {
     /// The ephemeral key pair of the next handshake, initiated or answered, made ahead of
     /// time (see [`Endpoint::prepare`]).
     next_ephemeral: Option<DhKey>,
+    /// Initiations whose early data was ignored.
+    early_declined: u64,
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -225,6 +237,7 @@ impl Endpoint {
             unix_at_creation: (now, unix_nanos),
             load_window: (now, 0),
             next_ephemeral: None,
+            early_declined: 0,
             config,
         }
         .prepared()
@@ -271,6 +284,13 @@ impl Endpoint {
     /// Number of live channels.
     pub fn channel_count(&self) -> usize {
         self.routes.len()
+    }
+
+    /// How many authenticated initiations had early data that this endpoint ignored: made
+    /// before the endpoint was created (possibly replayed across a restart), or with
+    /// [`EndpointConfig::accept_early_data`] off. Their initiators re-send it.
+    pub fn early_data_declined(&self) -> u64 {
+        self.early_declined
     }
 
     fn unix_nanos(&self, now: Instant) -> u64 {
@@ -340,7 +360,9 @@ impl Endpoint {
         )
     }
 
-    /// Starts a handshake carrying the stream layer's session id and initial limits.
+    /// Starts a handshake carrying the stream layer's session id and initial limits. The
+    /// initiation is written when the channel is first polled; with
+    /// [`Channel::set_early_data`] it carries the upper layer's first frames.
     pub fn connect_with<M>(
         &mut self,
         now: Instant,
@@ -364,23 +386,15 @@ impl Endpoint {
         };
         let (handle, index) = self.allocate();
         let unix = self.unix_nanos(now);
-        let mut initiation = Vec::with_capacity(handshake::INITIATION_LEN);
         let ephemeral = self.take_ephemeral();
-        let initiator = match Initiator::start_with_ephemeral(
-            &self.statics,
-            remote,
-            index,
-            &hello,
-            unix,
-            ephemeral,
-            &mut initiation,
-        ) {
-            Ok(i) => i,
-            Err(e) => {
-                self.forget(handle);
-                return Err(e.into());
-            }
-        };
+        let initiator =
+            match Initiator::prepare(&self.statics, remote, index, &hello, unix, ephemeral) {
+                Ok(i) => i,
+                Err(e) => {
+                    self.forget(handle);
+                    return Err(e.into());
+                }
+            };
         let rng = self.channel_rng();
         let setup = InitiatorSetup {
             local_index: index,
@@ -388,7 +402,6 @@ impl Endpoint {
             remote: addr,
             statics: self.statics.clone(),
             initiator,
-            initiation,
             service: hello.service,
             protocol: hello.protocol,
         };
@@ -446,7 +459,16 @@ impl Endpoint {
                         ecn: None,
                         src_ip: None,
                     })),
-                    Ok(Initiation::Valid(pending)) => {
+                    Ok(Initiation::Valid(mut pending)) => {
+                        // Early data is taken only from initiations made after this
+                        // endpoint started: the replay table cannot vouch for older ones
+                        // (it was empty then). spec/handshake.md §9.
+                        let fresh = pending.timestamp().unix_nanos() > self.unix_at_creation.1;
+                        let take = fresh && self.config.accept_early_data;
+                        if !take && !pending.early_data().is_empty() {
+                            pending.take_early_data();
+                            self.early_declined += 1;
+                        }
                         let ours = self.config.channel.suites;
                         if Suite::negotiate(ours, pending.hello().params.suites).is_none() {
                             // Nothing the application could accept: refuse at once.
@@ -514,8 +536,10 @@ impl Endpoint {
         let reply = Reply::Accept { suite, params };
         let mut response = Vec::with_capacity(128);
         let ephemeral = self.take_ephemeral();
+        let mut pending = incoming.pending;
+        let early = pending.take_early_data();
         let keys = match self.responder.respond_with_ephemeral(
-            incoming.pending,
+            pending,
             index,
             &reply,
             ephemeral,
@@ -540,6 +564,7 @@ impl Endpoint {
             peer_params,
             response,
             initiation_len: incoming.len,
+            early,
             service,
             protocol,
         };

@@ -299,3 +299,44 @@ fn snow_initiator_against_our_responder() {
         .unwrap();
     assert_eq!(&plain[..n], b"transport key check");
 }
+
+/// Early data (spec/handshake.md §3.4) is part of the payload snow sees as opaque bytes: an
+/// initiation snow writes with an `early` field encoded from the spec gives our responder
+/// exactly those bytes.
+#[test]
+fn snow_initiation_with_early_data() {
+    let h = hosts();
+    let local = StaticKeys::new(&h.responder);
+    let mut rng = FixedRng([[0x33; 32], E_RESPONDER].concat());
+    let mut responder = Responder::new(local, ResponderConfig::default(), Instant::now(), &mut rng);
+    let early: Vec<u8> = (0..700u32).map(|i| (i % 251) as u8).collect();
+    let mut payload = spec_init_payload(&h);
+    // timestamp, EID, "chat", "chat/2", the 43-byte parameter block; then the early field.
+    payload.truncate(12 + 32 + 5 + 7 + 43);
+    payload.extend_from_slice(&[0x40 | (early.len() >> 8) as u8, early.len() as u8]);
+    payload.extend_from_slice(&early);
+    payload.resize(INIT_PAYLOAD_LEN, 0);
+
+    let mut snow_i = snow_initiator(&h);
+    let mut noise1 = vec![0; 2048];
+    let n = snow_i.write_message(&payload, &mut noise1).unwrap();
+    let mut header = vec![TYPE_INITIATION, 0, 0, 0];
+    header.extend_from_slice(&7u32.to_be_bytes());
+    let msg1 = frame(&header, &noise1[..n], &h.responder.eid().x25519_public());
+    let from: SocketAddr = "198.51.100.1:5000".parse().unwrap();
+    let Initiation::Valid(pending) = responder
+        .handle_initiation(
+            Instant::now(),
+            from,
+            &msg1,
+            false,
+            &mut rng,
+            &mut Vec::new(),
+        )
+        .unwrap()
+    else {
+        panic!("snow's initiation is valid");
+    };
+    assert_eq!(pending.hello(), &hello());
+    assert_eq!(pending.early_data(), &early[..]);
+}

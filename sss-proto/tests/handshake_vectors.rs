@@ -10,6 +10,7 @@ use std::time::Instant;
 use rand_core::{CryptoRng, RngCore};
 use sss_proto::crypto::aead::Suite;
 use sss_proto::crypto::noise::mac16;
+use sss_proto::frame::{write_upper_header, Frame, FrameType};
 use sss_proto::handshake::{
     Hello, Initiation, Initiator, Reply, Responder, ResponderConfig, StaticKeys, TransportParams,
 };
@@ -73,6 +74,11 @@ const HEADER: &str = "\
 #
 # Flow: initiation (no cookie, mac2 = 0) -> cookie_reply -> initiation_retry (new ephemeral,
 # mac2 from the cookie) -> response. k1 is the initiator's send key, k2 the responder's.
+#
+# initiation_early: another handshake of the same hosts and hello (ephemeral
+# initiator_early_ephemeral_private, same index, clock 1 s later), whose payload carries the
+# early data `early` (spec/handshake.md §3.4: a PING frame, then an upper-layer frame of type
+# 0x20 with body \"hello\").
 ";
 
 const UNIX_NANOS: u64 = 1_700_000_000_000_000_000;
@@ -178,6 +184,41 @@ fn generate() -> String {
     assert_eq!(*est.keys.send, *rkeys.recv);
     assert_eq!(*est.keys.recv, *rkeys.send);
 
+    // Early data: a second handshake whose initiation carries a PING and a stream-layer frame.
+    let e_early: [u8; 32] = counting(0xe0);
+    let mut early = Vec::new();
+    Frame::Ping.encode(&mut early);
+    write_upper_header(&mut early, FrameType(0x20), 5);
+    early.extend_from_slice(b"hello");
+    let mut initiation_early = Vec::new();
+    let mut init_early = Initiator::prepare(
+        &ik,
+        responder_id.eid(),
+        0x0102_0304,
+        &hello,
+        UNIX_NANOS + 1_000_000_000,
+        sss_proto::crypto::noise::DhKey::generate(&mut FixedRng(e_early.to_vec())),
+    )
+    .unwrap();
+    assert!(init_early.early_capacity() > 900);
+    init_early
+        .send_first(&ik, &early, &mut initiation_early)
+        .unwrap();
+    let Initiation::Valid(pending) = responder
+        .handle_initiation(
+            now,
+            from,
+            &initiation_early,
+            false,
+            &mut FixedRng(Vec::new()),
+            &mut Vec::new(),
+        )
+        .unwrap()
+    else {
+        panic!("a valid initiation");
+    };
+    assert_eq!(pending.early_data(), &early[..]);
+
     let cookie = mac16(&cookie_secret, &[&[192, 0, 2, 1], &51820u16.to_be_bytes()]);
     // The cookie as the spec defines it is what the retry's mac2 is keyed with.
     assert_eq!(retry[1184..], mac16(&cookie, &[&retry[..1184]]));
@@ -203,6 +244,9 @@ fn generate() -> String {
     line("k1", &est.keys.send[..]);
     line("k2", &est.keys.recv[..]);
     line("handshake_hash", &est.keys.handshake_hash);
+    line("initiator_early_ephemeral_private", &e_early);
+    line("early", &early);
+    line("initiation_early", &initiation_early);
     out
 }
 

@@ -21,6 +21,7 @@
 
 mod acks;
 mod config;
+mod early;
 mod ecn;
 mod keys;
 mod sent;
@@ -182,6 +183,8 @@ pub(crate) struct ResponderSetup {
     pub(crate) peer_params: TransportParams,
     pub(crate) response: Vec<u8>,
     pub(crate) initiation_len: usize,
+    /// The initiator's early data (its packet 0), empty if none or declined.
+    pub(crate) early: Vec<u8>,
     pub(crate) service: String,
     pub(crate) protocol: String,
 }
@@ -192,8 +195,8 @@ pub(crate) struct InitiatorSetup {
     pub(crate) remote_eid: Eid,
     pub(crate) remote: SocketAddr,
     pub(crate) statics: Arc<StaticKeys>,
+    /// Prepared: the initiation is written when the channel is first polled.
     pub(crate) initiator: Initiator,
-    pub(crate) initiation: Vec<u8>,
     pub(crate) service: String,
     pub(crate) protocol: String,
 }
@@ -271,6 +274,8 @@ pub struct Channel<M> {
     rng: ChaCha20Rng,
     /// Wall clock at `created`, for handshake timestamps.
     unix_at_creation: (Instant, u64),
+    /// Early data in the initiation (see the `early` module).
+    early: early::Early<M>,
 }
 
 impl<M> Channel<M> {
@@ -337,6 +342,7 @@ impl<M> Channel<M> {
             stats: ChannelStats::default(),
             rng,
             unix_at_creation: (now, unix_nanos),
+            early: early::Early::new(),
             config,
         }
     }
@@ -353,7 +359,7 @@ impl<M> Channel<M> {
         let state = State::Handshake(Box::new(Handshaking {
             initiator: setup.initiator,
             statics: setup.statics,
-            message: setup.initiation,
+            message: Vec::new(),
             send_pending: true,
             retry_delay: retry,
         }));
@@ -390,6 +396,7 @@ impl<M> Channel<M> {
         ch.protocol = setup.protocol;
         ch.unvalidated_received = setup.initiation_len as u64;
         ch.response = Some(setup.response);
+        ch.early.received = (!setup.early.is_empty()).then_some(setup.early);
         ch.install_keys(now, setup.keys, setup.suite, setup.peer_params);
         // An unconfirmed responder channel lives only as long as a handshake may take.
         ch.timers
@@ -586,6 +593,7 @@ impl<M> Channel<M> {
         data: &mut [u8],
         upper: &mut U,
     ) {
+        self.process_early_data(now, upper);
         match packet::classify(data) {
             Some(PacketKind::Data) => self.handle_data(now, from, ecn, data, upper),
             Some(PacketKind::Response) => self.handle_response(now, from, data, upper),
@@ -639,10 +647,12 @@ impl<M> Channel<M> {
                 self.timers.stop(Timer::HandshakeRetry);
                 self.timers.stop(Timer::HandshakeTimeout);
                 self.install_keys(now, keys, suite, params);
+                self.early_to_packet_zero(now);
                 self.stats.bytes_received += data.len() as u64;
                 // Confirm the keys to the responder at once, and get an RTT sample.
                 self.ping_pending = true;
                 self.events.push_back(ChannelEvent::Connected);
+                self.handle_stashed_datagrams(now, upper);
             }
         }
     }
@@ -665,6 +675,10 @@ impl<M> Channel<M> {
         let State::Handshake(hs) = &mut self.state else {
             return;
         };
+        if !hs.initiator.is_sent() {
+            // Not polled yet: the first poll writes the first initiation.
+            return;
+        }
         hs.message.clear();
         match hs
             .initiator
@@ -693,6 +707,8 @@ impl<M> Channel<M> {
             self.state,
             State::Established | State::Closing(_) | State::Draining(_)
         ) {
+            // Overtook the response (the responder's first data after it): kept for then.
+            self.stash_early_datagram(from, ecn, data);
             return;
         }
         let Ok((header, header_len)) = DataHeader::parse(data) else {
@@ -964,7 +980,9 @@ impl<M> Channel<M> {
     }
 
     fn release_in_flight<U: Upper<Meta = M>>(&mut self, upper: &mut U) {
-        for meta in self.sent.drain() {
+        let mut frames = self.take_early_frames();
+        frames.extend(self.sent.drain());
+        for meta in frames {
             upper.on_lost(meta);
         }
         self.bytes_in_flight = 0;
@@ -1259,6 +1277,7 @@ impl<M> Channel<M> {
 
     /// Acts on every timer due at `now`.
     pub fn handle_timeout<U: Upper<Meta = M>>(&mut self, now: Instant, upper: &mut U) {
+        self.process_early_data(now, upper);
         for timer in self.timers.expire(now) {
             match timer {
                 Timer::LossDetection => self.on_loss_detection_timeout(now, upper),

@@ -64,4 +64,8 @@ pub struct ChannelStats {
     /// Times ECN validation failed (a path that bleaches, drops or invents marks, or a peer
     /// that misreports them).
     pub ecn_failures: u64,
+    /// Initiator: bytes of upper-layer frames sent as early data in the initiation.
+    pub early_data_sent: u64,
+    /// Responder: bytes of early data taken as the initiator's packet 0.
+    pub early_data_received: u64,
 }

@@ -70,14 +70,22 @@ impl<M> Channel<M> {
         upper: &mut U,
     ) -> Option<Transmit> {
         buf.clear();
+        self.process_early_data(now, upper);
         match &mut self.state {
             State::Closed | State::Draining(_) => return None,
             State::Handshake(hs) => {
                 if !hs.send_pending {
                     return None;
                 }
+                if !hs.initiator.is_sent() && !self.write_first_initiation(now, upper) {
+                    return None;
+                }
+                let State::Handshake(hs) = &mut self.state else {
+                    return None;
+                };
                 hs.send_pending = false;
                 buf.extend_from_slice(&hs.message);
+                self.early.sent_at = Some(now);
                 self.on_datagram_sent(now, buf.len());
                 return Some(self.transmit(buf.len(), None, false));
             }

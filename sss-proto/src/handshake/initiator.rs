@@ -10,7 +10,7 @@ use crate::identity::Eid;
 
 use super::cookie::{cookie_reply_index, open_cookie_reply, Cookie, COOKIE_SECRET_LIFETIME};
 use super::messages::{
-    field, Hello, InitPayload, Reply, Timestamp, MAX_RESPONSE_LEN, RESP_OVERHEAD,
+    early_capacity, field, Hello, InitPayload, Reply, Timestamp, MAX_RESPONSE_LEN, RESP_OVERHEAD,
 };
 use super::{
     check_header, read_key, read_u32, HandshakeError, Keys, StaticKeys, LABEL_COOKIE, LABEL_MAC1,
@@ -49,7 +49,13 @@ pub struct Initiator {
     /// `HASH(LABEL_COOKIE || rs)`.
     cookie_key: [u8; 32],
     last_timestamp: Timestamp,
-    sent: Sent,
+    /// The last initiation sent; `None` until [`Initiator::send_first`].
+    sent: Option<Sent>,
+    /// The ephemeral key of the first initiation, until it is written.
+    first_ephemeral: Option<DhKey>,
+    /// Early data: the same bytes in every initiation of this handshake.
+    early: Vec<u8>,
+    early_capacity: usize,
     cookie: Option<(Cookie, Instant)>,
 }
 
@@ -101,10 +107,29 @@ impl Initiator {
         ephemeral: DhKey,
         out: &mut Vec<u8>,
     ) -> Result<Self, HandshakeError> {
+        let mut this = Self::prepare(local, remote, local_index, hello, unix_nanos, ephemeral)?;
+        this.send_first(local, &[], out)?;
+        Ok(this)
+    }
+
+    /// Prepares a handshake with `remote` without writing the initiation yet: everything
+    /// that does not depend on the early data is checked and computed (`DH(s, rs)`), and
+    /// [`Initiator::send_first`] writes the initiation once the early data is known.
+    /// `ephemeral` must be fresh and used for nothing else; `unix_nanos` is the wall-clock
+    /// time of the initiation's timestamp.
+    pub fn prepare(
+        local: &StaticKeys,
+        remote: Eid,
+        local_index: u32,
+        hello: &Hello,
+        unix_nanos: u64,
+        ephemeral: DhKey,
+    ) -> Result<Self, HandshakeError> {
+        let early_capacity = early_capacity(hello)?;
         let remote_static = remote.x25519_public();
         let static_static = dh(&local.secret, &remote_static)?;
         let timestamp = Timestamp::from_unix_nanos(unix_nanos);
-        let mut this = Self {
+        Ok(Self {
             remote,
             remote_static,
             local_eid: local.eid,
@@ -114,16 +139,61 @@ impl Initiator {
             mac1_key: hash(&[LABEL_MAC1, &remote_static]),
             cookie_key: hash(&[LABEL_COOKIE, &remote_static]),
             last_timestamp: timestamp,
-            // Replaced below before anyone can see it.
-            sent: Sent {
-                ephemeral: ephemeral.clone(),
-                state: SymmetricState::new(PROLOGUE),
-                mac1: [0; 16],
-            },
+            sent: None,
+            first_ephemeral: Some(ephemeral),
+            early: Vec::new(),
+            early_capacity,
             cookie: None,
+        })
+    }
+
+    /// The most early data the initiation can carry (`spec/handshake.md` §3.4): what the
+    /// service, protocol and transport parameters leave of the payload.
+    pub fn early_capacity(&self) -> usize {
+        self.early_capacity
+    }
+
+    /// The early data this handshake's initiations carry.
+    pub fn early_data(&self) -> &[u8] {
+        &self.early
+    }
+
+    /// Whether the first initiation was written.
+    pub fn is_sent(&self) -> bool {
+        self.sent.is_some()
+    }
+
+    /// Writes the first initiation of a [prepared](Initiator::prepare) handshake, carrying
+    /// `early` (at most [`early_capacity`](Initiator::early_capacity) bytes; every retry
+    /// carries the same). On error `out` is left as it was and nothing changes.
+    pub fn send_first(
+        &mut self,
+        local: &StaticKeys,
+        early: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), HandshakeError> {
+        self.check_local(local)?;
+        if early.len() > self.early_capacity {
+            return Err(HandshakeError::InvalidArgument("early data too large"));
+        }
+        let Some(ephemeral) = self.first_ephemeral.take() else {
+            return Err(HandshakeError::InvalidArgument(
+                "the first initiation was already sent",
+            ));
         };
-        this.sent = this.write_initiation(local, ephemeral, timestamp, None, out)?;
-        Ok(this)
+        self.early = early.to_vec();
+        let timestamp = self.last_timestamp;
+        match self.write_initiation(local, ephemeral.clone(), timestamp, None, out) {
+            Ok(sent) => {
+                self.sent = Some(sent);
+                Ok(())
+            }
+            Err(e) => {
+                self.first_ephemeral = Some(ephemeral);
+                self.early.clear();
+                Err(e)
+            }
+        }
     }
 
     /// Sends a new initiation for this handshake (after a timeout or a cookie reply): fresh
@@ -138,6 +208,11 @@ impl Initiator {
         out: &mut Vec<u8>,
     ) -> Result<(), HandshakeError> {
         self.check_local(local)?;
+        if self.sent.is_none() {
+            return Err(HandshakeError::InvalidArgument(
+                "retry before the first initiation",
+            ));
+        }
         // Strictly increasing even if the wall clock stands still or steps back.
         let next = self
             .last_timestamp
@@ -149,8 +224,13 @@ impl Initiator {
             now.saturating_duration_since(*received) < COOKIE_SECRET_LIFETIME
         });
         let cookie = self.cookie.map(|(c, _)| c);
-        self.sent =
-            self.write_initiation(local, DhKey::generate(rng), timestamp, cookie.as_ref(), out)?;
+        self.sent = Some(self.write_initiation(
+            local,
+            DhKey::generate(rng),
+            timestamp,
+            cookie.as_ref(),
+            out,
+        )?);
         self.last_timestamp = timestamp;
         Ok(())
     }
@@ -160,7 +240,8 @@ impl Initiator {
         if cookie_reply_index(msg)? != self.local_index {
             return Err(HandshakeError::WrongIndex);
         }
-        let cookie = open_cookie_reply(&self.cookie_key, &self.sent.mac1, msg)?;
+        let sent = self.sent.as_ref().ok_or(HandshakeError::WrongIndex)?;
+        let cookie = open_cookie_reply(&self.cookie_key, &sent.mac1, msg)?;
         self.cookie = Some((cookie, now));
         Ok(())
     }
@@ -173,6 +254,7 @@ impl Initiator {
         msg: &[u8],
     ) -> Result<Established, HandshakeError> {
         self.check_local(local)?;
+        let sent = self.sent.as_ref().ok_or(HandshakeError::WrongIndex)?;
         if msg.len() <= RESP_OVERHEAD || msg.len() > MAX_RESPONSE_LEN {
             return Err(HandshakeError::Malformed(
                 "response has an impossible length",
@@ -196,12 +278,12 @@ impl Initiator {
             return Err(HandshakeError::Malformed("mac2 of a response is not zero"));
         }
 
-        let mut state = self.sent.state.clone();
+        let mut state = sent.state.clone();
         // <- e: responder.ephemeral_public = msg.ephemeral; MixHash(re)
         let re = read_key(msg, field::RESP_EPHEMERAL);
         state.mix_hash(&re);
         // ee: MixKey(DH(e, re))
-        state.mix_key(&dh(&self.sent.ephemeral, &re)?[..]);
+        state.mix_key(&dh(&sent.ephemeral, &re)?[..]);
         // se: MixKey(DH(s, re)) on the initiator's side
         state.mix_key(&dh(&local.secret, &re)?[..]);
         // payload = DecryptAndHash(msg.encrypted_payload)
@@ -295,12 +377,13 @@ impl Initiator {
         state.encrypt_and_hash(out, at);
         // ss: MixKey(DH(s, rs))
         state.mix_key(&self.static_static[..]);
-        // msg.encrypted_payload = EncryptAndHash(timestamp || eid || hello || padding)
+        // msg.encrypted_payload = EncryptAndHash(timestamp || eid || hello || early || padding)
         let at = out.len();
         InitPayload {
             timestamp,
             eid: self.local_eid,
             hello: self.hello.clone(),
+            early: self.early.clone(),
         }
         .encode(out)?;
         state.encrypt_and_hash(out, at);

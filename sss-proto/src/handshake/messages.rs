@@ -1,7 +1,7 @@
 //! What the handshake messages carry: the byte layout of the three packet types (the
 //! [`field`] module) and the encrypted payloads ([`Timestamp`], [`Hello`], [`Reply`]).
 
-use crate::codec::{write_varint, Reader};
+use crate::codec::{varint_len, write_varint, Reader};
 use crate::crypto::aead::{Suite, TAG_LEN};
 use crate::identity::{Eid, EID_LEN};
 
@@ -184,10 +184,40 @@ pub(crate) struct InitPayload {
     pub(crate) timestamp: Timestamp,
     pub(crate) eid: Eid,
     pub(crate) hello: Hello,
+    /// Early data: channel frames of the initiator's packet number 0 (`spec/handshake.md`
+    /// §3.1), empty if none.
+    pub(crate) early: Vec<u8>,
+}
+
+/// Room for early data in the initiation of `hello`: what the payload's fields leave of
+/// [`INIT_PAYLOAD_LEN`], less the length prefix. An error if the fields alone do not fit.
+pub(crate) fn early_capacity(hello: &Hello) -> Result<usize, HandshakeError> {
+    if hello.service.len() > MAX_NAME_LEN || hello.protocol.len() > MAX_NAME_LEN {
+        return Err(HandshakeError::InvalidArgument(
+            "name longer than 255 bytes",
+        ));
+    }
+    let mut params = Vec::new();
+    hello.params.encode(&mut params);
+    let fixed = 12
+        + EID_LEN
+        + varint_len(hello.service.len() as u64)
+        + hello.service.len()
+        + varint_len(hello.protocol.len() as u64)
+        + hello.protocol.len()
+        + params.len();
+    let rest = INIT_PAYLOAD_LEN
+        .checked_sub(fixed)
+        .ok_or(HandshakeError::InvalidArgument(
+            "transport parameters too large",
+        ))?;
+    // The prefix of `rest` bytes is at least as long as that of anything shorter.
+    Ok(rest.saturating_sub(varint_len(rest as u64)))
 }
 
 impl InitPayload {
-    /// Appends exactly [`INIT_PAYLOAD_LEN`] bytes: the fields, then zero padding.
+    /// Appends exactly [`INIT_PAYLOAD_LEN`] bytes: the fields, the early data, then zero
+    /// padding.
     pub(crate) fn encode(&self, out: &mut Vec<u8>) -> Result<(), HandshakeError> {
         let start = out.len();
         out.extend_from_slice(&self.timestamp.0);
@@ -203,11 +233,17 @@ impl InitPayload {
             "protocol name longer than 255 bytes",
         )?;
         self.hello.params.encode(out);
+        // An empty early field is one zero byte, the same as padding: an initiation without
+        // early data is what it was before the field existed.
+        write_varint(out, self.early.len() as u64);
+        out.extend_from_slice(&self.early);
         let end = start + INIT_PAYLOAD_LEN;
         if out.len() > end {
-            return Err(HandshakeError::InvalidArgument(
-                "transport parameters too large",
-            ));
+            return Err(HandshakeError::InvalidArgument(if self.early.is_empty() {
+                "transport parameters too large"
+            } else {
+                "early data too large"
+            }));
         }
         out.resize(end, 0);
         Ok(())
@@ -231,6 +267,14 @@ impl InitPayload {
         let service = read_name(&mut r, "invalid service name")?;
         let protocol = read_name(&mut r, "invalid protocol name")?;
         let params = TransportParams::decode(&mut r)?;
+        // Absent when the parameters fill the payload to its end.
+        let early = if r.is_empty() {
+            Vec::new()
+        } else {
+            r.varint_bytes()
+                .map_err(|_| HandshakeError::Malformed("invalid early data length"))?
+                .to_vec()
+        };
         Ok(Self {
             timestamp,
             eid,
@@ -239,6 +283,7 @@ impl InitPayload {
                 protocol,
                 params,
             },
+            early,
         })
     }
 }
@@ -364,6 +409,7 @@ mod tests {
                 protocol: String::new(),
                 params: TransportParams::default(),
             },
+            early: Vec::new(),
         };
         assert!(matches!(
             payload.encode(&mut Vec::new()),
@@ -390,16 +436,46 @@ mod tests {
         }
 
         #[test]
-        fn init_payload_round_trip(hello in arb_hello(), n in any::<u64>(), seed in any::<[u8; 32]>()) {
-            let payload = InitPayload {
+        fn init_payload_round_trip(
+            hello in arb_hello(),
+            n in any::<u64>(),
+            seed in any::<[u8; 32]>(),
+            early_len in 0usize..2000,
+        ) {
+            let capacity = early_capacity(&hello).unwrap();
+            let mut payload = InitPayload {
                 timestamp: Timestamp::from_unix_nanos(n),
                 eid: Identity::from_secret_bytes(&seed).eid(),
                 hello,
+                early: (0..early_len).map(|i| i as u8 | 1).collect(),
             };
             let mut out = vec![0xaa];
+            if early_len > capacity {
+                // Too much early data is the caller's mistake, and `out` is not extended
+                // past the payload.
+                prop_assert!(payload.encode(&mut out).is_err());
+                payload.early.truncate(capacity);
+                out.truncate(1);
+            }
             payload.encode(&mut out).unwrap();
             prop_assert_eq!(out.len(), 1 + INIT_PAYLOAD_LEN);
             prop_assert_eq!(InitPayload::decode(&out[1..]), Ok(payload));
+        }
+
+        /// A payload written before the early field existed (fields, then zeros) reads as
+        /// one without early data.
+        #[test]
+        fn payload_without_early_field_parses(hello in arb_hello(), seed in any::<[u8; 32]>()) {
+            let mut out = Vec::new();
+            out.extend_from_slice(&Timestamp::from_unix_nanos(5).to_bytes());
+            out.extend_from_slice(Identity::from_secret_bytes(&seed).eid().as_bytes());
+            write_name(&mut out, &hello.service, "s").unwrap();
+            write_name(&mut out, &hello.protocol, "p").unwrap();
+            hello.params.encode(&mut out);
+            out.resize(INIT_PAYLOAD_LEN, 0);
+            let payload = InitPayload::decode(&out).unwrap();
+            prop_assert!(payload.early.is_empty());
+            prop_assert_eq!(payload.hello, hello);
         }
 
         #[test]

@@ -57,9 +57,22 @@ pub struct PendingInitiation {
     initiator_index: u32,
     hello: Hello,
     timestamp: Timestamp,
+    early: Vec<u8>,
 }
 
 impl PendingInitiation {
+    /// The early data (`spec/handshake.md` §3.4): the initiator's channel frames of its
+    /// packet number 0, authenticated with the initiation; empty if none. Replayable in
+    /// principle: see §9 before using it.
+    pub fn early_data(&self) -> &[u8] {
+        &self.early
+    }
+
+    /// Takes the early data out, leaving none.
+    pub fn take_early_data(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.early)
+    }
+
     /// The initiator's EID (authenticated).
     pub fn remote(&self) -> Eid {
         self.remote
@@ -87,6 +100,7 @@ impl std::fmt::Debug for PendingInitiation {
             .field("remote", &self.remote)
             .field("initiator_index", &self.initiator_index)
             .field("hello", &self.hello)
+            .field("early_len", &self.early.len())
             .finish_non_exhaustive()
     }
 }
@@ -259,6 +273,7 @@ impl Responder {
             initiator_index,
             hello: payload.hello,
             timestamp: payload.timestamp,
+            early: payload.early,
         }))
     }
 

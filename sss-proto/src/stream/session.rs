@@ -267,6 +267,15 @@ impl Session {
         out
     }
 
+    /// Whether no channel has carried this session yet (or it started afresh): the peer's
+    /// session and limits are not known. Only then may a new channel carry the session's
+    /// first frames as early data (`spec/handshake.md` §3.4): on a resumed session they
+    /// could meet a peer that restarted, whose fresh session would take streams the
+    /// attach is about to reset on this side.
+    pub fn is_new(&self) -> bool {
+        self.remote_session_id.is_none()
+    }
+
     /// The link status shared by every stream of the session.
     pub fn link_status(&self) -> LinkStatus {
         self.link

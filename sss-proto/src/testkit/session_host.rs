@@ -44,6 +44,9 @@ pub struct SessionHost {
     pub events: Vec<(Eid, SessionEvent)>,
     /// Every channel event, with its peer.
     pub channel_events: Vec<(Eid, ChannelEvent)>,
+    /// Whether the first channel of a new session sends early data (what is written before
+    /// its initiation is first polled rides in it).
+    pub early_data: bool,
     local: Eid,
     rng: ChaCha20Rng,
     out: Vec<(Vec<u8>, Transmit)>,
@@ -58,18 +61,31 @@ impl SessionHost {
         session_config: SessionConfig,
         now: Instant,
     ) -> Self {
+        Self::with_unix_nanos(identity, config, session_config, now, UNIX_NANOS)
+    }
+
+    /// [`SessionHost::new`] whose wall clock reads `unix_nanos` at `now` (e.g. a host that
+    /// restarted later than its peers started).
+    pub fn with_unix_nanos(
+        identity: &Identity,
+        config: EndpointConfig,
+        session_config: SessionConfig,
+        now: Instant,
+        unix_nanos: u64,
+    ) -> Self {
         // A generator of its own for session ids, derived from the endpoint's seed.
         let mut seed = config.rng_seed;
         seed[31] ^= 0x5a;
         let rng = ChaCha20Rng::from_seed(seed);
         Self {
-            endpoint: Endpoint::new(config, identity, now, UNIX_NANOS),
+            endpoint: Endpoint::new(config, identity, now, unix_nanos),
             channels: BTreeMap::new(),
             sessions: BTreeMap::new(),
             session_config: Arc::new(session_config),
             listeners: Vec::new(),
             events: Vec::new(),
             channel_events: Vec::new(),
+            early_data: false,
             local: identity.eid(),
             rng,
             out: Vec::new(),
@@ -104,11 +120,13 @@ impl SessionHost {
         if self.has_channel(peer) {
             return;
         }
+        let early = self.early_data && self.session(peer).is_new();
         let layer = self.session(peer).layer_params();
-        let (h, channel) = self
+        let (h, mut channel) = self
             .endpoint
             .connect_with(now, peer, addr, service, protocol, &layer)
             .expect("connect");
+        channel.set_early_data(early);
         self.channels.insert(h, ChannelSlot { channel, peer });
     }
 
