@@ -1,5 +1,6 @@
-//! Recovery on lossy paths with small windows (channel.md, ACK policy): the repeated ACK of a
-//! receive batch.
+//! Recovery on lossy paths with small windows (spec/recovery.md §2.3 and channel.md, ACK
+//! policy): the repeated ACK of a receive batch, and CUBIC's Reno-friendly growth per round
+//! trip with a window that is not a whole number of datagrams.
 
 mod common;
 
@@ -101,5 +102,56 @@ fn repeated_acks_keep_probe_timeouts_rare_at_5_percent_loss() {
     assert!(
         ptos <= 2 * seeds,
         "{ptos} probe timeouts in {seeds} transfers"
+    );
+}
+
+/// After a loss, CUBIC's Reno-friendly estimate grows by alpha = 3 * 0.3 / 1.7 datagrams per
+/// round trip even though the reduced window (0.7 of the old one) is not a whole number of
+/// datagrams and each round trip carries only the whole ones it holds.
+#[test]
+fn cubic_grows_alpha_datagrams_per_round_trip_after_a_loss() {
+    let mut config = fast_config();
+    config.mtu_discovery = false;
+    let rtt = Duration::from_millis(40);
+    let mut p = batch_pair(5, lossy_link(0.0), config);
+    let h = p.start_transfer(5, 50_000_000);
+    let b_addr = addr(2);
+    // Drop the 10th data packet: slow start ends with a window of 19 datagrams, reduced to
+    // 13.3.
+    let count = Rc::new(RefCell::new(0u32));
+    let c = count.clone();
+    p.net.set_interceptor(Box::new(move |i| {
+        if i.to != b_addr || i.data.len() < SMALL {
+            return Verdict::Deliver;
+        }
+        *c.borrow_mut() += 1;
+        if *c.borrow() == 10 {
+            Verdict::Drop
+        } else {
+            Verdict::Deliver
+        }
+    }));
+    let cwnd = |p: &Pair| p.net.node(p.a).slot(h).channel.stats().cwnd;
+    // Run until the reduction, then past the recovery round trip.
+    let mut last = cwnd(&p);
+    let deadline = p.net.now() + Duration::from_secs(5);
+    while cwnd(&p) >= last && p.net.now() < deadline {
+        last = cwnd(&p);
+        p.net.step().unwrap();
+    }
+    let reduced = cwnd(&p);
+    assert!(reduced < last, "no congestion event");
+    assert_eq!(reduced, 15_960, "13.3 datagrams");
+    p.net.run_for(rtt + rtt / 2).unwrap();
+    let from = cwnd(&p);
+    let rounds = 6u32;
+    p.net.run_for(rtt * rounds).unwrap();
+    let grown = cwnd(&p) - from;
+    let per_round = grown as f64 / f64::from(rounds) / 1200.0;
+    let alpha = 0.9 / 1.7;
+    println!("reduced {reduced}, from {from}: {per_round:.3} datagrams per round trip");
+    assert!(
+        (per_round - alpha).abs() <= 0.06 * alpha,
+        "{per_round:.3} datagrams per round trip instead of {alpha:.3}"
     );
 }
