@@ -210,6 +210,10 @@ impl Conn for QuinnConn {
     }
 
     fn close(&self) {
+        // Diagnostics for comparing the stacks' recovery (losses, congestion events, RTT).
+        if std::env::var_os("SSS_PERF_STATS").is_some() {
+            eprintln!("sss-perf stats: {:?}", self.0.stats());
+        }
         self.0.close(VarInt::from_u32(0), b"done");
     }
 }

@@ -200,6 +200,14 @@ impl Dialer for SssDialer {
     }
 
     async fn shutdown(&self) {
+        // Diagnostics for comparing the stacks' recovery (losses, PTOs, congestion events).
+        if std::env::var_os("SSS_PERF_STATS").is_some() {
+            for peer in self.host.peers() {
+                if let Some(stats) = self.host.stats(peer) {
+                    eprintln!("sss-perf stats: {stats:?}");
+                }
+            }
+        }
         self.host.close().await;
     }
 }

@@ -242,6 +242,12 @@ impl<N: Node> Network<N> {
             packet.ecn,
             &mut packet.data,
         );
+        if slot.batch_receive {
+            // Polled once, after the other datagrams of this instant (queued before the
+            // wake-up) have arrived too.
+            self.wake(id);
+            return Ok(());
+        }
         self.drain(id)
     }
 

@@ -26,6 +26,9 @@ pub(crate) struct NodeSlot<N> {
     /// deadline back on every packet does not flood the heap with stale events.
     pub(crate) queued_timer: Option<Instant>,
     pub(crate) woken: bool,
+    /// Datagrams arriving at one instant are handled together before the node is polled
+    /// (see [`Network::set_batch_receive`]).
+    pub(crate) batch_receive: bool,
     /// Consecutive timer firings at `spin_at`.
     pub(crate) spins: u64,
     pub(crate) spin_at: Option<Instant>,
@@ -133,6 +136,7 @@ impl<N: Node> Network<N> {
             deadline: None,
             queued_timer: None,
             woken: false,
+            batch_receive: false,
             spins: 0,
             spin_at: None,
             stats: Stats::default(),
@@ -204,6 +208,13 @@ impl<N: Node> Network<N> {
     pub fn node_mut(&mut self, id: NodeId) -> &mut N {
         self.wake(id);
         &mut self.nodes[id.0].node
+    }
+
+    /// Makes node `id` receive like a host that drains a whole receive batch (GRO) before it
+    /// builds anything: every datagram reaching it at one instant is handed over before it is
+    /// polled for transmits, instead of a poll after each datagram (the default).
+    pub fn set_batch_receive(&mut self, id: NodeId, on: bool) {
+        self.nodes[id.0].batch_receive = on;
     }
 
     /// Polls node `id` at the current instant by the next step.
