@@ -112,6 +112,8 @@ fn repeated_acks_keep_probe_timeouts_rare_at_5_percent_loss() {
 fn cubic_grows_alpha_datagrams_per_round_trip_after_a_loss() {
     let mut config = fast_config();
     config.mtu_discovery = false;
+    // Full 1200-byte datagrams, so that windows are whole multiples of them.
+    config.whole_block_payloads = false;
     let rtt = Duration::from_millis(40);
     let mut p = batch_pair(5, lossy_link(0.0), config);
     let h = p.start_transfer(5, 50_000_000);
