@@ -247,74 +247,15 @@ async fn reset_reaches_the_peer_with_its_code() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn higher_priority_finishes_first() {
-    const LEN: usize = 8 << 20;
-    // Windows and buffers hold everything at once, so that only the scheduler decides
-    // what goes first (not flow control, nor the order the writers run in).
-    let mut config = sss_host::HostConfig::bind(common::loopback());
-    config.session.send_buffer = 4 * LEN;
-    config.session.max_unsent = 4 * LEN;
-    config.session.initial_max_stream_data = 2 * LEN as u64;
-    config.session.initial_max_data = 4 * LEN as u64;
-    let server = host_with(config.clone());
-    let client = host_with(config);
-    let listener = server.listen("prio", "v1").unwrap();
-    let addrs = [server.loopback_addr()];
-    within(20, async {
-        let mut low = client
-            .connect(server.eid(), &addrs, "prio", "v1")
-            .await
-            .unwrap();
-        let mut high = client
-            .connect(server.eid(), &addrs, "prio", "v1")
-            .await
-            .unwrap();
-        low.set_priority(-5).unwrap();
-        high.set_priority(10).unwrap();
-        assert_eq!(high.priority().unwrap(), 10);
-        low.write_all(b"L").await.unwrap();
-        high.write_all(b"H").await.unwrap();
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        for _ in 0..2 {
-            let mut s = listener.accept().await.unwrap();
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let mut data = Vec::new();
-                s.read_to_end(&mut data).await.unwrap();
-                assert_eq!(data.len(), LEN + 1);
-                tx.send(data[0]).unwrap();
-            });
-        }
-        let payload = vec![0u8; LEN];
-        let (a, b) = tokio::join!(
-            async {
-                low.write_all(&payload).await.unwrap();
-                low.finish().unwrap();
-            },
-            async {
-                high.write_all(&payload).await.unwrap();
-                high.finish().unwrap();
-            }
-        );
-        let _ = (a, b);
-        assert_eq!(
-            rx.recv().await,
-            Some(b'H'),
-            "the high-priority stream ends first"
-        );
-        assert_eq!(rx.recv().await, Some(b'L'));
-    })
-    .await;
-}
+/// Bytes per stream in the priority races.
+const RACE_LEN: usize = 8 << 20;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn higher_priority_finishes_first_when_writers_are_paced() {
-    const LEN: usize = 8 << 20;
-    // As above, but writers keep only `max_unsent` (the host's default, 256 KiB) ahead of
-    // the network: the high-priority stream runs dry whenever the driver sends faster than
-    // its writer refills it, and the lower one must not take those gaps (WRITER_HOLD).
-    let mut config = sss_host::HostConfig::bind(common::loopback());
+/// Two streams of one session, priorities -5 ("L") and 10 ("H"), each writing `RACE_LEN`
+/// bytes at once; windows hold everything, so that only the sender decides what goes first
+/// (not flow control). Returns the first byte of the stream that ended first, and how many
+/// bytes the low-priority stream had delivered by then.
+async fn priority_race(mut config: sss_host::HostConfig) -> (u8, usize) {
+    const LEN: usize = RACE_LEN;
     config.session.send_buffer = 4 * LEN;
     config.session.initial_max_stream_data = 2 * LEN as u64;
     config.session.initial_max_data = 4 * LEN as u64;
@@ -336,8 +277,7 @@ async fn higher_priority_finishes_first_when_writers_are_paced() {
         assert_eq!(high.priority().unwrap(), 10);
         low.write_all(b"L").await.unwrap();
         high.write_all(b"H").await.unwrap();
-        // Bytes each stream delivered so far ([low, high]); when the high-priority stream
-        // ends, the low one's count says how much of the link it took meanwhile.
+        // Bytes each stream delivered so far ([low, high]).
         let progress = Arc::new([AtomicUsize::new(0), AtomicUsize::new(0)]);
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         for _ in 0..2 {
@@ -363,7 +303,7 @@ async fn higher_priority_finishes_first_when_writers_are_paced() {
             });
         }
         let payload = vec![0u8; LEN];
-        let (a, b) = tokio::join!(
+        tokio::join!(
             async {
                 low.write_all(&payload).await.unwrap();
                 low.finish().unwrap();
@@ -373,19 +313,37 @@ async fn higher_priority_finishes_first_when_writers_are_paced() {
                 high.finish().unwrap();
             }
         );
-        let _ = (a, b);
-        let (first, low_then) = rx.recv().await.unwrap();
-        assert_eq!(first, b'H', "the high-priority stream ends first");
-        // Strict priority: the low stream got little while the high one was sending (its
-        // first queued bytes, and gaps when the high writer ran late by more than the hold:
-        // 0.5-1.3 MiB of 8 measured; without the hold it finished first, all 8 MiB).
-        assert!(
-            low_then < LEN / 4,
-            "the low-priority stream delivered {low_then} of {LEN} bytes meanwhile"
-        );
-        assert_eq!(rx.recv().await.map(|r| r.0), Some(b'L'));
+        let first = rx.recv().await.unwrap();
+        assert!(rx.recv().await.is_some(), "the other stream ends too");
+        first
     })
-    .await;
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn higher_priority_finishes_first() {
+    // Writers may queue everything at once (`max_unsent` as large as the data): only the
+    // scheduler orders the bytes.
+    let mut config = sss_host::HostConfig::bind(common::loopback());
+    config.session.max_unsent = 4 * RACE_LEN;
+    let (first, _) = priority_race(config).await;
+    assert_eq!(first, b'H', "the high-priority stream ends first");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn higher_priority_finishes_first_when_writers_are_paced() {
+    // Writers keep only `max_unsent` (the host's default, 256 KiB) ahead of the network: the
+    // high-priority stream runs dry whenever the driver sends faster than its writer refills
+    // it, and the lower one must not take those gaps (WRITER_HOLD).
+    let (first, low_then) = priority_race(sss_host::HostConfig::bind(common::loopback())).await;
+    assert_eq!(first, b'H', "the high-priority stream ends first");
+    // Strict priority: the low stream got little while the high one was sending (its
+    // first queued bytes, and gaps when the high writer ran late by more than the hold:
+    // 0.5-1.3 MiB of 8 measured; without the hold it finished first, all 8 MiB).
+    assert!(
+        low_then < RACE_LEN / 4,
+        "the low-priority stream delivered {low_then} of {RACE_LEN} bytes meanwhile"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
