@@ -7,20 +7,12 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Duration;
 
-use common::addr;
 use common::setup::{fast_config, pair};
+use common::{addr, seeds};
 use sss_proto::channel::{ChannelError, ChannelEvent};
 use sss_proto::handshake::RefuseCode;
 use sss_proto::packet::{classify, PacketKind};
 use sss_proto::sim::{LinkConfig, Verdict};
-
-/// Number of seeds for sweeps: `SSS_SEEDS` overrides the default.
-fn seeds(default: u64) -> u64 {
-    std::env::var("SSS_SEEDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(default)
-}
 
 fn is_data(data: &[u8]) -> bool {
     classify(data) == Some(PacketKind::Data)

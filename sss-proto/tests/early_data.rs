@@ -3,11 +3,14 @@
 //! earlier; whatever is lost, duplicated, declined or replayed, every byte arrives exactly
 //! once.
 
+mod common;
+
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::seeds;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use sss_proto::endpoint::EndpointConfig;
@@ -20,13 +23,6 @@ use sss_proto::{ChannelConfig, Eid};
 const SERVICE: (&str, &str) = ("test", "early/1");
 const INITIATION: u8 = 0x01;
 const RESPONSE: u8 = 0x02;
-
-fn seeds(default: u64) -> u64 {
-    std::env::var("SSS_SEEDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(default)
-}
 
 struct World {
     net: Network<SessionHost>,

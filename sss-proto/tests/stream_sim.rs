@@ -2,9 +2,12 @@
 //! random writes, records, datagrams, finishes and resets under impairments, checked for
 //! exactly-once, in-order delivery; and streams that survive the death of their channel.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use common::seeds;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use sss_proto::sim::{LinkConfig, Network, NodeId};
@@ -14,13 +17,6 @@ use sss_proto::testkit::session_host::{SessionHost, SessionPair};
 use sss_proto::Eid;
 
 const SERVICE: (&str, &str) = ("test", "streams/1");
-
-fn seeds(default: u64) -> u64 {
-    std::env::var("SSS_SEEDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(default)
-}
 
 struct World {
     net: Network<SessionHost>,
