@@ -2,7 +2,8 @@
 //! to host B, both move bulk data (testkit `Bulk`) both ways, and the fuzzer decides what
 //! the "network" does with every datagram (deliver, drop, duplicate, hold back and deliver
 //! later, corrupt a byte, truncate, replace with its own bytes, inject), when time advances,
-//! and when each side connects, accepts, refuses, queues data, pings, closes or rebinds.
+//! and when each side connects (with or without early data in the initiation), accepts,
+//! refuses, queues data, pings, closes or rebinds.
 //!
 //! Checked on every run:
 //! - no panic anywhere;
@@ -57,6 +58,8 @@ struct Setup {
     /// Bytes each side sends from the start (modulo 16 KiB).
     initial_a: u16,
     initial_b: u16,
+    /// A's initiations carry its first frames as early data (packet 0).
+    early: bool,
 }
 
 /// A direction: `false` is A to B, `true` is B to A.
@@ -174,6 +177,8 @@ struct World {
     /// A's current channel.
     current: Option<ChannelHandle>,
     connects: usize,
+    /// Whether A's channels send early data.
+    early: bool,
     /// Bytes A (B) sends on a channel opened now.
     total_a: u64,
     total_b: u64,
@@ -243,6 +248,7 @@ impl World {
             b_eid,
             current: None,
             connects: 0,
+            early: setup.early,
             total_a: u64::from(setup.initial_a % 16384),
             total_b: u64::from(setup.initial_b % 16384),
             wire: [VecDeque::new(), VecDeque::new()],
@@ -270,11 +276,12 @@ impl World {
             return;
         }
         self.connects += 1;
-        let (h, channel) = self
+        let (h, mut channel) = self
             .a
             .endpoint
             .connect(self.now, self.b_eid, self.b_addr, "fuzz", "bulk/1")
             .expect("connect to another host with valid names");
+        channel.set_early_data(self.early);
         let upper = Bulk {
             seed: SEED,
             total: self.total_a,
