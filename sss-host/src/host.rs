@@ -256,12 +256,7 @@ impl Host {
             let early =
                 !st.is_connected(peer) && st.peers.get(&peer).is_none_or(|p| p.session.is_new());
             if early {
-                let p = st.peer_entry(peer);
-                let id = p
-                    .session
-                    .open(service, protocol)
-                    .map_err(Error::from_stream)?;
-                let _ = p.session.listen(id, true);
+                let id = open_top_level(&mut st, peer, service, protocol)?;
                 let stream = st
                     .new_handle(&self.shared, peer, id)
                     .ok_or(Error::HostClosed)?;
@@ -423,12 +418,7 @@ impl Host {
         if !open {
             return Ok(None);
         }
-        let p = st.peer_entry(peer);
-        let id = p
-            .session
-            .open(service, protocol)
-            .map_err(Error::from_stream)?;
-        let _ = p.session.listen(id, true);
+        let id = open_top_level(st, peer, service, protocol)?;
         let stream = st.new_handle(&self.shared, peer, id);
         st.wake_driver();
         tracing::debug!(%peer, stream = %id, service, protocol, "opened stream");
@@ -519,4 +509,21 @@ fn bind(addr: SocketAddr, buffer: usize) -> Result<UdpSocket, Error> {
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// Opens a top-level stream to `peer` in its session (made if needed), listening for its
+/// substreams.
+fn open_top_level(
+    st: &mut State,
+    peer: Eid,
+    service: &str,
+    protocol: &str,
+) -> Result<sss_proto::stream::StreamId, Error> {
+    let p = st.peer_entry(peer);
+    let id = p
+        .session
+        .open(service, protocol)
+        .map_err(Error::from_stream)?;
+    let _ = p.session.listen(id, true);
+    Ok(id)
 }
