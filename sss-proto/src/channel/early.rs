@@ -183,9 +183,14 @@ impl<M> Channel<M> {
         if self.early.frames.is_empty() {
             return;
         }
-        debug_assert!(self.sent.scratch.is_empty());
-        self.sent.scratch.append(&mut self.early.frames);
+        // Committed through the sent table's scratch list (empty between packets; whatever
+        // it might hold is put back untouched).
+        let other = std::mem::replace(
+            &mut self.sent.scratch,
+            std::mem::take(&mut self.early.frames),
+        );
         let frames = self.sent.commit_frames();
+        self.sent.scratch = other;
         let time = self.early.sent_at.unwrap_or(now);
         let size = u16::try_from(self.early.len).unwrap_or(u16::MAX);
         self.sent.insert(
