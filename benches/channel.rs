@@ -422,17 +422,15 @@ fn payload_sizes() {
             yard += y;
             var += v;
         }
-        ratios.sort_by(f64::total_cmp);
+        let spread = spread(&mut ratios);
         let per = |d: Duration| d.as_secs_f64() * 1e6 / (ROUNDS * PACKETS) as f64;
         println!(
-            "aes-256-gcm payload {len} B ({} whole blocks + {} B): {:.3} µs/packet against bare (1436 B) {:.3}; time ratio median {:.3} (min {:.3}, max {:.3})",
+            "aes-256-gcm payload {len} B ({} whole blocks + {} B): {:.3} µs/packet against bare (1436 B) {:.3}; time ratio {}",
             len / 16,
             len % 16,
             per(var),
             per(yard),
-            ratios[ROUNDS / 2],
-            ratios[0],
-            ratios[ROUNDS - 1]
+            spread
         );
     }
 }
@@ -461,13 +459,11 @@ fn key_align() {
             let v = bare_run(key, PACKETS, &mut pn, &mut packet);
             ratios.push(v.as_secs_f64() / y.as_secs_f64());
         }
-        ratios.sort_by(f64::total_cmp);
+        let spread = spread(&mut ratios);
         println!(
-            "key at {:#04x} mod 64: time ratio to the yardstick median {:.3} (min {:.3}, max {:.3})",
+            "key at {:#04x} mod 64: time ratio to the yardstick {}",
             key as *const _ as usize % 64,
-            ratios[ROUNDS / 2],
-            ratios[0],
-            ratios[ROUNDS - 1]
+            spread
         );
     }
 }
@@ -620,17 +616,26 @@ fn aead_layout() {
             yard += y;
             var += v;
         }
-        ratios.sort_by(f64::total_cmp);
+        let spread = spread(&mut ratios);
         let per = |d: Duration| d.as_secs_f64() * 1e6 / (ROUNDS * (PACKETS / n * n)) as f64;
         println!(
-            "aes-256-gcm {name}: {:.3} µs/packet against bare {:.3}; time ratio median {:.3} (min {:.3}, max {:.3})",
+            "aes-256-gcm {name}: {:.3} µs/packet against bare {:.3}; time ratio {}",
             per(var),
             per(yard),
-            ratios[ROUNDS / 2],
-            ratios[0],
-            ratios[ROUNDS - 1]
+            spread
         );
     }
+}
+
+/// Sorts `ratios` and describes them as "median M (min A, max B)".
+fn spread(ratios: &mut [f64]) -> String {
+    ratios.sort_by(f64::total_cmp);
+    format!(
+        "median {:.3} (min {:.3}, max {:.3})",
+        ratios[ratios.len() / 2],
+        ratios[0],
+        ratios[ratios.len() - 1]
+    )
 }
 
 criterion_group!(benches, bare_aead, channel_transfer);
