@@ -76,9 +76,11 @@ pub struct CompareArgs {
     #[arg(long)]
     pub no_early_data: bool,
     /// Impairment relay command. Placeholders: {listen} {forward} {loss} (fraction)
-    /// {loss_pct} {delay_ms} (one way = RTT/2) {rtt_ms}. Default: `<dir of this binary>/
-    /// examples/impair --listen {listen} --forward {forward} --loss {loss} --delay-ms
-    /// {delay_ms}` if that file exists; otherwise the lossy scenario is skipped.
+    /// {loss_pct} {delay_ms} (one way = RTT/2) {rtt_ms} {seed} (the round number, so each
+    /// round meets a different loss pattern and both stacks of a round the same one).
+    /// Default: `<dir of this binary>/examples/impair --listen {listen} --forward {forward}
+    /// --loss {loss} --delay-ms {delay_ms} --seed {seed}` if that file exists; otherwise the
+    /// lossy scenario is skipped.
     #[arg(long)]
     pub relay_cmd: Option<String>,
     /// Loss rates in percent for the lossy scenario.
@@ -105,10 +107,59 @@ enum Outcome {
     Failed(String),
 }
 
+impl Outcome {
+    fn duplicate(&self) -> Self {
+        match self {
+            Outcome::Report(v) => Outcome::Report(v.clone()),
+            Outcome::NotImplemented => Outcome::NotImplemented,
+            Outcome::Failed(w) => Outcome::Failed(w.clone()),
+        }
+    }
+}
+
+/// Field added to a client's report: the CPU seconds (user + system) the client process used.
+const CLIENT_CPU: &str = "client_cpu_s";
+/// Field added to a client's report: the CPU seconds the server used while the client ran.
+const SERVER_CPU: &str = "server_cpu_s";
+/// Label suffixes of the CPU rows.
+const CLIENT_ROW: &str = ": client CPU";
+const SERVER_ROW: &str = ": server CPU";
+
+/// `/proc` counts CPU time in USER_HZ ticks, 100 per second on Linux (`sysconf(_SC_CLK_TCK)`;
+/// the kernel fixes it at 100 for user space on every architecture it builds for).
+const USER_HZ: f64 = 100.0;
+
+/// CPU seconds from `/proc/<pid>/stat`: (the process's own user + system time, the user +
+/// system time of its children it has waited for). `None` off Linux or for a reaped process.
+fn proc_cpu(pid: &str) -> Option<(f64, f64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces: count from after it.
+    // Then field 3 is index 0, utime (14) index 11, stime 12, cutime 13, cstime 14.
+    let rest = stat.get(stat.rfind(')')? + 1..)?;
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(4)
+        .map(|x| x.parse().ok())
+        .collect::<Option<_>>()?;
+    (f.len() == 4).then(|| ((f[0] + f[1]) / USER_HZ, (f[2] + f[3]) / USER_HZ))
+}
+
+/// Adds `field: seconds` to a report.
+fn annotate(outcome: &mut Outcome, field: &str, seconds: Option<f64>) {
+    if let (Outcome::Report(Value::Object(map)), Some(s)) = (outcome, seconds) {
+        if let Some(n) = serde_json::Number::from_f64(s) {
+            map.insert(field.to_owned(), Value::Number(n));
+        }
+    }
+}
+
 /// One table row: the samples of each stack.
 #[derive(Default)]
 struct Row {
     unit: &'static str,
+    /// A [`CPU_PER_GB`] row of the server's CPU time (else the client's).
+    server_cpu: bool,
     samples: BTreeMap<String, Vec<f64>>,
     missing: BTreeMap<String, &'static str>,
 }
@@ -135,16 +186,19 @@ pub fn run(args: &CompareArgs) -> Result<()> {
         for round in 1..=args.rounds {
             for &stack in &args.stacks {
                 let before = UdpCounters::read();
-                let results = runner.scenario(scenario, stack, relay.as_deref());
+                let results = runner.scenario(scenario, stack, relay.as_deref(), round);
                 udp.entry(stack.to_string())
                     .or_default()
                     .add(&UdpCounters::read().since(&before));
                 for (label, unit, outcome) in results {
-                    eprintln!(
-                        "compare: [{label} {round}/{}] {stack}: {}",
-                        args.rounds,
-                        describe(&outcome)
-                    );
+                    // (The CPU rows repeat their run's report.)
+                    if unit != CPU_PER_GB {
+                        eprintln!(
+                            "compare: [{label} {round}/{}] {stack}: {}",
+                            args.rounds,
+                            describe(&outcome)
+                        );
+                    }
                     // A scenario can give several rows under one label (p50 and p99).
                     let row = match rows.iter_mut().find(|(l, r)| *l == label && r.unit == unit) {
                         Some((_, row)) => row,
@@ -153,6 +207,7 @@ pub fn run(args: &CompareArgs) -> Result<()> {
                                 label.clone(),
                                 Row {
                                     unit,
+                                    server_cpu: label.ends_with(SERVER_ROW),
                                     ..Row::default()
                                 },
                             ));
@@ -176,17 +231,36 @@ fn describe(outcome: &Outcome) -> String {
     }
 }
 
-fn record(row: &mut Row, stack: StackKind, unit: &'static str, outcome: Outcome) {
-    let key = stack.to_string();
+/// Unit of the rows giving CPU time per GB of goodput; the row label says which process.
+const CPU_PER_GB: &str = "s/GB";
+
+/// The figure a row of `unit` takes from a client report (`process` names the CPU-time
+/// field for [`CPU_PER_GB`] rows).
+fn figure(v: &Value, unit: &str, process: &str) -> Option<f64> {
     let field = match unit {
         "Gbit/s" => "gbps",
         "ms" => "connect_ms",
         "us p50" => "p50_us",
         "us p99" => "p99_us",
+        CPU_PER_GB => {
+            let cpu = v.get(process).and_then(Value::as_f64)?;
+            let gb = v.get("bytes").and_then(Value::as_f64)? / 1e9;
+            return (gb > 0.0).then(|| cpu / gb);
+        }
         _ => "mean_us",
     };
+    v.get(field).and_then(Value::as_f64)
+}
+
+fn record(row: &mut Row, stack: StackKind, unit: &'static str, outcome: Outcome) {
+    let key = stack.to_string();
+    let process = if row.server_cpu {
+        SERVER_CPU
+    } else {
+        CLIENT_CPU
+    };
     match outcome {
-        Outcome::Report(v) => match v.get(field).and_then(Value::as_f64) {
+        Outcome::Report(v) => match figure(&v, unit, process) {
             Some(x) => row.samples.entry(key).or_default().push(x),
             None => {
                 row.missing.insert(key, "bad output");
@@ -232,7 +306,8 @@ impl<'a> Runner<'a> {
         let impair = self.exe.parent()?.join("examples").join("impair");
         impair.exists().then(|| {
             format!(
-                "{} --listen {{listen}} --forward {{forward}} --loss {{loss}} --delay-ms {{delay_ms}}",
+                "{} --listen {{listen}} --forward {{forward}} --loss {{loss}} --delay-ms {{delay_ms}} \
+                 --seed {{seed}}",
                 impair.display()
             )
         })
@@ -254,6 +329,7 @@ impl<'a> Runner<'a> {
         scenario: Scenario,
         stack: StackKind,
         relay: Option<&str>,
+        round: u32,
     ) -> Vec<(String, &'static str, Outcome)> {
         let a = self.args;
         let bulk = |streams: u32, bytes: u64| {
@@ -267,11 +343,7 @@ impl<'a> Runner<'a> {
         match scenario {
             Scenario::Bulk1 => {
                 let label = format!("bulk, 1 stream, {}", human(a.bulk_bytes));
-                vec![(
-                    label,
-                    "Gbit/s",
-                    self.pair(stack, &bulk(1, a.bulk_bytes), None),
-                )]
+                with_cpu_rows(label, self.pair(stack, &bulk(1, a.bulk_bytes), None))
             }
             Scenario::BulkMany => {
                 let label = format!(
@@ -279,11 +351,10 @@ impl<'a> Runner<'a> {
                     a.many_streams,
                     human(a.bulk_bytes)
                 );
-                vec![(
+                with_cpu_rows(
                     label,
-                    "Gbit/s",
                     self.pair(stack, &bulk(a.many_streams, a.bulk_bytes), None),
-                )]
+                )
             }
             Scenario::Connect => {
                 let label = "connect to first byte".to_string();
@@ -302,11 +373,7 @@ impl<'a> Runner<'a> {
                 ];
                 let label = format!("{} req/resp of {} B", a.requests, a.size);
                 let outcome = self.pair(stack, &args, None);
-                let copy = match &outcome {
-                    Outcome::Report(v) => Outcome::Report(v.clone()),
-                    Outcome::NotImplemented => Outcome::NotImplemented,
-                    Outcome::Failed(w) => Outcome::Failed(w.clone()),
-                };
+                let copy = outcome.duplicate();
                 vec![(label.clone(), "us p50", outcome), (label, "us p99", copy)]
             }
             Scenario::Lossy => a
@@ -318,8 +385,11 @@ impl<'a> Runner<'a> {
                         human(a.lossy_bytes),
                         a.rtt_ms
                     );
-                    let outcome =
-                        self.pair(stack, &bulk(1, a.lossy_bytes), relay.map(|t| (t, loss)));
+                    let outcome = self.pair(
+                        stack,
+                        &bulk(1, a.lossy_bytes),
+                        relay.map(|t| (t, loss, round)),
+                    );
                     (label, "Gbit/s", outcome)
                 })
                 .collect(),
@@ -366,20 +436,28 @@ impl<'a> Runner<'a> {
         &self,
         stack: StackKind,
         client_args: &[String],
-        relay: Option<(&str, f64)>,
+        relay: Option<(&str, f64, u32)>,
     ) -> Outcome {
-        let (_server, eid, addr) = match self.server(stack) {
+        let (server, eid, addr) = match self.server(stack) {
             Ok(s) => s,
             Err(outcome) => return outcome,
         };
+        let server_pid = server.0.id().to_string();
+        let server_before = proc_cpu(&server_pid);
         let (_relay, target_addr) = match relay {
             None => (None, addr),
-            Some((template, loss)) => match self.relay(template, loss, &addr) {
+            Some((template, loss, seed)) => match self.relay(template, loss, seed, &addr) {
                 Ok((guard, listen)) => (Some(guard), listen),
                 Err(e) => return Outcome::Failed(e),
             },
         };
-        self.client(stack, &format!("{eid}@{target_addr}"), client_args)
+        let mut outcome = self.client(stack, &format!("{eid}@{target_addr}"), client_args);
+        let server_cpu = match (server_before, proc_cpu(&server_pid)) {
+            (Some((before, _)), Some((after, _))) => Some(after - before),
+            _ => None,
+        };
+        annotate(&mut outcome, SERVER_CPU, server_cpu);
+        outcome
     }
 
     /// One server, `n` client processes each measuring connect time with a 1-byte upload.
@@ -402,6 +480,9 @@ impl<'a> Runner<'a> {
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped());
+        // The client's CPU time: what this process's reaped children used, before and after
+        // reaping it (servers and relays are reaped only after their client).
+        let children_before = proc_cpu("self").map(|(_, children)| children);
         let child = match cmd.spawn() {
             Ok(c) => c,
             Err(e) => return Outcome::Failed(format!("spawning client: {e}")),
@@ -427,9 +508,17 @@ impl<'a> Runner<'a> {
                 out = line;
             }
         }
+        let client_cpu = match (children_before, proc_cpu("self")) {
+            (Some(before), Some((_, after))) => Some(after - before),
+            _ => None,
+        };
         match status.code() {
             Some(0) => match serde_json::from_str(&out) {
-                Ok(v) => Outcome::Report(v),
+                Ok(v) => {
+                    let mut outcome = Outcome::Report(v);
+                    annotate(&mut outcome, CLIENT_CPU, client_cpu);
+                    outcome
+                }
                 Err(e) => Outcome::Failed(format!("client printed {out:?}: {e}")),
             },
             Some(2) => Outcome::NotImplemented,
@@ -441,6 +530,7 @@ impl<'a> Runner<'a> {
         &self,
         template: &str,
         loss_pct: f64,
+        seed: u32,
         forward: &str,
     ) -> std::result::Result<(Guard, String), String> {
         let port = std::net::UdpSocket::bind("127.0.0.1:0")
@@ -457,7 +547,8 @@ impl<'a> Runner<'a> {
                 "{delay_ms}",
                 &(f64::from(self.args.rtt_ms) / 2.0).to_string(),
             )
-            .replace("{rtt_ms}", &self.args.rtt_ms.to_string());
+            .replace("{rtt_ms}", &self.args.rtt_ms.to_string())
+            .replace("{seed}", &seed.to_string());
         let mut words = command.split_whitespace();
         let program = words.next().ok_or("empty relay command")?;
         let child = Command::new(program)
@@ -470,6 +561,19 @@ impl<'a> Runner<'a> {
         std::thread::sleep(Duration::from_millis(300));
         Ok((Guard(child), listen))
     }
+}
+
+/// A bulk run's rows: goodput, then the client's and the server's CPU time per GB.
+fn with_cpu_rows(label: String, outcome: Outcome) -> Vec<(String, &'static str, Outcome)> {
+    let client = outcome.duplicate();
+    let server = outcome.duplicate();
+    let rows = [
+        (format!("{label}{CLIENT_ROW}"), CPU_PER_GB, client),
+        (format!("{label}{SERVER_ROW}"), CPU_PER_GB, server),
+    ];
+    std::iter::once((label, "Gbit/s", outcome))
+        .chain(rows)
+        .collect()
 }
 
 fn cipher_arg(c: CipherChoice) -> String {
@@ -573,7 +677,7 @@ fn fmt(x: f64) -> String {
 
 fn print_table(args: &CompareArgs, rows: &[(String, Row)], udp: &BTreeMap<String, UdpCounters>) {
     println!("{}", machine_line(args));
-    let mut header = format!("{:<42} {:<7}", "scenario", "unit");
+    let mut header = format!("{:<46} {:<7}", "scenario", "unit");
     for stack in &args.stacks {
         header += &format!(" | {:<36}", format!("{stack} median [min .. max]"));
     }
@@ -585,7 +689,7 @@ fn print_table(args: &CompareArgs, rows: &[(String, Row)], udp: &BTreeMap<String
     println!("{header}");
     println!("{}", "-".repeat(header.len()));
     for (label, row) in rows {
-        let mut line = format!("{label:<42} {:<7}", row.unit);
+        let mut line = format!("{label:<46} {:<7}", row.unit);
         let mut medians = Vec::new();
         for &stack in &args.stacks {
             let (text, median) = cell(row, stack);
@@ -598,7 +702,10 @@ fn print_table(args: &CompareArgs, rows: &[(String, Row)], udp: &BTreeMap<String
         };
         println!("{line} | {ratio}");
     }
-    println!("(Gbit/s: higher is better; ms and us: lower is better. us = microseconds.)");
+    println!(
+        "(Gbit/s: higher is better; ms, us and s/GB: lower is better. us = microseconds; \
+         s/GB = CPU seconds, user + system, per GB of goodput, from /proc in 10 ms ticks.)"
+    );
     for (stack, c) in udp {
         println!(
             "kernel UDP errors during {stack} runs: InErrors {} RcvbufErrors {} SndbufErrors {}",
@@ -626,4 +733,49 @@ fn machine_line(args: &CompareArgs) -> String {
         args.pin,
         args.cipher.resolve()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_cpu_counts_this_process_time() {
+        let (start, _) = proc_cpu("self").expect("/proc/self/stat parses");
+        // Burn CPU until the counter moves by two ticks (it must, within seconds).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut x = 1u64;
+        loop {
+            for i in 0..1_000_000u64 {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(i);
+            }
+            let (now, _) = proc_cpu("self").expect("/proc/self/stat parses");
+            if now - start >= 0.02 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "CPU time did not move ({x})");
+        }
+        assert!(proc_cpu("not-a-pid").is_none());
+    }
+
+    #[test]
+    fn cpu_rows_divide_the_process_time_by_the_gigabytes() {
+        let v: Value = serde_json::from_str(
+            r#"{"bytes":2000000000,"gbps":4.0,"client_cpu_s":1.0,"server_cpu_s":0.5}"#,
+        )
+        .unwrap();
+        assert_eq!(figure(&v, CPU_PER_GB, CLIENT_CPU), Some(0.5));
+        assert_eq!(figure(&v, CPU_PER_GB, SERVER_CPU), Some(0.25));
+        assert_eq!(figure(&v, "Gbit/s", CLIENT_CPU), Some(4.0));
+        let rows = with_cpu_rows("bulk".into(), Outcome::Report(v));
+        let labels: Vec<_> = rows.iter().map(|(l, u, _)| (l.as_str(), *u)).collect();
+        assert_eq!(
+            labels,
+            [
+                ("bulk", "Gbit/s"),
+                ("bulk: client CPU", CPU_PER_GB),
+                ("bulk: server CPU", CPU_PER_GB)
+            ]
+        );
+    }
 }
