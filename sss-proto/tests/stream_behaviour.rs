@@ -1065,3 +1065,117 @@ fn a_session_given_up_on_one_side_starts_afresh_on_both() {
     );
     assert_eq!(got[0], b"new data");
 }
+
+/// Datagrams A and B sent, summed over their channels.
+fn packets_sent(w: &World) -> (u64, u64) {
+    let sent = |n: NodeId| -> u64 {
+        w.net
+            .node(n)
+            .channels
+            .values()
+            .map(|s| s.channel.stats().packets_sent)
+            .sum()
+    };
+    (sent(w.a), sent(w.b))
+}
+
+/// `requests` round trips on fresh substreams, one at a time, as `sss-perf --requests` makes
+/// them: A opens a substream of one top-level stream, writes a request and finishes; B reads
+/// it to its end, answers and finishes; A reads the answer to its end. Returns the datagrams A
+/// and B sent per round trip (the handshake and the top-level stream's opening excluded).
+fn request_response(config: SessionConfig, requests: usize) -> (f64, f64) {
+    let link = LinkConfig::with_latency(Duration::from_millis(5));
+    let mut w = world(21, link, config);
+    let top = w.open();
+    w.write(top, b"hello");
+    let mut got = vec![Vec::new()];
+    w.read_for(&[top], &mut got, Duration::from_millis(200));
+    assert_eq!(got[0], b"hello");
+    let before = packets_sent(&w);
+    let step = Duration::from_millis(1);
+    let mut buf = vec![0u8; 4096];
+    for i in 0..requests {
+        let request = pattern(i as u64, 64);
+        let sub = w.a_session().open_substream(top).unwrap();
+        w.write(sub, &request);
+        w.a_session().finish(sub).unwrap();
+        // B: accept the substream, read the request to its end, answer.
+        let deadline = w.net.now() + Duration::from_secs(5);
+        let mut incoming = None;
+        let mut got = Vec::new();
+        loop {
+            assert!(w.net.now() < deadline, "request {i} never arrived whole");
+            w.net.run_for(step).unwrap();
+            let b = w.b_session();
+            if incoming.is_none() {
+                incoming = b.accept_substream(top).unwrap();
+            }
+            let Some(id) = incoming else { continue };
+            while let Ok(n) = b.read(id, &mut buf) {
+                if n == 0 {
+                    break;
+                }
+                got.extend_from_slice(&buf[..n]);
+            }
+            if b.at_end(id) == Ok(true) {
+                assert_eq!(got, request);
+                b.write(id, &pattern(i as u64 + 1000, 64)).unwrap();
+                b.finish(id).unwrap();
+                let node = w.b;
+                w.net.wake(node);
+                break;
+            }
+        }
+        // A: read the answer to its end.
+        let mut answer = Vec::new();
+        loop {
+            assert!(w.net.now() < deadline, "answer {i} never arrived whole");
+            w.net.run_for(step).unwrap();
+            let a = w.a_session();
+            while let Ok(n) = a.read(sub, &mut buf) {
+                if n == 0 {
+                    break;
+                }
+                answer.extend_from_slice(&buf[..n]);
+            }
+            // (A stream read to its end and acknowledged is forgotten at once.)
+            if a.at_end(sub).unwrap_or(true) {
+                assert_eq!(answer, pattern(i as u64 + 1000, 64));
+                break;
+            }
+        }
+    }
+    let after = packets_sent(&w);
+    let per = |a: u64, b: u64| (a - b) as f64 / requests as f64;
+    (per(after.0, before.0), per(after.1, before.1))
+}
+
+#[test]
+fn a_round_trip_on_a_fresh_substream_is_one_packet_each_way_and_credit_keeps_up() {
+    // Far more round trips than the stream credit, so it must be renewed many times; but
+    // with one stream open at a time the renewal rides in the answers instead of costing a
+    // packet of its own (and an acknowledgement of that packet) per stream.
+    let config = SessionConfig {
+        initial_max_streams: 16,
+        ..SessionConfig::default()
+    };
+    let (a, b) = request_response(config, 200);
+    assert!(a <= 1.1, "A sent {a:.2} packets per round trip");
+    assert!(b <= 1.1, "B sent {b:.2} packets per round trip");
+}
+
+#[test]
+fn a_peer_using_all_its_stream_credit_gets_more_at_once() {
+    // Credit of 3: the top-level stream and one substream at a time, so every renewal is
+    // urgent and the 50 round trips complete only if each one is sent without waiting for
+    // other traffic.
+    let config = SessionConfig {
+        initial_max_streams: 3,
+        ..SessionConfig::default()
+    };
+    let (a, b) = request_response(config, 50);
+    assert!(
+        a <= 2.5 && b <= 2.5,
+        "A {a:.2}, B {b:.2} packets per round trip"
+    );
+}

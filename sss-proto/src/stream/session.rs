@@ -110,7 +110,13 @@ pub struct Session {
     pub(crate) peer_max_streams: u64,
     /// Streams the peer may open: counters below this.
     pub(crate) local_max_streams: u64,
+    /// `local_max_streams` has grown since it was last written: a MAX_STREAMS goes in the next
+    /// packet sent, and forces a packet of its own only once the peer runs short of credit
+    /// ([`Session::max_streams_urgent`]).
     pub(crate) max_streams_queued: bool,
+    /// The limit last written in a MAX_STREAMS (or the initial one); 0 when the peer may not
+    /// have it (lost, or a resumed session), which makes the next update urgent.
+    pub(crate) announced_max_streams: u64,
     /// Counters of peer streams ever opened (to tell late frames of finished streams).
     pub(crate) peer_opened: RangeSet,
     /// Session send limit given by the peer, and new bytes sent so far.
@@ -184,6 +190,7 @@ impl Session {
             peer_max_streams: config.initial_max_streams,
             local_max_streams: config.initial_max_streams,
             max_streams_queued: false,
+            announced_max_streams: config.initial_max_streams,
             peer_opened: RangeSet::new(),
             peer_max_data: config.initial_max_data,
             data_sent: 0,
@@ -294,7 +301,7 @@ impl Session {
     /// Nothing waits to be sent or acknowledged: every byte written was acknowledged.
     pub fn is_quiescent(&self) -> bool {
         !self.max_data_queued
-            && !self.max_streams_queued
+            && !self.max_streams_urgent()
             && self.control_in_flight == 0
             && self.control.is_empty()
             && self.deferred_control.is_empty()
@@ -336,6 +343,7 @@ impl Session {
             // The peer may have lost our last window updates with the old channel.
             self.max_data_queued = true;
             self.max_streams_queued = true;
+            self.announced_max_streams = 0;
             let ids: Vec<StreamId> = self.streams.keys().copied().collect();
             for id in ids {
                 self.queue_max_stream_data(id);
@@ -407,6 +415,7 @@ impl Session {
         self.next_counter = 1;
         self.peer_max_streams = self.config.initial_max_streams;
         self.local_max_streams = self.config.initial_max_streams;
+        self.announced_max_streams = self.config.initial_max_streams;
         self.peer_max_data = self.config.initial_max_data;
         self.local_max_data = self.config.initial_max_data;
         self.data_window = self.config.initial_max_data;
@@ -1007,6 +1016,20 @@ impl Session {
             self.local_max_streams += 1;
             self.max_streams_queued = true;
         }
+    }
+
+    /// Whether a queued MAX_STREAMS must be sent now, in a packet of its own if need be: the
+    /// peer may have less than half its initial credit left (counters it may still open under
+    /// the limit it knows of). Otherwise the update waits for a packet sent anyway: renewing
+    /// credit one stream at a time made a request/response on a fresh stream cost a second
+    /// packet each way (the update, then the peer's acknowledgement of it).
+    pub(crate) fn max_streams_urgent(&self) -> bool {
+        if !self.max_streams_queued {
+            return false;
+        }
+        let next = self.peer_opened.max().map_or(1, |c| c.saturating_add(1));
+        let left = self.announced_max_streams.saturating_sub(next);
+        left < self.config.initial_max_streams.div_ceil(2)
     }
 }
 

@@ -75,6 +75,7 @@ impl Session {
                 metas.push(SentFrame::MaxStreams);
                 self.control_in_flight += 1;
                 self.max_streams_queued = false;
+                self.announced_max_streams = self.local_max_streams;
             }
         }
         while let Some(&c) = self.control.front() {
@@ -646,7 +647,7 @@ impl Upper for Session {
 
     fn has_pending(&self) -> bool {
         self.max_data_queued
-            || self.max_streams_queued
+            || self.max_streams_urgent()
             || !self.control.is_empty()
             || self
                 .scheduler
@@ -898,6 +899,8 @@ impl Upper for Session {
             SentFrame::MaxStreams => {
                 self.control_in_flight = self.control_in_flight.saturating_sub(1);
                 self.max_streams_queued = true;
+                // The peer may be short of the credit it announced: re-send it at once.
+                self.announced_max_streams = 0;
             }
             SentFrame::Control(ControlMeta(c)) => {
                 self.control_in_flight = self.control_in_flight.saturating_sub(1);
