@@ -148,3 +148,37 @@ fn reordering_without_loss_is_undone_and_adapted_to() {
         "{spurious_events} spurious events in {runs} runs"
     );
 }
+
+/// A path that loses packets (randomly and by queue overflow) but keeps their order: every
+/// loss is real, none is found spurious, nothing is undone and the thresholds stay at RFC
+/// 9002's values. The simulation is deterministic, so the run with `spurious_loss_undo` is
+/// the run without it, byte for byte; and the transfer completes intact.
+#[test]
+fn real_loss_is_never_undone_and_behaviour_is_unchanged() {
+    for algorithm in [CongestionAlgorithm::Cubic, CongestionAlgorithm::NewReno] {
+        for seed in 0..seeds(6) {
+            let mut link = bottleneck(20, 5 + seed % 20);
+            link.loss = [0.0, 0.005, 0.02][(seed % 3) as usize];
+            link.jitter = Duration::from_millis(seed % 4);
+            let bytes = 20_000_000;
+            let on = run(seed, link.clone(), config(algorithm, true), bytes, 60);
+            let off = run(seed, link, config(algorithm, false), bytes, 60);
+            let what = format!("{algorithm:?}, seed {seed}");
+            println!("{what}: {:?}", on.stats);
+            assert_eq!(on.goodput_bytes, bytes, "{what}: transfer incomplete");
+            assert!(
+                on.stats.packets_lost > 0,
+                "{what}: the path must lose packets"
+            );
+            assert_eq!(on.stats.spurious_losses, 0, "{what}");
+            assert_eq!(on.stats.spurious_congestion_events, 0, "{what}");
+            assert_eq!(
+                (on.stats.packet_threshold, on.stats.time_threshold_eighths),
+                (3, 9),
+                "{what}"
+            );
+            assert_eq!(on.stats, off.stats, "{what}: the switch changed the run");
+            assert_eq!(on.received_bytes, off.received_bytes, "{what}");
+        }
+    }
+}
