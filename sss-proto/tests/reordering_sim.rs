@@ -160,9 +160,9 @@ fn real_loss_is_never_undone_and_behaviour_is_unchanged() {
             let mut link = bottleneck(20, 5 + seed % 20);
             link.loss = [0.0, 0.005, 0.02][(seed % 3) as usize];
             link.jitter = Duration::from_millis(seed % 4);
-            let bytes = 20_000_000;
-            let on = run(seed, link.clone(), config(algorithm, true), bytes, 60);
-            let off = run(seed, link, config(algorithm, false), bytes, 60);
+            let bytes = 5_000_000;
+            let on = run(seed, link.clone(), config(algorithm, true), bytes, 120);
+            let off = run(seed, link, config(algorithm, false), bytes, 120);
             let what = format!("{algorithm:?}, seed {seed}");
             println!("{what}: {:?}", on.stats);
             assert_eq!(on.goodput_bytes, bytes, "{what}: transfer incomplete");
