@@ -37,8 +37,17 @@ pub struct ChannelConfig {
     pub handshake_retry: Duration,
     /// Give up a handshake after this long.
     pub handshake_timeout: Duration,
-    /// Reordering threshold in packets for loss detection (RFC 9002 kPacketThreshold).
+    /// Reordering threshold in packets for loss detection (RFC 9002 kPacketThreshold), the
+    /// value it starts at (and returns to); with `spurious_loss_undo` it rises on a path
+    /// that reorders.
     pub packet_threshold: u64,
+    /// Undo a congestion event found spurious (every packet it declared lost was
+    /// acknowledged after all: the path reordered them) and raise the loss-detection
+    /// thresholds towards the reordering observed, so that it is not taken for loss again
+    /// (spec/recovery.md §2.5). Off: spurious losses are still counted
+    /// ([`ChannelStats::spurious_losses`](super::ChannelStats::spurious_losses)) but change
+    /// nothing. On by default.
+    pub spurious_loss_undo: bool,
     /// AEAD suites this host offers (bit set of [`crate::crypto::aead::Suite::bit`]).
     pub suites: u8,
     /// Mark packets ECN-capable (ECT(0)) on paths that validate it, and react to CE marks
@@ -72,6 +81,7 @@ impl Default for ChannelConfig {
             handshake_retry: Duration::from_secs(1),
             handshake_timeout: Duration::from_secs(20),
             packet_threshold: 3,
+            spurious_loss_undo: true,
             suites: crate::crypto::aead::Suite::local_set(),
             ecn: true,
             whole_block_payloads: true,

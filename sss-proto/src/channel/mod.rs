@@ -25,6 +25,7 @@ mod early;
 mod ecn;
 mod keys;
 mod sent;
+mod spurious;
 mod stats;
 #[cfg(test)]
 mod tests;
@@ -48,6 +49,7 @@ use self::acks::ReceivedPackets;
 use self::ecn::{EcnOutcome, EcnSender};
 use self::keys::KeySet;
 use self::sent::SentPackets;
+use self::spurious::SpuriousLosses;
 use self::timer::{Timer, TimerTable};
 use crate::crypto::aead::{Suite, TAG_LEN};
 use crate::frame::{AckFrame, Frame, Frames};
@@ -245,6 +247,9 @@ pub struct Channel<M> {
     /// ECN marking and validation of the current path.
     ecn: EcnSender,
     bytes_in_flight: u64,
+    /// Packets declared lost, to find out which were not, and the loss thresholds that
+    /// adapt to them.
+    spurious: SpuriousLosses,
     time_of_last_ack_eliciting: Option<Instant>,
     loss_time: Option<Instant>,
     pto_count: u32,
@@ -320,6 +325,7 @@ impl<M> Channel<M> {
             mtu: MtuDiscovery::new(mtu, mtu),
             ecn: EcnSender::new(config.ecn),
             bytes_in_flight: 0,
+            spurious: SpuriousLosses::new(config.packet_threshold, config.spurious_loss_undo),
             time_of_last_ack_eliciting: None,
             loss_time: None,
             pto_count: 0,
@@ -526,6 +532,8 @@ impl<M> Channel<M> {
         s.ecn_ect0_received = received.ect0;
         s.ecn_ect1_received = received.ect1;
         s.ecn_ce_received = received.ce;
+        s.packet_threshold = self.spurious.packet_threshold();
+        s.time_threshold_eighths = self.spurious.time_threshold_eighths();
         s
     }
 
@@ -891,6 +899,7 @@ impl<M> Channel<M> {
             // A different network path: its capacity and delay are unknown.
             self.cc = self.config.congestion.build(now, self.mtu.current());
             self.rtt = RttEstimator::new(self.config.initial_rtt);
+            self.spurious.on_path_change();
         }
         // Even a new port may mean new middleboxes (NAT rebinding): ECN is tested afresh.
         self.reset_ecn_path();
@@ -1014,6 +1023,7 @@ impl<M> Channel<M> {
                 ack.largest
             ));
         }
+        self.detect_spurious_losses(now, ack);
         let newly_largest = self.largest_acked.is_none_or(|l| ack.largest > l);
         if newly_largest {
             self.largest_acked = Some(ack.largest);
@@ -1107,16 +1117,51 @@ impl<M> Channel<M> {
                 if self.cc.window() < window {
                     self.stats.congestion_events += 1;
                 }
+                self.spurious.on_ecn_congestion(now);
             }
         }
     }
 
-    fn loss_delay(&self) -> Duration {
-        let rtt = self.rtt.latest().max(self.rtt.smoothed());
-        (rtt * 9 / 8).max(GRANULARITY)
+    /// The round trip the time threshold multiplies: `max(srtt, latest_rtt)`.
+    fn loss_rtt(&self) -> Duration {
+        self.rtt.latest().max(self.rtt.smoothed())
     }
 
-    /// RFC 9002 §6.1: packets older than the largest acknowledged by `packet_threshold`, or
+    /// Time threshold of loss detection: 9/8 of [`loss_rtt`](Self::loss_rtt), or more on a
+    /// path that reorders (the `spurious` module), at least the timer granularity.
+    fn loss_delay(&self) -> Duration {
+        self.spurious.loss_delay(self.loss_rtt(), GRANULARITY)
+    }
+
+    /// Before an ACK frame is processed: the packets it acknowledges that were declared lost
+    /// were not (spec/recovery.md §2.5). Their frames were reported lost and have been sent
+    /// again, so the upper layer hears nothing more of them (each frame's fate is reported
+    /// once). If they were the last of the current congestion event's lost packets, the
+    /// controller undoes its reduction, before this ACK's acknowledgements of packets sent in
+    /// the recovery period end it.
+    fn detect_spurious_losses(&mut self, now: Instant, ack: &AckFrame) {
+        let rtt = self.loss_rtt();
+        let outcome = self
+            .spurious
+            .on_ack(now, ack.iter(), self.largest_acked, rtt);
+        if outcome.packets == 0 {
+            return;
+        }
+        self.stats.spurious_losses += outcome.packets;
+        self.stats.spurious_bytes += outcome.bytes;
+        if outcome.event {
+            self.stats.spurious_congestion_events += 1;
+            if self.config.spurious_loss_undo {
+                tracing::debug!(
+                    packets = outcome.packets,
+                    "spurious congestion event: undoing the window reduction"
+                );
+                self.cc.on_spurious_congestion_event();
+            }
+        }
+    }
+
+    /// RFC 9002 §6.1: packets older than the largest acknowledged by the packet threshold, or
     /// sent more than `loss_delay` before now, are lost.
     fn detect_lost_packets<U: Upper<Meta = M>>(&mut self, now: Instant, upper: &mut U) {
         self.loss_time = None;
@@ -1141,7 +1186,7 @@ impl<M> Channel<M> {
                 }
                 continue;
             };
-            let by_count = largest_acked >= pn + self.config.packet_threshold;
+            let by_count = largest_acked >= pn.saturating_add(self.spurious.packet_threshold());
             let by_time = lost_before.is_some_and(|t| p.time <= t);
             if !(by_count || by_time) {
                 let at = p.time + loss_delay;
@@ -1164,6 +1209,7 @@ impl<M> Channel<M> {
             self.mtu
                 .on_lost(now, pn, p.size.saturating_add(u16::from(p.cut)));
             if !p.mtu_probe && p.in_flight {
+                self.spurious.record(pn, p.time, p.size);
                 lost_bytes += u64::from(p.size);
                 newest_lost = Some(newest_lost.map_or(p.time, |t| t.max(p.time)));
                 oldest_lost = Some(oldest_lost.map_or(p.time, |t| t.min(p.time)));
@@ -1182,9 +1228,11 @@ impl<M> Channel<M> {
             let window = self.cc.window();
             self.cc
                 .on_congestion_event(now, newest, persistent, lost_bytes);
-            if self.cc.window() < window {
+            let reduced = self.cc.window() < window;
+            if reduced {
                 self.stats.congestion_events += 1;
             }
+            self.spurious.end_pass(now, newest, reduced, persistent);
             self.cc.on_mtu_update(self.mtu.current());
         }
     }

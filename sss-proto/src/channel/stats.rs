@@ -22,6 +22,21 @@ pub struct ChannelStats {
     pub bytes_lost: u64,
     /// Congestion events that reduced the window.
     pub congestion_events: u64,
+    /// Packets declared lost that the peer acknowledged afterwards: reordered or delayed,
+    /// not lost (their frames were sent again all the same).
+    pub spurious_losses: u64,
+    /// Bytes in those packets.
+    pub spurious_bytes: u64,
+    /// Congestion events every lost packet of which was acknowledged afterwards. With
+    /// [`ChannelConfig::spurious_loss_undo`](super::ChannelConfig::spurious_loss_undo) the
+    /// controller undoes the reduction (if its recovery period has not ended yet).
+    pub spurious_congestion_events: u64,
+    /// Packet reordering threshold of loss detection now in force (RFC 9002
+    /// kPacketThreshold; it rises on a path that reorders).
+    pub packet_threshold: u64,
+    /// Time threshold of loss detection now in force, in eighths of the round trip (RFC 9002
+    /// kTimeThreshold: 9; it rises on a path that reorders, up to 16).
+    pub time_threshold_eighths: u32,
     /// Probe timeouts that fired.
     pub ptos: u64,
     /// ACK frames sent.

@@ -559,3 +559,170 @@ fn path_mtu_probing_waits_for_the_first_acknowledgement() {
         .expect("an MTU probe");
     assert!(t.size > 1200, "a probe is larger than the base size: {t:?}");
 }
+
+/// An upper layer that sends `total` numbered frames, one per packet, and records the fate the
+/// channel reports for each.
+#[derive(Default)]
+struct Tracker {
+    total: u64,
+    next: u64,
+    acked: Vec<u64>,
+    lost: Vec<u64>,
+}
+
+impl Upper for Tracker {
+    type Meta = u64;
+
+    fn has_pending(&self) -> bool {
+        self.next < self.total
+    }
+
+    fn write_frames(&mut self, _: Instant, buf: &mut Vec<u8>, space: usize, metas: &mut Vec<u64>) {
+        let header = upper_header_len(FILL, space);
+        if self.next >= self.total || space <= header {
+            return;
+        }
+        write_upper_header(buf, FILL, space - header);
+        buf.resize(buf.len() + space - header, 0xab);
+        metas.push(self.next);
+        self.next += 1;
+    }
+
+    fn handle_frame(&mut self, _: Instant, _: FrameType, _: &[u8]) -> Result<(), UpperError> {
+        Ok(())
+    }
+
+    fn on_acked(&mut self, meta: u64) {
+        self.acked.push(meta);
+    }
+
+    fn on_lost(&mut self, meta: u64) {
+        self.lost.push(meta);
+    }
+}
+
+/// An established initiator with `config`, its handshake's responder left behind, that sent
+/// its key-confirming PING and then `frames` data packets, one frame each, all at `now`.
+/// Returns it, the upper layer and the data packets' numbers.
+fn sender_with(
+    config: ChannelConfig,
+    now: Instant,
+    frames: u64,
+) -> (Channel<u64>, Tracker, Vec<u64>) {
+    let endpoint = |seed: u8| {
+        let identity = Identity::generate(&mut ChaCha20Rng::seed_from_u64(u64::from(seed)));
+        let mut c = EndpointConfig::new([seed; 32]);
+        c.channel = Arc::new(config.clone());
+        Endpoint::new(c, &identity, now, UNIX_NANOS)
+    };
+    let (mut ea, mut eb) = (endpoint(1), endpoint(2));
+    let mut upper = Tracker::default();
+    let (_, mut a) = ea
+        .connect::<u64>(now, eb.eid(), addr(2), "test", "none")
+        .expect("connect");
+    let mut buf = Vec::new();
+    let t = a
+        .poll_transmit(now, 1, &mut buf, &mut upper)
+        .expect("initiation");
+    let mut scratch = Vec::new();
+    let Some(DatagramEvent::Incoming(incoming)) =
+        eb.handle(now, addr(1), &buf[..t.size], &mut scratch)
+    else {
+        panic!("the initiation must reach the application");
+    };
+    let (_, mut b) = eb.accept::<u64>(now, incoming).expect("accept");
+    let t = b
+        .poll_transmit(now, 1, &mut buf, &mut Tracker::default())
+        .expect("response");
+    a.handle_datagram(now, addr(2), &mut buf[..t.size], &mut upper);
+    assert!(a.is_established());
+    let _ping = a.poll_transmit(now, 1, &mut buf, &mut upper).expect("PING");
+    upper.total = frames;
+    let mut pns = Vec::new();
+    while a.poll_transmit(now, 1, &mut buf, &mut upper).is_some() {
+        pns.push(a.next_pn - 1);
+    }
+    assert_eq!(
+        pns.len() as u64,
+        frames,
+        "the initial window holds them all"
+    );
+    (a, upper, pns)
+}
+
+fn ack_of(ranges: &[std::ops::RangeInclusive<u64>]) -> crate::frame::AckFrame {
+    crate::frame::AckFrame {
+        largest: *ranges[0].end(),
+        delay_micros: 0,
+        ranges: ranges.to_vec(),
+        ecn: None,
+    }
+}
+
+/// A packet delayed past the time threshold is declared lost: its frame is reported lost and
+/// the window reduced. When its acknowledgement comes after all, the loss was spurious: the
+/// reduction is undone (with `spurious_loss_undo`), the time threshold rises past the delay
+/// seen, and the upper layer hears nothing more about the frame (it already re-sent it): every
+/// frame has exactly one fate.
+#[test]
+fn a_late_acknowledgement_of_a_lost_packet_undoes_its_congestion_event() {
+    for undo in [true, false] {
+        let config = ChannelConfig {
+            mtu_discovery: false,
+            ecn: false,
+            spurious_loss_undo: undo,
+            ..ChannelConfig::default()
+        };
+        let t0 = Instant::now();
+        let (mut a, mut upper, pns) = sender_with(config, t0, 8);
+        let late = pns[2];
+        // 50 ms later everything up to two packets past it is acknowledged, but it.
+        let mut now = t0 + Duration::from_millis(50);
+        let first = ack_of(&[late + 1..=late + 2, 0..=late - 1]);
+        a.on_ack_received(now, &first, &mut upper)
+            .expect("valid ACK");
+        assert!(upper.lost.is_empty(), "two packets later is not enough");
+        let window = a.cc.window();
+        // At 9/8 of the round trip it is declared lost by time.
+        now = a.loss_time.expect("the time threshold is armed");
+        assert_eq!(now, t0 + Duration::from_micros(56_250));
+        a.handle_timeout(now, &mut upper);
+        assert_eq!(upper.lost, vec![2]);
+        assert!(a.cc.window() < window, "a congestion event");
+        let reduced = a.cc.window();
+        // 5 ms later (61.25 ms after it was sent) its acknowledgement arrives.
+        now += Duration::from_millis(5);
+        let second = ack_of(&[0..=late + 2]);
+        a.on_ack_received(now, &second, &mut upper)
+            .expect("valid ACK");
+        let s = a.stats();
+        assert_eq!(
+            (
+                s.packets_lost,
+                s.spurious_losses,
+                s.spurious_congestion_events
+            ),
+            (1, 1, 1)
+        );
+        assert_eq!(s.congestion_events, 1);
+        if undo {
+            assert_eq!(a.cc.window(), window, "the reduction is undone");
+            // 61.25 ms is 9.8 eighths of the 50 ms round trip: the threshold becomes 10/8.
+            assert_eq!((s.packet_threshold, s.time_threshold_eighths), (3, 10));
+        } else {
+            assert_eq!(a.cc.window(), reduced);
+            assert_eq!((s.packet_threshold, s.time_threshold_eighths), (3, 9));
+        }
+        // The same ACK again, and the rest acknowledged: each frame has one fate.
+        a.on_ack_received(now, &second, &mut upper)
+            .expect("valid ACK");
+        let all = ack_of(&[0..=*pns.last().unwrap()]);
+        a.on_ack_received(now + Duration::from_millis(1), &all, &mut upper)
+            .expect("valid ACK");
+        assert_eq!(a.stats().spurious_losses, 1, "counted once");
+        assert_eq!(upper.lost, vec![2]);
+        let mut fates: Vec<u64> = upper.acked.iter().chain(&upper.lost).copied().collect();
+        fates.sort_unstable();
+        assert_eq!(fates, (0..8).collect::<Vec<_>>(), "acked {:?}", upper.acked);
+    }
+}

@@ -4,7 +4,9 @@
 //! Windows count bytes of UDP payload. The channel tells the controller about every packet
 //! that counts towards bytes in flight: sent (`on_sent`), newly acknowledged (`on_ack`, then
 //! `on_end_acks` once per ACK frame), or declared lost (`on_congestion_event`, once per batch of
-//! losses found by one loss-detection pass).
+//! losses found by one loss-detection pass); and `on_spurious_congestion_event` when every
+//! packet the last congestion event declared lost was acknowledged after all (the path
+//! reordered them, spec/recovery.md §2.5).
 
 use std::time::Instant;
 
@@ -73,7 +75,9 @@ pub trait Controller: Send + std::fmt::Debug {
     );
 
     /// The last congestion event was spurious (the "lost" packets were acknowledged after
-    /// all): implementations may undo its reduction (RFC 9438 §4.9).
+    /// all): implementations may undo its reduction (RFC 9438 §4.9). Both controllers here
+    /// restore the state saved just before the reduction if their recovery period has not
+    /// ended and no persistent congestion came since; otherwise this does nothing.
     fn on_spurious_congestion_event(&mut self) {}
 
     /// The datagram size changed (path MTU discovery): the minimum window follows it.
