@@ -326,6 +326,7 @@ fn params(of: &Session, cfg: &SessionConfig) -> TransportParams {
         initial_max_stream_data: cfg.initial_max_stream_data,
         initial_max_data: cfg.initial_max_data,
         initial_max_streams: cfg.initial_max_streams,
+        max_datagram_size: cfg.max_datagram_size,
         ..TransportParams::default()
     }
 }

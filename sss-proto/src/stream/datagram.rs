@@ -88,6 +88,25 @@ impl Outgoing {
         Ok(())
     }
 
+    /// Drops the queued datagrams longer than `max` (but one already started); returns how
+    /// many.
+    pub fn drop_larger_than(&mut self, max: u64) -> u64 {
+        let before = self.queue.len();
+        let keep_front = self.front_sent > 0;
+        let mut i = 0;
+        let mut freed = 0;
+        self.queue.retain(|(_, d)| {
+            let keep = (i == 0 && keep_front) || d.len() as u64 <= max;
+            i += 1;
+            if !keep {
+                freed += d.len();
+            }
+            keep
+        });
+        self.bytes -= freed;
+        (before - self.queue.len()) as u64
+    }
+
     /// Bytes queued (datagrams not yet completely sent).
     pub fn bytes(&self) -> usize {
         self.bytes

@@ -16,7 +16,9 @@ use super::frames::StreamId;
 use super::pages::PagePool;
 use super::scheduler::Scheduler;
 use super::state::{flag, Kind, StreamState};
-use super::{ErrorCode, IdHasher, LinkStatus, SessionConfig, SessionEvent, StreamError};
+use super::{
+    DatagramStats, ErrorCode, IdHasher, LinkStatus, SessionConfig, SessionEvent, StreamError,
+};
 use crate::identity::Eid;
 use crate::ranges::RangeSet;
 
@@ -118,6 +120,11 @@ pub struct Session {
     pub(crate) data_sent: u64,
     /// Initial send window of each stream, from the peer's handshake.
     pub(crate) peer_initial_max_stream_data: u64,
+    /// The largest datagram the peer accepts, from its handshake (`None` before the first
+    /// channel).
+    pub(crate) peer_max_datagram_size: Option<u64>,
+    /// Datagram counters.
+    pub(crate) dgram_stats: DatagramStats,
     /// Session receive limit we gave, its window, bytes received (unique) and read.
     pub(crate) local_max_data: u64,
     pub(crate) data_window: u64,
@@ -188,6 +195,8 @@ impl Session {
             peer_max_data: config.initial_max_data,
             data_sent: 0,
             peer_initial_max_stream_data: config.initial_max_stream_data,
+            peer_max_datagram_size: None,
+            dgram_stats: DatagramStats::default(),
             local_max_data: config.initial_max_data,
             data_window: config.initial_max_data,
             data_received: 0,
@@ -288,7 +297,22 @@ impl Session {
             initial_max_stream_data: self.config.initial_max_stream_data,
             initial_max_data: self.config.initial_max_data,
             initial_max_streams: self.config.initial_max_streams,
+            max_datagram_size: self.config.max_datagram_size,
         }
+    }
+
+    /// Datagram counters of the session.
+    pub fn datagram_stats(&self) -> DatagramStats {
+        let mut s = self.dgram_stats;
+        s.reassembly_dropped += self.reassembly.dropped;
+        s
+    }
+
+    /// The largest datagram the peer accepts, once a channel told (its handshake's
+    /// `max_datagram_size`; a peer that predates the parameter is taken to accept the
+    /// default, 1 MiB).
+    pub fn peer_max_datagram_size(&self) -> Option<u64> {
+        self.peer_max_datagram_size
     }
 
     /// Nothing waits to be sent or acknowledged: every byte written was acknowledged.
@@ -349,9 +373,43 @@ impl Session {
             }
             self.peer_initial_max_stream_data = peer.initial_max_stream_data;
         }
+        self.peer_max_datagram_size = Some(peer.max_datagram_size);
+        self.fail_datagrams_beyond(peer.max_datagram_size);
         let _ = now;
         self.set_link(LinkStatus::Up);
         outcome
+    }
+
+    /// Datagrams written before the peer's limit was known and larger than it can never be
+    /// delivered: reliable ones fail ([`SessionEvent::DatagramFailed`]), best-effort ones not
+    /// yet started are dropped.
+    fn fail_datagrams_beyond(&mut self, max: u64) {
+        let mut failed = Vec::new();
+        for (&id, st) in &mut self.streams {
+            if id.side() != self.side {
+                continue;
+            }
+            if st.kind == Kind::Datagram
+                && !st.has(flag::SEND_RESET)
+                && st.send.write_offset() > max
+            {
+                failed.push((id, st.parent().unwrap_or(id)));
+            }
+            if let Some(out) = st.extra.as_mut().and_then(|e| e.outgoing.as_mut()) {
+                self.dgram_stats.best_effort_too_large += out.drop_larger_than(max);
+            }
+        }
+        for (id, parent) in failed {
+            self.reset(id, ErrorCode::DATAGRAM_TOO_LARGE).ok();
+            self.datagram_failed(parent, ErrorCode::DATAGRAM_TOO_LARGE);
+        }
+    }
+
+    /// Tells the application that a reliable datagram sent on `parent` failed.
+    pub(crate) fn datagram_failed(&mut self, parent: StreamId, code: u64) {
+        self.dgram_stats.reliable_failed += 1;
+        self.events
+            .push_back(SessionEvent::DatagramFailed { parent, code });
     }
 
     /// The channel closed. Its unacknowledged frames were reported lost and are queued
@@ -413,6 +471,7 @@ impl Session {
         self.data_sent = 0;
         self.data_received = 0;
         self.data_read = 0;
+        self.dgram_stats.reassembly_dropped += self.reassembly.dropped;
         self.reassembly = Reassembly::new(
             self.config.datagram_reassembly_limit,
             self.config.max_datagram_size,
@@ -622,6 +681,14 @@ impl Session {
     ) -> Result<(), StreamError> {
         if data.len() as u64 > self.config.max_datagram_size {
             return Err(StreamError::DatagramTooLarge);
+        }
+        if let Some(max) = self.peer_max_datagram_size {
+            if data.len() as u64 > max {
+                // Only a live stream counts the refusal.
+                self.live(id)?;
+                self.dgram_stats.refused_for_peer += 1;
+                return Err(StreamError::DatagramTooLargeForPeer(max));
+            }
         }
         if reliable {
             let child = self.open_child(id, Kind::Datagram)?;

@@ -136,14 +136,29 @@ impl Session {
         }
         // A late frame of a finished stream finds nothing; a refused stream is there, reset,
         // and still counts this frame's bytes (and learns a final size from its FIN).
-        let Some(st) = self.streams.get_mut(&id) else {
+        let Some(mut st) = self.streams.get_mut(&id) else {
             return Ok(());
         };
+        let end = f.offset.saturating_add(f.data.len() as u64);
+        if st.kind == Kind::Datagram
+            && end > self.config.max_datagram_size
+            && id.side() != self.side
+            && !st.has(flag::RECV_RESET)
+        {
+            // A reliable datagram larger than we accept: it could never be read whole.
+            // Refuse it (STOP_SENDING; the peer answers with its final size), and count this
+            // frame's bytes as the reset path below does.
+            self.dgram_stats.incoming_too_large += 1;
+            self.reset(id, ErrorCode::DATAGRAM_TOO_LARGE).ok();
+            let Some(again) = self.streams.get_mut(&id) else {
+                return Ok(());
+            };
+            st = again;
+        }
         let limit = st.recv_limit;
         if st.has(flag::RECV_RESET) {
             // We reset the stream and wait for the peer's final size: the bytes are not kept,
             // but they count against the session window as received and consumed.
-            let end = f.offset + f.data.len() as u64;
             let grew = st
                 .recv
                 .skip_to(end, f.fin, limit)
@@ -153,7 +168,6 @@ impl Session {
             return Ok(());
         }
         // Session flow control is checked before anything is stored.
-        let end = f.offset.saturating_add(f.data.len() as u64);
         let growth = end.saturating_sub(st.recv.max_received());
         if self.data_received.saturating_add(growth) > self.local_max_data {
             return Err(violation("session flow-control limit exceeded".into()));
@@ -227,8 +241,10 @@ impl Session {
                     // Nothing ever flows back on a reliable datagram.
                     st.set(flag::SEND_RESET);
                     st.send.reset(&mut self.pool);
-                    // It is read only whole: give it room for the largest datagram at once.
-                    let max = self.config.max_datagram_size.max(window);
+                    // It is read only whole: give it room for the largest datagram at once,
+                    // and one byte more, so that a larger one shows itself (and is refused)
+                    // however the windows compare.
+                    let max = self.config.max_datagram_size.saturating_add(1).max(window);
                     st.recv_limit = max;
                     st.set_recv_window(max);
                 }
@@ -237,7 +253,7 @@ impl Session {
                     && !self.peer_opened.contains(parent.counter())
                     && parent.counter() < self.local_max_streams;
                 self.streams.insert(id, st);
-                if datagram && self.config.max_datagram_size > window {
+                if datagram && self.config.max_datagram_size >= window {
                     self.queue_max_stream_data(id);
                 }
                 if parent_pending {
@@ -340,11 +356,12 @@ impl Session {
         {
             return Ok(());
         }
-        // Its window was the initial one (a reliable datagram's is the largest datagram).
+        // Its window was the initial one (a reliable datagram's is the largest datagram and
+        // one byte).
         let window = self
             .config
             .initial_max_stream_data
-            .max(self.config.max_datagram_size);
+            .max(self.config.max_datagram_size.saturating_add(1));
         if final_size > window {
             return Err(violation(format!(
                 "final size {final_size} of stream {id} exceeds its window"
@@ -782,8 +799,16 @@ impl Upper for Session {
                 if let Some(st) = self.streams.get_mut(&id) {
                     st.set(flag::STOP_RECEIVED);
                     if !st.has(flag::SEND_RESET) {
+                        // The application never saw a reliable datagram's stream: it hears
+                        // of the datagram on the parent.
+                        let datagram_of = (st.kind == Kind::Datagram && id.side() == self.side)
+                            .then(|| st.parent())
+                            .flatten();
                         self.reset(id, code).ok();
-                        self.events.push_back(SessionEvent::Reset { id, code });
+                        match datagram_of {
+                            Some(parent) => self.datagram_failed(parent, code),
+                            None => self.events.push_back(SessionEvent::Reset { id, code }),
+                        }
                     }
                 }
             }
