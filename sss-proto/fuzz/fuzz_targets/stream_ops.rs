@@ -316,6 +316,8 @@ fn config(s: &Setup) -> SessionConfig {
         max_datagram_size: (256 * (u64::from(s.max_datagram) + 1)).min(session / 4),
         datagram_reassembly_limit: 2048 * (usize::from(s.reassembly % 32) + 1),
         outgoing_datagram_limit: 2048 * (usize::from(s.outgoing_dgram % 32) + 1),
+        // Small, so that fragments overtaking their stream's OPEN also meet evictions.
+        unopened_datagram_limit: 1024 * (usize::from(s.reassembly / 32 % 8) + 1),
         detached_timeout: Duration::from_secs(u64::from(s.detached_secs % 10) + 1),
     }
 }

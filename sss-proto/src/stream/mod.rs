@@ -66,6 +66,10 @@ pub struct SessionConfig {
     /// Bytes of best-effort datagrams queued for sending per stream; older ones are dropped
     /// first when it overflows.
     pub outgoing_datagram_limit: usize,
+    /// Bytes of best-effort datagram fragments held (whole session) for peer streams whose
+    /// OPEN has not arrived yet (datagrams sent at once on a new stream may overtake it):
+    /// released to the stream when it opens; the oldest are dropped beyond this.
+    pub unopened_datagram_limit: usize,
     /// How long a session without a channel keeps its streams before resetting them with
     /// [`ErrorCode::LINK_DOWN`].
     pub detached_timeout: Duration,
@@ -85,6 +89,7 @@ impl Default for SessionConfig {
             max_datagram_size: 1024 * 1024,
             datagram_reassembly_limit: 4 * 1024 * 1024,
             outgoing_datagram_limit: 1024 * 1024,
+            unopened_datagram_limit: 128 * 1024,
             detached_timeout: Duration::from_secs(300),
         }
     }
@@ -106,6 +111,15 @@ pub struct DatagramStats {
     /// Incoming best-effort datagrams dropped incomplete (a fragment lost or late, the
     /// reassembly buffer full, or malformed).
     pub reassembly_dropped: u64,
+    /// Incoming fragments held because their stream's OPEN had not arrived yet.
+    pub unopened_held: u64,
+    /// Of those, fragments dropped (held too long, evicted by newer ones, or their stream
+    /// never opened).
+    pub unopened_dropped: u64,
+    /// Incoming fragments for streams that do not exist (forgotten already, or beyond the
+    /// stream credit), or for a stream not opened yet but of a datagram larger than
+    /// `max_datagram_size`: dropped at once.
+    pub unknown_stream_dropped: u64,
 }
 
 /// The state of the path under a session, shared by all its streams.

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::datagram::{Outgoing, Reassembly};
+use super::datagram::{Outgoing, Reassembly, Unopened};
 use super::frames::StreamId;
 use super::pages::PagePool;
 use super::scheduler::Scheduler;
@@ -147,6 +147,8 @@ pub struct Session {
     /// Peer substreams whose parent's OPEN has not arrived yet, by parent.
     pub(crate) orphans: HashMap<StreamId, Vec<StreamId>, BuildHasherDefault<IdHasher>>,
     pub(crate) reassembly: Reassembly,
+    /// Best-effort fragments for peer streams not opened yet.
+    pub(crate) unopened: Unopened,
     /// Spare pages for the streams' send and receive buffers.
     pub(crate) pool: PagePool,
     /// Bytes written and not yet acknowledged, all streams together (the sum of their
@@ -212,6 +214,7 @@ impl Session {
             credit_blocked: Vec::new(),
             orphans: HashMap::default(),
             reassembly,
+            unopened: Unopened::new(config.unopened_datagram_limit),
             pool: PagePool::default(),
             send_buffered: 0,
             session_write_waiters: Vec::new(),
@@ -255,7 +258,7 @@ impl Session {
                 st.send.buffered() + st.recv.buffered() + queued
             })
             .sum();
-        streams + self.reassembly.charged()
+        streams + self.reassembly.charged() + self.unopened.bytes()
     }
 
     /// A one-line-per-stream dump of flow-control state, for debugging.
@@ -305,6 +308,8 @@ impl Session {
     pub fn datagram_stats(&self) -> DatagramStats {
         let mut s = self.dgram_stats;
         s.reassembly_dropped += self.reassembly.dropped;
+        s.unopened_held = self.unopened.held_total;
+        s.unopened_dropped = self.unopened.dropped;
         s
     }
 
@@ -476,6 +481,7 @@ impl Session {
             self.config.datagram_reassembly_limit,
             self.config.max_datagram_size,
         );
+        self.unopened.clear();
     }
 
     // ------------------------------------------------------------ timers
@@ -488,6 +494,7 @@ impl Session {
         [
             detach,
             self.reassembly.next_deadline(),
+            self.unopened.next_deadline(),
             self.hold.map(|h| h.1),
         ]
         .into_iter()
@@ -499,6 +506,7 @@ impl Session {
     /// every stream with `LINK_DOWN`.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.reassembly.expire(now);
+        self.unopened.expire(now);
         if self.hold.is_some_and(|(_, until)| now >= until) {
             self.hold = None;
         }

@@ -4,6 +4,7 @@
 use std::collections::VecDeque;
 use std::time::Instant;
 
+use super::datagram::HeldFragment;
 use super::frames::{
     DatagramFrame, OpenInfo, StreamFrame, StreamFrameError, StreamId, StreamLayerFrame,
 };
@@ -193,7 +194,7 @@ impl Session {
     /// forgotten (or of ours).
     fn open_remote(
         &mut self,
-        _now: Instant,
+        now: Instant,
         id: StreamId,
         open: Option<&OpenInfo<'_>>,
     ) -> Result<(), UpperError> {
@@ -267,6 +268,17 @@ impl Session {
                 }
             }
         }
+        // Best-effort fragments that overtook the OPEN.
+        if !self.unopened.is_empty() {
+            for mut f in self.unopened.take(id.0) {
+                let data = std::mem::take(&mut f.data);
+                if self.streams.contains_key(&id) {
+                    self.on_fragment(now, &f, &data);
+                } else {
+                    self.unopened.dropped += 1;
+                }
+            }
+        }
         // Children that arrived before this stream.
         let children = if self.orphans.is_empty() {
             None
@@ -285,6 +297,38 @@ impl Session {
             }
         }
         Ok(())
+    }
+
+    /// A best-effort fragment for the existing stream `f.stream` (whose `data` is `data`):
+    /// reassembled, and delivered when complete.
+    fn on_fragment(&mut self, now: Instant, f: &HeldFragment, data: &[u8]) {
+        let id = StreamId(f.stream);
+        let complete = self.reassembly.insert(
+            now,
+            f.deadline,
+            f.stream,
+            f.datagram_id,
+            f.total_len,
+            f.frag_offset,
+            data,
+        );
+        if let Some(data) = complete {
+            if let Some(st) = self.streams.get_mut(&id) {
+                if st.reset_code().is_none() {
+                    st.extra().datagrams.push_back(data);
+                    self.events.push_back(SessionEvent::Datagram(id));
+                }
+            }
+        }
+    }
+
+    /// Whether `id` is a peer stream that has not opened yet and may still open (within the
+    /// stream credit).
+    fn may_open(&self, id: StreamId) -> bool {
+        id.side() != self.side
+            && id.counter() >= 1
+            && id.counter() < self.local_max_streams
+            && !self.peer_opened.contains(id.counter())
     }
 
     /// Stream credit: the peer may open counters 1..local_max_streams.
@@ -377,6 +421,9 @@ impl Session {
         self.local_max_streams += 1;
         self.max_streams_queued = true;
         self.refuse_orphans_of(id);
+        if !self.unopened.is_empty() {
+            self.unopened.forget(id.0);
+        }
         Ok(())
     }
 
@@ -838,21 +885,25 @@ impl Upper for Session {
             }
             StreamLayerFrame::Datagram(f) => {
                 let wait = (self.rtt * 4).max(std::time::Duration::from_millis(200));
-                if let Some(data) = self.reassembly.insert(
-                    now,
-                    now + wait,
-                    f.stream.0,
-                    f.datagram_id,
-                    f.total_len,
-                    f.frag_offset,
-                    f.data,
-                ) {
-                    if let Some(st) = self.streams.get_mut(&f.stream) {
-                        if st.reset_code().is_none() {
-                            st.extra().datagrams.push_back(data);
-                            self.events.push_back(SessionEvent::Datagram(f.stream));
-                        }
-                    }
+                let fragment = HeldFragment {
+                    stream: f.stream.0,
+                    datagram_id: f.datagram_id,
+                    total_len: f.total_len,
+                    frag_offset: f.frag_offset,
+                    deadline: now + wait,
+                    data: Vec::new(),
+                };
+                if self.streams.contains_key(&f.stream) {
+                    self.on_fragment(now, &fragment, f.data);
+                } else if self.may_open(f.stream) && f.total_len <= self.config.max_datagram_size {
+                    // Its OPEN is still on the way (the fragment overtook it): held until
+                    // the stream opens (`open_remote`), within a bound.
+                    self.unopened.push(HeldFragment {
+                        data: f.data.to_vec(),
+                        ..fragment
+                    });
+                } else {
+                    self.dgram_stats.unknown_stream_dropped += 1;
                 }
             }
         }
