@@ -1137,7 +1137,17 @@ impl World {
             moved |= self.consume_all(true);
             moved |= self.flush_round();
             if !moved {
-                return self.s.iter().all(Session::is_quiescent);
+                let quiescent = self.s.iter().all(Session::is_quiescent);
+                // A writer's hold (`WRITER_HOLD`, 1 ms) keeps lower priorities waiting until
+                // its deadline: let it pass, as a driver honouring `poll_timeout` would.
+                let held = self.s.iter().any(|s| {
+                    s.poll_timeout()
+                        .is_some_and(|t| t <= self.now + sss_proto::stream::WRITER_HOLD)
+                });
+                if quiescent || !held {
+                    return quiescent;
+                }
+                self.advance(1);
             }
         }
         panic!("the clean link never settles");
