@@ -175,6 +175,46 @@ async fn datagrams_larger_than_the_peer_accepts_are_refused() {
     .await;
 }
 
+/// A reliable datagram written before the handshake told the peer's limit (here with early
+/// data) and larger than it fails once the limit is known: counted on its stream
+/// (`failed_datagrams`) and in the session's stats, instead of stalling; the rest of the
+/// stream goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reliable_datagram_found_too_large_at_the_handshake_is_reported() {
+    let limit = 64 * 1024;
+    let mut small = sss_host::HostConfig::bind(common::loopback());
+    small.session.max_datagram_size = limit;
+    let server = host_with(small);
+    let client = host();
+    let listener = server.listen("dgram-early", "v1").unwrap();
+    let (mut out, ()) = client
+        .connect_early_with(
+            server.eid(),
+            &[server.loopback_addr()],
+            "dgram-early",
+            "v1",
+            |root| {
+                root.send_datagram(&vec![2u8; 200_000], true)?;
+                root.send_datagram(b"small", true)?;
+                Ok(())
+            },
+        )
+        .await
+        .unwrap();
+    out.write_all(b"!").await.unwrap();
+    let inc = within(5, listener.accept()).await.unwrap();
+    within(10, async {
+        assert_eq!(inc.recv_datagram().await.unwrap().unwrap(), b"small");
+        while out.failed_datagrams() == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(out.failed_datagrams(), 1);
+        let stats = client.datagram_stats(server.eid()).unwrap();
+        assert_eq!(stats.reliable_failed, 1);
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn substreams_three_deep() {
     let (_c, _s, top, inc) = pair("tree").await;
