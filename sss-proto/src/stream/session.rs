@@ -391,10 +391,9 @@ impl Session {
     fn fail_datagrams_beyond(&mut self, max: u64) {
         let mut failed = Vec::new();
         for (&id, st) in &mut self.streams {
-            if id.side() != self.side {
-                continue;
-            }
+            // (Reliable datagram streams we opened; best-effort datagrams on any stream.)
             if st.kind == Kind::Datagram
+                && id.side() == self.side
                 && !st.has(flag::SEND_RESET)
                 && st.send.write_offset() > max
             {
