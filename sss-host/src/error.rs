@@ -74,6 +74,10 @@ pub enum Error {
     /// The datagram is larger than the session's `max_datagram_size`.
     #[error("datagram larger than the configured maximum")]
     DatagramTooLarge,
+    /// The datagram is larger than the peer accepts (its `max_datagram_size`, learnt in the
+    /// handshake, is the value): it could never be delivered, so it was not sent.
+    #[error("datagram larger than the peer accepts ({0} bytes)")]
+    DatagramTooLargeForPeer(u64),
     /// A record needs at least one byte.
     #[error("empty record")]
     EmptyRecord,
@@ -102,6 +106,7 @@ impl Error {
             StreamError::Finished | StreamError::UnknownStream => Self::Finished,
             StreamError::Stopped => Self::Stopped,
             StreamError::DatagramTooLarge => Self::DatagramTooLarge,
+            StreamError::DatagramTooLargeForPeer(max) => Self::DatagramTooLargeForPeer(max),
             StreamError::EmptyRecord => Self::EmptyRecord,
         }
     }
@@ -118,9 +123,11 @@ impl Error {
             Self::ConnectFailed(_) => K::ConnectionAborted,
             Self::NoAddress => K::AddrNotAvailable,
             Self::NoSession => K::NotConnected,
-            Self::SelfConnect | Self::BadName | Self::DatagramTooLarge | Self::EmptyRecord => {
-                K::InvalidInput
-            }
+            Self::SelfConnect
+            | Self::BadName
+            | Self::DatagramTooLarge
+            | Self::DatagramTooLargeForPeer(_)
+            | Self::EmptyRecord => K::InvalidInput,
             Self::AlreadyListening => K::AddrInUse,
             Self::Reset(_) | Self::PeerRestarted => K::ConnectionReset,
             Self::LinkDown | Self::HostClosed => K::NotConnected,

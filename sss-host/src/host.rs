@@ -10,6 +10,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use rand_chacha::rand_core::{OsRng, RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use sss_proto::channel::ChannelError;
+use sss_proto::stream::DatagramStats;
 use sss_proto::{ChannelStats, Eid, Endpoint, Identity};
 
 use crate::config::HostConfig;
@@ -429,6 +430,16 @@ impl Host {
     /// packets sent, received, lost), or `None` without one.
     pub fn stats(&self, peer: Eid) -> Option<ChannelStats> {
         self.shared.lock().channel_to(peer).map(|c| c.stats())
+    }
+
+    /// Datagram counters of the session with `peer` (refused as too large for the peer,
+    /// reliable datagrams that failed, fragments dropped…), or `None` without a session.
+    pub fn datagram_stats(&self, peer: Eid) -> Option<DatagramStats> {
+        self.shared
+            .lock()
+            .peers
+            .get(&peer)
+            .map(|p| p.session.datagram_stats())
     }
 
     /// The peers this host has a session with (connected or waiting for a new channel).

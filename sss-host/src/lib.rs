@@ -99,5 +99,5 @@ pub use udp::{Datagram, RecvBatch, UdpSocket};
 
 pub use sss_proto::channel::{ChannelConfig, ChannelStats};
 pub use sss_proto::handshake::RefuseCode;
-pub use sss_proto::stream::{ErrorCode, LinkStatus, SessionConfig, StreamId};
+pub use sss_proto::stream::{DatagramStats, ErrorCode, LinkStatus, SessionConfig, StreamId};
 pub use sss_proto::{Eid, EndpointConfig, Identity};

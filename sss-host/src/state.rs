@@ -111,6 +111,8 @@ pub(crate) struct StreamSlot {
     pub(crate) subs: VecDeque<StreamId>,
     /// The handle was dropped: incoming data is read and discarded until the stream ends.
     pub(crate) orphan: bool,
+    /// Reliable datagrams sent on the stream that will never be delivered.
+    pub(crate) datagrams_failed: u64,
 }
 
 impl StreamSlot {
@@ -644,6 +646,12 @@ impl State {
                             } else {
                                 self.wake.extend(s.datagram.take());
                             }
+                        }
+                    }
+                    SessionEvent::DatagramFailed { parent, code } => {
+                        tracing::debug!(peer = %eid, stream = %parent, code, "reliable datagram failed");
+                        if let Some(s) = p.streams.get_mut(&parent) {
+                            s.datagrams_failed += 1;
                         }
                     }
                     SessionEvent::Writable(id) => {

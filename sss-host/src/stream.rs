@@ -221,6 +221,18 @@ impl Stream {
         self.op(|s, id| s.write_datagram(id, data, reliable))
     }
 
+    /// Reliable datagrams sent on this stream that will never be delivered: the peer refused
+    /// them (larger than it accepts, when this host could not know its limit yet) or their
+    /// stream there was gone. (Datagrams the peer is known to refuse are not sent at all:
+    /// [`send_datagram`](Self::send_datagram) fails with [`Error::DatagramTooLargeForPeer`].)
+    pub fn failed_datagrams(&self) -> u64 {
+        let mut st = self.shared.lock();
+        self.peer(&mut st)
+            .ok()
+            .and_then(|p| p.streams.get(&self.id))
+            .map_or(0, |s| s.datagrams_failed)
+    }
+
     /// Sets the send priority (higher first; equal priorities share round robin). Takes
     /// effect with the next packet.
     pub fn set_priority(&self, priority: i32) -> Result<(), Error> {

@@ -136,6 +136,85 @@ async fn datagrams_reliable_and_best_effort() {
     .await;
 }
 
+/// The peer's `max_datagram_size` comes in the handshake: a datagram larger than the peer
+/// accepts (but within our own limit) is refused at once with a typed error, which maps to
+/// `InvalidInput`, instead of being sent to stall (reliable) or vanish (best-effort); one of
+/// exactly the peer's limit arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn datagrams_larger_than_the_peer_accepts_are_refused() {
+    let limit = 64 * 1024;
+    let mut small = sss_host::HostConfig::bind(common::loopback());
+    small.session.max_datagram_size = limit;
+    let server = host_with(small);
+    let client = host();
+    let listener = server.listen("dgram-limit", "v1").unwrap();
+    let mut out = client
+        .connect(server.eid(), &[server.loopback_addr()], "dgram-limit", "v1")
+        .await
+        .unwrap();
+    out.write_all(b"!").await.unwrap();
+    let inc = within(5, listener.accept()).await.unwrap();
+    within(10, async {
+        for reliable in [true, false] {
+            let e = out
+                .send_datagram(&vec![1u8; limit as usize + 1], reliable)
+                .unwrap_err();
+            assert!(
+                matches!(e, Error::DatagramTooLargeForPeer(l) if l == limit),
+                "{e:?}"
+            );
+            assert_eq!(io::Error::from(e).kind(), io::ErrorKind::InvalidInput);
+        }
+        let fits = Pattern::bytes(5, limit as usize);
+        out.send_datagram(&fits, true).unwrap();
+        assert_eq!(inc.recv_datagram().await.unwrap().unwrap(), fits);
+        assert_eq!(out.failed_datagrams(), 0);
+        let stats = client.datagram_stats(server.eid()).unwrap();
+        assert_eq!(stats.refused_for_peer, 2);
+    })
+    .await;
+}
+
+/// A reliable datagram written before the handshake told the peer's limit (here with early
+/// data) and larger than it fails once the limit is known: counted on its stream
+/// (`failed_datagrams`) and in the session's stats, instead of stalling; the rest of the
+/// stream goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reliable_datagram_found_too_large_at_the_handshake_is_reported() {
+    let limit = 64 * 1024;
+    let mut small = sss_host::HostConfig::bind(common::loopback());
+    small.session.max_datagram_size = limit;
+    let server = host_with(small);
+    let client = host();
+    let listener = server.listen("dgram-early", "v1").unwrap();
+    let (mut out, ()) = client
+        .connect_early_with(
+            server.eid(),
+            &[server.loopback_addr()],
+            "dgram-early",
+            "v1",
+            |root| {
+                root.send_datagram(&vec![2u8; 200_000], true)?;
+                root.send_datagram(b"small", true)?;
+                Ok(())
+            },
+        )
+        .await
+        .unwrap();
+    out.write_all(b"!").await.unwrap();
+    let inc = within(5, listener.accept()).await.unwrap();
+    within(10, async {
+        assert_eq!(inc.recv_datagram().await.unwrap().unwrap(), b"small");
+        while out.failed_datagrams() == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(out.failed_datagrams(), 1);
+        let stats = client.datagram_stats(server.eid()).unwrap();
+        assert_eq!(stats.reliable_failed, 1);
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn substreams_three_deep() {
     let (_c, _s, top, inc) = pair("tree").await;

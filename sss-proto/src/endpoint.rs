@@ -73,6 +73,8 @@ pub struct LayerParams {
     pub initial_max_data: u64,
     /// Initial number of streams the peer may open.
     pub initial_max_streams: u64,
+    /// The largest datagram (best-effort or reliable) accepted from the peer.
+    pub max_datagram_size: u64,
 }
 
 impl Default for LayerParams {
@@ -83,6 +85,7 @@ impl Default for LayerParams {
             initial_max_stream_data: d.initial_max_stream_data,
             initial_max_data: d.initial_max_data,
             initial_max_streams: d.initial_max_streams,
+            max_datagram_size: d.max_datagram_size,
         }
     }
 }
@@ -332,6 +335,7 @@ impl Endpoint {
             initial_max_stream_data: layer.initial_max_stream_data,
             initial_max_data: layer.initial_max_data,
             initial_max_streams: layer.initial_max_streams,
+            max_datagram_size: layer.max_datagram_size,
             suites: c.suites,
             max_udp_payload: c.max_udp_payload,
             idle_timeout_ms: u32::try_from(c.idle_timeout.as_millis()).unwrap_or(u32::MAX),

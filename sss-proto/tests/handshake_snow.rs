@@ -112,10 +112,10 @@ fn spec_init_payload(h: &Hosts) -> Vec<u8> {
     p.extend_from_slice(b"chat/2");
     // suites = {chacha}, max_udp_payload = 1452, idle_timeout_ms = 30000, max_ack_delay = 25,
     // session_id = 0, initial_max_stream_data = 256 KiB, initial_max_data = 1 MiB,
-    // initial_max_streams = 1024
+    // initial_max_streams = 1024, max_datagram_size = 1 MiB
     p.extend_from_slice(&[
-        42, 1, 1, 1, 2, 2, 0x45, 0xac, 3, 4, 0x80, 0, 0x75, 0x30, 4, 1, 25, 5, 8, 0, 0, 0, 0, 0, 0,
-        0, 0, 6, 4, 0x80, 4, 0, 0, 7, 4, 0x80, 0x10, 0, 0, 8, 2, 0x44, 0,
+        48, 1, 1, 1, 2, 2, 0x45, 0xac, 3, 4, 0x80, 0, 0x75, 0x30, 4, 1, 25, 5, 8, 0, 0, 0, 0, 0, 0,
+        0, 0, 6, 4, 0x80, 4, 0, 0, 7, 4, 0x80, 0x10, 0, 0, 8, 2, 0x44, 0, 9, 4, 0x80, 0x10, 0, 0,
     ]);
     p.resize(INIT_PAYLOAD_LEN, 0);
     p
@@ -311,8 +311,8 @@ fn snow_initiation_with_early_data() {
     let mut responder = Responder::new(local, ResponderConfig::default(), Instant::now(), &mut rng);
     let early: Vec<u8> = (0..700u32).map(|i| (i % 251) as u8).collect();
     let mut payload = spec_init_payload(&h);
-    // timestamp, EID, "chat", "chat/2", the 43-byte parameter block; then the early field.
-    payload.truncate(12 + 32 + 5 + 7 + 43);
+    // timestamp, EID, "chat", "chat/2", the 49-byte parameter block; then the early field.
+    payload.truncate(12 + 32 + 5 + 7 + 49);
     payload.extend_from_slice(&[0x40 | (early.len() >> 8) as u8, early.len() as u8]);
     payload.extend_from_slice(&early);
     payload.resize(INIT_PAYLOAD_LEN, 0);

@@ -815,6 +815,70 @@ fn hostile_datagram_fragments_are_dropped_and_reassembly_stays_bounded() {
     );
 }
 
+/// Best-effort fragments for peer streams not opened yet are held until the OPEN arrives
+/// (they may overtake it), but only within `unopened_datagram_limit` for the whole session,
+/// oldest dropped first, and only for streams the peer may still open: a flood of fragments
+/// for streams that never open costs at most that bound, and fragments for streams beyond
+/// the credit, or of our own side, are dropped at once.
+#[test]
+fn hostile_fragments_for_unopened_streams_are_held_within_a_bound() {
+    let config = SessionConfig::default();
+    let limit = config.unopened_datagram_limit;
+    let (mut s, now) = victim(config.clone());
+    // (`peer_id` derives the identities each time: too slow for a flood.)
+    let side = peer_id(1).side();
+    let peer = |n| StreamId::new(side, n);
+    let piece: &'static [u8] = Box::leak(Box::new([9u8; 1000]));
+    let dgram = |stream: StreamId, d: u64| {
+        StreamLayerFrame::Datagram(sss_proto::stream::frames::DatagramFrame {
+            stream,
+            datagram_id: d,
+            total_len: 1000,
+            frag_offset: 0,
+            data: piece,
+        })
+    };
+    // 100 000 whole datagrams spread over 1000 unopened streams within the credit.
+    for d in 0..100_000u64 {
+        assert_eq!(feed(&mut s, now, &dgram(peer(1 + d % 1000), d)), None);
+        assert!(s.buffered_bytes() <= limit, "{} held", s.buffered_bytes());
+    }
+    let stats = s.datagram_stats();
+    assert_eq!(stats.unopened_held, 100_000);
+    assert!(stats.unopened_dropped >= 100_000 - (limit / 1000) as u64);
+    // Beyond the credit, our own side, counter 0: dropped at once, nothing held.
+    let before = s.buffered_bytes();
+    let ours = StreamId::new(!peer_id(1).side(), 5);
+    for id in [peer_id(5000), ours, peer_id(0)] {
+        assert_eq!(feed(&mut s, now, &dgram(id, 1)), None);
+    }
+    // Nor is a fragment of a datagram larger than we accept, for a stream not opened yet.
+    let oversized = StreamLayerFrame::Datagram(sss_proto::stream::frames::DatagramFrame {
+        stream: peer(7),
+        datagram_id: 1,
+        total_len: config.max_datagram_size + 1,
+        frag_offset: 0,
+        data: piece,
+    });
+    assert_eq!(feed(&mut s, now, &oversized), None);
+    assert_eq!(s.buffered_bytes(), before);
+    assert_eq!(s.datagram_stats().unknown_stream_dropped, 4);
+    // The last stream fed opens: its fragments still held (the newest) are delivered.
+    let last = peer_id(1 + 99_999 % 1000);
+    assert_eq!(feed(&mut s, now, &top(last, b"x")), None);
+    assert_eq!(s.pending_datagrams(last), Ok(1));
+    // A stream reset before it opened drops what was held for it; the rest expires.
+    let reset = StreamLayerFrame::ResetStream {
+        id: peer_id(1 + 99_998 % 1000),
+        code: 0x100,
+        final_size: 0,
+    };
+    assert_eq!(feed(&mut s, now, &reset), None);
+    s.handle_timeout(now + Duration::from_secs(60));
+    s.read_datagram(last).unwrap();
+    assert_eq!(s.buffered_bytes(), 1, "only the stream's byte is left");
+}
+
 #[test]
 fn a_receiver_that_stops_reading_gets_receive_blocked_and_holds_the_sender() {
     let link = LinkConfig::with_latency(Duration::from_millis(10));

@@ -217,16 +217,105 @@ fn reliable_datagram_of_a_reset_parent_is_refused() {
         "B keeps nothing of the refused tree"
     );
     assert_eq!(p.s[0].stream_count(), 0);
-    let codes: Vec<u64> = p
-        .events(0)
-        .into_iter()
-        .filter_map(|e| match e {
-            SessionEvent::Reset { code, .. } => Some(code),
-            _ => None,
+    let events = p.events(0);
+    assert!(events.contains(&SessionEvent::Reset {
+        id: top,
+        code: ErrorCode::UNKNOWN_SERVICE
+    }));
+    // The datagram's own stream was never the application's: its refusal shows on the parent.
+    assert!(events.contains(&SessionEvent::DatagramFailed {
+        parent: top,
+        code: ErrorCode::NO_PARENT
+    }));
+}
+
+/// A reliable datagram larger than the receiver's `max_datagram_size` stalled for ever: the
+/// receiver granted a window of its limit and never more (it reads such a stream only whole),
+/// the sender waited for window, and neither side was told. A sender that predates the
+/// `max_datagram_size` handshake parameter (here: one told a larger limit than the receiver
+/// has) still sends it; the receiver now grants one byte beyond its limit, refuses the stream
+/// with DATAGRAM_TOO_LARGE at the first byte beyond, and the sender reports the failure on
+/// the parent. Both sides forget the datagram, and B's session window is whole again.
+#[test]
+fn an_oversized_reliable_datagram_from_an_old_sender_is_refused() {
+    let now = Instant::now();
+    let (ea, eb) = (testkit::identity(1).eid(), testkit::identity(2).eid());
+    let config = |max| {
+        std::sync::Arc::new(SessionConfig {
+            max_datagram_size: max,
+            ..SessionConfig::default()
         })
-        .collect();
-    assert!(codes.contains(&ErrorCode::UNKNOWN_SERVICE));
-    assert!(codes.contains(&ErrorCode::NO_PARENT));
+    };
+    let limit = 64 * 1024;
+    let mut s = [
+        Session::new(config(4 << 20), ea, eb, 11),
+        Session::new(config(limit), eb, ea, 22),
+    ];
+    for (i, peer_limit) in [(0, 4 << 20), (1, 4 << 20)] {
+        let peer = TransportParams {
+            session_id: s[1 - i].local_session_id(),
+            // What A believes (an old peer would not know B's limit at all).
+            max_datagram_size: peer_limit,
+            ..TransportParams::default()
+        };
+        s[i].attach(now, &peer);
+    }
+    let mut p = Pair { now, s };
+    let top = p.s[0].open("svc", "p/1").unwrap();
+    // Larger than B's stream window (256 KiB): A waits for window and hears of the refusal.
+    // Within it (limit + 1), A may have all of it acknowledged, and forget it, before the
+    // refusal arrives: nothing waits, but it is not told (a sender that knows the peer's
+    // limit refuses such a datagram itself).
+    for size in [300 * 1024, 2 << 20, limit as usize + 1] {
+        p.s[0].write_datagram(top, &vec![3u8; size], true).unwrap();
+        p.pump();
+        let failed: Vec<SessionEvent> = p
+            .events(0)
+            .into_iter()
+            .filter(|e| matches!(e, SessionEvent::DatagramFailed { .. }))
+            .collect();
+        let told = size > 256 * 1024;
+        assert_eq!(
+            failed,
+            vec![
+                SessionEvent::DatagramFailed {
+                    parent: top,
+                    code: ErrorCode::DATAGRAM_TOO_LARGE
+                };
+                usize::from(told)
+            ],
+            "size {size}"
+        );
+        assert_eq!(
+            p.s[0].stream_count(),
+            1,
+            "size {size}: A forgets the datagram"
+        );
+        assert_eq!(
+            p.s[1].stream_count(),
+            1,
+            "size {size}: B forgets the datagram"
+        );
+        assert_eq!(p.s[1].buffered_bytes(), 0, "size {size}");
+        assert!(p.s[0].is_quiescent(), "size {size}");
+    }
+    assert_eq!(p.s[0].datagram_stats().reliable_failed, 2);
+    assert_eq!(p.s[1].datagram_stats().incoming_too_large, 3);
+    // B's session window came back: a datagram of the limit and 900 KiB of stream data pass.
+    p.s[0]
+        .write_datagram(top, &vec![4u8; limit as usize], true)
+        .unwrap();
+    assert_eq!(p.s[0].write(top, &vec![5u8; 900 * 1024]), Ok(900 * 1024));
+    let mut got = 0;
+    for _ in 0..100 {
+        p.pump();
+        got += drain(&mut p, 1, top).len();
+    }
+    assert_eq!(got, 900 * 1024);
+    assert_eq!(
+        p.s[1].read_datagram(top),
+        Ok(Some(vec![4u8; limit as usize]))
+    );
 }
 
 fn small_session_window() -> SessionConfig {

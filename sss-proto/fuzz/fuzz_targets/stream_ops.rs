@@ -316,6 +316,8 @@ fn config(s: &Setup) -> SessionConfig {
         max_datagram_size: (256 * (u64::from(s.max_datagram) + 1)).min(session / 4),
         datagram_reassembly_limit: 2048 * (usize::from(s.reassembly % 32) + 1),
         outgoing_datagram_limit: 2048 * (usize::from(s.outgoing_dgram % 32) + 1),
+        // Small, so that fragments overtaking their stream's OPEN also meet evictions.
+        unopened_datagram_limit: 1024 * (usize::from(s.reassembly / 32 % 8) + 1),
         detached_timeout: Duration::from_secs(u64::from(s.detached_secs % 10) + 1),
     }
 }
@@ -326,6 +328,7 @@ fn params(of: &Session, cfg: &SessionConfig) -> TransportParams {
         initial_max_stream_data: cfg.initial_max_stream_data,
         initial_max_data: cfg.initial_max_data,
         initial_max_streams: cfg.initial_max_streams,
+        max_datagram_size: cfg.max_datagram_size,
         ..TransportParams::default()
     }
 }
@@ -1134,7 +1137,17 @@ impl World {
             moved |= self.consume_all(true);
             moved |= self.flush_round();
             if !moved {
-                return self.s.iter().all(Session::is_quiescent);
+                let quiescent = self.s.iter().all(Session::is_quiescent);
+                // A writer's hold (`WRITER_HOLD`, 1 ms) keeps lower priorities waiting until
+                // its deadline: let it pass, as a driver honouring `poll_timeout` would.
+                let held = self.s.iter().any(|s| {
+                    s.poll_timeout()
+                        .is_some_and(|t| t <= self.now + sss_proto::stream::WRITER_HOLD)
+                });
+                if quiescent || !held {
+                    return quiescent;
+                }
+                self.advance(1);
             }
         }
         panic!("the clean link never settles");

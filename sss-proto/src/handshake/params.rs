@@ -33,6 +33,8 @@ pub mod param_id {
     pub const INITIAL_MAX_DATA: u64 = 7;
     /// Initial stream credit.
     pub const INITIAL_MAX_STREAMS: u64 = 8;
+    /// The largest datagram (best-effort or reliable) the sender accepts (varint).
+    pub const MAX_DATAGRAM_SIZE: u64 = 9;
 }
 
 /// The smallest UDP payload every path must carry (the size of an initiation).
@@ -57,6 +59,10 @@ pub struct TransportParams {
     pub initial_max_data: u64,
     /// Initial number of streams the sender lets its peer open.
     pub initial_max_streams: u64,
+    /// The largest datagram (best-effort or reliable) the sender accepts. Absent from the
+    /// parameters of hosts that predate it: they take the default, which was their fixed
+    /// default limit.
+    pub max_datagram_size: u64,
 }
 
 impl Default for TransportParams {
@@ -73,6 +79,7 @@ impl Default for TransportParams {
             initial_max_stream_data: 256 * 1024,
             initial_max_data: 1024 * 1024,
             initial_max_streams: 1024,
+            max_datagram_size: 1024 * 1024,
         }
     }
 }
@@ -134,6 +141,11 @@ impl TransportParams {
             &mut entries,
             param_id::INITIAL_MAX_STREAMS,
             self.initial_max_streams,
+        );
+        put_varint(
+            &mut entries,
+            param_id::MAX_DATAGRAM_SIZE,
+            self.max_datagram_size,
         );
         write_varint(out, entries.len() as u64);
         out.extend_from_slice(&entries);
@@ -203,6 +215,10 @@ impl TransportParams {
                     params.initial_max_streams =
                         value_varint(value, "initial_max_streams is not one varint")?;
                 }
+                param_id::MAX_DATAGRAM_SIZE => {
+                    params.max_datagram_size =
+                        value_varint(value, "max_datagram_size is not one varint")?;
+                }
                 _ => {}
             }
         }
@@ -228,12 +244,13 @@ mod tests {
                 0..=crate::codec::VARINT_MAX,
                 0..=crate::codec::VARINT_MAX,
                 0..=crate::codec::VARINT_MAX,
+                0..=crate::codec::VARINT_MAX,
             ),
         )
             .prop_map(
                 |(
                     (suites, max_udp_payload, idle_timeout_ms, max_ack_delay_ms),
-                    (session_id, msd, md, ms),
+                    (session_id, msd, md, ms, mds),
                 )| TransportParams {
                     suites,
                     max_udp_payload,
@@ -243,6 +260,7 @@ mod tests {
                     initial_max_stream_data: msd,
                     initial_max_data: md,
                     initial_max_streams: ms,
+                    max_datagram_size: mds,
                 },
             )
     }
@@ -271,7 +289,7 @@ mod tests {
             decode_all(&dup),
             Err(HandshakeError::Malformed("duplicate transport parameter"))
         );
-        let dup_unknown = [6, 9, 1, 0, 9, 1, 0];
+        let dup_unknown = [6, 0x20, 1, 0, 0x20, 1, 0];
         assert_eq!(
             decode_all(&dup_unknown),
             Err(HandshakeError::Malformed("duplicate transport parameter"))

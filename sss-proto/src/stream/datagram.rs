@@ -88,6 +88,25 @@ impl Outgoing {
         Ok(())
     }
 
+    /// Drops the queued datagrams longer than `max` (but one already started); returns how
+    /// many.
+    pub fn drop_larger_than(&mut self, max: u64) -> u64 {
+        let before = self.queue.len();
+        let keep_front = self.front_sent > 0;
+        let mut i = 0;
+        let mut freed = 0;
+        self.queue.retain(|(_, d)| {
+            let keep = (i == 0 && keep_front) || d.len() as u64 <= max;
+            i += 1;
+            if !keep {
+                freed += d.len();
+            }
+            keep
+        });
+        self.bytes -= freed;
+        (before - self.queue.len()) as u64
+    }
+
     /// Bytes queued (datagrams not yet completely sent).
     pub fn bytes(&self) -> usize {
         self.bytes
@@ -300,6 +319,131 @@ impl Reassembly {
     }
 }
 
+/// Fixed charge per fragment held for a stream not yet opened.
+const PER_HELD_OVERHEAD: usize = 64;
+
+/// One DATAGRAM fragment held until its stream opens.
+#[derive(Debug)]
+pub struct HeldFragment {
+    /// The stream (not yet known when the fragment arrived).
+    pub stream: u64,
+    /// Which datagram.
+    pub datagram_id: u64,
+    /// Its total length.
+    pub total_len: u64,
+    /// Where this piece starts in it.
+    pub frag_offset: u64,
+    /// When it is given up.
+    pub deadline: Instant,
+    /// The piece.
+    pub data: Vec<u8>,
+}
+
+/// Best-effort fragments for peer streams whose OPEN has not arrived yet (datagrams sent at
+/// once on a new stream may overtake its OPEN), held in arrival order within a byte limit for
+/// the whole session: beyond it the oldest are dropped, and each is dropped at its deadline.
+#[derive(Debug)]
+pub struct Unopened {
+    held: VecDeque<HeldFragment>,
+    bytes: usize,
+    limit: usize,
+    /// Fragments dropped (evicted, expired, or their stream never opened).
+    pub dropped: u64,
+    /// Fragments ever held.
+    pub held_total: u64,
+}
+
+impl Unopened {
+    /// A store of at most `limit` bytes (each fragment charged its length plus a fixed
+    /// overhead).
+    pub fn new(limit: usize) -> Self {
+        Self {
+            held: VecDeque::new(),
+            bytes: 0,
+            limit,
+            dropped: 0,
+            held_total: 0,
+        }
+    }
+
+    /// Bytes charged to held fragments.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Whether nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.held.is_empty()
+    }
+
+    /// Holds a fragment, dropping the oldest ones if the store would overflow.
+    pub fn push(&mut self, f: HeldFragment) {
+        let charge = f.data.len() + PER_HELD_OVERHEAD;
+        if charge > self.limit {
+            self.dropped += 1;
+            return;
+        }
+        while self.bytes + charge > self.limit {
+            self.pop_oldest();
+        }
+        self.bytes += charge;
+        self.held_total += 1;
+        self.held.push_back(f);
+    }
+
+    fn pop_oldest(&mut self) {
+        if let Some(old) = self.held.pop_front() {
+            self.bytes -= old.data.len() + PER_HELD_OVERHEAD;
+            self.dropped += 1;
+        }
+    }
+
+    /// Takes the fragments held for `stream`, oldest first.
+    pub fn take(&mut self, stream: u64) -> Vec<HeldFragment> {
+        if !self.held.iter().any(|f| f.stream == stream) {
+            return Vec::new();
+        }
+        let mut taken = Vec::new();
+        let mut kept = VecDeque::with_capacity(self.held.len());
+        for f in self.held.drain(..) {
+            if f.stream == stream {
+                self.bytes -= f.data.len() + PER_HELD_OVERHEAD;
+                taken.push(f);
+            } else {
+                kept.push_back(f);
+            }
+        }
+        self.held = kept;
+        taken
+    }
+
+    /// Drops the fragments held for `stream` (it will never open).
+    pub fn forget(&mut self, stream: u64) {
+        let n = self.take(stream).len();
+        self.dropped += n as u64;
+    }
+
+    /// Drops fragments whose deadline passed (in arrival order: a fragment waits behind an
+    /// older one whose deadline is later, still within the byte limit).
+    pub fn expire(&mut self, now: Instant) {
+        while self.held.front().is_some_and(|f| f.deadline <= now) {
+            self.pop_oldest();
+        }
+    }
+
+    /// The deadline of the oldest held fragment.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.held.front().map(|f| f.deadline)
+    }
+
+    /// Drops everything.
+    pub fn clear(&mut self) {
+        self.dropped += self.held.len() as u64;
+        self.held.clear();
+        self.bytes = 0;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -384,5 +528,40 @@ mod tests {
         }
         assert_eq!(ids, vec![0, 2]);
         assert!(out.push(3, Bytes::from(vec![0; 101])).is_err());
+    }
+
+    #[test]
+    fn unopened_store_is_bounded_and_releases_by_stream() {
+        let now = Instant::now();
+        let mut u = Unopened::new(1000);
+        let frag = |stream, id, t: u64| HeldFragment {
+            stream,
+            datagram_id: id,
+            total_len: 100,
+            frag_offset: 0,
+            deadline: now + Duration::from_millis(t),
+            data: vec![1; 100],
+        };
+        // 164 bytes each: six fit, the seventh evicts the oldest.
+        for i in 0..7 {
+            u.push(frag(i % 2, i, 10 + i));
+            assert!(u.bytes() <= 1000);
+        }
+        assert_eq!(u.dropped, 1);
+        let odd: Vec<u64> = u.take(1).iter().map(|f| f.datagram_id).collect();
+        assert_eq!(odd, vec![1, 3, 5]);
+        u.forget(0);
+        assert!(u.is_empty());
+        assert_eq!(u.bytes(), 0);
+        assert_eq!(u.dropped, 4);
+        u.push(frag(5, 0, 10));
+        u.push(frag(5, 1, 20));
+        u.expire(now + Duration::from_millis(15));
+        assert_eq!(u.next_deadline(), Some(now + Duration::from_millis(20)));
+        u.push(HeldFragment {
+            data: vec![0; 1000],
+            ..frag(5, 2, 30)
+        });
+        assert_eq!(u.held.len(), 1, "larger than the store: dropped");
     }
 }

@@ -66,6 +66,10 @@ pub struct SessionConfig {
     /// Bytes of best-effort datagrams queued for sending per stream; older ones are dropped
     /// first when it overflows.
     pub outgoing_datagram_limit: usize,
+    /// Bytes of best-effort datagram fragments held (whole session) for peer streams whose
+    /// OPEN has not arrived yet (datagrams sent at once on a new stream may overtake it):
+    /// released to the stream when it opens; the oldest are dropped beyond this.
+    pub unopened_datagram_limit: usize,
     /// How long a session without a channel keeps its streams before resetting them with
     /// [`ErrorCode::LINK_DOWN`].
     pub detached_timeout: Duration,
@@ -85,9 +89,37 @@ impl Default for SessionConfig {
             max_datagram_size: 1024 * 1024,
             datagram_reassembly_limit: 4 * 1024 * 1024,
             outgoing_datagram_limit: 1024 * 1024,
+            unopened_datagram_limit: 128 * 1024,
             detached_timeout: Duration::from_secs(300),
         }
     }
+}
+
+/// Datagram counters of a session (since it was created).
+#[derive(Debug, Clone, Copy, Default, Eq, PartialEq)]
+pub struct DatagramStats {
+    /// Datagrams refused by `write_datagram` because they exceed the peer's
+    /// `max_datagram_size` ([`StreamError::DatagramTooLargeForPeer`]).
+    pub refused_for_peer: u64,
+    /// Reliable datagrams that will never be delivered ([`SessionEvent::DatagramFailed`]).
+    pub reliable_failed: u64,
+    /// Best-effort datagrams queued before the peer's limit was known and dropped unsent
+    /// because they exceed it.
+    pub best_effort_too_large: u64,
+    /// Incoming reliable datagrams refused with [`ErrorCode::DATAGRAM_TOO_LARGE`].
+    pub incoming_too_large: u64,
+    /// Incoming best-effort datagrams dropped incomplete (a fragment lost or late, the
+    /// reassembly buffer full, or malformed).
+    pub reassembly_dropped: u64,
+    /// Incoming fragments held because their stream's OPEN had not arrived yet.
+    pub unopened_held: u64,
+    /// Of those, fragments dropped (held too long, evicted by newer ones, or their stream
+    /// never opened).
+    pub unopened_dropped: u64,
+    /// Incoming fragments for streams that do not exist (forgotten already, or beyond the
+    /// stream credit), or for a stream not opened yet but of a datagram larger than
+    /// `max_datagram_size`: dropped at once.
+    pub unknown_stream_dropped: u64,
 }
 
 /// The state of the path under a session, shared by all its streams.
@@ -133,6 +165,17 @@ pub enum SessionEvent {
     },
     /// A datagram waits on the stream.
     Datagram(StreamId),
+    /// A reliable datagram sent on `parent` will never be delivered: the peer refused it
+    /// (too large for it, or its parent was gone there), or it was found too large for the
+    /// peer's `max_datagram_size` once the peer's limit became known. Counted in
+    /// [`DatagramStats::reliable_failed`].
+    DatagramFailed {
+        /// The stream the datagram was sent on.
+        parent: StreamId,
+        /// Why: [`ErrorCode::DATAGRAM_TOO_LARGE`], [`ErrorCode::NO_PARENT`], or another
+        /// reset code.
+        code: u64,
+    },
     /// The link status changed (applies to every stream of the session).
     Link(LinkStatus),
 }
@@ -158,6 +201,10 @@ pub enum StreamError {
     /// The datagram exceeds the configured maximum size.
     #[error("datagram larger than the configured maximum")]
     DatagramTooLarge,
+    /// The datagram exceeds the largest the peer accepts (its `max_datagram_size`, learnt in
+    /// the handshake): it could never be delivered.
+    #[error("datagram larger than the peer accepts ({0} bytes)")]
+    DatagramTooLargeForPeer(u64),
     /// A record needs at least one byte (written before with `write`, or given).
     #[error("empty record")]
     EmptyRecord,
@@ -181,6 +228,8 @@ impl ErrorCode {
     pub const PEER_RESTARTED: u64 = 4;
     /// No channel came back within the detached timeout.
     pub const LINK_DOWN: u64 = 5;
+    /// A reliable datagram larger than the receiver's `max_datagram_size`.
+    pub const DATAGRAM_TOO_LARGE: u64 = 6;
     /// The first code applications may use.
     pub const APPLICATION_MIN: u64 = 0x100;
 }

@@ -11,12 +11,14 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::datagram::{Outgoing, Reassembly};
+use super::datagram::{Outgoing, Reassembly, Unopened};
 use super::frames::StreamId;
 use super::pages::PagePool;
 use super::scheduler::Scheduler;
 use super::state::{flag, Kind, StreamState};
-use super::{ErrorCode, IdHasher, LinkStatus, SessionConfig, SessionEvent, StreamError};
+use super::{
+    DatagramStats, ErrorCode, IdHasher, LinkStatus, SessionConfig, SessionEvent, StreamError,
+};
 use crate::identity::Eid;
 use crate::ranges::RangeSet;
 
@@ -124,6 +126,11 @@ pub struct Session {
     pub(crate) data_sent: u64,
     /// Initial send window of each stream, from the peer's handshake.
     pub(crate) peer_initial_max_stream_data: u64,
+    /// The largest datagram the peer accepts, from its handshake (`None` before the first
+    /// channel).
+    pub(crate) peer_max_datagram_size: Option<u64>,
+    /// Datagram counters.
+    pub(crate) dgram_stats: DatagramStats,
     /// Session receive limit we gave, its window, bytes received (unique) and read.
     pub(crate) local_max_data: u64,
     pub(crate) data_window: u64,
@@ -146,6 +153,8 @@ pub struct Session {
     /// Peer substreams whose parent's OPEN has not arrived yet, by parent.
     pub(crate) orphans: HashMap<StreamId, Vec<StreamId>, BuildHasherDefault<IdHasher>>,
     pub(crate) reassembly: Reassembly,
+    /// Best-effort fragments for peer streams not opened yet.
+    pub(crate) unopened: Unopened,
     /// Spare pages for the streams' send and receive buffers.
     pub(crate) pool: PagePool,
     /// Bytes written and not yet acknowledged, all streams together (the sum of their
@@ -195,6 +204,8 @@ impl Session {
             peer_max_data: config.initial_max_data,
             data_sent: 0,
             peer_initial_max_stream_data: config.initial_max_stream_data,
+            peer_max_datagram_size: None,
+            dgram_stats: DatagramStats::default(),
             local_max_data: config.initial_max_data,
             data_window: config.initial_max_data,
             data_received: 0,
@@ -210,6 +221,7 @@ impl Session {
             credit_blocked: Vec::new(),
             orphans: HashMap::default(),
             reassembly,
+            unopened: Unopened::new(config.unopened_datagram_limit),
             pool: PagePool::default(),
             send_buffered: 0,
             session_write_waiters: Vec::new(),
@@ -253,7 +265,7 @@ impl Session {
                 st.send.buffered() + st.recv.buffered() + queued
             })
             .sum();
-        streams + self.reassembly.charged()
+        streams + self.reassembly.charged() + self.unopened.bytes()
     }
 
     /// A one-line-per-stream dump of flow-control state, for debugging.
@@ -295,7 +307,24 @@ impl Session {
             initial_max_stream_data: self.config.initial_max_stream_data,
             initial_max_data: self.config.initial_max_data,
             initial_max_streams: self.config.initial_max_streams,
+            max_datagram_size: self.config.max_datagram_size,
         }
+    }
+
+    /// Datagram counters of the session.
+    pub fn datagram_stats(&self) -> DatagramStats {
+        let mut s = self.dgram_stats;
+        s.reassembly_dropped += self.reassembly.dropped;
+        s.unopened_held = self.unopened.held_total;
+        s.unopened_dropped = self.unopened.dropped;
+        s
+    }
+
+    /// The largest datagram the peer accepts, once a channel told (its handshake's
+    /// `max_datagram_size`; a peer that predates the parameter is taken to accept the
+    /// default, 1 MiB).
+    pub fn peer_max_datagram_size(&self) -> Option<u64> {
+        self.peer_max_datagram_size
     }
 
     /// Nothing waits to be sent or acknowledged: every byte written was acknowledged.
@@ -357,9 +386,42 @@ impl Session {
             }
             self.peer_initial_max_stream_data = peer.initial_max_stream_data;
         }
+        self.peer_max_datagram_size = Some(peer.max_datagram_size);
+        self.fail_datagrams_beyond(peer.max_datagram_size);
         let _ = now;
         self.set_link(LinkStatus::Up);
         outcome
+    }
+
+    /// Datagrams written before the peer's limit was known and larger than it can never be
+    /// delivered: reliable ones fail ([`SessionEvent::DatagramFailed`]), best-effort ones not
+    /// yet started are dropped.
+    fn fail_datagrams_beyond(&mut self, max: u64) {
+        let mut failed = Vec::new();
+        for (&id, st) in &mut self.streams {
+            // (Reliable datagram streams we opened; best-effort datagrams on any stream.)
+            if st.kind == Kind::Datagram
+                && id.side() == self.side
+                && !st.has(flag::SEND_RESET)
+                && st.send.write_offset() > max
+            {
+                failed.push((id, st.parent().unwrap_or(id)));
+            }
+            if let Some(out) = st.extra.as_mut().and_then(|e| e.outgoing.as_mut()) {
+                self.dgram_stats.best_effort_too_large += out.drop_larger_than(max);
+            }
+        }
+        for (id, parent) in failed {
+            self.reset(id, ErrorCode::DATAGRAM_TOO_LARGE).ok();
+            self.datagram_failed(parent, ErrorCode::DATAGRAM_TOO_LARGE);
+        }
+    }
+
+    /// Tells the application that a reliable datagram sent on `parent` failed.
+    pub(crate) fn datagram_failed(&mut self, parent: StreamId, code: u64) {
+        self.dgram_stats.reliable_failed += 1;
+        self.events
+            .push_back(SessionEvent::DatagramFailed { parent, code });
     }
 
     /// The channel closed. Its unacknowledged frames were reported lost and are queued
@@ -422,10 +484,12 @@ impl Session {
         self.data_sent = 0;
         self.data_received = 0;
         self.data_read = 0;
+        self.dgram_stats.reassembly_dropped += self.reassembly.dropped;
         self.reassembly = Reassembly::new(
             self.config.datagram_reassembly_limit,
             self.config.max_datagram_size,
         );
+        self.unopened.clear();
     }
 
     // ------------------------------------------------------------ timers
@@ -438,6 +502,7 @@ impl Session {
         [
             detach,
             self.reassembly.next_deadline(),
+            self.unopened.next_deadline(),
             self.hold.map(|h| h.1),
         ]
         .into_iter()
@@ -449,6 +514,7 @@ impl Session {
     /// every stream with `LINK_DOWN`.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.reassembly.expire(now);
+        self.unopened.expire(now);
         if self.hold.is_some_and(|(_, until)| now >= until) {
             self.hold = None;
         }
@@ -631,6 +697,14 @@ impl Session {
     ) -> Result<(), StreamError> {
         if data.len() as u64 > self.config.max_datagram_size {
             return Err(StreamError::DatagramTooLarge);
+        }
+        if let Some(max) = self.peer_max_datagram_size {
+            if data.len() as u64 > max {
+                // Only a live stream counts the refusal.
+                self.live(id)?;
+                self.dgram_stats.refused_for_peer += 1;
+                return Err(StreamError::DatagramTooLargeForPeer(max));
+            }
         }
         if reliable {
             let child = self.open_child(id, Kind::Datagram)?;

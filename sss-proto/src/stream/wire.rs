@@ -4,6 +4,7 @@
 use std::collections::VecDeque;
 use std::time::Instant;
 
+use super::datagram::HeldFragment;
 use super::frames::{
     DatagramFrame, OpenInfo, StreamFrame, StreamFrameError, StreamId, StreamLayerFrame,
 };
@@ -137,14 +138,29 @@ impl Session {
         }
         // A late frame of a finished stream finds nothing; a refused stream is there, reset,
         // and still counts this frame's bytes (and learns a final size from its FIN).
-        let Some(st) = self.streams.get_mut(&id) else {
+        let Some(mut st) = self.streams.get_mut(&id) else {
             return Ok(());
         };
+        let end = f.offset.saturating_add(f.data.len() as u64);
+        if st.kind == Kind::Datagram
+            && end > self.config.max_datagram_size
+            && id.side() != self.side
+            && !st.has(flag::RECV_RESET)
+        {
+            // A reliable datagram larger than we accept: it could never be read whole.
+            // Refuse it (STOP_SENDING; the peer answers with its final size), and count this
+            // frame's bytes as the reset path below does.
+            self.dgram_stats.incoming_too_large += 1;
+            self.reset(id, ErrorCode::DATAGRAM_TOO_LARGE).ok();
+            let Some(again) = self.streams.get_mut(&id) else {
+                return Ok(());
+            };
+            st = again;
+        }
         let limit = st.recv_limit;
         if st.has(flag::RECV_RESET) {
             // We reset the stream and wait for the peer's final size: the bytes are not kept,
             // but they count against the session window as received and consumed.
-            let end = f.offset + f.data.len() as u64;
             let grew = st
                 .recv
                 .skip_to(end, f.fin, limit)
@@ -154,7 +170,6 @@ impl Session {
             return Ok(());
         }
         // Session flow control is checked before anything is stored.
-        let end = f.offset.saturating_add(f.data.len() as u64);
         let growth = end.saturating_sub(st.recv.max_received());
         if self.data_received.saturating_add(growth) > self.local_max_data {
             return Err(violation("session flow-control limit exceeded".into()));
@@ -180,7 +195,7 @@ impl Session {
     /// forgotten (or of ours).
     fn open_remote(
         &mut self,
-        _now: Instant,
+        now: Instant,
         id: StreamId,
         open: Option<&OpenInfo<'_>>,
     ) -> Result<(), UpperError> {
@@ -228,8 +243,10 @@ impl Session {
                     // Nothing ever flows back on a reliable datagram.
                     st.set(flag::SEND_RESET);
                     st.send.reset(&mut self.pool);
-                    // It is read only whole: give it room for the largest datagram at once.
-                    let max = self.config.max_datagram_size.max(window);
+                    // It is read only whole: give it room for the largest datagram at once,
+                    // and one byte more, so that a larger one shows itself (and is refused)
+                    // however the windows compare.
+                    let max = self.config.max_datagram_size.saturating_add(1).max(window);
                     st.recv_limit = max;
                     st.set_recv_window(max);
                 }
@@ -238,7 +255,7 @@ impl Session {
                     && !self.peer_opened.contains(parent.counter())
                     && parent.counter() < self.local_max_streams;
                 self.streams.insert(id, st);
-                if datagram && self.config.max_datagram_size > window {
+                if datagram && self.config.max_datagram_size >= window {
                     self.queue_max_stream_data(id);
                 }
                 if parent_pending {
@@ -249,6 +266,17 @@ impl Session {
                     // Refused: it stays, reset, until the peer's final size is known, and
                     // children that arrived before it are refused too.
                     self.refuse_orphans_of(id);
+                }
+            }
+        }
+        // Best-effort fragments that overtook the OPEN.
+        if !self.unopened.is_empty() {
+            for mut f in self.unopened.take(id.0) {
+                let data = std::mem::take(&mut f.data);
+                if self.streams.contains_key(&id) {
+                    self.on_fragment(now, &f, &data);
+                } else {
+                    self.unopened.dropped += 1;
                 }
             }
         }
@@ -270,6 +298,38 @@ impl Session {
             }
         }
         Ok(())
+    }
+
+    /// A best-effort fragment for the existing stream `f.stream` (whose `data` is `data`):
+    /// reassembled, and delivered when complete.
+    fn on_fragment(&mut self, now: Instant, f: &HeldFragment, data: &[u8]) {
+        let id = StreamId(f.stream);
+        let complete = self.reassembly.insert(
+            now,
+            f.deadline,
+            f.stream,
+            f.datagram_id,
+            f.total_len,
+            f.frag_offset,
+            data,
+        );
+        if let Some(data) = complete {
+            if let Some(st) = self.streams.get_mut(&id) {
+                if st.reset_code().is_none() {
+                    st.extra().datagrams.push_back(data);
+                    self.events.push_back(SessionEvent::Datagram(id));
+                }
+            }
+        }
+    }
+
+    /// Whether `id` is a peer stream that has not opened yet and may still open (within the
+    /// stream credit).
+    fn may_open(&self, id: StreamId) -> bool {
+        id.side() != self.side
+            && id.counter() >= 1
+            && id.counter() < self.local_max_streams
+            && !self.peer_opened.contains(id.counter())
     }
 
     /// Stream credit: the peer may open counters 1..local_max_streams.
@@ -341,11 +401,12 @@ impl Session {
         {
             return Ok(());
         }
-        // Its window was the initial one (a reliable datagram's is the largest datagram).
+        // Its window was the initial one (a reliable datagram's is the largest datagram and
+        // one byte).
         let window = self
             .config
             .initial_max_stream_data
-            .max(self.config.max_datagram_size);
+            .max(self.config.max_datagram_size.saturating_add(1));
         if final_size > window {
             return Err(violation(format!(
                 "final size {final_size} of stream {id} exceeds its window"
@@ -361,6 +422,9 @@ impl Session {
         self.local_max_streams += 1;
         self.max_streams_queued = true;
         self.refuse_orphans_of(id);
+        if !self.unopened.is_empty() {
+            self.unopened.forget(id.0);
+        }
         Ok(())
     }
 
@@ -783,8 +847,16 @@ impl Upper for Session {
                 if let Some(st) = self.streams.get_mut(&id) {
                     st.set(flag::STOP_RECEIVED);
                     if !st.has(flag::SEND_RESET) {
+                        // The application never saw a reliable datagram's stream: it hears
+                        // of the datagram on the parent.
+                        let datagram_of = (st.kind == Kind::Datagram && id.side() == self.side)
+                            .then(|| st.parent())
+                            .flatten();
                         self.reset(id, code).ok();
-                        self.events.push_back(SessionEvent::Reset { id, code });
+                        match datagram_of {
+                            Some(parent) => self.datagram_failed(parent, code),
+                            None => self.events.push_back(SessionEvent::Reset { id, code }),
+                        }
                     }
                 }
             }
@@ -814,21 +886,25 @@ impl Upper for Session {
             }
             StreamLayerFrame::Datagram(f) => {
                 let wait = (self.rtt * 4).max(std::time::Duration::from_millis(200));
-                if let Some(data) = self.reassembly.insert(
-                    now,
-                    now + wait,
-                    f.stream.0,
-                    f.datagram_id,
-                    f.total_len,
-                    f.frag_offset,
-                    f.data,
-                ) {
-                    if let Some(st) = self.streams.get_mut(&f.stream) {
-                        if st.reset_code().is_none() {
-                            st.extra().datagrams.push_back(data);
-                            self.events.push_back(SessionEvent::Datagram(f.stream));
-                        }
-                    }
+                let fragment = HeldFragment {
+                    stream: f.stream.0,
+                    datagram_id: f.datagram_id,
+                    total_len: f.total_len,
+                    frag_offset: f.frag_offset,
+                    deadline: now + wait,
+                    data: Vec::new(),
+                };
+                if self.streams.contains_key(&f.stream) {
+                    self.on_fragment(now, &fragment, f.data);
+                } else if self.may_open(f.stream) && f.total_len <= self.config.max_datagram_size {
+                    // Its OPEN is still on the way (the fragment overtook it): held until
+                    // the stream opens (`open_remote`), within a bound.
+                    self.unopened.push(HeldFragment {
+                        data: f.data.to_vec(),
+                        ..fragment
+                    });
+                } else {
+                    self.dgram_stats.unknown_stream_dropped += 1;
                 }
             }
         }
