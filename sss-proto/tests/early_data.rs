@@ -542,3 +542,113 @@ fn an_answer_that_overtakes_the_response_is_kept() {
         );
     }
 }
+
+#[test]
+fn streams_opened_before_the_handshake_wait_for_the_responders_credit() {
+    // B grants one stream at a time (credit: counters below 2). A opens three top-level
+    // streams before its initiation: only the first may ride in the early data, the others
+    // must wait for B's parameters and then its credit, never open beyond it (which B would
+    // answer by closing the channel).
+    let seed = 31;
+    let start = Instant::now();
+    let mut net = Network::new(seed, start);
+    let mut ca = EndpointConfig::new([seed as u8; 32]);
+    ca.channel = Arc::new(channel_config());
+    let ida = identity(seed * 2 + 1);
+    let mut ha = SessionHost::new(&ida, ca, SessionConfig::default(), start);
+    ha.early_data = true;
+    let mut cb = EndpointConfig::new([seed as u8 ^ 0xff; 32]);
+    cb.channel = Arc::new(channel_config());
+    let b_config = SessionConfig {
+        initial_max_streams: 2,
+        ..SessionConfig::default()
+    };
+    let mut hb = SessionHost::with_unix_nanos(&identity(seed * 2 + 2), cb, b_config, start, 0);
+    hb.listeners.push((SERVICE.0.into(), SERVICE.1.into()));
+    let b_eid = hb.endpoint.eid();
+    let a = net.add_node(addr(1), ha);
+    let b = net.add_node(addr(2), hb);
+    net.connect(addr(1), addr(2), link(10));
+    net.run_for(Duration::from_millis(1)).unwrap();
+    let now = net.now();
+    let messages: Vec<Vec<u8>> = (0..3).map(|i| message(i, 300)).collect();
+    let mut ids = Vec::new();
+    for m in &messages {
+        let host = net.node_mut(a);
+        let id = host
+            .open(now, b_eid, addr(2), SERVICE.0, SERVICE.1)
+            .unwrap();
+        let session = host.sessions.get_mut(&b_eid).unwrap();
+        assert_eq!(session.write(id, m).unwrap(), m.len());
+        session.finish(id).unwrap();
+        ids.push(id);
+    }
+    net.wake(a);
+    // B's application reads every stream it is given to its end, then ends its own
+    // direction (a stream returns its credit once both directions are over).
+    let a_eid = ida.eid();
+    let mut got: Vec<(StreamId, Vec<u8>, bool)> = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = net.now() + Duration::from_secs(10);
+    while got.iter().filter(|(_, _, done)| *done).count() < 3 && net.now() < deadline {
+        net.run_for(Duration::from_millis(2)).unwrap();
+        let host = net.node_mut(b);
+        for (_, e) in host.events.drain(..) {
+            if let SessionEvent::IncomingStream { id, .. } = e {
+                got.push((id, Vec::new(), false));
+            }
+        }
+        let Some(session) = host.sessions.get_mut(&a_eid) else {
+            continue;
+        };
+        for (id, g, done) in &mut got {
+            while let Ok(n) = session.read(*id, &mut buf) {
+                if n == 0 {
+                    break;
+                }
+                g.extend_from_slice(&buf[..n]);
+            }
+            if !*done && session.at_end(*id) == Ok(true) {
+                session.finish(*id).unwrap();
+                *done = true;
+            }
+        }
+        net.wake(b);
+    }
+    let closed = net
+        .node(a)
+        .channel_events
+        .iter()
+        .any(|(_, e)| matches!(e, sss_proto::channel::ChannelEvent::Closed(_)));
+    assert!(
+        !closed,
+        "A's channel closed: {:?}",
+        net.node(a).channel_events
+    );
+    let (sent, taken) = {
+        let w = World {
+            net,
+            a,
+            b,
+            a_eid,
+            b_eid,
+            seed,
+            got: Vec::new(),
+            fin: false,
+            incoming: Vec::new(),
+            b_first_read: None,
+            reply: None,
+        };
+        early_counts(&w)
+    };
+    assert_eq!(got.len(), 3, "three streams, each seen once");
+    assert!(
+        sent > 0 && taken > 0,
+        "the first stream rode in the early data"
+    );
+    let mut bodies: Vec<Vec<u8>> = got.into_iter().map(|(_, g, _)| g).collect();
+    bodies.sort();
+    let mut want = messages;
+    want.sort();
+    assert!(bodies == want, "every stream's bytes exactly once");
+}

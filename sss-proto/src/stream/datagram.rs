@@ -88,16 +88,21 @@ impl Outgoing {
         Ok(())
     }
 
-    /// Drops the queued datagrams longer than `max` (but one already started); returns how
-    /// many.
+    /// Drops the queued datagrams longer than `max`, one already started too (the peer
+    /// discards it whatever is sent: its first fragments, in early data say, expire in its
+    /// reassembly); returns how many.
     pub fn drop_larger_than(&mut self, max: u64) -> u64 {
         let before = self.queue.len();
-        let keep_front = self.front_sent > 0;
-        let mut i = 0;
+        if self
+            .queue
+            .front()
+            .is_some_and(|(_, d)| d.len() as u64 > max)
+        {
+            self.front_sent = 0;
+        }
         let mut freed = 0;
         self.queue.retain(|(_, d)| {
-            let keep = (i == 0 && keep_front) || d.len() as u64 <= max;
-            i += 1;
+            let keep = d.len() as u64 <= max;
             if !keep {
                 freed += d.len();
             }
@@ -528,6 +533,22 @@ mod tests {
         }
         assert_eq!(ids, vec![0, 2]);
         assert!(out.push(3, Bytes::from(vec![0; 101])).is_err());
+    }
+
+    #[test]
+    fn datagrams_too_large_for_the_peer_go_even_when_started() {
+        let mut out = Outgoing::new(1000);
+        out.push(0, Bytes::from(vec![0; 300])).unwrap();
+        out.push(1, Bytes::from(vec![1; 50])).unwrap();
+        out.push(2, Bytes::from(vec![2; 200])).unwrap();
+        let f = out.next_fragment(100).unwrap();
+        assert_eq!((f.datagram_id, f.data.len()), (0, 100));
+        // The peer takes at most 100 bytes: the half-sent 0 and the queued 2 go.
+        assert_eq!(out.drop_larger_than(100), 2);
+        assert_eq!(out.bytes(), 50);
+        let f = out.next_fragment(1000).unwrap();
+        assert_eq!((f.datagram_id, f.data.len()), (1, 50));
+        assert!(out.next_fragment(1000).is_none());
     }
 
     #[test]

@@ -97,6 +97,12 @@ pub enum Attach {
     PeerRestarted,
 }
 
+/// Stream credit assumed from a peer whose limits are not known yet (a new session before its
+/// first channel is up: what early data may open): counters below 2, one stream, the least a
+/// host using early data grants (spec/handshake.md §3.4). Streams opened beyond it wait for
+/// the handshake's parameters, which raise it.
+pub(crate) const UNKNOWN_PEER_MAX_STREAMS: u64 = 2;
+
 /// The streams between this host and one peer.
 pub struct Session {
     pub(crate) config: Arc<SessionConfig>,
@@ -196,7 +202,7 @@ impl Session {
             remote_session_id: None,
             streams: HashMap::default(),
             next_counter: 1,
-            peer_max_streams: config.initial_max_streams,
+            peer_max_streams: config.initial_max_streams.min(UNKNOWN_PEER_MAX_STREAMS),
             local_max_streams: config.initial_max_streams,
             max_streams_queued: false,
             announced_max_streams: config.initial_max_streams,
@@ -378,9 +384,11 @@ impl Session {
                 self.queue_max_stream_data(id);
             }
         } else {
-            // The peer's limits for a new session come from its handshake.
+            // The peer's limits for a new session come from its handshake. Streams held back
+            // by the assumed stream credit may go now.
             self.peer_max_data = peer.initial_max_data;
             self.peer_max_streams = peer.initial_max_streams;
+            self.credit_raised();
             for st in self.streams.values_mut() {
                 st.send_limit = peer.initial_max_stream_data;
             }
@@ -475,7 +483,10 @@ impl Session {
         self.orphans.clear();
         self.peer_opened = RangeSet::new();
         self.next_counter = 1;
-        self.peer_max_streams = self.config.initial_max_streams;
+        self.peer_max_streams = self
+            .config
+            .initial_max_streams
+            .min(UNKNOWN_PEER_MAX_STREAMS);
         self.local_max_streams = self.config.initial_max_streams;
         self.announced_max_streams = self.config.initial_max_streams;
         self.peer_max_data = self.config.initial_max_data;

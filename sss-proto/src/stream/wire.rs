@@ -513,6 +513,15 @@ impl Session {
         }
     }
 
+    /// The peer's stream limit rose: streams waiting for credit may try again, and control
+    /// frames held back for streams beyond the old limit go out.
+    pub(crate) fn credit_raised(&mut self) {
+        self.unblock(|s| &mut s.credit_blocked, flag::CREDIT_BLOCKED);
+        for c in std::mem::take(&mut self.deferred_control) {
+            self.queue_control(c);
+        }
+    }
+
     fn unblock(&mut self, list: fn(&mut Session) -> &mut Vec<StreamId>, f: u16) {
         let ids = std::mem::take(list(self));
         for id in ids {
@@ -878,10 +887,7 @@ impl Upper for Session {
             StreamLayerFrame::MaxStreams(n) => {
                 if n > self.peer_max_streams {
                     self.peer_max_streams = n;
-                    self.unblock(|s| &mut s.credit_blocked, flag::CREDIT_BLOCKED);
-                    for c in std::mem::take(&mut self.deferred_control) {
-                        self.queue_control(c);
-                    }
+                    self.credit_raised();
                 }
             }
             StreamLayerFrame::Datagram(f) => {
