@@ -50,22 +50,21 @@ fn channel_config() -> ChannelConfig {
     c
 }
 
-fn b_host(seed: u64, unix_nanos: u64, now: Instant) -> SessionHost {
+fn b_host(seed: u64, unix_nanos: u64, now: Instant, config: SessionConfig) -> SessionHost {
     let mut cb = EndpointConfig::new([seed as u8 ^ 0xff; 32]);
     cb.channel = Arc::new(channel_config());
-    let mut hb = SessionHost::with_unix_nanos(
-        &identity(seed * 2 + 2),
-        cb,
-        SessionConfig::default(),
-        now,
-        unix_nanos,
-    );
+    let mut hb = SessionHost::with_unix_nanos(&identity(seed * 2 + 2), cb, config, now, unix_nanos);
     hb.listeners.push((SERVICE.0.into(), SERVICE.1.into()));
     hb
 }
 
 /// A (early data on) dials B, whose wall clock read `b_unix` when it started.
 fn world(seed: u64, link: LinkConfig, b_unix: u64) -> World {
+    world_with(seed, link, b_unix, SessionConfig::default())
+}
+
+/// [`world`] with B's stream-layer configuration.
+fn world_with(seed: u64, link: LinkConfig, b_unix: u64, b_config: SessionConfig) -> World {
     let start = Instant::now();
     let mut net = Network::new(seed, start);
     let mut ca = EndpointConfig::new([seed as u8; 32]);
@@ -73,7 +72,7 @@ fn world(seed: u64, link: LinkConfig, b_unix: u64) -> World {
     let ida = identity(seed * 2 + 1);
     let mut ha = SessionHost::new(&ida, ca, SessionConfig::default(), start);
     ha.early_data = true;
-    let hb = b_host(seed, b_unix, start);
+    let hb = b_host(seed, b_unix, start, b_config);
     let b_eid = hb.endpoint.eid();
     let a = net.add_node(addr(1), ha);
     let b = net.add_node(addr(2), hb);
@@ -374,7 +373,7 @@ fn a_responder_may_refuse_all_early_data() {
     let mut w = world(7, link(10), UNIX_NANOS);
     let now = w.net.now();
     let seed = w.seed;
-    let mut hb = b_host(seed, UNIX_NANOS, now);
+    let mut hb = b_host(seed, UNIX_NANOS, now, SessionConfig::default());
     let mut cb = hb.endpoint.config().clone();
     cb.accept_early_data = false;
     hb = SessionHost::with_unix_nanos(
@@ -440,7 +439,12 @@ fn a_replayed_initiation_delivers_no_early_data() {
         // The responder restarted (same identity, empty replay table, later clock): the
         // handshake is answered, the early data is not taken.
         let now = w.net.now();
-        *w.net.node_mut(w.b) = b_host(seed, UNIX_NANOS + 1_000_000_000, now);
+        *w.net.node_mut(w.b) = b_host(
+            seed,
+            UNIX_NANOS + 1_000_000_000,
+            now,
+            SessionConfig::default(),
+        );
         w.net.inject(now, addr(1), addr(2), initiation);
         w.net.run_for(Duration::from_millis(1)).unwrap();
         let b = w.net.node_mut(w.b);
@@ -549,26 +553,13 @@ fn streams_opened_before_the_handshake_wait_for_the_responders_credit() {
     // streams before its initiation: only the first may ride in the early data, the others
     // must wait for B's parameters and then its credit, never open beyond it (which B would
     // answer by closing the channel).
-    let seed = 31;
-    let start = Instant::now();
-    let mut net = Network::new(seed, start);
-    let mut ca = EndpointConfig::new([seed as u8; 32]);
-    ca.channel = Arc::new(channel_config());
-    let ida = identity(seed * 2 + 1);
-    let mut ha = SessionHost::new(&ida, ca, SessionConfig::default(), start);
-    ha.early_data = true;
-    let mut cb = EndpointConfig::new([seed as u8 ^ 0xff; 32]);
-    cb.channel = Arc::new(channel_config());
     let b_config = SessionConfig {
         initial_max_streams: 2,
         ..SessionConfig::default()
     };
-    let mut hb = SessionHost::with_unix_nanos(&identity(seed * 2 + 2), cb, b_config, start, 0);
-    hb.listeners.push((SERVICE.0.into(), SERVICE.1.into()));
-    let b_eid = hb.endpoint.eid();
-    let a = net.add_node(addr(1), ha);
-    let b = net.add_node(addr(2), hb);
-    net.connect(addr(1), addr(2), link(10));
+    let mut w = world_with(31, link(10), UNIX_NANOS, b_config);
+    let (a, b, a_eid, b_eid) = (w.a, w.b, w.a_eid, w.b_eid);
+    let net = &mut w.net;
     net.run_for(Duration::from_millis(1)).unwrap();
     let now = net.now();
     let messages: Vec<Vec<u8>> = (0..3).map(|i| message(i, 300)).collect();
@@ -586,7 +577,6 @@ fn streams_opened_before_the_handshake_wait_for_the_responders_credit() {
     net.wake(a);
     // B's application reads every stream it is given to its end, then ends its own
     // direction (a stream returns its credit once both directions are over).
-    let a_eid = ida.eid();
     let mut got: Vec<(StreamId, Vec<u8>, bool)> = Vec::new();
     let mut buf = [0u8; 4096];
     let deadline = net.now() + Duration::from_secs(10);
@@ -625,22 +615,7 @@ fn streams_opened_before_the_handshake_wait_for_the_responders_credit() {
         "A's channel closed: {:?}",
         net.node(a).channel_events
     );
-    let (sent, taken) = {
-        let w = World {
-            net,
-            a,
-            b,
-            a_eid,
-            b_eid,
-            seed,
-            got: Vec::new(),
-            fin: false,
-            incoming: Vec::new(),
-            b_first_read: None,
-            reply: None,
-        };
-        early_counts(&w)
-    };
+    let (sent, taken) = early_counts(&w);
     assert_eq!(got.len(), 3, "three streams, each seen once");
     assert!(
         sent > 0 && taken > 0,
