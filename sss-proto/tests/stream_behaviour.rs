@@ -12,8 +12,8 @@ use sss_proto::frame::FrameType;
 use sss_proto::sim::{LinkConfig, Network, NodeId, Verdict};
 use sss_proto::stream::frames::{OpenInfo, StreamLayerFrame};
 use sss_proto::stream::pages::IDLE_SPARE_PAGES;
-use sss_proto::stream::WRITER_HOLD;
 use sss_proto::stream::{LinkStatus, Session, SessionConfig, SessionEvent, StreamError, StreamId};
+use sss_proto::stream::{PAGE_TRIM_INTERVAL, WRITER_HOLD};
 use sss_proto::testkit::session_host::{SessionHost, SessionPair};
 use sss_proto::testkit::{addr, identity};
 use sss_proto::Eid;
@@ -244,12 +244,21 @@ fn spare_pages_go_back_once_transfers_end_or_streams_reset() {
         }
     }
     assert_eq!(got, data);
-    // Let the last acknowledgements arrive.
+    // Let the last acknowledgements arrive: the spares of the transfer stay for the next one.
     w.net.run_for(Duration::from_millis(100)).unwrap();
     assert!(
         peak > IDLE_SPARE_PAGES,
         "pages were recycled during the transfer ({peak})"
     );
+    let after = (w.a_session().spare_pages(), w.b_session().spare_pages());
+    assert!(
+        after.0 > IDLE_SPARE_PAGES,
+        "A keeps its spares at first ({after:?})"
+    );
+    // Two trim intervals without use: back to the idle bound.
+    w.net
+        .run_for(2 * PAGE_TRIM_INTERVAL + Duration::from_millis(100))
+        .unwrap();
     assert!(w.a_session().spare_pages() <= IDLE_SPARE_PAGES);
     assert!(w.b_session().spare_pages() <= IDLE_SPARE_PAGES);
 }

@@ -31,6 +31,12 @@ pub use wire::{ControlMeta, SentFrame};
 /// take most of the link from a high-priority one.
 pub const WRITER_HOLD: std::time::Duration = std::time::Duration::from_millis(1);
 
+/// How often a session whose spare stream pages exceed
+/// [`IDLE_SPARE_PAGES`](pages::IDLE_SPARE_PAGES) frees those it did not need during the last
+/// interval (see [`PagePool`](pages::PagePool)): an idle session is back to the idle bound
+/// within two intervals.
+pub const PAGE_TRIM_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Limits and windows of the stream layer.
 #[derive(Debug, Clone)]
 pub struct SessionConfig {

@@ -32,15 +32,24 @@ pub const DEFAULT_SPARE_PAGES: usize = 256;
 pub const IDLE_SPARE_PAGES: usize = 8;
 
 /// Spare full-size pages, reused by the stream buffers of one session. Bounded twice: never
-/// more than `max`, and never more than the pages the session's buffers hold now (or
-/// [`IDLE_SPARE_PAGES`] if that is more): a busy transfer recycles pages at the rate its
-/// buffers turn over, and once its buffers drain the spares go back to the allocator.
+/// more than `max`, and never more than the most pages the session's buffers held at once
+/// since the last [`trim`](Self::trim) (or [`IDLE_SPARE_PAGES`] if that is more). A busy
+/// transfer recycles pages at the rate its buffers turn over, through bursts: a receiver
+/// whose reader keeps up holds a few pages between bursts of up to hundreds, and a bound
+/// following the pages held at each instant handed the spares of every burst back to the
+/// allocator, which returned them to the kernel and faulted them in again for the next one
+/// (~125,000 page faults per GB received, ~10-30 % of a receiver's CPU on loopback). The
+/// session trims every [`PAGE_TRIM_INTERVAL`](super::PAGE_TRIM_INTERVAL) while spares exceed
+/// the idle bound, so an idle session is back to at most [`IDLE_SPARE_PAGES`] within two
+/// intervals.
 #[derive(Debug)]
 pub struct PagePool {
     spare: Vec<Vec<u8>>,
     max: usize,
     /// Pages taken and not given back (held by the session's buffers).
     in_use: usize,
+    /// The most pages held at once since the last trim.
+    peak: usize,
 }
 
 impl Default for PagePool {
@@ -56,6 +65,7 @@ impl PagePool {
             spare: Vec::new(),
             max,
             in_use: 0,
+            peak: 0,
         }
     }
 
@@ -68,19 +78,32 @@ impl PagePool {
     /// allocation-free `Vec` that grows as it is written.
     fn take(&mut self) -> Vec<u8> {
         self.in_use += 1;
+        self.peak = self.peak.max(self.in_use);
         self.spare.pop().unwrap_or_default()
     }
 
-    /// Takes back a page no longer used; kept if full-size and the pool has room (spares
-    /// beyond the bound, which falls as the buffers drain, are freed).
+    /// The number of spares the pool may keep now.
+    fn bound(&self) -> usize {
+        self.max
+            .min(self.in_use.max(self.peak).max(IDLE_SPARE_PAGES))
+    }
+
+    /// Takes back a page no longer used; kept if full-size and the pool has room.
     fn give(&mut self, mut page: Vec<u8>) {
         self.in_use = self.in_use.saturating_sub(1);
-        let keep = self.max.min(self.in_use.max(IDLE_SPARE_PAGES));
-        if page.capacity() >= PAGE && self.spare.len() < keep {
+        if page.capacity() >= PAGE && self.spare.len() < self.bound() {
             page.clear();
             self.spare.push(page);
         }
-        self.spare.truncate(keep);
+    }
+
+    /// Ends a trim interval: frees the spares beyond the most pages held during it (or
+    /// [`IDLE_SPARE_PAGES`]) and starts the next. Returns whether more than
+    /// [`IDLE_SPARE_PAGES`] spares remain (another interval should follow).
+    pub fn trim(&mut self) -> bool {
+        self.spare.truncate(self.bound());
+        self.peak = self.in_use;
+        self.spare.len() > IDLE_SPARE_PAGES
     }
 }
 
@@ -246,7 +269,7 @@ mod tests {
     }
 
     #[test]
-    fn spares_follow_the_pages_in_use_and_an_idle_pool_keeps_few() {
+    fn spares_follow_the_recent_peak_and_an_idle_pool_keeps_few() {
         let mut pool = PagePool::default();
         let mut p = Pages::new(0);
         let mut q = Pages::new(0);
@@ -259,10 +282,18 @@ mod tests {
         let mut r = Pages::new(0);
         r.write(0, &bytes(50 * PAGE, 3), &mut pool);
         assert_eq!(pool.spare(), 0);
-        // Everything drains: the pool keeps only IDLE_SPARE_PAGES.
+        // Everything drains: the pool keeps the spares of its peak until trimmed; a trim
+        // interval with no use brings it down to IDLE_SPARE_PAGES.
         for pages in [&mut p, &mut q, &mut r] {
             pages.release_all(&mut pool);
         }
+        assert_eq!(pool.spare(), 200);
+        assert!(
+            pool.trim(),
+            "the interval held 200 pages at its peak: all kept"
+        );
+        assert_eq!(pool.spare(), 200);
+        assert!(!pool.trim(), "an interval without use");
         assert_eq!(pool.spare(), IDLE_SPARE_PAGES);
     }
 

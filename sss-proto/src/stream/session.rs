@@ -163,6 +163,12 @@ pub struct Session {
     pub(crate) unopened: Unopened,
     /// Spare pages for the streams' send and receive buffers.
     pub(crate) pool: PagePool,
+    /// When the pool's spares are next trimmed, after a trim that left more than the idle
+    /// bound; before the first, [`PAGE_TRIM_INTERVAL`](super::PAGE_TRIM_INTERVAL) after
+    /// `last_active`.
+    pub(crate) pages_trim_at: Option<Instant>,
+    /// When the channel last asked for frames or delivered one.
+    pub(crate) last_active: Option<Instant>,
     /// Bytes written and not yet acknowledged, all streams together (the sum of their
     /// `send.buffered()`), against `config.session_send_buffer`.
     pub(crate) send_buffered: usize,
@@ -229,6 +235,8 @@ impl Session {
             reassembly,
             unopened: Unopened::new(config.unopened_datagram_limit),
             pool: PagePool::default(),
+            pages_trim_at: None,
+            last_active: None,
             send_buffered: 0,
             session_write_waiters: Vec::new(),
             events: VecDeque::new(),
@@ -515,6 +523,7 @@ impl Session {
             self.reassembly.next_deadline(),
             self.unopened.next_deadline(),
             self.hold.map(|h| h.1),
+            self.page_trim_deadline(),
         ]
         .into_iter()
         .flatten()
@@ -528,6 +537,9 @@ impl Session {
         self.unopened.expire(now);
         if self.hold.is_some_and(|(_, until)| now >= until) {
             self.hold = None;
+        }
+        if self.page_trim_deadline().is_some_and(|at| now >= at) {
+            self.pages_trim_at = self.pool.trim().then_some(now + super::PAGE_TRIM_INTERVAL);
         }
         if let Some(since) = self.detached_since {
             if now >= since + self.config.detached_timeout && !self.streams.is_empty() {
@@ -543,6 +555,15 @@ impl Session {
                 self.remote_session_id = None;
             }
         }
+    }
+
+    /// When spare pages beyond the idle bound are next trimmed, if there are any.
+    fn page_trim_deadline(&self) -> Option<Instant> {
+        if self.pool.spare() <= super::pages::IDLE_SPARE_PAGES {
+            return None;
+        }
+        self.pages_trim_at
+            .or_else(|| Some(self.last_active? + super::PAGE_TRIM_INTERVAL))
     }
 
     // ------------------------------------------------------------ opening

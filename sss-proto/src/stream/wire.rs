@@ -735,6 +735,7 @@ impl Upper for Session {
         space: usize,
         metas: &mut Vec<SentFrame>,
     ) {
+        self.last_active = Some(now);
         let limit = buf.len() + space;
         self.write_control(now, buf, limit, metas);
         while let Some((id, priority)) = self.scheduler.pop() {
@@ -811,6 +812,7 @@ impl Upper for Session {
     }
 
     fn handle_frame(&mut self, now: Instant, ty: FrameType, body: &[u8]) -> Result<(), UpperError> {
+        self.last_active = Some(now);
         let frame = match StreamLayerFrame::decode(ty, body) {
             Ok(f) => f,
             // A frame type of a later version: skip it (the channel delimits every frame).
