@@ -3,69 +3,21 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::seeds;
-use sss_proto::sim::{LinkConfig, Network, NodeId};
-use sss_proto::stream::{ErrorCode, Session, SessionConfig, SessionEvent, StreamError, StreamId};
-use sss_proto::testkit::addr;
-use sss_proto::testkit::session_host::{SessionHost, SessionPair};
-use sss_proto::Eid;
+use common::sessions::{pattern, World};
+use sss_proto::sim::LinkConfig;
+use sss_proto::stream::{ErrorCode, SessionConfig, SessionEvent, StreamError, StreamId};
 
 const SERVICE: (&str, &str) = ("test", "datagrams/1");
 
-struct World {
-    net: Network<SessionHost>,
-    a: NodeId,
-    b: NodeId,
-    a_eid: Eid,
-    b_eid: Eid,
-}
-
 /// A (dialling) and B (listening) with their own session configurations.
 fn world(seed: u64, link: LinkConfig, a: SessionConfig, b: SessionConfig) -> World {
-    let mut channel = sss_proto::ChannelConfig::default();
-    channel.initial_rtt = Duration::from_millis(100);
-    let SessionPair {
-        mut net,
-        a: na,
-        b: nb,
-        a_eid,
-        b_eid,
-    } = SessionPair::new(seed, link, a, channel, SERVICE);
-    net.node_mut(nb).session_config = Arc::new(b);
-    World {
-        net,
-        a: na,
-        b: nb,
-        a_eid,
-        b_eid,
-    }
+    common::sessions::world(seed, link, a, b, SERVICE)
 }
 
 impl World {
-    fn a_session(&mut self) -> &mut Session {
-        let b_eid = self.b_eid;
-        self.net.node_mut(self.a).sessions.get_mut(&b_eid).unwrap()
-    }
-
-    fn b_session(&mut self) -> &mut Session {
-        let a_eid = self.a_eid;
-        self.net.node_mut(self.b).sessions.get_mut(&a_eid).unwrap()
-    }
-
-    fn open(&mut self) -> StreamId {
-        let (now, b_eid) = (self.net.now(), self.b_eid);
-        let id = self
-            .net
-            .node_mut(self.a)
-            .open(now, b_eid, addr(2), SERVICE.0, SERVICE.1)
-            .unwrap();
-        self.net.wake(self.a);
-        id
-    }
-
     fn run(&mut self, d: Duration) {
         self.net.run_for(d).unwrap();
     }
@@ -90,18 +42,6 @@ impl World {
             .map(|(_, e)| e)
             .collect()
     }
-}
-
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 const SMALL_LIMIT: u64 = 64 * 1024;

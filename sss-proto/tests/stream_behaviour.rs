@@ -2,74 +2,30 @@
 //! streams that survive the death of their channel, link status events, the SST priority
 //! experiment, and a hostile peer that cannot make a session grow without bound.
 
+mod common;
+
 use std::cell::Cell;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::sessions::{pattern, World};
 use sss_proto::channel::{CloseCode, Upper};
 use sss_proto::frame::FrameType;
-use sss_proto::sim::{LinkConfig, Network, NodeId, Verdict};
+use sss_proto::sim::{LinkConfig, NodeId, Verdict};
 use sss_proto::stream::frames::{OpenInfo, StreamLayerFrame};
 use sss_proto::stream::pages::IDLE_SPARE_PAGES;
 use sss_proto::stream::{LinkStatus, Session, SessionConfig, SessionEvent, StreamError, StreamId};
 use sss_proto::stream::{PAGE_TRIM_INTERVAL, WRITER_HOLD};
-use sss_proto::testkit::session_host::{SessionHost, SessionPair};
 use sss_proto::testkit::{addr, identity};
-use sss_proto::Eid;
 
 const SERVICE: (&str, &str) = ("test", "behaviour/1");
 
-struct World {
-    net: Network<SessionHost>,
-    a: NodeId,
-    b: NodeId,
-    a_eid: Eid,
-    b_eid: Eid,
-}
-
 fn world(seed: u64, link: LinkConfig, config: SessionConfig) -> World {
-    let mut channel = sss_proto::ChannelConfig::default();
-    channel.initial_rtt = Duration::from_millis(100);
-    let SessionPair {
-        net,
-        a,
-        b,
-        a_eid,
-        b_eid,
-    } = SessionPair::new(seed, link, config, channel, SERVICE);
-    World {
-        net,
-        a,
-        b,
-        a_eid,
-        b_eid,
-    }
+    common::sessions::world(seed, link, config.clone(), config, SERVICE)
 }
 
 impl World {
-    fn a_session(&mut self) -> &mut Session {
-        let b_eid = self.b_eid;
-        self.net.node_mut(self.a).sessions.get_mut(&b_eid).unwrap()
-    }
-
-    fn b_session(&mut self) -> &mut Session {
-        let a_eid = self.a_eid;
-        self.net.node_mut(self.b).sessions.get_mut(&a_eid).unwrap()
-    }
-
-    /// Opens a top-level stream from A (creating the channel if needed).
-    fn open(&mut self) -> StreamId {
-        let (now, b_eid) = (self.net.now(), self.b_eid);
-        let id = self
-            .net
-            .node_mut(self.a)
-            .open(now, b_eid, addr(2), SERVICE.0, SERVICE.1)
-            .unwrap();
-        self.net.wake(self.a);
-        id
-    }
-
     fn write(&mut self, id: StreamId, data: &[u8]) {
         let n = self.a_session().write(id, data).unwrap();
         assert_eq!(n, data.len());
@@ -113,18 +69,6 @@ impl World {
             tick(now, got);
         }
     }
-}
-
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 /// Time from `t0` until B has all of stream i's `want` bytes, for a run where the first large

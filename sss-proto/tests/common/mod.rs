@@ -1,6 +1,7 @@
 //! Shared test setups on top of `sss_proto::testkit`.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod sessions;
 pub mod setup;
 
 pub use sss_proto::testkit::host;
