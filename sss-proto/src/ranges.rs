@@ -18,8 +18,13 @@ use std::ops::Range;
 /// A set of `u64` values kept as sorted, disjoint half-open ranges.
 #[derive(Debug, Default, Clone, Eq, PartialEq)]
 pub struct RangeSet {
-    /// start -> end (exclusive).
+    /// Every range but the greatest: start -> end (exclusive).
     map: BTreeMap<u64, u64>,
+    /// The greatest range, kept out of the map: the common operations (a value that extends
+    /// it, a query at or after it) touch only this field, without walking the tree. `None`
+    /// only when the set is empty. Always present in a non-empty set, so the representation
+    /// of a set is unique and the derived equality holds.
+    last: Option<(u64, u64)>,
 }
 
 impl RangeSet {
@@ -35,41 +40,26 @@ impl RangeSet {
         }
         // Fast path: most insertions extend or follow the last range (packet numbers, and
         // stream data arriving in order).
-        if let Some(mut last) = self.map.last_entry() {
-            let (last_start, last_end) = (*last.key(), *last.get());
-            if r.start >= last_start {
-                if r.start > last_end {
-                    self.map.insert(r.start, r.end);
-                    return true;
-                }
-                if r.end <= last_end {
-                    return false;
-                }
-                *last.get_mut() = r.end;
+        match &mut self.last {
+            None => {
+                self.last = Some((r.start, r.end));
                 return true;
             }
-        }
-        let (mut start, mut end) = (r.start, r.end);
-        if let Some((s, e)) = self.pred(start) {
-            if e >= end {
-                return false;
+            Some((last_start, last_end)) if r.start >= *last_start => {
+                if r.start > *last_end {
+                    self.map.insert(*last_start, *last_end);
+                    self.last = Some((r.start, r.end));
+                    return true;
+                }
+                if r.end <= *last_end {
+                    return false;
+                }
+                *last_end = r.end;
+                return true;
             }
-            // A predecessor that overlaps or touches is absorbed into the new range.
-            if e >= start {
-                self.map.remove(&s);
-                start = s;
-            }
+            Some(_) => {}
         }
-        // Absorb every following range that starts inside or right at the end of the new one.
-        while let Some((s, e)) = self.succ(start) {
-            if s > end {
-                break;
-            }
-            self.map.remove(&s);
-            end = end.max(e);
-        }
-        self.map.insert(start, end);
-        true
+        self.with_all(|map| insert_into(map, r))
     }
 
     /// Adds `x`; returns whether it was new. `u64::MAX` cannot be stored and returns `false`.
@@ -82,97 +72,145 @@ impl RangeSet {
 
     /// Removes every value of `r`.
     pub fn remove(&mut self, r: Range<u64>) {
-        if r.is_empty() {
+        if r.is_empty() || self.last.is_none() {
             return;
         }
-        // A range starting before `r` may stick out on the left, the right, or both.
-        if let Some((s, e)) = self.pred(r.start) {
-            if e > r.start {
-                self.map.remove(&s);
-                if s < r.start {
-                    self.map.insert(s, r.start);
-                }
-                if e > r.end {
-                    self.map.insert(r.end, e);
-                    return;
-                }
-            }
-        }
-        while let Some((s, e)) = self.succ(r.start) {
-            if s >= r.end {
-                break;
-            }
-            self.map.remove(&s);
-            if e > r.end {
-                self.map.insert(r.end, e);
-                break;
-            }
-        }
+        self.with_all(|map| remove_from(map, r));
     }
 
     /// Whether `x` is a member.
     pub fn contains(&self, x: u64) -> bool {
         // Fast path: most queries fall in or after the last range (stream counters opened in
         // order, packet numbers near the newest).
-        match self.map.last_key_value() {
+        match self.last {
             None => false,
-            Some((&s, &e)) if x >= s => x < e,
-            Some(_) => self.pred(x).is_some_and(|(_, e)| e > x),
+            Some((s, e)) if x >= s => x < e,
+            Some(_) => pred(&self.map, x).is_some_and(|(_, e)| e > x),
         }
     }
 
     /// The smallest member.
     pub fn min(&self) -> Option<u64> {
-        self.map.first_key_value().map(|(&s, _)| s)
+        match self.map.first_key_value() {
+            Some((&s, _)) => Some(s),
+            None => self.last.map(|(s, _)| s),
+        }
     }
 
     /// The largest member.
     pub fn max(&self) -> Option<u64> {
-        // Entries are never empty, so `e >= 1`.
-        self.map.last_key_value().map(|(_, &e)| e - 1)
+        // Ranges are never empty, so `e >= 1`.
+        self.last.map(|(_, e)| e - 1)
     }
 
     /// Number of disjoint ranges (not of values; see [`RangeSet::elements`]).
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.map.len() + usize::from(self.last.is_some())
     }
 
     /// Whether the set has no members.
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.last.is_none()
     }
 
     /// The ranges in ascending order; `.rev()` gives the newest first.
     pub fn iter(&self) -> impl DoubleEndedIterator<Item = Range<u64>> + '_ {
-        self.map.iter().map(|(&s, &e)| s..e)
+        self.map
+            .iter()
+            .map(|(&s, &e)| s..e)
+            .chain(self.last.map(|(s, e)| s..e))
     }
 
     /// Removes and returns the lowest range.
     pub fn pop_min(&mut self) -> Option<Range<u64>> {
-        self.map.pop_first().map(|(s, e)| s..e)
+        match self.map.pop_first() {
+            Some((s, e)) => Some(s..e),
+            None => self.last.take().map(|(s, e)| s..e),
+        }
     }
 
     /// Total number of members.
     pub fn elements(&self) -> u64 {
         // Disjoint ranges below u64::MAX cannot sum past u64::MAX.
-        self.map.iter().map(|(&s, &e)| e - s).sum()
+        self.iter().map(|r| r.end - r.start).sum()
     }
 
-    /// The range that starts at or before `x`, if any.
-    fn pred(&self, x: u64) -> Option<(u64, u64)> {
-        self.map
-            .range((Unbounded, Included(x)))
-            .next_back()
-            .map(|(&s, &e)| (s, e))
+    /// Runs `f` on a map holding every range, the last one included, then takes the
+    /// greatest range out of it again: the slow paths work on one tree.
+    fn with_all<R>(&mut self, f: impl FnOnce(&mut BTreeMap<u64, u64>) -> R) -> R {
+        if let Some((s, e)) = self.last.take() {
+            self.map.insert(s, e);
+        }
+        let out = f(&mut self.map);
+        self.last = self.map.pop_last();
+        out
     }
+}
 
-    /// The first range that starts after `x`, if any.
-    fn succ(&self, x: u64) -> Option<(u64, u64)> {
-        self.map
-            .range((Excluded(x), Unbounded))
-            .next()
-            .map(|(&s, &e)| (s, e))
+/// [`RangeSet::insert`] on a plain map of ranges.
+fn insert_into(map: &mut BTreeMap<u64, u64>, r: Range<u64>) -> bool {
+    let (mut start, mut end) = (r.start, r.end);
+    if let Some((s, e)) = pred(map, start) {
+        if e >= end {
+            return false;
+        }
+        // A predecessor that overlaps or touches is absorbed into the new range.
+        if e >= start {
+            map.remove(&s);
+            start = s;
+        }
     }
+    // Absorb every following range that starts inside or right at the end of the new one.
+    while let Some((s, e)) = succ(map, start) {
+        if s > end {
+            break;
+        }
+        map.remove(&s);
+        end = end.max(e);
+    }
+    map.insert(start, end);
+    true
+}
+
+/// [`RangeSet::remove`] on a plain map of ranges.
+fn remove_from(map: &mut BTreeMap<u64, u64>, r: Range<u64>) {
+    // A range starting before `r` may stick out on the left, the right, or both.
+    if let Some((s, e)) = pred(map, r.start) {
+        if e > r.start {
+            map.remove(&s);
+            if s < r.start {
+                map.insert(s, r.start);
+            }
+            if e > r.end {
+                map.insert(r.end, e);
+                return;
+            }
+        }
+    }
+    while let Some((s, e)) = succ(map, r.start) {
+        if s >= r.end {
+            break;
+        }
+        map.remove(&s);
+        if e > r.end {
+            map.insert(r.end, e);
+            break;
+        }
+    }
+}
+
+/// The range of `map` that starts at or before `x`, if any.
+fn pred(map: &BTreeMap<u64, u64>, x: u64) -> Option<(u64, u64)> {
+    map.range((Unbounded, Included(x)))
+        .next_back()
+        .map(|(&s, &e)| (s, e))
+}
+
+/// The first range of `map` that starts after `x`, if any.
+fn succ(map: &BTreeMap<u64, u64>, x: u64) -> Option<(u64, u64)> {
+    map.range((Excluded(x), Unbounded))
+        .next()
+        .map(|(&s, &e)| (s, e))
 }
 
 #[cfg(test)]
@@ -206,6 +244,14 @@ mod tests {
         }
         for w in ranges.windows(2) {
             assert!(w[0].end < w[1].start, "ranges {:?} touch or overlap", w);
+        }
+        // The greatest range lives outside the map, and only an empty set has none.
+        match set.last {
+            None => assert!(set.map.is_empty(), "ranges stored without a last one"),
+            Some((s, _)) => assert!(
+                set.map.last_key_value().is_none_or(|(_, &e)| e < s),
+                "the map holds a range at or after the last one"
+            ),
         }
     }
 
@@ -252,6 +298,12 @@ mod tests {
                 let flattened: Vec<u64> = set.iter().flatten().collect();
                 let expected: Vec<u64> = model.iter().copied().collect();
                 prop_assert_eq!(flattened, expected);
+                // One representation per set: equality holds with a set built in order.
+                let mut rebuilt = RangeSet::new();
+                for r in set.iter() {
+                    rebuilt.insert(r);
+                }
+                prop_assert_eq!(&rebuilt, &set);
             }
         }
     }

@@ -48,7 +48,7 @@ use rand_chacha::ChaCha20Rng;
 use self::acks::ReceivedPackets;
 use self::ecn::{EcnOutcome, EcnSender};
 use self::keys::KeySet;
-use self::sent::SentPackets;
+use self::sent::{FrameSpan, SentPackets};
 use self::spurious::SpuriousLosses;
 use self::timer::{Timer, TimerTable};
 use crate::crypto::aead::{Suite, TAG_LEN};
@@ -238,6 +238,9 @@ pub struct Channel<M> {
     /// Largest of our packet numbers the peer acknowledged.
     largest_acked: Option<u64>,
     sent: SentPackets<M>,
+    /// Reused by [`on_ack_received`](Self::on_ack_received): the frame spans of the packets
+    /// an ACK frame acknowledges.
+    acked_spans: Vec<FrameSpan>,
     received: ReceivedPackets,
     replay: ReplayWindow,
     rtt: RttEstimator,
@@ -317,6 +320,7 @@ impl<M> Channel<M> {
             next_pn: 0,
             largest_acked: None,
             sent: SentPackets::new(),
+            acked_spans: Vec::new(),
             received: ReceivedPackets::new(),
             replay: ReplayWindow::new(),
             rtt,
@@ -911,9 +915,7 @@ impl<M> Channel<M> {
     /// on the old path count neither for nor against the new one.
     fn reset_ecn_path(&mut self) {
         self.ecn.on_path_change();
-        for p in self.sent.iter_mut() {
-            p.ect = false;
-        }
+        self.sent.clear_ect();
     }
 
     /// A PATH_RESPONSE arrived from `from`.
@@ -1034,38 +1036,42 @@ impl<M> Channel<M> {
         let mut acked_marked = 0u64;
         // Send time of the newest packet newly acknowledged: a CE signal belongs to it.
         let mut newest_acked: Option<(u64, Instant)> = None;
+        // The frame records of the packets acknowledged, released once every range is
+        // taken, in the order the packets were taken.
+        let mut spans = std::mem::take(&mut self.acked_spans);
         for range in ack.iter() {
-            for pn in self.sent.range(*range.start(), *range.end()) {
-                let Some(p) = self.sent.take(pn) else {
-                    continue;
-                };
-                acked_any = true;
-                if pn == ack.largest {
-                    rtt_sample = Some(now.saturating_duration_since(p.time));
-                }
-                acked_marked += u64::from(p.ect);
-                if newest_acked.is_none_or(|(n, _)| pn > n) {
-                    newest_acked = Some((pn, p.time));
-                }
-                acked_ack_eliciting |= p.ack_eliciting;
-                if p.in_flight {
-                    self.bytes_in_flight = self.bytes_in_flight.saturating_sub(u64::from(p.size));
-                    self.cc
-                        .on_ack(now, p.time, u64::from(p.size), self.app_limited, &self.rtt);
-                }
-                let mtu_before = self.mtu.current();
-                self.mtu
-                    .on_acked(pn, p.size.saturating_add(u16::from(p.cut)));
-                if self.mtu.current() != mtu_before {
-                    self.cc.on_mtu_update(self.mtu.current());
-                }
-                if let Some(l) = p.largest_acked {
-                    self.received.on_ack_acked(l);
-                }
-                self.sent
-                    .release_frames(p.frames, |meta| upper.on_acked(meta));
-            }
+            self.sent
+                .take_range(*range.start(), *range.end(), &mut spans, |pn, p| {
+                    acked_any = true;
+                    if pn == ack.largest {
+                        rtt_sample = Some(now.saturating_duration_since(p.time));
+                    }
+                    acked_marked += u64::from(p.ect);
+                    if newest_acked.is_none_or(|(n, _)| pn > n) {
+                        newest_acked = Some((pn, p.time));
+                    }
+                    acked_ack_eliciting |= p.ack_eliciting;
+                    if p.in_flight {
+                        self.bytes_in_flight =
+                            self.bytes_in_flight.saturating_sub(u64::from(p.size));
+                        self.cc
+                            .on_ack(now, p.time, u64::from(p.size), self.app_limited, &self.rtt);
+                    }
+                    let mtu_before = self.mtu.current();
+                    self.mtu
+                        .on_acked(pn, p.size.saturating_add(u16::from(p.cut)));
+                    if self.mtu.current() != mtu_before {
+                        self.cc.on_mtu_update(self.mtu.current());
+                    }
+                    if let Some(l) = p.largest_acked {
+                        self.received.on_ack_acked(l);
+                    }
+                });
         }
+        for span in spans.drain(..) {
+            self.sent.release_frames(span, |meta| upper.on_acked(meta));
+        }
+        self.acked_spans = spans;
         if !acked_any {
             return Ok(());
         }
@@ -1180,16 +1186,16 @@ impl<M> Channel<M> {
             return;
         };
         for pn in first..largest_acked {
-            let Some(p) = self.sent.get(pn) else {
+            let Some(sent_at) = self.sent.time(pn) else {
                 if oldest_lost.is_some() {
                     seen_gap = true;
                 }
                 continue;
             };
             let by_count = largest_acked >= pn.saturating_add(self.spurious.packet_threshold());
-            let by_time = lost_before.is_some_and(|t| p.time <= t);
+            let by_time = lost_before.is_some_and(|t| sent_at <= t);
             if !(by_count || by_time) {
-                let at = p.time + loss_delay;
+                let at = sent_at + loss_delay;
                 self.loss_time = Some(self.loss_time.map_or(at, |l| l.min(at)));
                 continue;
             }
