@@ -84,11 +84,21 @@ impl Slot {
         self.sent_nanos == Self::EMPTY
     }
 
-    fn pack(p: &SentPacket, epoch: Instant) -> Slot {
-        let nanos = p.time.saturating_duration_since(epoch).as_nanos();
+    /// Nanoseconds from `epoch` to `time`, in u64 arithmetic (`as_nanos` is u128): a send
+    /// time 584 years after the first is out of reach, and saturates below the empty marker.
+    fn nanos(epoch: Instant, time: Instant) -> u64 {
+        let since = time.saturating_duration_since(epoch);
+        since
+            .as_secs()
+            .saturating_mul(1_000_000_000)
+            .saturating_add(u64::from(since.subsec_nanos()))
+            .min(Self::EMPTY - 1)
+    }
+
+    /// `p` as stored, sent `sent_nanos` after the epoch.
+    fn pack(p: &SentPacket, sent_nanos: u64) -> Slot {
         Slot {
-            // A send time u64::MAX nanoseconds (584 years) after the first is out of reach.
-            sent_nanos: u64::try_from(nanos).unwrap_or(Self::EMPTY - 1),
+            sent_nanos,
             largest_acked: p.largest_acked.unwrap_or(u64::MAX),
             frames_first: p.frames.first,
             frames_len: p.frames.len,
@@ -105,9 +115,10 @@ impl Slot {
         epoch + std::time::Duration::from_nanos(self.sent_nanos)
     }
 
-    fn unpack(&self, epoch: Instant) -> SentPacket {
+    /// The packet stored, sent at `time` (its [`time`](Self::time), maybe from a cache).
+    fn unpack(&self, time: Instant) -> SentPacket {
         SentPacket {
-            time: self.time(epoch),
+            time,
             size: self.size,
             ack_eliciting: self.flags & Self::ACK_ELICITING != 0,
             in_flight: self.flags & Self::IN_FLIGHT != 0,
@@ -132,6 +143,9 @@ pub(crate) struct SentPackets<M> {
     /// packet recorded (callers' clocks are monotonic; an earlier time would be stored as
     /// this one).
     epoch: Option<Instant>,
+    /// The last send time converted for [`insert`](Self::insert) and its nanoseconds: the
+    /// packets of a batch share one send time, so the conversion runs once per batch.
+    last_sent: Option<(Instant, u64)>,
     /// Slots holding a packet.
     outstanding: usize,
     /// Frame records of the packets sent, in sending order; `None` once released. The front
@@ -151,6 +165,7 @@ impl<M> SentPackets<M> {
             base: 0,
             slots: VecDeque::new(),
             epoch: None,
+            last_sent: None,
             outstanding: 0,
             records: VecDeque::new(),
             records_base: 0,
@@ -210,7 +225,15 @@ impl<M> SentPackets<M> {
         while self.base + (self.slots.len() as u64) < pn {
             self.slots.push_back(Slot::VACANT);
         }
-        self.slots.push_back(Slot::pack(&packet, epoch));
+        let nanos = match self.last_sent {
+            Some((time, nanos)) if time == packet.time => nanos,
+            _ => {
+                let nanos = Slot::nanos(epoch, packet.time);
+                self.last_sent = Some((packet.time, nanos));
+                nanos
+            }
+        };
+        self.slots.push_back(Slot::pack(&packet, nanos));
         self.outstanding += 1;
     }
 
@@ -223,7 +246,7 @@ impl<M> SentPackets<M> {
         if slot.is_vacant() {
             return None;
         }
-        let packet = slot.unpack(epoch);
+        let packet = slot.unpack(slot.time(epoch));
         slot.sent_nanos = Slot::EMPTY;
         self.outstanding -= 1;
         self.trim();
@@ -253,9 +276,19 @@ impl<M> SentPackets<M> {
         let start = (first - self.base) as usize;
         let end = (last - self.base) as usize;
         let mut taken = 0;
+        // Consecutive packets mostly share a send time (one batch): convert it once.
+        let mut last_time: Option<(u64, Instant)> = None;
         for (pn, slot) in (first..).zip(self.slots.range_mut(start..=end)) {
             if !slot.is_vacant() {
-                let p = slot.unpack(epoch);
+                let time = match last_time {
+                    Some((nanos, time)) if nanos == slot.sent_nanos => time,
+                    _ => {
+                        let time = slot.time(epoch);
+                        last_time = Some((slot.sent_nanos, time));
+                        time
+                    }
+                };
+                let p = slot.unpack(time);
                 slot.sent_nanos = Slot::EMPTY;
                 taken += 1;
                 f(pn, &p);
@@ -278,7 +311,8 @@ impl<M> SentPackets<M> {
     pub(crate) fn get(&self, pn: u64) -> Option<SentPacket> {
         let idx = usize::try_from(pn.checked_sub(self.base)?).ok()?;
         let slot = self.slots.get(idx)?;
-        (!slot.is_vacant()).then(|| slot.unpack(self.epoch.expect("set by the first insert")))
+        (!slot.is_vacant())
+            .then(|| slot.unpack(slot.time(self.epoch.expect("set by the first insert"))))
     }
 
     /// Send time of packet `pn` if it is outstanding.
