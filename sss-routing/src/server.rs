@@ -100,6 +100,9 @@ struct Entry {
     /// The request_id of the REGISTER that stored the record: the NOTIFY token.
     token: RequestId,
     notify: Bucket,
+    /// Request credit of the host while it asks from its observed endpoint, so that a flood
+    /// from other sources (which may exhaust the shared overflow credit) does not starve it.
+    credit: Bucket,
 }
 
 /// The regserver state machine.
@@ -207,7 +210,7 @@ impl Server {
                     self.send_cookie(from, reg.request_id);
                     return;
                 }
-                if self.charge(now, from, reg.request_id) {
+                if self.charge(now, from, reg.request_id, reg.record.body.eid) {
                     self.register(now, from, reg);
                 }
             }
@@ -216,7 +219,7 @@ impl Server {
                     self.send_cookie(from, lookup.request_id);
                     return;
                 }
-                if self.charge(now, from, lookup.request_id) {
+                if self.charge(now, from, lookup.request_id, lookup.caller) {
                     self.lookup(now, from, lookup);
                 }
             }
@@ -309,15 +312,28 @@ impl Server {
         );
     }
 
-    /// Takes one credit from `from`'s IP; without credit, answers RATE_LIMITED and returns
-    /// false.
-    fn charge(&mut self, now: Instant, from: SocketAddr, request_id: RequestId) -> bool {
+    /// Takes one credit: from the record of `eid` if the request comes from its observed
+    /// endpoint (the cookie proved the source), else from the source IP's bucket. Without
+    /// credit, answers RATE_LIMITED and returns false.
+    fn charge(&mut self, now: Instant, from: SocketAddr, request_id: RequestId, eid: Eid) -> bool {
         let (burst, rate) = (self.config.source_burst, self.config.source_rate);
         let ip = from.ip();
-        if !self.sources.contains_key(&ip) && self.sources.len() >= self.config.max_sources {
+        let registered = self
+            .records
+            .get(&eid)
+            .is_some_and(|e| e.record.body.observed == from);
+        if !registered
+            && !self.sources.contains_key(&ip)
+            && self.sources.len() >= self.config.max_sources
+        {
             self.sources.retain(|_, b| !b.is_full(now, burst, rate));
         }
-        let bucket = if let Some(b) = self.sources.get_mut(&ip) {
+        let bucket = if registered {
+            match self.records.get_mut(&eid) {
+                Some(e) => &mut e.credit,
+                None => return false,
+            }
+        } else if let Some(b) = self.sources.get_mut(&ip) {
             b
         } else if self.sources.len() < self.config.max_sources {
             self.sources.entry(ip).or_insert(Bucket::full(now, burst))
@@ -380,13 +396,16 @@ impl Server {
         let granted_secs = granted.as_secs() as u32; // at most 3600
         let expiry = now + granted;
         let seq = body.seq;
-        let notify = match self.records.remove(&eid) {
+        let (notify, credit) = match self.records.remove(&eid) {
             Some(old) => {
                 self.by_expiry.remove(&(old.expiry, eid));
                 self.uncount_ip(old.record.body.observed.ip());
-                old.notify
+                (old.notify, old.credit)
             }
-            None => Bucket::full(now, NOTIFY_BURST),
+            None => (
+                Bucket::full(now, NOTIFY_BURST),
+                Bucket::full(now, self.config.source_burst),
+            ),
         };
         *self.per_ip.entry(ip).or_insert(0) += 1;
         self.by_expiry.insert((expiry, eid));
@@ -398,6 +417,7 @@ impl Server {
                 granted: granted_secs,
                 token: request_id,
                 notify,
+                credit,
             },
         );
         self.stats.registered += 1;

@@ -44,7 +44,10 @@ fn registration_then_lookup_returns_the_verified_endpoints() {
             "10.0.0.5:5000".parse().unwrap()
         ]))
     );
-    assert_eq!(w.lookup_outcome(a, &stranger), Some(LookupOutcome::NotFound));
+    assert_eq!(
+        w.lookup_outcome(a, &stranger),
+        Some(LookupOutcome::NotFound)
+    );
     assert!(w.punch_requests(b).is_empty(), "no NOTIFY without the flag");
 }
 
@@ -62,11 +65,16 @@ fn lookup_with_notify_makes_both_sides_punch_through_nats_after_idle() {
         let b = w.add_host("192.168.2.2:5000", Some(nat_b));
         w.run_for(Duration::from_secs(120));
 
-
         let a_public = w.host(a).client.registered_as().expect("A registered");
         let b_public = w.host(b).client.registered_as().expect("B registered");
-        assert_eq!(a_public.ip(), "192.0.2.10".parse::<std::net::IpAddr>().unwrap());
-        assert_eq!(b_public.ip(), "192.0.2.20".parse::<std::net::IpAddr>().unwrap());
+        assert_eq!(
+            a_public.ip(),
+            "192.0.2.10".parse::<std::net::IpAddr>().unwrap()
+        );
+        assert_eq!(
+            b_public.ip(),
+            "192.0.2.20".parse::<std::net::IpAddr>().unwrap()
+        );
 
         w.lookup(a, b, notify);
         w.run_for(Duration::from_secs(3));
@@ -81,7 +89,10 @@ fn lookup_with_notify_makes_both_sides_punch_through_nats_after_idle() {
             assert!(w.host(a).probed_by(&eb), "B's probes reach A");
         } else {
             assert!(w.punch_requests(b).is_empty());
-            assert!(!w.host(b).probed_by(&ea), "B's NAT drops unsolicited probes");
+            assert!(
+                !w.host(b).probed_by(&ea),
+                "B's NAT drops unsolicited probes"
+            );
         }
     }
 }
@@ -117,13 +128,18 @@ fn registration_lookup_and_notify_survive_loss_over_many_seeds() {
             || !matches!(w.lookup_outcome(a, &eb), Some(LookupOutcome::Found(_)))
         {
             rounds += 1;
-            assert!(rounds <= 10, "seed {seed}: no lookup+notify after 10 rounds");
+            assert!(
+                rounds <= 10,
+                "seed {seed}: no lookup+notify after 10 rounds"
+            );
             w.lookup(a, b, true);
             w.run_for(Duration::from_secs(12));
         }
         assert_eq!(
             w.lookup_outcome(a, &eb),
-            Some(LookupOutcome::Found(vec!["198.51.100.2:5000".parse().unwrap()]))
+            Some(LookupOutcome::Found(vec!["198.51.100.2:5000"
+                .parse()
+                .unwrap()]))
         );
         assert!(w
             .punch_requests(b)

@@ -314,10 +314,14 @@ impl World {
 
     /// The outcome of the last lookup of `target` by `host`, if one ended.
     pub fn lookup_outcome(&self, host: NodeId, target: &Eid) -> Option<LookupOutcome> {
-        self.host(host).events.iter().rev().find_map(|(_, e)| match e {
-            Event::LookupResult { eid, outcome } if eid == target => Some(outcome.clone()),
-            _ => None,
-        })
+        self.host(host)
+            .events
+            .iter()
+            .rev()
+            .find_map(|(_, e)| match e {
+                Event::LookupResult { eid, outcome } if eid == target => Some(outcome.clone()),
+                _ => None,
+            })
     }
 
     /// The peers whose punch requests `host` received.
