@@ -30,6 +30,8 @@ pub const MAX_LIFETIME: Duration = Duration::from_secs(3600);
 pub const NOTIFY_BURST: u32 = 4;
 /// NOTIFYs per second a target receives once its burst is spent.
 pub const NOTIFY_RATE: u32 = 1;
+/// Least time between two sweeps of a full source table for idle entries.
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Configuration of a [`Server`].
 #[derive(Debug, Clone)]
@@ -117,6 +119,8 @@ pub struct Server {
     sources: BTreeMap<IpAddr, Bucket>,
     /// Credit shared by the sources that found no room in `sources`.
     overflow: Bucket,
+    /// When `sources` was last swept for idle entries because it was full.
+    last_sweep: Option<Instant>,
     queue: VecDeque<(SocketAddr, Vec<u8>)>,
     stats: ServerStats,
 }
@@ -136,6 +140,7 @@ impl Server {
             per_ip: BTreeMap::new(),
             sources: BTreeMap::new(),
             overflow,
+            last_sweep: None,
             queue: VecDeque::new(),
             stats: ServerStats::default(),
         }
@@ -322,10 +327,16 @@ impl Server {
             .records
             .get(&eid)
             .is_some_and(|e| e.record.body.observed == from);
+        // A full table is swept for idle entries at most once per SWEEP_INTERVAL, so that a
+        // flood of new sources does not make every request walk the whole table.
         if !registered
             && !self.sources.contains_key(&ip)
             && self.sources.len() >= self.config.max_sources
+            && self
+                .last_sweep
+                .is_none_or(|t| now.saturating_duration_since(t) >= SWEEP_INTERVAL)
         {
+            self.last_sweep = Some(now);
             self.sources.retain(|_, b| !b.is_full(now, burst, rate));
         }
         let bucket = if registered {
