@@ -247,17 +247,26 @@ pub struct ErrorMsg {
 
 /// Any routing message.
 #[derive(Debug, Clone, Eq, PartialEq)]
-#[allow(missing_docs)] // each variant holds the struct of the same name
 pub enum Message {
+    /// HELLO (`0x10`), client to server.
     Hello(Hello),
+    /// COOKIE (`0x11`), server to client.
     Cookie(CookieMsg),
+    /// REGISTER (`0x12`), client to server.
     Register(Register),
+    /// REGISTERED (`0x13`), server to client.
     Registered(Registered),
+    /// LOOKUP (`0x14`), client to server.
     Lookup(Lookup),
+    /// LOOKUP_REPLY (`0x15`), server to client.
     LookupReply(LookupReply),
+    /// NOTIFY (`0x16`), server to the looked-up host.
     Notify(Notify),
+    /// KEEPALIVE (`0x17`), client to server.
     Keepalive(Keepalive),
+    /// KEEPALIVE_REPLY (`0x18`), server to client.
     KeepaliveReply(KeepaliveReply),
+    /// ERROR (`0x19`), server to client.
     Error(ErrorMsg),
 }
 
