@@ -49,7 +49,7 @@ pub struct ClientConfig {
     pub reported: Vec<SocketAddr>,
     /// Lifetime to ask for (the server clamps it to 30 s..1 h).
     pub lifetime: Duration,
-    /// Interval between keepalives while registered.
+    /// Interval between keepalives while registered (at least 1 s is used).
     pub keepalive_interval: Duration,
     /// The first record's sequence number (e.g. wall-clock microseconds, so that a restarted
     /// host continues above its old records).
@@ -405,11 +405,12 @@ impl Client {
             self.reregister_soon(now);
         }
         // Keepalive.
+        let interval = self.keepalive_interval();
         if let Some(reg) = &mut self.registration {
             if reg.next_keepalive <= now {
                 let request_id = self.rng.next_u64();
                 reg.keepalive_id = Some(request_id);
-                reg.next_keepalive = now + self.config.keepalive_interval;
+                reg.next_keepalive = now + interval;
                 let eid = self.identity.eid();
                 self.send(Message::Keepalive(Keepalive { request_id, eid }));
             }
@@ -487,6 +488,11 @@ impl Client {
     fn fresh_cookie(&self, now: Instant) -> Option<HeldCookie> {
         self.cookie
             .filter(|c| now.saturating_duration_since(c.received) < COOKIE_REUSE)
+    }
+
+    /// The configured keepalive interval, at least 1 s (a zero would make the timer spin).
+    fn keepalive_interval(&self) -> Duration {
+        self.config.keepalive_interval.max(Duration::from_secs(1))
     }
 
     fn needs_cookie(&self) -> bool {
@@ -603,12 +609,13 @@ impl Client {
             previous_token: previous.as_ref().map(|p| p.token),
             observed,
             expiry: now + lifetime,
-            next_keepalive: now + self.config.keepalive_interval,
+            next_keepalive: now + self.keepalive_interval(),
             keepalive_id: None,
         });
         self.backoff = RETRY_INITIAL;
+        // At least RETRY_INITIAL, so a server granting no lifetime cannot make us spin.
         self.phase = Phase::Waiting {
-            until: now + lifetime / 2,
+            until: now + (lifetime / 2).max(RETRY_INITIAL),
         };
         if changed {
             self.events.push_back(Event::Registered { observed });
