@@ -240,3 +240,107 @@ fn client_reregisters_when_its_observed_address_changes() {
     );
     assert_eq!(w.host(a).registered_events(), 2);
 }
+
+/// Every pair of NAT kinds, caller and target each behind one: after a lookup with NOTIFY
+/// both punch, and a path exists when at least one side receives the other's probe (it can
+/// answer to the probe's source, through the mapping the probe opened). It does for every
+/// pair except a symmetric NAT against a port-restricted or symmetric one: there the
+/// regserver will have to relay (a later slice).
+#[test]
+fn punching_works_for_every_nat_pair_except_symmetric_against_port_restricted() {
+    let kinds = [
+        NatKind::FullCone,
+        NatKind::AddressRestricted,
+        NatKind::PortRestricted,
+        NatKind::Symmetric,
+    ];
+    for (i, &ka) in kinds.iter().enumerate() {
+        for (j, &kb) in kinds.iter().enumerate() {
+            let mut w = World::new(100 + (i * 4 + j) as u64, clean());
+            let nat_a = w.add_nat("192.0.2.10", ka);
+            let nat_b = w.add_nat("192.0.2.20", kb);
+            let a = w.add_host("192.168.1.2:5000", Some(nat_a));
+            let b = w.add_host("192.168.2.2:5000", Some(nat_b));
+            w.run_for(Duration::from_secs(2));
+            w.lookup(a, b, true);
+            w.run_for(Duration::from_secs(3));
+            assert_eq!(
+                w.punch_requests(b).len(),
+                1,
+                "{ka:?}/{kb:?}: NOTIFY arrives"
+            );
+            let (ea, eb) = (w.eid(a), w.eid(b));
+            let path = w.host(a).probed_by(&eb) || w.host(b).probed_by(&ea);
+            let hard = |x: NatKind, y: NatKind| {
+                x == NatKind::Symmetric && matches!(y, NatKind::PortRestricted | NatKind::Symmetric)
+            };
+            assert_eq!(path, !(hard(ka, kb) || hard(kb, ka)), "{ka:?} -> {kb:?}");
+        }
+    }
+}
+
+/// Forty hosts, half behind their own port-restricted NATs and a few sharing one NAT, on
+/// lossy links, for a few seeds: every host registers, and lookups with NOTIFY between
+/// random pairs (repeated like connection attempts) all end with the target's verified
+/// endpoints while the target is told to punch.
+#[test]
+fn forty_hosts_behind_nats_register_and_find_each_other() {
+    let lossy = LinkConfig {
+        latency: Duration::from_millis(25),
+        jitter: Duration::from_millis(10),
+        loss: 0.1,
+        ..LinkConfig::default()
+    };
+    for seed in 0..8u64 {
+        let mut w = World::new(1_000 + seed, lossy.clone());
+        let shared = w.add_nat("192.0.2.200", NatKind::PortRestricted);
+        let mut hosts = Vec::new();
+        for i in 0..40u32 {
+            let h = match i % 4 {
+                0 | 1 => {
+                    let nat = w.add_nat(&format!("192.0.2.{}", 10 + i), NatKind::PortRestricted);
+                    w.add_host(&format!("192.168.{i}.2:5000"), Some(nat))
+                }
+                2 => w.add_host(&format!("10.77.0.{i}:5000"), Some(shared)),
+                _ => w.add_host(&format!("198.51.100.{i}:5000"), None),
+            };
+            hosts.push(h);
+        }
+        w.run_for(Duration::from_secs(120));
+        for &h in &hosts {
+            assert!(w.host(h).client.registered_as().is_some(), "seed {seed}");
+        }
+        assert_eq!(w.server().record_count(), 40);
+
+        let pairs: Vec<(usize, usize)> = (0..20)
+            .map(|k| (k, (k * 7 + 3 + seed as usize) % 40))
+            .filter(|(x, y)| x != y)
+            .collect();
+        for _round in 0..6 {
+            for &(x, y) in &pairs {
+                let (a, b) = (hosts[x], hosts[y]);
+                let found = matches!(
+                    w.lookup_outcome(a, &w.eid(b)),
+                    Some(LookupOutcome::Found(_))
+                );
+                let told = w.punch_requests(b).iter().any(|(p, _)| *p == w.eid(a));
+                if !(found && told) && w.host(a).client.pending_lookups() == 0 {
+                    w.lookup(a, b, true);
+                }
+            }
+            w.run_for(Duration::from_secs(12));
+        }
+        for &(x, y) in &pairs {
+            let (a, b) = (hosts[x], hosts[y]);
+            let want = w.host(b).client.registered_as().unwrap();
+            match w.lookup_outcome(a, &w.eid(b)) {
+                Some(LookupOutcome::Found(eps)) => assert_eq!(eps[0], want, "seed {seed}"),
+                other => panic!("seed {seed}: {x} -> {y}: {other:?}"),
+            }
+            assert!(
+                w.punch_requests(b).iter().any(|(p, _)| *p == w.eid(a)),
+                "seed {seed}: {y} told about {x}"
+            );
+        }
+    }
+}
