@@ -192,6 +192,8 @@ impl Server {
             return;
         };
         self.cookies.rotate(now, &mut self.rng);
+        // A late driver must not make us serve records past their expiry.
+        self.expire(now);
         match msg {
             Message::Hello(hello) => {
                 // HELLO is at least HELLO_LEN, the COOKIE at most MAX_COOKIE_MSG_LEN.
@@ -251,16 +253,7 @@ impl Server {
     /// Removes expired records and rotates the cookie secret when due.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.cookies.rotate(now, &mut self.rng);
-        while let Some(&(t, eid)) = self.by_expiry.first() {
-            if t > now {
-                break;
-            }
-            self.by_expiry.pop_first();
-            if let Some(entry) = self.records.remove(&eid) {
-                self.uncount_ip(entry.record.body.observed.ip());
-                self.stats.expired += 1;
-            }
-        }
+        self.expire(now);
         // Idle sources go too, so a past flood does not keep the table full.
         let (burst, rate) = (self.config.source_burst, self.config.source_rate);
         self.sources.retain(|_, b| !b.is_full(now, burst, rate));
@@ -283,6 +276,20 @@ impl Server {
     }
 
     // ---- internals ----
+
+    /// Removes the records whose expiry has come.
+    fn expire(&mut self, now: Instant) {
+        while let Some(&(t, eid)) = self.by_expiry.first() {
+            if t > now {
+                break;
+            }
+            self.by_expiry.pop_first();
+            if let Some(entry) = self.records.remove(&eid) {
+                self.uncount_ip(entry.record.body.observed.ip());
+                self.stats.expired += 1;
+            }
+        }
+    }
 
     fn push(&mut self, to: SocketAddr, msg: Message) {
         if self.queue.len() >= self.config.max_queued {

@@ -614,3 +614,19 @@ fn a_flood_from_many_sources_stays_within_the_caps() {
     ));
     assert_eq!(h.server.record(&early.eid()).unwrap().body.seq, 2);
 }
+
+#[test]
+fn a_late_timeout_never_lets_an_expired_record_be_served() {
+    let mut h = Harness::new();
+    let host = identity(1);
+    let from = addr("198.51.100.1:5000");
+    h.register(&host, from, 1);
+    // The driver never calls handle_timeout; the record's 600 s pass anyway.
+    h.now += Duration::from_secs(601);
+    let out = h.lookup(addr("198.51.100.2:1"), identity(2).eid(), host.eid(), false);
+    assert!(matches!(
+        &out[0].1,
+        Message::LookupReply(LookupReply { record: None, .. })
+    ));
+    assert_eq!(h.server.record_count(), 0);
+}
