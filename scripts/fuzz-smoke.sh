@@ -7,7 +7,7 @@ runs="${1:-50000}"
 if ! command -v cargo-fuzz >/dev/null 2>&1; then
   cargo install cargo-fuzz --locked
 fi
-for dir in sss-proto/fuzz; do
+for dir in sss-proto/fuzz sss-routing/fuzz; do
   [ -d "$dir" ] || continue
   for target in $(cd "$dir" && cargo fuzz list); do
     # stream_ops runs whole operation programs (~2k executions/s): cap its time lower.

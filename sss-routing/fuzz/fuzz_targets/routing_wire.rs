@@ -1,0 +1,23 @@
+//! Decodes arbitrary datagrams as routing messages. Decoding never panics, and the encoding
+//! is canonical: a message that decodes re-encodes to exactly its input (HELLO: the same
+//! length and header, its padding written as zeros) and decodes back to an equal message.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use sss_routing::wire::{Message, HELLO_LEN};
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(msg) = Message::decode(data) else {
+        return;
+    };
+    let bytes = msg.to_vec();
+    match &msg {
+        Message::Hello(_) => {
+            assert!(data.len() >= HELLO_LEN);
+            assert_eq!(bytes.len(), data.len());
+            assert_eq!(bytes[..9], data[..9]);
+        }
+        _ => assert_eq!(bytes, data, "non-canonical encoding"),
+    }
+    assert_eq!(Message::decode(&bytes), Ok(msg));
+});
