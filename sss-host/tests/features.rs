@@ -330,14 +330,15 @@ async fn reset_reaches_the_peer_with_its_code() {
 const RACE_LEN: usize = 8 << 20;
 
 /// Two streams of one session, priorities -5 ("L") and 10 ("H"), each writing `RACE_LEN`
-/// bytes at once; windows hold everything, so that only the sender decides what goes first
-/// (not flow control). Returns the first byte of the stream that ended first, and how many
-/// bytes the low-priority stream had delivered by then.
-async fn priority_race(mut config: sss_host::HostConfig) -> (u8, usize) {
+/// bytes at once; each stream's window holds all its bytes, so no stream waits for its own
+/// credit and only the sender's scheduler decides which stream's bytes go next. The session
+/// window is `session_window`. Returns the first byte of the stream that ended first, and how
+/// many bytes the low-priority stream had delivered by then.
+async fn priority_race(mut config: sss_host::HostConfig, session_window: u64) -> (u8, usize) {
     const LEN: usize = RACE_LEN;
     config.session.send_buffer = 4 * LEN;
     config.session.initial_max_stream_data = 2 * LEN as u64;
-    config.session.initial_max_data = 4 * LEN as u64;
+    config.session.initial_max_data = session_window;
     let server = host_with(config.clone());
     let client = host_with(config);
     let listener = server.listen("prio", "v1").unwrap();
@@ -405,7 +406,12 @@ async fn higher_priority_finishes_first() {
     // scheduler orders the bytes.
     let mut config = sss_host::HostConfig::bind(common::loopback());
     config.session.max_unsent = 4 * RACE_LEN;
-    let (first, _) = priority_race(config).await;
+    // The session window (1 MiB, the default) bounds what the low stream sends before the
+    // high stream's writer has queued anything. With a window holding everything, a test
+    // task descheduled for a few tens of milliseconds on a loaded machine let the low stream
+    // finish before the high one had queued a byte (once in ~7 full runs), which says
+    // nothing about the scheduler.
+    let (first, _) = priority_race(config, 1 << 20).await;
     assert_eq!(first, b'H', "the high-priority stream ends first");
 }
 
@@ -414,7 +420,10 @@ async fn higher_priority_finishes_first_when_writers_are_paced() {
     // Writers keep only `max_unsent` (the host's default, 256 KiB) ahead of the network: the
     // high-priority stream runs dry whenever the driver sends faster than its writer refills
     // it, and the lower one must not take those gaps (WRITER_HOLD).
-    let (first, low_then) = priority_race(sss_host::HostConfig::bind(common::loopback())).await;
+    // A session window holding everything: what is measured is the writers' pace against
+    // WRITER_HOLD, not rounds of session credit.
+    let config = sss_host::HostConfig::bind(common::loopback());
+    let (first, low_then) = priority_race(config, 4 * RACE_LEN as u64).await;
     assert_eq!(first, b'H', "the high-priority stream ends first");
     // Strict priority: the low stream got little while the high one was sending (its
     // first queued bytes, and gaps when the high writer ran late by more than the hold:
