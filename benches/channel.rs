@@ -462,29 +462,7 @@ fn payload_sizes() {
         let (mut yard, mut var) = (Duration::ZERO, Duration::ZERO);
         for _ in 0..ROUNDS {
             let y = bare_run(&key, PACKETS, &mut pn, &mut packet);
-            let started = thread_cpu();
-            for _ in 0..PACKETS {
-                pn += 1;
-                let mut n = [0u8; 12];
-                n[4..].copy_from_slice(&pn.to_be_bytes());
-                packet.clear();
-                packet.resize(len, 0xab);
-                key.seal_in_place_append_tag(
-                    Nonce::assume_unique_for_key(n),
-                    Aad::from(&[1u8; 7]),
-                    &mut packet,
-                )
-                .unwrap();
-                let opened = key
-                    .open_in_place(
-                        Nonce::assume_unique_for_key(n),
-                        Aad::from(&[1u8; 7]),
-                        &mut packet,
-                    )
-                    .unwrap();
-                criterion::black_box(opened.len());
-            }
-            let v = thread_cpu() - started;
+            let v = bare_same_size(&key, PACKETS, (7, len), &mut pn, &mut packet);
             ratios.push(v.as_secs_f64() / y.as_secs_f64());
             yard += y;
             var += v;
