@@ -17,6 +17,7 @@ use crate::config::HostConfig;
 use crate::driver::Driver;
 use crate::error::Error;
 use crate::listener::Listener;
+use crate::routing::{reachable, LookupResult, RegserverStatus, Routing};
 use crate::state::{Shared, State};
 use crate::stream::Stream;
 use crate::udp::UdpSocket;
@@ -92,7 +93,13 @@ impl Host {
         let mut seed = [0u8; 32];
         OsRng.fill_bytes(&mut seed);
         let rng = ChaCha20Rng::from_seed(seed);
-        let mut state = State::new(endpoint, config, rng);
+        let routing = Routing::new(identity, config.routing.clone(), local_addr);
+        let regservers = config.regservers.clone();
+        let mut state = State::new(endpoint, config, rng, routing);
+        let now = Instant::now();
+        for (eid, addr) in regservers {
+            state.routing.add(now, eid, addr, &mut state.rng);
+        }
         state.add_ref();
         let eid = identity.eid();
         let shared = Arc::new(Shared::new(state, eid, local_addr));
@@ -424,6 +431,162 @@ impl Host {
         st.wake_driver();
         tracing::debug!(%peer, stream = %id, service, protocol, "opened stream");
         Ok(stream)
+    }
+
+    /// Adds a regserver (its EID and address) to those of
+    /// [`HostConfig::regservers`]: the host registers with it at once and keeps the
+    /// registration alive, and looks peers up in it too. Adding an address twice changes
+    /// nothing.
+    pub fn add_regserver(&self, eid: Eid, addr: SocketAddr) -> Result<(), Error> {
+        let mut st = self.shared.lock();
+        if st.closed {
+            return Err(Error::HostClosed);
+        }
+        let st = &mut *st;
+        st.routing.add(Instant::now(), eid, addr, &mut st.rng);
+        st.wake_driver();
+        Ok(())
+    }
+
+    /// Where this host stands with each of its regservers.
+    pub fn regservers(&self) -> Vec<RegserverStatus> {
+        self.shared.lock().routing.status().borrow().clone()
+    }
+
+    /// Waits until at least one regserver stores our record (at once if one does), and
+    /// returns our endpoint as that regserver observed it (behind a NAT: the NAT's public
+    /// address and port). Fails with [`Error::NoRegserver`] without regservers, and with
+    /// [`Error::HostClosed`] when the host closes first. Registration goes on in the
+    /// background whether or not anyone waits; it is retried forever while regservers do
+    /// not answer, so bound the wait with a timeout if that matters.
+    pub async fn registered(&self) -> Result<SocketAddr, Error> {
+        let (mut status, mut done) = {
+            let st = self.shared.lock();
+            if st.closed {
+                return Err(Error::HostClosed);
+            }
+            if !st.routing.has_servers() {
+                return Err(Error::NoRegserver);
+            }
+            (st.routing.status(), self.shared.done.subscribe())
+        };
+        let first = |s: &Vec<RegserverStatus>| s.iter().find_map(|r| r.registered_as);
+        tokio::select! {
+            r = status.wait_for(|s| first(s).is_some()) => {
+                r.ok().and_then(|s| first(&s)).ok_or(Error::HostClosed)
+            }
+            _ = done.wait_for(|d| *d) => Err(Error::HostClosed),
+        }
+    }
+
+    /// Looks `peer` up in every regserver and returns its endpoints (the one its regserver
+    /// observed first, then those it reports), from the first regserver that knows it.
+    /// Only a record signed by the peer's key counts, so a regserver cannot invent
+    /// endpoints (and the handshake authenticates the peer wherever it answers).
+    ///
+    /// Errors: [`Error::NoRegserver`] without regservers; [`Error::PeerNotFound`] when the
+    /// regservers that answered hold no record of it; [`Error::LookupTimedOut`] when none
+    /// answered within [`RoutingConfig::lookup_timeout`](crate::RoutingConfig::lookup_timeout);
+    /// [`Error::LookupRefused`] when they refused.
+    pub async fn lookup(&self, peer: Eid) -> Result<Vec<SocketAddr>, Error> {
+        self.lookup_inner(peer, false).await
+    }
+
+    async fn lookup_inner(&self, peer: Eid, notify: bool) -> Result<Vec<SocketAddr>, Error> {
+        let (mut result, mut done) = {
+            let mut st = self.shared.lock();
+            if st.closed {
+                return Err(Error::HostClosed);
+            }
+            let rx = st.routing.lookup(Instant::now(), peer, notify)?;
+            st.wake_driver();
+            (rx, self.shared.done.subscribe())
+        };
+        let outcome: LookupResult = tokio::select! {
+            r = result.wait_for(Option::is_some) => r.ok().and_then(|r| r.clone()),
+            _ = done.wait_for(|d| *d) => None,
+        };
+        match outcome {
+            Some(Ok(endpoints)) => Ok(endpoints),
+            Some(Err(failure)) => Err(failure.into_error()),
+            None => Err(Error::HostClosed),
+        }
+    }
+
+    /// Opens a top-level stream to `peer` for (`service`, `protocol`), knowing only its EID.
+    ///
+    /// With a channel to the peer up, the stream opens on it at once. Otherwise the host
+    /// looks the peer up in its regservers as [`lookup`](Self::lookup) does, asking those
+    /// it is registered with to tell the peer to punch toward us (the peer then sends a few
+    /// probes to our endpoints, which opens its NAT toward us), and connects to the
+    /// endpoints found as [`connect`](Self::connect) does: the first handshake to complete
+    /// wins. Lookup errors are returned as they are ([`Error::NoRegserver`],
+    /// [`Error::PeerNotFound`], [`Error::LookupTimedOut`], [`Error::LookupRefused`]);
+    /// connection errors as with `connect`.
+    ///
+    /// ```no_run
+    /// # async fn demo(regserver: sss_host::Eid, addr: std::net::SocketAddr, peer: sss_host::Eid)
+    /// # -> Result<(), sss_host::Error> {
+    /// use sss_host::{Host, HostConfig};
+    ///
+    /// let mut config = HostConfig::default();
+    /// config.regservers = vec![(regserver, addr)];
+    /// let host = Host::new(config)?;
+    /// host.registered().await?; // so that the peer can be asked to punch toward us
+    /// let stream = host.connect_eid(peer, "chat", "v1").await?;
+    /// # drop(stream);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn connect_eid(
+        &self,
+        peer: Eid,
+        service: &str,
+        protocol: &str,
+    ) -> Result<Stream, Error> {
+        check_names(service, protocol)?;
+        let addrs = self.candidates(peer).await?;
+        self.connect(peer, &addrs, service, protocol).await
+    }
+
+    /// [`connect_eid`](Self::connect_eid) with early data: looks the peer up, then
+    /// [`connect_early`](Self::connect_early) to the endpoints found (same replay caveat).
+    pub async fn connect_eid_early(
+        &self,
+        peer: Eid,
+        service: &str,
+        protocol: &str,
+        first: &[u8],
+    ) -> Result<Stream, Error> {
+        check_names(service, protocol)?;
+        let addrs = self.candidates(peer).await?;
+        self.connect_early(peer, &addrs, service, protocol, first)
+            .await
+    }
+
+    /// The endpoints to dial `peer` at: none when a channel is up (the stream opens on
+    /// it), else a lookup with NOTIFY, keeping the endpoints our socket can send to.
+    async fn candidates(&self, peer: Eid) -> Result<Vec<SocketAddr>, Error> {
+        if peer == self.shared.eid {
+            return Err(Error::SelfConnect);
+        }
+        if self.shared.lock().is_connected(peer) {
+            return Ok(Vec::new());
+        }
+        let found = self.lookup_inner(peer, true).await?;
+        let local = self.shared.local_addr;
+        let mut addrs: Vec<SocketAddr> = Vec::new();
+        for a in found {
+            let a = crate::udp::canonical_addr(a);
+            if reachable(local, a) && !addrs.contains(&a) {
+                addrs.push(a);
+            }
+        }
+        if addrs.is_empty() {
+            return Err(Error::NoAddress);
+        }
+        tracing::debug!(%peer, ?addrs, "dialing by EID");
+        Ok(addrs)
     }
 
     /// Statistics of the established channel to `peer` (RTT, congestion window, bytes and
