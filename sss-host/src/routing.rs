@@ -102,8 +102,6 @@ pub(crate) struct Routing {
     punches: HashMap<Eid, PunchBurst>,
     status: watch::Sender<Vec<RegserverStatus>>,
     buf: Vec<u8>,
-    /// PUNCH probes sent (for tests and logs).
-    pub(crate) probes_sent: u64,
 }
 
 impl Routing {
@@ -117,7 +115,6 @@ impl Routing {
             punches: HashMap::new(),
             status: watch::Sender::new(Vec::new()),
             buf: Vec::new(),
-            probes_sent: 0,
         }
     }
 
@@ -201,7 +198,9 @@ impl Routing {
         }
         let rx = lookup.result.subscribe();
         if lookup.remaining == 0 {
-            lookup.result.send_replace(Some(Err(LookupFailure::Refused)));
+            lookup
+                .result
+                .send_replace(Some(Err(LookupFailure::Refused)));
         } else {
             self.lookups.insert(peer, lookup);
         }
@@ -319,15 +318,14 @@ impl Routing {
                     _ => {}
                 }
                 l.remaining = l.remaining.saturating_sub(1);
-                (l.remaining == 0).then(|| {
-                    Err(if l.not_found {
-                        LookupFailure::NotFound
-                    } else if l.refused {
-                        LookupFailure::Refused
-                    } else {
-                        LookupFailure::TimedOut
-                    })
-                })
+                let failure = if l.not_found {
+                    LookupFailure::NotFound
+                } else if l.refused {
+                    LookupFailure::Refused
+                } else {
+                    LookupFailure::TimedOut
+                };
+                (l.remaining == 0).then_some(Err(failure))
             }
         };
         if let Some(result) = decided {
@@ -383,7 +381,6 @@ impl Routing {
         rng: &mut ChaCha20Rng,
         out: &mut VecDeque<(Vec<u8>, Transmit)>,
     ) {
-        let mut sent = 0;
         self.punches.retain(|_, burst| {
             if burst.next > now {
                 return true;
@@ -401,13 +398,11 @@ impl Routing {
                     src_ip: None,
                 };
                 out.push_back((probe, t));
-                sent += 1;
             }
             burst.left -= 1;
             burst.next = now + PUNCH_INTERVAL;
             burst.left > 0
         });
-        self.probes_sent += sent;
     }
 }
 
@@ -468,10 +463,7 @@ mod tests {
     fn a_specific_binding_is_reported_as_is() {
         let local: SocketAddr = "127.0.0.1:4000".parse().unwrap();
         let servers = ["192.0.2.1:9669".parse().unwrap()];
-        assert_eq!(
-            reported_endpoints(local, servers.into_iter()),
-            vec![local]
-        );
+        assert_eq!(reported_endpoints(local, servers.into_iter()), vec![local]);
     }
 
     #[test]

@@ -18,10 +18,10 @@ use rand_chacha::ChaCha20Rng;
 use sss_proto::channel::{ChannelError, ChannelEvent};
 use sss_proto::endpoint::{ChannelHandle, DatagramEvent, Endpoint, Incoming};
 use sss_proto::handshake::RefuseCode;
+use sss_proto::packet::PacketKind;
 use sss_proto::stream::{
     Attach, ErrorCode, LinkStatus, SentFrame, Session, SessionConfig, SessionEvent, StreamId,
 };
-use sss_proto::packet::PacketKind;
 use sss_proto::{Channel, EcnCodepoint, Eid, Transmit};
 use tokio::sync::watch;
 
@@ -177,7 +177,12 @@ pub(crate) struct State {
 }
 
 impl State {
-    pub(crate) fn new(endpoint: Endpoint, config: HostConfig, rng: ChaCha20Rng, routing: Routing) -> Self {
+    pub(crate) fn new(
+        endpoint: Endpoint,
+        config: HostConfig,
+        rng: ChaCha20Rng,
+        routing: Routing,
+    ) -> Self {
         let local = endpoint.eid();
         Self {
             routing,
