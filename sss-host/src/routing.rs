@@ -478,6 +478,90 @@ mod tests {
         }
     }
 
+    fn routing() -> Routing {
+        let identity = Identity::from_secret_bytes(&[7; 32]);
+        Routing::new(
+            &identity,
+            RoutingConfig::default(),
+            "0.0.0.0:4000".parse().unwrap(),
+        )
+    }
+
+    fn eid(n: u64) -> Eid {
+        use rand_chacha::rand_core::SeedableRng;
+        Identity::generate(&mut ChaCha20Rng::seed_from_u64(n)).eid()
+    }
+
+    fn endpoints(base: u16, n: u16) -> Vec<SocketAddr> {
+        (0..n)
+            .map(|i| SocketAddr::from(([192, 0, 2, 1], base + i)))
+            .collect()
+    }
+
+    /// Probes sent at `now`, by destination.
+    fn probes(r: &mut Routing, now: Instant) -> Vec<SocketAddr> {
+        use rand_chacha::rand_core::SeedableRng;
+        let mut out = VecDeque::new();
+        r.send_probes(now, &mut ChaCha20Rng::seed_from_u64(1), &mut out);
+        out.into_iter()
+            .map(|(data, t)| {
+                assert_eq!(data.len(), sss_routing::wire::PUNCH_LEN);
+                assert!(matches!(Message::decode(&data), Ok(Message::Punch(_))));
+                t.destination
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_punch_request_sends_three_probes_per_endpoint_over_a_second() {
+        let mut r = routing();
+        let now = Instant::now();
+        let caller = endpoints(5000, 2);
+        r.on_punch_request(now, eid(1), caller.clone());
+        assert_eq!(r.poll_timeout(), Some(now));
+        let mut total = Vec::new();
+        let mut t = now;
+        for _ in 0..PUNCH_PROBES {
+            assert_eq!(r.poll_timeout(), Some(t));
+            let sent = probes(&mut r, t);
+            assert_eq!(sent, caller);
+            assert!(
+                probes(&mut r, t).is_empty(),
+                "nothing more before the interval"
+            );
+            total.extend(sent);
+            t += PUNCH_INTERVAL;
+        }
+        assert_eq!(total.len(), 2 * PUNCH_PROBES as usize);
+        assert_eq!(r.poll_timeout(), None, "the burst is over");
+        assert!(probes(&mut r, t + Duration::from_secs(5)).is_empty());
+    }
+
+    #[test]
+    fn punch_requests_are_bounded_per_caller_and_in_number() {
+        let mut r = routing();
+        let now = Instant::now();
+        // The same caller again (another regserver's NOTIFY, or a repeat): merged into the
+        // running burst, endpoints capped, no extra probes.
+        r.on_punch_request(now, eid(1), endpoints(5000, 9));
+        r.on_punch_request(now, eid(1), endpoints(5000, 9));
+        r.on_punch_request(now, eid(1), endpoints(6000, 9));
+        assert_eq!(probes(&mut r, now).len(), MAX_PUNCH_ENDPOINTS);
+        // Unusable endpoints are dropped: unspecified, port 0, IPv6 on an IPv4 socket.
+        let junk = vec![
+            "0.0.0.0:5".parse().unwrap(),
+            "192.0.2.9:0".parse().unwrap(),
+            "[2001:db8::1]:5".parse().unwrap(),
+        ];
+        r.on_punch_request(now, eid(2), junk);
+        assert_eq!(r.punches.len(), 1, "nothing to probe: no burst");
+        // At most MAX_PUNCH_PEERS callers at once.
+        for n in 10..10 + 2 * MAX_PUNCH_PEERS as u64 {
+            r.on_punch_request(now, eid(n), endpoints(7000, 1));
+        }
+        assert_eq!(r.punches.len(), MAX_PUNCH_PEERS);
+    }
+
     #[test]
     fn unreachable_endpoints_are_filtered() {
         let v4: SocketAddr = "0.0.0.0:1".parse().unwrap();
