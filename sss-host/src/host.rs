@@ -1,7 +1,7 @@
 //! [`Host`]: an identity, one UDP socket and the driver task; the entry point of the API.
 
 use std::future::poll_fn;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
 use std::task::Poll;
@@ -167,9 +167,20 @@ impl Host {
         service: &str,
         protocol: &str,
     ) -> Result<Stream, Error> {
+        self.connect_to(peer, Dial::Addrs(addrs), service, protocol)
+            .await
+    }
+
+    async fn connect_to(
+        &self,
+        peer: Eid,
+        dial: Dial<'_>,
+        service: &str,
+        protocol: &str,
+    ) -> Result<Stream, Error> {
         check_names(service, protocol)?;
         let stream = self
-            .establish(peer, addrs, service, protocol, true, false)
+            .establish(peer, dial, service, protocol, true, false)
             .await?;
         Ok(stream.expect("asked to open a stream"))
     }
@@ -251,6 +262,18 @@ impl Host {
         protocol: &str,
         prepare: impl FnOnce(&Stream) -> Result<T, Error>,
     ) -> Result<(Stream, T), Error> {
+        self.connect_early_to(peer, Dial::Addrs(addrs), service, protocol, prepare)
+            .await
+    }
+
+    async fn connect_early_to<T>(
+        &self,
+        peer: Eid,
+        dial: Dial<'_>,
+        service: &str,
+        protocol: &str,
+        prepare: impl FnOnce(&Stream) -> Result<T, Error>,
+    ) -> Result<(Stream, T), Error> {
         check_names(service, protocol)?;
         if peer == self.shared.eid {
             return Err(Error::SelfConnect);
@@ -274,7 +297,7 @@ impl Host {
             }
         };
         let Some(stream) = stream else {
-            let stream = self.connect(peer, addrs, service, protocol).await?;
+            let stream = self.connect_to(peer, dial, service, protocol).await?;
             let value = prepare(&stream)?;
             return Ok((stream, value));
         };
@@ -286,7 +309,7 @@ impl Host {
             }
         };
         if let Err(e) = self
-            .establish(peer, addrs, service, protocol, false, early)
+            .establish(peer, dial, service, protocol, false, early)
             .await
         {
             let _ = stream.reset(crate::ErrorCode::LINK_DOWN);
@@ -310,7 +333,7 @@ impl Host {
         let Some((service, protocol)) = names else {
             return Err(Error::NoSession);
         };
-        self.establish(peer, addrs, &service, &protocol, false, false)
+        self.establish(peer, Dial::Addrs(addrs), &service, &protocol, false, false)
             .await
             .map(|_| ())
     }
@@ -320,7 +343,7 @@ impl Host {
     async fn establish(
         &self,
         peer: Eid,
-        addrs: &[SocketAddr],
+        dial: Dial<'_>,
         service: &str,
         protocol: &str,
         open: bool,
@@ -331,6 +354,17 @@ impl Host {
         }
         let mut failures = 0u32;
         loop {
+            // By EID, every attempt looks the peer up again with NOTIFY: the peer punches
+            // anew (its regserver may have withheld the last NOTIFY under its rate limit,
+            // or the probes were lost) and moved peers are found where they are now.
+            let found;
+            let addrs = match dial {
+                Dial::Addrs(addrs) => addrs,
+                Dial::Eid => {
+                    found = self.candidates(peer).await?;
+                    &found[..]
+                }
+            };
             let error = match self
                 .attempt(peer, addrs, service, protocol, open, early)
                 .await
@@ -520,7 +554,8 @@ impl Host {
     /// it is registered with to tell the peer to punch toward us (the peer then sends a few
     /// probes to our endpoints, which opens its NAT toward us), and connects to the
     /// endpoints found as [`connect`](Self::connect) does: the first handshake to complete
-    /// wins. Lookup errors are returned as they are ([`Error::NoRegserver`],
+    /// wins. Failed attempts are retried as [`HostConfig::backoff`] says, each after a new
+    /// lookup (so the peer punches again). Lookup errors are returned as they are ([`Error::NoRegserver`],
     /// [`Error::PeerNotFound`], [`Error::LookupTimedOut`], [`Error::LookupRefused`]);
     /// connection errors as with `connect`.
     ///
@@ -544,13 +579,11 @@ impl Host {
         service: &str,
         protocol: &str,
     ) -> Result<Stream, Error> {
-        check_names(service, protocol)?;
-        let addrs = self.candidates(peer).await?;
-        self.connect(peer, &addrs, service, protocol).await
+        self.connect_to(peer, Dial::Eid, service, protocol).await
     }
 
-    /// [`connect_eid`](Self::connect_eid) with early data: looks the peer up, then
-    /// [`connect_early`](Self::connect_early) to the endpoints found (same replay caveat).
+    /// [`connect_eid`](Self::connect_eid) with early data, as
+    /// [`connect_early`](Self::connect_early) sends it (same replay caveat).
     pub async fn connect_eid_early(
         &self,
         peer: Eid,
@@ -558,14 +591,18 @@ impl Host {
         protocol: &str,
         first: &[u8],
     ) -> Result<Stream, Error> {
-        check_names(service, protocol)?;
-        let addrs = self.candidates(peer).await?;
-        self.connect_early(peer, &addrs, service, protocol, first)
-            .await
+        use tokio::io::AsyncWriteExt;
+
+        let (mut stream, written) = self
+            .connect_early_to(peer, Dial::Eid, service, protocol, |s| s.try_write(first))
+            .await?;
+        stream.write_all(&first[written..]).await?;
+        Ok(stream)
     }
 
     /// The endpoints to dial `peer` at: none when a channel is up (the stream opens on
-    /// it), else a lookup with NOTIFY, keeping the endpoints our socket can send to.
+    /// it), else a lookup with NOTIFY, keeping the endpoints our socket can send to, in the
+    /// order found except that those at our own public IP (same NAT) go last.
     async fn candidates(&self, peer: Eid) -> Result<Vec<SocketAddr>, Error> {
         if peer == self.shared.eid {
             return Err(Error::SelfConnect);
@@ -585,6 +622,14 @@ impl Host {
         if addrs.is_empty() {
             return Err(Error::NoAddress);
         }
+        // Behind the same NAT as the peer (a regserver sees us both at one public IP), its
+        // public endpoint needs hairpinning, which many NATs lack: its LAN addresses first.
+        let ours: Vec<IpAddr> = self
+            .regservers()
+            .iter()
+            .filter_map(|r| r.registered_as.map(|a| a.ip()))
+            .collect();
+        addrs.sort_by_key(|a| ours.contains(&a.ip()));
         tracing::debug!(%peer, ?addrs, "dialing by EID");
         Ok(addrs)
     }
@@ -637,6 +682,15 @@ impl Drop for Host {
     fn drop(&mut self) {
         self.shared.lock().release_ref();
     }
+}
+
+/// Where `connect` finds the peer.
+#[derive(Debug, Clone, Copy)]
+enum Dial<'a> {
+    /// At these addresses.
+    Addrs(&'a [SocketAddr]),
+    /// Through the regservers, looked up before every attempt.
+    Eid,
 }
 
 /// Leaves an attempt when `connect` finishes or is cancelled.

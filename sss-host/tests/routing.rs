@@ -240,6 +240,55 @@ async fn with_two_regservers_one_dead_dialing_still_works() {
     .await;
 }
 
+#[tokio::test]
+async fn a_failed_attempt_is_retried_after_a_new_lookup_that_finds_the_moved_peer() {
+    within(30, async {
+        let reg = Regserver::start().await;
+        let mut secret = [0u8; 32];
+        OsRng.fill_bytes(&mut secret);
+        let config = || {
+            let mut c = HostConfig::bind(loopback());
+            c.regservers = vec![reg.entry()];
+            c
+        };
+        // The peer registers, then goes away: its record still names its old socket.
+        let old = Host::with_identity(&Identity::from_secret_bytes(&secret), config()).unwrap();
+        let old_addr = old.registered().await.unwrap();
+        old.close().await;
+        drop(old);
+
+        let mut c = config();
+        c.attempt_timeout = Duration::from_millis(300);
+        c.backoff = sss_host::BackoffPolicy {
+            delays_ms: vec![100],
+            jitter_percent: 0,
+            conceal: 3,
+        };
+        let b = host_with(c);
+        b.registered().await.unwrap();
+        let peer = Identity::from_secret_bytes(&secret).eid();
+        let dial = {
+            let b = b.clone();
+            tokio::spawn(async move { b.connect_eid(peer, "echo", "v1").await })
+        };
+        // Once B's first lookup was answered (with the old socket), the peer comes back on
+        // a new one; B's retry looks it up again and finds it there.
+        reg.wait_until(|s| s.stats().lookups >= 1).await;
+        let new = Host::with_identity(&Identity::from_secret_bytes(&secret), config()).unwrap();
+        serve_echo(&new);
+        let new_addr = new.registered().await.unwrap();
+        assert_ne!(new_addr, old_addr);
+        let mut stream = dial.await.unwrap().expect("connected on a retry");
+        stream.write_all(b"moved").await.unwrap();
+        stream.shutdown().await.unwrap();
+        let mut back = Vec::new();
+        stream.read_to_end(&mut back).await.unwrap();
+        assert_eq!(back, b"moved");
+        assert!(reg.lookups() >= 2, "looked up again");
+    })
+    .await;
+}
+
 /// A bare routing client on its own socket, to see what a host sends to a caller.
 struct RawCaller {
     socket: UdpSocket,

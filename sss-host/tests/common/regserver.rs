@@ -66,6 +66,11 @@ impl Regserver {
         self.server.lock().unwrap().record(eid).is_some()
     }
 
+    /// How many lookups the server answered.
+    pub(crate) fn lookups(&self) -> u64 {
+        self.server.lock().unwrap().stats().lookups
+    }
+
     /// How many NOTIFYs the server sent.
     pub(crate) fn notifies(&self) -> u64 {
         self.server.lock().unwrap().stats().notifies
@@ -73,8 +78,13 @@ impl Regserver {
 
     /// Waits until a record of `eid` is stored.
     pub(crate) async fn wait_for_record(&self, eid: &Eid) {
+        self.wait_until(|s| s.record(eid).is_some()).await;
+    }
+
+    /// Waits until `f` holds of the server.
+    pub(crate) async fn wait_until(&self, mut f: impl FnMut(&Server) -> bool) {
         let mut changes = self.changes.clone();
-        while !self.has_record(eid) {
+        while !f(&self.server.lock().unwrap()) {
             changes.changed().await.expect("regserver running");
         }
     }
