@@ -397,3 +397,31 @@ async fn a_notify_makes_the_target_send_a_bounded_burst_of_punch_probes() {
     })
     .await;
 }
+
+#[test]
+fn the_blocking_facade_dials_by_eid_too() {
+    use sss_host::blocking;
+    use std::io::{Read, Write};
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let reg = rt.block_on(Regserver::start());
+    let config = || {
+        let mut c = HostConfig::bind(loopback());
+        c.regservers = vec![reg.entry()];
+        c
+    };
+    let a = blocking::Host::new(config()).unwrap();
+    let listener = a.listen("echo", "v1").unwrap();
+    assert_eq!(a.registered().unwrap(), a.local_addr());
+    let b = blocking::Host::new(HostConfig::bind(loopback())).unwrap();
+    assert!(matches!(b.lookup(a.eid()), Err(Error::NoRegserver)));
+    b.add_regserver(reg.eid, reg.addr).unwrap();
+    assert_eq!(b.lookup(a.eid()).unwrap(), vec![a.local_addr()]);
+    let mut out = b.connect_eid(a.eid(), "echo", "v1").unwrap();
+    out.write_all(b"blocking").unwrap();
+    out.finish().unwrap();
+    let mut incoming = listener.accept().unwrap();
+    let mut got = Vec::new();
+    incoming.read_to_end(&mut got).unwrap();
+    assert_eq!(got, b"blocking");
+}
