@@ -412,36 +412,49 @@ pub(crate) fn reachable(local: SocketAddr, addr: SocketAddr) -> bool {
 }
 
 /// The endpoints a host reports in its records besides the one each regserver observes:
-/// the socket's address when it is bound to a specific one; when bound to `0.0.0.0`/`[::]`,
-/// the local address the host's routes pick toward each regserver (its LAN address behind a
-/// NAT, so that two hosts behind one NAT reach each other directly), loopback and IPv6
-/// link-local addresses left out. At most [`MAX_REPORTED`].
+/// the socket's address when it is bound to a specific one. When bound to
+/// `0.0.0.0`/`[::]`: first the local address the host's routes pick toward each regserver
+/// (its LAN address behind a NAT, so that two hosts behind one NAT reach each other
+/// directly), then the addresses of its other interfaces that are up, of a family the socket
+/// can use; loopback and link-local addresses left out (the endpoint format has no IPv6
+/// scope id). All with the socket's port; at most [`MAX_REPORTED`].
 pub(crate) fn reported_endpoints(
     local: SocketAddr,
     servers: impl Iterator<Item = SocketAddr>,
 ) -> Vec<SocketAddr> {
-    let port = local.port();
     if !local.ip().is_unspecified() {
         return vec![canonical_addr(local)];
     }
+    let toward_servers = servers
+        .filter(|s| local.is_ipv6() || s.is_ipv4())
+        .filter_map(route_source);
+    let interfaces = if_addrs::get_if_addrs()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|i| i.is_oper_up())
+        .map(|i| i.ip());
     let mut out: Vec<SocketAddr> = Vec::new();
-    for server in servers {
-        if server.is_ipv6() && local.is_ipv4() {
-            continue;
-        }
-        let Some(ip) = route_source(server) else {
-            continue;
-        };
-        let a = SocketAddr::new(ip, port);
-        if !out.contains(&a) && out.len() < MAX_REPORTED {
+    for ip in toward_servers.chain(interfaces) {
+        let a = SocketAddr::new(ip.to_canonical(), local.port());
+        if usable_local(ip) && reachable(local, a) && !out.contains(&a) && out.len() < MAX_REPORTED
+        {
             out.push(a);
         }
     }
     out
 }
 
+/// Whether a local address is worth reporting: not loopback, unspecified or link-local.
+fn usable_local(ip: IpAddr) -> bool {
+    let link_local = match ip.to_canonical() {
+        IpAddr::V4(v4) => v4.is_link_local(),
+        IpAddr::V6(v6) => v6.segments()[0] & 0xffc0 == 0xfe80,
+    };
+    !ip.is_loopback() && !ip.is_unspecified() && !link_local
+}
+
 /// The source address the kernel picks toward `dest` (a `connect` on a throwaway UDP
-/// socket: no packet is sent), unless it is loopback, unspecified or IPv6 link-local.
+/// socket: no packet is sent).
 fn route_source(dest: SocketAddr) -> Option<IpAddr> {
     let any: IpAddr = if dest.is_ipv4() {
         Ipv4Addr::UNSPECIFIED.into()
@@ -450,9 +463,7 @@ fn route_source(dest: SocketAddr) -> Option<IpAddr> {
     };
     let socket = std::net::UdpSocket::bind(SocketAddr::new(any, 0)).ok()?;
     socket.connect(dest).ok()?;
-    let ip = socket.local_addr().ok()?.ip().to_canonical();
-    let link_local = matches!(ip, IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80);
-    (!ip.is_loopback() && !ip.is_unspecified() && !link_local).then_some(ip)
+    Some(socket.local_addr().ok()?.ip().to_canonical())
 }
 
 #[cfg(test)]
@@ -467,14 +478,49 @@ mod tests {
     }
 
     #[test]
-    fn a_wildcard_binding_reports_no_loopback_and_keeps_the_port() {
-        let local: SocketAddr = "0.0.0.0:4000".parse().unwrap();
-        let servers = ["127.0.0.1:9669".parse().unwrap()];
-        assert!(reported_endpoints(local, servers.into_iter()).is_empty());
-        let servers = ["192.0.2.1:9669".parse().unwrap()];
-        for a in reported_endpoints(local, servers.into_iter()) {
-            assert_eq!(a.port(), 4000);
-            assert!(!a.ip().is_loopback() && a.is_ipv4());
+    fn a_wildcard_binding_reports_interface_addresses_with_the_port() {
+        let interfaces: Vec<IpAddr> = if_addrs::get_if_addrs()
+            .unwrap()
+            .into_iter()
+            .filter(|i| i.is_oper_up())
+            .map(|i| i.ip())
+            .collect();
+        for (local, v6) in [("0.0.0.0:4000", false), ("[::]:4000", true)] {
+            let local: SocketAddr = local.parse().unwrap();
+            let servers = ["127.0.0.1:9669".parse().unwrap()];
+            let reported = reported_endpoints(local, servers.into_iter());
+            assert!(reported.len() <= MAX_REPORTED);
+            for a in &reported {
+                assert_eq!(a.port(), 4000);
+                assert!(usable_local(a.ip()), "{a}");
+                assert!(v6 || a.is_ipv4(), "{a}");
+                assert!(interfaces.contains(&a.ip()), "{a} is an interface address");
+            }
+            // Every usable interface address of the right family is there (up to the cap).
+            let expected = interfaces
+                .iter()
+                .filter(|ip| usable_local(**ip) && (v6 || ip.is_ipv4()))
+                .collect::<std::collections::BTreeSet<_>>()
+                .len()
+                .min(MAX_REPORTED);
+            assert_eq!(reported.len(), expected, "{reported:?}");
+        }
+    }
+
+    #[test]
+    fn loopback_and_link_local_addresses_are_not_reported() {
+        for ip in [
+            "127.0.0.1",
+            "::1",
+            "169.254.1.1",
+            "fe80::1",
+            "0.0.0.0",
+            "::",
+        ] {
+            assert!(!usable_local(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in ["192.168.1.2", "10.0.0.1", "2001:db8::1", "fd00::1"] {
+            assert!(usable_local(ip.parse().unwrap()), "{ip}");
         }
     }
 
