@@ -173,6 +173,34 @@ impl Host {
         })
     }
 
+    /// Opens a stream to `peer` knowing only its EID, through the host's regservers (see
+    /// [`crate::Host::connect_eid`]).
+    pub fn connect_eid(&self, peer: Eid, service: &str, protocol: &str) -> Result<Stream, Error> {
+        let inner = self
+            .rt
+            .rt
+            .block_on(self.inner.connect_eid(peer, service, protocol))?;
+        Ok(Stream {
+            inner,
+            rt: self.rt.clone(),
+        })
+    }
+
+    /// Looks `peer` up in the host's regservers (see [`crate::Host::lookup`]).
+    pub fn lookup(&self, peer: Eid) -> Result<Vec<SocketAddr>, Error> {
+        self.rt.rt.block_on(self.inner.lookup(peer))
+    }
+
+    /// Blocks until a regserver stores our record (see [`crate::Host::registered`]).
+    pub fn registered(&self) -> Result<SocketAddr, Error> {
+        self.rt.rt.block_on(self.inner.registered())
+    }
+
+    /// Adds a regserver (see [`crate::Host::add_regserver`]).
+    pub fn add_regserver(&self, eid: Eid, addr: SocketAddr) -> Result<(), Error> {
+        self.inner.add_regserver(eid, addr)
+    }
+
     /// Statistics of the channel to `peer`.
     pub fn stats(&self, peer: Eid) -> Option<ChannelStats> {
         self.inner.stats(peer)

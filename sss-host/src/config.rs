@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use rand_core::RngCore;
 use sss_proto::stream::SessionConfig;
-use sss_proto::EndpointConfig;
+use sss_proto::{Eid, EndpointConfig};
 
 /// Configuration of a [`Host`](crate::Host).
 ///
@@ -44,6 +44,38 @@ pub struct HostConfig {
     /// request at `net.core.{r,w}mem_max`; a process allowed to (`CAP_NET_ADMIN`) gets the
     /// size asked for beyond that cap.
     pub socket_buffer: usize,
+    /// Regservers (EID, address) the host registers with at start, so that peers can dial
+    /// it by EID ([`Host::connect_eid`](crate::Host::connect_eid)), and looks peers up in.
+    /// More can be added with [`Host::add_regserver`](crate::Host::add_regserver). Default
+    /// none.
+    pub regservers: Vec<(Eid, SocketAddr)>,
+    /// Timers of the regserver clients.
+    pub routing: RoutingConfig,
+}
+
+/// Timers of a host's regserver clients (spec/routing.md §5.3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RoutingConfig {
+    /// Lifetime the host asks for its records (a regserver keeps 30 s to 1 h; the host
+    /// refreshes at half of what it grants). Default 600 s.
+    pub lifetime: Duration,
+    /// Interval of keepalives to each regserver, which keep the NAT mapping open and notice
+    /// a regserver that lost our record (it then gets a new one at once). Default 20 s,
+    /// below the 30 s UDP mapping timeout of many NATs; at least 1 s is used.
+    pub keepalive_interval: Duration,
+    /// How long a lookup waits for a regserver's answer. Default 10 s.
+    pub lookup_timeout: Duration,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        Self {
+            lifetime: sss_routing::client::DEFAULT_LIFETIME,
+            keepalive_interval: sss_routing::client::KEEPALIVE_INTERVAL,
+            lookup_timeout: sss_routing::client::LOOKUP_TIMEOUT,
+        }
+    }
 }
 
 /// Bytes a stream of a host buffers beyond what it has sent
@@ -68,6 +100,8 @@ impl Default for HostConfig {
             max_peers: 4096,
             linger: Duration::from_secs(2),
             socket_buffer: crate::udp::SOCKET_BUFFER_SIZE,
+            regservers: Vec::new(),
+            routing: RoutingConfig::default(),
         }
     }
 }
@@ -217,5 +251,8 @@ mod tests {
         let c = HostConfig::default();
         assert!(c.bind.is_ipv6() && c.bind.ip().is_unspecified() && c.bind.port() == 0);
         assert_eq!(c.attempt_timeout, Duration::from_secs(5));
+        assert!(c.regservers.is_empty());
+        assert_eq!(c.routing.keepalive_interval, Duration::from_secs(20));
+        assert_eq!(c.routing.lookup_timeout, Duration::from_secs(10));
     }
 }

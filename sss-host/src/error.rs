@@ -81,6 +81,23 @@ pub enum Error {
     /// A record needs at least one byte.
     #[error("empty record")]
     EmptyRecord,
+    /// Dialing by EID needs a regserver, and none is configured
+    /// ([`HostConfig::regservers`](crate::HostConfig::regservers),
+    /// [`Host::add_regserver`](crate::Host::add_regserver)).
+    #[error("no regserver configured: cannot look the EID up")]
+    NoRegserver,
+    /// Every regserver answered, and none of those that could holds a record of the EID
+    /// (the peer is not registered, or its record expired).
+    #[error("no regserver knows this EID")]
+    PeerNotFound,
+    /// No regserver answered the lookup within
+    /// [`RoutingConfig::lookup_timeout`](crate::RoutingConfig::lookup_timeout).
+    #[error("no regserver answered the lookup in time")]
+    LookupTimedOut,
+    /// The regservers that answered refused the lookup (rate limit, too many lookups
+    /// pending), and none found the EID.
+    #[error("the regservers refused the lookup")]
+    LookupRefused,
     /// The host was closed (or its driver ended).
     #[error("the host is closed")]
     HostClosed,
@@ -121,7 +138,10 @@ impl Error {
             Self::Refused { .. } | Self::UnknownService => K::ConnectionRefused,
             Self::TimedOut => K::TimedOut,
             Self::ConnectFailed(_) => K::ConnectionAborted,
-            Self::NoAddress => K::AddrNotAvailable,
+            Self::NoAddress | Self::NoRegserver => K::AddrNotAvailable,
+            Self::PeerNotFound => K::NotFound,
+            Self::LookupTimedOut => K::TimedOut,
+            Self::LookupRefused => K::ConnectionRefused,
             Self::NoSession => K::NotConnected,
             Self::SelfConnect
             | Self::BadName
@@ -174,6 +194,9 @@ mod tests {
             (Error::Finished, K::BrokenPipe),
             (Error::HostClosed, K::NotConnected),
             (Error::BadName, K::InvalidInput),
+            (Error::NoRegserver, K::AddrNotAvailable),
+            (Error::PeerNotFound, K::NotFound),
+            (Error::LookupTimedOut, K::TimedOut),
         ];
         for (e, kind) in cases {
             let shown = e.to_string();

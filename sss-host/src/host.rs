@@ -1,7 +1,7 @@
 //! [`Host`]: an identity, one UDP socket and the driver task; the entry point of the API.
 
 use std::future::poll_fn;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
 use std::task::Poll;
@@ -17,6 +17,7 @@ use crate::config::HostConfig;
 use crate::driver::Driver;
 use crate::error::Error;
 use crate::listener::Listener;
+use crate::routing::{reachable, LookupResult, RegserverStatus, Routing};
 use crate::state::{Shared, State};
 use crate::stream::Stream;
 use crate::udp::UdpSocket;
@@ -92,7 +93,13 @@ impl Host {
         let mut seed = [0u8; 32];
         OsRng.fill_bytes(&mut seed);
         let rng = ChaCha20Rng::from_seed(seed);
-        let mut state = State::new(endpoint, config, rng);
+        let routing = Routing::new(identity, config.routing.clone(), local_addr);
+        let regservers = config.regservers.clone();
+        let mut state = State::new(endpoint, config, rng, routing);
+        let now = Instant::now();
+        for (eid, addr) in regservers {
+            state.routing.add(now, eid, addr, &mut state.rng);
+        }
         state.add_ref();
         let eid = identity.eid();
         let shared = Arc::new(Shared::new(state, eid, local_addr));
@@ -160,9 +167,20 @@ impl Host {
         service: &str,
         protocol: &str,
     ) -> Result<Stream, Error> {
+        self.connect_to(peer, Dial::Addrs(addrs), service, protocol)
+            .await
+    }
+
+    async fn connect_to(
+        &self,
+        peer: Eid,
+        dial: Dial<'_>,
+        service: &str,
+        protocol: &str,
+    ) -> Result<Stream, Error> {
         check_names(service, protocol)?;
         let stream = self
-            .establish(peer, addrs, service, protocol, true, false)
+            .establish(peer, dial, service, protocol, true, false)
             .await?;
         Ok(stream.expect("asked to open a stream"))
     }
@@ -244,6 +262,18 @@ impl Host {
         protocol: &str,
         prepare: impl FnOnce(&Stream) -> Result<T, Error>,
     ) -> Result<(Stream, T), Error> {
+        self.connect_early_to(peer, Dial::Addrs(addrs), service, protocol, prepare)
+            .await
+    }
+
+    async fn connect_early_to<T>(
+        &self,
+        peer: Eid,
+        dial: Dial<'_>,
+        service: &str,
+        protocol: &str,
+        prepare: impl FnOnce(&Stream) -> Result<T, Error>,
+    ) -> Result<(Stream, T), Error> {
         check_names(service, protocol)?;
         if peer == self.shared.eid {
             return Err(Error::SelfConnect);
@@ -267,7 +297,7 @@ impl Host {
             }
         };
         let Some(stream) = stream else {
-            let stream = self.connect(peer, addrs, service, protocol).await?;
+            let stream = self.connect_to(peer, dial, service, protocol).await?;
             let value = prepare(&stream)?;
             return Ok((stream, value));
         };
@@ -279,7 +309,7 @@ impl Host {
             }
         };
         if let Err(e) = self
-            .establish(peer, addrs, service, protocol, false, early)
+            .establish(peer, dial, service, protocol, false, early)
             .await
         {
             let _ = stream.reset(crate::ErrorCode::LINK_DOWN);
@@ -303,7 +333,7 @@ impl Host {
         let Some((service, protocol)) = names else {
             return Err(Error::NoSession);
         };
-        self.establish(peer, addrs, &service, &protocol, false, false)
+        self.establish(peer, Dial::Addrs(addrs), &service, &protocol, false, false)
             .await
             .map(|_| ())
     }
@@ -313,7 +343,7 @@ impl Host {
     async fn establish(
         &self,
         peer: Eid,
-        addrs: &[SocketAddr],
+        dial: Dial<'_>,
         service: &str,
         protocol: &str,
         open: bool,
@@ -324,6 +354,17 @@ impl Host {
         }
         let mut failures = 0u32;
         loop {
+            // By EID, every attempt looks the peer up again with NOTIFY: the peer punches
+            // anew (its regserver may have withheld the last NOTIFY under its rate limit,
+            // or the probes were lost) and moved peers are found where they are now.
+            let found;
+            let addrs = match dial {
+                Dial::Addrs(addrs) => addrs,
+                Dial::Eid => {
+                    found = self.candidates(peer).await?;
+                    &found[..]
+                }
+            };
             let error = match self
                 .attempt(peer, addrs, service, protocol, open, early)
                 .await
@@ -426,6 +467,173 @@ impl Host {
         Ok(stream)
     }
 
+    /// Adds a regserver (its EID and address) to those of
+    /// [`HostConfig::regservers`]: the host registers with it at once and keeps the
+    /// registration alive, and looks peers up in it too. Adding an address twice changes
+    /// nothing.
+    pub fn add_regserver(&self, eid: Eid, addr: SocketAddr) -> Result<(), Error> {
+        let mut st = self.shared.lock();
+        if st.closed {
+            return Err(Error::HostClosed);
+        }
+        let st = &mut *st;
+        st.routing.add(Instant::now(), eid, addr, &mut st.rng);
+        st.wake_driver();
+        Ok(())
+    }
+
+    /// Where this host stands with each of its regservers.
+    pub fn regservers(&self) -> Vec<RegserverStatus> {
+        self.shared.lock().routing.status().borrow().clone()
+    }
+
+    /// Waits until at least one regserver stores our record (at once if one does), and
+    /// returns our endpoint as that regserver observed it (behind a NAT: the NAT's public
+    /// address and port). Fails with [`Error::NoRegserver`] without regservers, and with
+    /// [`Error::HostClosed`] when the host closes first. Registration goes on in the
+    /// background whether or not anyone waits; it is retried forever while regservers do
+    /// not answer, so bound the wait with a timeout if that matters.
+    pub async fn registered(&self) -> Result<SocketAddr, Error> {
+        let (mut status, mut done) = {
+            let st = self.shared.lock();
+            if st.closed {
+                return Err(Error::HostClosed);
+            }
+            if !st.routing.has_servers() {
+                return Err(Error::NoRegserver);
+            }
+            (st.routing.status(), self.shared.done.subscribe())
+        };
+        let first = |s: &Vec<RegserverStatus>| s.iter().find_map(|r| r.registered_as);
+        tokio::select! {
+            r = status.wait_for(|s| first(s).is_some()) => {
+                r.ok().and_then(|s| first(&s)).ok_or(Error::HostClosed)
+            }
+            _ = done.wait_for(|d| *d) => Err(Error::HostClosed),
+        }
+    }
+
+    /// Looks `peer` up in every regserver and returns its endpoints (the one its regserver
+    /// observed first, then those it reports), from the first regserver that knows it.
+    /// Only a record signed by the peer's key counts, so a regserver cannot invent
+    /// endpoints (and the handshake authenticates the peer wherever it answers).
+    ///
+    /// Errors: [`Error::NoRegserver`] without regservers; [`Error::PeerNotFound`] when the
+    /// regservers that answered hold no record of it; [`Error::LookupTimedOut`] when none
+    /// answered within [`RoutingConfig::lookup_timeout`](crate::RoutingConfig::lookup_timeout);
+    /// [`Error::LookupRefused`] when they refused.
+    pub async fn lookup(&self, peer: Eid) -> Result<Vec<SocketAddr>, Error> {
+        self.lookup_inner(peer, false).await
+    }
+
+    async fn lookup_inner(&self, peer: Eid, notify: bool) -> Result<Vec<SocketAddr>, Error> {
+        let (mut result, mut done) = {
+            let mut st = self.shared.lock();
+            if st.closed {
+                return Err(Error::HostClosed);
+            }
+            let rx = st.routing.lookup(Instant::now(), peer, notify)?;
+            st.wake_driver();
+            (rx, self.shared.done.subscribe())
+        };
+        let outcome: LookupResult = tokio::select! {
+            r = result.wait_for(Option::is_some) => r.ok().and_then(|r| r.clone()),
+            _ = done.wait_for(|d| *d) => None,
+        };
+        match outcome {
+            Some(Ok(endpoints)) => Ok(endpoints),
+            Some(Err(failure)) => Err(failure.into_error()),
+            None => Err(Error::HostClosed),
+        }
+    }
+
+    /// Opens a top-level stream to `peer` for (`service`, `protocol`), knowing only its EID.
+    ///
+    /// With a channel to the peer up, the stream opens on it at once. Otherwise the host
+    /// looks the peer up in its regservers as [`lookup`](Self::lookup) does, asking those
+    /// it is registered with to tell the peer to punch toward us (the peer then sends a few
+    /// probes to our endpoints, which opens its NAT toward us), and connects to the
+    /// endpoints found as [`connect`](Self::connect) does: the first handshake to complete
+    /// wins. Failed attempts are retried as [`HostConfig::backoff`] says, each after a new
+    /// lookup (so the peer punches again). Lookup errors are returned as they are ([`Error::NoRegserver`],
+    /// [`Error::PeerNotFound`], [`Error::LookupTimedOut`], [`Error::LookupRefused`]);
+    /// connection errors as with `connect`.
+    ///
+    /// ```no_run
+    /// # async fn demo(regserver: sss_host::Eid, addr: std::net::SocketAddr, peer: sss_host::Eid)
+    /// # -> Result<(), sss_host::Error> {
+    /// use sss_host::{Host, HostConfig};
+    ///
+    /// let mut config = HostConfig::default();
+    /// config.regservers = vec![(regserver, addr)];
+    /// let host = Host::new(config)?;
+    /// host.registered().await?; // so that the peer can be asked to punch toward us
+    /// let stream = host.connect_eid(peer, "chat", "v1").await?;
+    /// # drop(stream);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn connect_eid(
+        &self,
+        peer: Eid,
+        service: &str,
+        protocol: &str,
+    ) -> Result<Stream, Error> {
+        self.connect_to(peer, Dial::Eid, service, protocol).await
+    }
+
+    /// [`connect_eid`](Self::connect_eid) with early data, as
+    /// [`connect_early`](Self::connect_early) sends it (same replay caveat).
+    pub async fn connect_eid_early(
+        &self,
+        peer: Eid,
+        service: &str,
+        protocol: &str,
+        first: &[u8],
+    ) -> Result<Stream, Error> {
+        use tokio::io::AsyncWriteExt;
+
+        let (mut stream, written) = self
+            .connect_early_to(peer, Dial::Eid, service, protocol, |s| s.try_write(first))
+            .await?;
+        stream.write_all(&first[written..]).await?;
+        Ok(stream)
+    }
+
+    /// The endpoints to dial `peer` at: none when a channel is up (the stream opens on
+    /// it), else a lookup with NOTIFY, keeping the endpoints our socket can send to, in the
+    /// order found except that those at our own public IP (same NAT) go last.
+    async fn candidates(&self, peer: Eid) -> Result<Vec<SocketAddr>, Error> {
+        if peer == self.shared.eid {
+            return Err(Error::SelfConnect);
+        }
+        if self.shared.lock().is_connected(peer) {
+            return Ok(Vec::new());
+        }
+        let found = self.lookup_inner(peer, true).await?;
+        let local = self.shared.local_addr;
+        let mut addrs: Vec<SocketAddr> = Vec::new();
+        for a in found {
+            let a = crate::udp::canonical_addr(a);
+            if reachable(local, a) && !addrs.contains(&a) {
+                addrs.push(a);
+            }
+        }
+        if addrs.is_empty() {
+            return Err(Error::NoAddress);
+        }
+        // Behind the same NAT as the peer (a regserver sees us both at one public IP), its
+        // public endpoint needs hairpinning, which many NATs lack: its LAN addresses first.
+        let ours: Vec<IpAddr> = self
+            .regservers()
+            .iter()
+            .filter_map(|r| r.registered_as.map(|a| a.ip()))
+            .collect();
+        addrs.sort_by_key(|a| ours.contains(&a.ip()));
+        tracing::debug!(%peer, ?addrs, "dialing by EID");
+        Ok(addrs)
+    }
+
     /// Statistics of the established channel to `peer` (RTT, congestion window, bytes and
     /// packets sent, received, lost), or `None` without one.
     pub fn stats(&self, peer: Eid) -> Option<ChannelStats> {
@@ -474,6 +682,15 @@ impl Drop for Host {
     fn drop(&mut self) {
         self.shared.lock().release_ref();
     }
+}
+
+/// Where `connect` finds the peer.
+#[derive(Debug, Clone, Copy)]
+enum Dial<'a> {
+    /// At these addresses.
+    Addrs(&'a [SocketAddr]),
+    /// Through the regservers, looked up before every attempt.
+    Eid,
 }
 
 /// Leaves an attempt when `connect` finishes or is cancelled.

@@ -17,6 +17,10 @@
 //! - A [`Stream`] is a reliable byte stream each way with tokio's `AsyncRead`/`AsyncWrite`,
 //!   plus records, datagrams (best-effort or reliable), substreams opened without a round
 //!   trip, priorities, reset, and a watch of the link status.
+//! - [`Host::connect_eid`] dials a peer by its EID alone: the host looks it up in its
+//!   regservers ([`HostConfig::regservers`]), which also tell the peer to punch a hole
+//!   through its NAT toward us, then connects to every endpoint found. [`Host::lookup`]
+//!   only looks up; [`Host::registered`] waits until a regserver stores our record.
 //! - [`blocking`] wraps all of it for programs without an async runtime.
 //!
 //! # Example
@@ -85,15 +89,19 @@ mod hash;
 mod host;
 pub mod impair;
 mod listener;
+mod routing;
 mod state;
 mod stream;
 pub mod udp;
 
-pub use config::{BackoffPolicy, HostConfig, HOST_MAX_UNSENT};
+pub use config::{BackoffPolicy, HostConfig, RoutingConfig, HOST_MAX_UNSENT};
 pub use error::Error;
 pub use host::Host;
 pub use impair::{ImpairConfig, Relay, RelayConfig, RelayHandle, RelayStats};
 pub use listener::Listener;
+pub use routing::{
+    RegserverStatus, MAX_PUNCH_ENDPOINTS, MAX_PUNCH_PEERS, PUNCH_INTERVAL, PUNCH_PROBES,
+};
 pub use stream::{Record, Stream};
 pub use udp::{Datagram, RecvBatch, UdpSocket};
 

@@ -18,6 +18,7 @@ use rand_chacha::ChaCha20Rng;
 use sss_proto::channel::{ChannelError, ChannelEvent};
 use sss_proto::endpoint::{ChannelHandle, DatagramEvent, Endpoint, Incoming};
 use sss_proto::handshake::RefuseCode;
+use sss_proto::packet::PacketKind;
 use sss_proto::stream::{
     Attach, ErrorCode, LinkStatus, SentFrame, Session, SessionConfig, SessionEvent, StreamId,
 };
@@ -27,6 +28,7 @@ use tokio::sync::watch;
 use crate::attempt::Attempt;
 use crate::config::HostConfig;
 use crate::hash::FastMap;
+use crate::routing::Routing;
 use crate::stream::Stream;
 
 /// Most handshake replies (cookie replies, refusals) queued for sending; more are dropped
@@ -170,12 +172,20 @@ pub(crate) struct State {
     pub(crate) closed: bool,
     /// The channels were told to close (once).
     pub(crate) channels_closed: bool,
+    /// Regserver clients and hole punching.
+    pub(crate) routing: Routing,
 }
 
 impl State {
-    pub(crate) fn new(endpoint: Endpoint, config: HostConfig, rng: ChaCha20Rng) -> Self {
+    pub(crate) fn new(
+        endpoint: Endpoint,
+        config: HostConfig,
+        rng: ChaCha20Rng,
+        routing: Routing,
+    ) -> Self {
         let local = endpoint.eid();
         Self {
+            routing,
             endpoint,
             channels: FastMap::default(),
             peers: FastMap::default(),
@@ -345,6 +355,10 @@ impl State {
         ecn: Option<EcnCodepoint>,
         data: &mut [u8],
     ) {
+        if let Some(PacketKind::Routing(_)) = sss_proto::packet::classify(data) {
+            self.routing.handle_datagram(now, from, data);
+            return;
+        }
         let mut scratch = std::mem::take(&mut self.scratch);
         match self.endpoint.handle(now, from, data, &mut scratch) {
             Some(DatagramEvent::Channel(h)) => {
@@ -438,6 +452,7 @@ impl State {
     /// Runs the timers that are due.
     pub(crate) fn handle_timeouts(&mut self, now: Instant) {
         self.advance_attempts(now);
+        self.routing.handle_timeout(now);
         for slot in self.channels.values_mut() {
             if slot.channel.poll_timeout().is_some_and(|t| t <= now) {
                 if let Some(p) = self.peers.get_mut(&slot.peer) {
@@ -475,6 +490,7 @@ impl State {
         channels
             .chain(peers)
             .chain(attempts)
+            .chain(self.routing.poll_timeout())
             .chain(self.linger_until)
             .min()
     }
@@ -509,6 +525,7 @@ impl State {
         self.collect_channels(now);
         self.collect_sessions(now);
         self.check_writers();
+        self.routing.collect(now, &mut self.rng, &mut self.out);
     }
 
     fn collect_channels(&mut self, now: Instant) {

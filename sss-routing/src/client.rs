@@ -363,11 +363,12 @@ impl Client {
                     self.reregister_soon(now);
                 }
             }
-            // Client-to-server messages: not for us.
+            // Client-to-server messages are not for us, and probes carry nothing.
             Message::Hello(_)
             | Message::Register(_)
             | Message::Lookup(_)
-            | Message::Keepalive(_) => {}
+            | Message::Keepalive(_)
+            | Message::Punch(_) => {}
         }
     }
 

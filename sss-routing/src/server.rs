@@ -236,7 +236,9 @@ impl Server {
             | Message::LookupReply(_)
             | Message::Notify(_)
             | Message::KeepaliveReply(_)
-            | Message::Error(_) => self.stats.malformed += 1,
+            | Message::Error(_)
+            // Probes between hosts are not for a server either.
+            | Message::Punch(_) => self.stats.malformed += 1,
         }
     }
 

@@ -67,7 +67,12 @@ pub mod msg_type {
     pub const RELAY_OPENED: u8 = 0x1b;
     /// RELAY_DATA (planned).
     pub const RELAY_DATA: u8 = 0x1c;
+    /// PUNCH: a hole-punching probe between hosts; receivers ignore it.
+    pub const PUNCH: u8 = 0x1d;
 }
+
+/// Length of a PUNCH probe.
+pub const PUNCH_LEN: usize = 1 + 8;
 
 /// Why bytes are not a routing message.
 #[derive(Debug, Clone, Eq, PartialEq, Error)]
@@ -245,6 +250,15 @@ pub struct ErrorMsg {
     pub value: u64,
 }
 
+/// PUNCH: a probe a host sends toward a peer's endpoints when asked to punch (NOTIFY), so
+/// that its NAT opens a mapping toward the peer. It carries nothing to trust: receivers
+/// ignore it (spec/routing.md §3, §5.4).
+#[derive(Debug, Clone, Eq, PartialEq)]
+pub struct Punch {
+    /// Random bytes (so that probes are not all alike); no meaning.
+    pub nonce: u64,
+}
+
 /// Any routing message.
 #[derive(Debug, Clone, Eq, PartialEq)]
 pub enum Message {
@@ -268,6 +282,8 @@ pub enum Message {
     KeepaliveReply(KeepaliveReply),
     /// ERROR (`0x19`), server to client.
     Error(ErrorMsg),
+    /// PUNCH (`0x1d`), host to host: a hole-punching probe, ignored on receipt.
+    Punch(Punch),
 }
 
 impl Message {
@@ -387,6 +403,7 @@ impl Message {
                     value: r.u64()?,
                 })
             }
+            msg_type::PUNCH => Message::Punch(Punch { nonce: r.u64()? }),
             msg_type::RELAY_OPEN..=0x1f => return Err(WireError::Unsupported(ty)),
             _ => return Err(WireError::UnknownType(ty)),
         };
@@ -460,6 +477,10 @@ impl Message {
                 buf.extend_from_slice(&m.request_id.to_be_bytes());
                 buf.push(m.code as u8);
                 buf.extend_from_slice(&m.value.to_be_bytes());
+            }
+            Message::Punch(m) => {
+                buf.push(msg_type::PUNCH);
+                buf.extend_from_slice(&m.nonce.to_be_bytes());
             }
         }
     }
@@ -631,6 +652,7 @@ mod tests {
                     code,
                     value
                 })),
+            any::<u64>().prop_map(|nonce| Message::Punch(Punch { nonce })),
         ]
     }
 
@@ -671,9 +693,16 @@ mod tests {
 
     #[test]
     fn planned_and_unknown_types_are_refused() {
-        for ty in 0x1a..=0x1f {
+        for ty in (0x1a..=0x1c).chain(0x1e..=0x1f) {
             assert_eq!(Message::decode(&[ty; 80]), Err(WireError::Unsupported(ty)));
         }
+        assert_eq!(
+            Message::decode(&[msg_type::PUNCH, 1, 2, 3, 4, 5, 6, 7, 8]),
+            Ok(Message::Punch(Punch {
+                nonce: 0x0102_0304_0506_0708
+            }))
+        );
+        assert_eq!(PUNCH_LEN, 9);
         assert_eq!(
             Message::decode(&[0x40; 80]),
             Err(WireError::UnknownType(0x40))

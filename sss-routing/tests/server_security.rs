@@ -244,6 +244,9 @@ fn short_hello_and_server_messages_get_no_reply() {
         record: None,
     });
     assert!(h.send(from, &reply.to_vec()).is_empty());
+    // A hole-punching probe is not for a server either.
+    let probe = Message::Punch(sss_routing::wire::Punch { nonce: 1 });
+    assert!(h.send(from, &probe.to_vec()).is_empty());
 }
 
 #[test]

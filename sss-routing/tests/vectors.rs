@@ -13,7 +13,7 @@ use std::time::Instant;
 use sss_proto::Identity;
 use sss_routing::wire::{
     CookieMsg, ErrorCode, ErrorMsg, Hello, Keepalive, KeepaliveReply, KeepaliveStatus, Lookup,
-    LookupReply, Message, Notify, Register, Registered, HELLO_LEN,
+    LookupReply, Message, Notify, Punch, Register, Registered, HELLO_LEN,
 };
 use sss_routing::{RecordBody, Server, ServerConfig, SignedRecord};
 
@@ -175,6 +175,13 @@ fn messages() -> Vec<(&'static str, String, Message)> {
                 value: 41,
             }),
         ),
+        (
+            "punch",
+            "PUNCH nonce 0x7777777777777777 (a hole-punching probe; receivers ignore it)".into(),
+            Message::Punch(Punch {
+                nonce: 0x7777_7777_7777_7777,
+            }),
+        ),
     ]
 }
 
@@ -246,5 +253,6 @@ fn committed_vectors_decode_and_cover_every_message() {
         n += 1;
     }
     assert_eq!(n, expected.len());
-    assert_eq!(seen, (0x10..=0x19).collect(), "every message type");
+    let every: std::collections::BTreeSet<u8> = (0x10..=0x19).chain([0x1d]).collect();
+    assert_eq!(seen, every, "every message type");
 }

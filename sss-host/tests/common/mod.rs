@@ -143,3 +143,5 @@ pub(crate) async fn within<T>(secs: u64, f: impl std::future::Future<Output = T>
         .await
         .expect("took too long")
 }
+
+pub(crate) mod regserver;

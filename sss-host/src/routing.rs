@@ -1,0 +1,621 @@
+//! Dial by EID: the host's regserver clients and hole punching (spec/routing.md §5.4).
+//!
+//! The host runs one [`sss_routing::Client`] per configured regserver inside its driver:
+//! routing datagrams (first byte `0x10`-`0x1f`) from a regserver's address go to that
+//! server's client, anything else in that range (a peer's PUNCH probe, strays) is dropped;
+//! the clients' timers join the driver's timer and their datagrams leave through the host's
+//! socket. Lookups ask every regserver and the first found record wins. A NOTIFY (someone
+//! dials us by EID) makes the host send [`PUNCH_PROBES`] PUNCH probes to each of the
+//! caller's endpoints, so that our NAT opens a mapping toward the caller and the caller's
+//! handshake initiations get through.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rand_chacha::rand_core::RngCore;
+use rand_chacha::ChaCha20Rng;
+use sss_proto::{Eid, Identity, Transmit};
+use sss_routing::client::LookupError;
+use sss_routing::record::MAX_REPORTED;
+use sss_routing::wire::{ErrorCode, Message, Punch};
+use sss_routing::{Client, ClientConfig, Event, LookupOutcome};
+use tokio::sync::watch;
+
+use crate::config::RoutingConfig;
+use crate::error::Error;
+use crate::udp::canonical_addr;
+
+/// PUNCH probes sent to each endpoint of a caller that asked us to punch.
+pub const PUNCH_PROBES: u32 = 3;
+/// Interval between the probes to one caller (so the three span about 1 s).
+pub const PUNCH_INTERVAL: Duration = Duration::from_millis(500);
+/// Most callers punched toward at once; NOTIFYs beyond are ignored (the caller's
+/// initiations may still get through once a burst ends and it retries).
+pub const MAX_PUNCH_PEERS: usize = 64;
+/// Most endpoints probed per caller (NOTIFYs for one caller from several regservers are
+/// merged up to this many).
+pub const MAX_PUNCH_ENDPOINTS: usize = 16;
+
+/// Where this host stands with one regserver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegserverStatus {
+    /// The regserver's EID.
+    pub eid: Eid,
+    /// Its address.
+    pub addr: SocketAddr,
+    /// Our endpoint as this regserver observed it, once it stored our record.
+    pub registered_as: Option<SocketAddr>,
+}
+
+/// How a host-level lookup ended without endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LookupFailure {
+    NotFound,
+    TimedOut,
+    Refused,
+}
+
+impl LookupFailure {
+    pub(crate) fn into_error(self) -> Error {
+        match self {
+            Self::NotFound => Error::PeerNotFound,
+            Self::TimedOut => Error::LookupTimedOut,
+            Self::Refused => Error::LookupRefused,
+        }
+    }
+}
+
+/// The result of a host-level lookup, once decided.
+pub(crate) type LookupResult = Option<Result<Vec<SocketAddr>, LookupFailure>>;
+
+/// One regserver and its client.
+struct Regserver {
+    eid: Eid,
+    addr: SocketAddr,
+    client: Client,
+}
+
+/// A lookup of one EID in every regserver, waited for by `Host::lookup` calls.
+struct HostLookup {
+    /// Regservers whose answer is still to come.
+    remaining: usize,
+    not_found: bool,
+    refused: bool,
+    result: watch::Sender<LookupResult>,
+}
+
+/// Probes still to send toward one caller.
+struct PunchBurst {
+    endpoints: Vec<SocketAddr>,
+    left: u32,
+    next: Instant,
+}
+
+/// The host's routing state (inside the host's [`State`](crate::state::State)).
+pub(crate) struct Routing {
+    identity: Identity,
+    config: RoutingConfig,
+    local_addr: SocketAddr,
+    servers: Vec<Regserver>,
+    lookups: HashMap<Eid, HostLookup>,
+    punches: HashMap<Eid, PunchBurst>,
+    status: watch::Sender<Vec<RegserverStatus>>,
+    buf: Vec<u8>,
+}
+
+impl Routing {
+    pub(crate) fn new(identity: &Identity, config: RoutingConfig, local_addr: SocketAddr) -> Self {
+        Self {
+            identity: Identity::from_secret_bytes(&identity.secret_bytes()),
+            config,
+            local_addr,
+            servers: Vec::new(),
+            lookups: HashMap::new(),
+            punches: HashMap::new(),
+            status: watch::Sender::new(Vec::new()),
+            buf: Vec::new(),
+        }
+    }
+
+    /// Adds a regserver (a second one at the same address is ignored) and starts
+    /// registering with it.
+    pub(crate) fn add(&mut self, now: Instant, eid: Eid, addr: SocketAddr, rng: &mut ChaCha20Rng) {
+        let addr = canonical_addr(addr);
+        if self.servers.iter().any(|s| s.addr == addr) {
+            return;
+        }
+        let mut seed = [0u8; 32];
+        rng.fill_bytes(&mut seed);
+        // Wall-clock microseconds: a restarted host continues above its old records.
+        let first_seq = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(1, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+        let mut config = ClientConfig::new(addr, eid, first_seq, seed);
+        config.lifetime = self.config.lifetime;
+        config.keepalive_interval = self.config.keepalive_interval;
+        config.lookup_timeout = self.config.lookup_timeout;
+        let identity = Identity::from_secret_bytes(&self.identity.secret_bytes());
+        let mut client = Client::new(config, identity);
+        client.register(now);
+        tracing::info!(regserver = %eid, %addr, "registering");
+        self.servers.push(Regserver { eid, addr, client });
+        // What we report depends on the servers (the interface toward each of them).
+        let reported = reported_endpoints(self.local_addr, self.servers.iter().map(|s| s.addr));
+        for s in &mut self.servers {
+            if s.client.config().reported != reported {
+                s.client.set_reported_endpoints(now, reported.clone());
+            }
+        }
+        self.update_status();
+    }
+
+    /// Whether any regserver is configured.
+    pub(crate) fn has_servers(&self) -> bool {
+        !self.servers.is_empty()
+    }
+
+    /// The registration status watch.
+    pub(crate) fn status(&self) -> watch::Receiver<Vec<RegserverStatus>> {
+        self.status.subscribe()
+    }
+
+    /// Starts (or joins) a lookup of `peer` in every regserver; with `notify`, the servers
+    /// we are registered with are asked to tell the peer to punch toward us.
+    pub(crate) fn lookup(
+        &mut self,
+        now: Instant,
+        peer: Eid,
+        notify: bool,
+    ) -> Result<watch::Receiver<LookupResult>, Error> {
+        if self.servers.is_empty() {
+            return Err(Error::NoRegserver);
+        }
+        if let Some(l) = self.lookups.get(&peer) {
+            let rx = l.result.subscribe();
+            if notify {
+                // Joins the pending lookups, which then ask for a NOTIFY too.
+                for s in &mut self.servers {
+                    if s.client.registered_as().is_some() {
+                        let _ = s.client.lookup(now, peer, true);
+                    }
+                }
+            }
+            return Ok(rx);
+        }
+        let mut lookup = HostLookup {
+            remaining: self.servers.len(),
+            not_found: false,
+            refused: false,
+            result: watch::Sender::new(None),
+        };
+        for s in &mut self.servers {
+            let notify = notify && s.client.registered_as().is_some();
+            if let Err(LookupError::TooMany) = s.client.lookup(now, peer, notify) {
+                lookup.remaining -= 1;
+                lookup.refused = true;
+            }
+        }
+        let rx = lookup.result.subscribe();
+        if lookup.remaining == 0 {
+            lookup
+                .result
+                .send_replace(Some(Err(LookupFailure::Refused)));
+        } else {
+            self.lookups.insert(peer, lookup);
+        }
+        Ok(rx)
+    }
+
+    /// Handles a routing datagram: it goes to the client of the regserver it comes from;
+    /// anything else (PUNCH probes, strays) is dropped.
+    pub(crate) fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
+        let from = canonical_addr(from);
+        if let Some(s) = self.servers.iter_mut().find(|s| s.addr == from) {
+            s.client.handle_datagram(now, s.addr, data);
+        }
+    }
+
+    /// The earliest timer of any client or punch burst.
+    pub(crate) fn poll_timeout(&self) -> Option<Instant> {
+        self.servers
+            .iter()
+            .filter_map(|s| s.client.poll_timeout())
+            .chain(self.punches.values().map(|p| p.next))
+            .min()
+    }
+
+    /// Runs the clients' due timers.
+    pub(crate) fn handle_timeout(&mut self, now: Instant) {
+        for s in &mut self.servers {
+            if s.client.poll_timeout().is_some_and(|t| t <= now) {
+                s.client.handle_timeout(now);
+            }
+        }
+    }
+
+    /// Processes the clients' events, sends due probes, and queues every datagram to send.
+    pub(crate) fn collect(
+        &mut self,
+        now: Instant,
+        rng: &mut ChaCha20Rng,
+        out: &mut VecDeque<(Vec<u8>, Transmit)>,
+    ) {
+        if self.servers.is_empty() {
+            return;
+        }
+        let mut status_changed = false;
+        for i in 0..self.servers.len() {
+            while let Some(event) = self.servers[i].client.poll_event() {
+                match event {
+                    Event::Registered { observed } => {
+                        let s = &self.servers[i];
+                        tracing::info!(regserver = %s.eid, %observed, "registered");
+                        status_changed = true;
+                    }
+                    Event::RegistrationLost => {
+                        tracing::info!(regserver = %self.servers[i].eid, "registration lost");
+                        status_changed = true;
+                    }
+                    Event::LookupResult { eid, outcome } => self.on_lookup(now, i, eid, outcome),
+                    Event::PunchRequest { peer, endpoints } => {
+                        self.on_punch_request(now, peer, endpoints)
+                    }
+                }
+            }
+            let s = &mut self.servers[i];
+            while let Some(t) = s.client.poll_transmit(now, &mut self.buf) {
+                out.push_back((self.buf[..t.size].to_vec(), t));
+            }
+        }
+        if status_changed {
+            self.update_status();
+        }
+        self.send_probes(now, rng, out);
+    }
+
+    fn update_status(&mut self) {
+        let status: Vec<RegserverStatus> = self
+            .servers
+            .iter()
+            .map(|s| RegserverStatus {
+                eid: s.eid,
+                addr: s.addr,
+                registered_as: s.client.registered_as(),
+            })
+            .collect();
+        self.status.send_if_modified(|old| {
+            if *old == status {
+                false
+            } else {
+                *old = status;
+                true
+            }
+        });
+    }
+
+    fn on_lookup(&mut self, now: Instant, i: usize, eid: Eid, outcome: LookupOutcome) {
+        if outcome == LookupOutcome::Refused(ErrorCode::NotRegistered) {
+            // The server lost our record (it restarted, or our address changed): register
+            // again at once, and ask once more without NOTIFY so the caller still gets the
+            // peer's endpoints (a NOTIFY-less lookup cannot be refused this way).
+            let s = &mut self.servers[i];
+            tracing::debug!(regserver = %s.eid, "lookup refused: not registered; re-registering");
+            s.client.register(now);
+            if s.client.lookup(now, eid, false).is_ok() {
+                return;
+            }
+        }
+        let Some(l) = self.lookups.get_mut(&eid) else {
+            return;
+        };
+        let decided = match outcome {
+            LookupOutcome::Found(endpoints) => Some(Ok(endpoints)),
+            other => {
+                match other {
+                    LookupOutcome::NotFound => l.not_found = true,
+                    LookupOutcome::Refused(_) => l.refused = true,
+                    _ => {}
+                }
+                l.remaining = l.remaining.saturating_sub(1);
+                let failure = if l.not_found {
+                    LookupFailure::NotFound
+                } else if l.refused {
+                    LookupFailure::Refused
+                } else {
+                    LookupFailure::TimedOut
+                };
+                (l.remaining == 0).then_some(Err(failure))
+            }
+        };
+        if let Some(result) = decided {
+            if let Some(l) = self.lookups.remove(&eid) {
+                tracing::debug!(peer = %eid, ?result, "lookup done");
+                l.result.send_replace(Some(result));
+            }
+        }
+    }
+
+    /// A regserver tells us `peer` dials us: probe its endpoints (bounded, see the consts).
+    fn on_punch_request(&mut self, now: Instant, peer: Eid, endpoints: Vec<SocketAddr>) {
+        let usable = endpoints
+            .into_iter()
+            .map(canonical_addr)
+            .filter(|a| reachable(self.local_addr, *a));
+        if let Some(burst) = self.punches.get_mut(&peer) {
+            // Another regserver's NOTIFY for the same caller: same burst, more endpoints.
+            for a in usable {
+                if burst.endpoints.len() < MAX_PUNCH_ENDPOINTS && !burst.endpoints.contains(&a) {
+                    burst.endpoints.push(a);
+                }
+            }
+            return;
+        }
+        if self.punches.len() >= MAX_PUNCH_PEERS {
+            tracing::debug!(%peer, "punch request ignored: too many at once");
+            return;
+        }
+        let mut list = Vec::new();
+        for a in usable {
+            if list.len() < MAX_PUNCH_ENDPOINTS && !list.contains(&a) {
+                list.push(a);
+            }
+        }
+        if list.is_empty() {
+            return;
+        }
+        tracing::debug!(%peer, endpoints = ?list, "punching toward a caller");
+        self.punches.insert(
+            peer,
+            PunchBurst {
+                endpoints: list,
+                left: PUNCH_PROBES,
+                next: now,
+            },
+        );
+    }
+
+    fn send_probes(
+        &mut self,
+        now: Instant,
+        rng: &mut ChaCha20Rng,
+        out: &mut VecDeque<(Vec<u8>, Transmit)>,
+    ) {
+        self.punches.retain(|_, burst| {
+            if burst.next > now {
+                return true;
+            }
+            for &destination in &burst.endpoints {
+                let probe = Message::Punch(Punch {
+                    nonce: rng.next_u64(),
+                })
+                .to_vec();
+                let t = Transmit {
+                    destination,
+                    size: probe.len(),
+                    segment_size: None,
+                    ecn: None,
+                    src_ip: None,
+                };
+                out.push_back((probe, t));
+            }
+            burst.left -= 1;
+            burst.next = now + PUNCH_INTERVAL;
+            burst.left > 0
+        });
+    }
+}
+
+/// Whether the host's socket can send to `addr` at all (family, unspecified, port 0).
+pub(crate) fn reachable(local: SocketAddr, addr: SocketAddr) -> bool {
+    !addr.ip().is_unspecified() && addr.port() != 0 && (local.is_ipv6() || addr.is_ipv4())
+}
+
+/// The endpoints a host reports in its records besides the one each regserver observes:
+/// the socket's address when it is bound to a specific one. When bound to
+/// `0.0.0.0`/`[::]`: first the local address the host's routes pick toward each regserver
+/// (its LAN address behind a NAT, so that two hosts behind one NAT reach each other
+/// directly), then the addresses of its other interfaces that are up, of a family the socket
+/// can use; loopback and link-local addresses left out (the endpoint format has no IPv6
+/// scope id). All with the socket's port; at most [`MAX_REPORTED`].
+pub(crate) fn reported_endpoints(
+    local: SocketAddr,
+    servers: impl Iterator<Item = SocketAddr>,
+) -> Vec<SocketAddr> {
+    if !local.ip().is_unspecified() {
+        return vec![canonical_addr(local)];
+    }
+    let toward_servers = servers
+        .filter(|s| local.is_ipv6() || s.is_ipv4())
+        .filter_map(route_source);
+    let interfaces = if_addrs::get_if_addrs()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|i| i.is_oper_up())
+        .map(|i| i.ip());
+    let mut out: Vec<SocketAddr> = Vec::new();
+    for ip in toward_servers.chain(interfaces) {
+        let a = SocketAddr::new(ip.to_canonical(), local.port());
+        if usable_local(ip) && reachable(local, a) && !out.contains(&a) && out.len() < MAX_REPORTED
+        {
+            out.push(a);
+        }
+    }
+    out
+}
+
+/// Whether a local address is worth reporting: not loopback, unspecified or link-local.
+fn usable_local(ip: IpAddr) -> bool {
+    let link_local = match ip.to_canonical() {
+        IpAddr::V4(v4) => v4.is_link_local(),
+        IpAddr::V6(v6) => v6.segments()[0] & 0xffc0 == 0xfe80,
+    };
+    !ip.is_loopback() && !ip.is_unspecified() && !link_local
+}
+
+/// The source address the kernel picks toward `dest` (a `connect` on a throwaway UDP
+/// socket: no packet is sent).
+fn route_source(dest: SocketAddr) -> Option<IpAddr> {
+    let any: IpAddr = if dest.is_ipv4() {
+        Ipv4Addr::UNSPECIFIED.into()
+    } else {
+        Ipv6Addr::UNSPECIFIED.into()
+    };
+    let socket = std::net::UdpSocket::bind(SocketAddr::new(any, 0)).ok()?;
+    socket.connect(dest).ok()?;
+    Some(socket.local_addr().ok()?.ip().to_canonical())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_specific_binding_is_reported_as_is() {
+        let local: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        let servers = ["192.0.2.1:9669".parse().unwrap()];
+        assert_eq!(reported_endpoints(local, servers.into_iter()), vec![local]);
+    }
+
+    #[test]
+    fn a_wildcard_binding_reports_interface_addresses_with_the_port() {
+        let interfaces: Vec<IpAddr> = if_addrs::get_if_addrs()
+            .unwrap()
+            .into_iter()
+            .filter(|i| i.is_oper_up())
+            .map(|i| i.ip())
+            .collect();
+        for (local, v6) in [("0.0.0.0:4000", false), ("[::]:4000", true)] {
+            let local: SocketAddr = local.parse().unwrap();
+            let servers = ["127.0.0.1:9669".parse().unwrap()];
+            let reported = reported_endpoints(local, servers.into_iter());
+            assert!(reported.len() <= MAX_REPORTED);
+            for a in &reported {
+                assert_eq!(a.port(), 4000);
+                assert!(usable_local(a.ip()), "{a}");
+                assert!(v6 || a.is_ipv4(), "{a}");
+                assert!(interfaces.contains(&a.ip()), "{a} is an interface address");
+            }
+            // Every usable interface address of the right family is there (up to the cap).
+            let expected = interfaces
+                .iter()
+                .filter(|ip| usable_local(**ip) && (v6 || ip.is_ipv4()))
+                .collect::<std::collections::BTreeSet<_>>()
+                .len()
+                .min(MAX_REPORTED);
+            assert_eq!(reported.len(), expected, "{reported:?}");
+        }
+    }
+
+    #[test]
+    fn loopback_and_link_local_addresses_are_not_reported() {
+        for ip in [
+            "127.0.0.1",
+            "::1",
+            "169.254.1.1",
+            "fe80::1",
+            "0.0.0.0",
+            "::",
+        ] {
+            assert!(!usable_local(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in ["192.168.1.2", "10.0.0.1", "2001:db8::1", "fd00::1"] {
+            assert!(usable_local(ip.parse().unwrap()), "{ip}");
+        }
+    }
+
+    fn routing() -> Routing {
+        let identity = Identity::from_secret_bytes(&[7; 32]);
+        Routing::new(
+            &identity,
+            RoutingConfig::default(),
+            "0.0.0.0:4000".parse().unwrap(),
+        )
+    }
+
+    fn eid(n: u64) -> Eid {
+        use rand_chacha::rand_core::SeedableRng;
+        Identity::generate(&mut ChaCha20Rng::seed_from_u64(n)).eid()
+    }
+
+    fn endpoints(base: u16, n: u16) -> Vec<SocketAddr> {
+        (0..n)
+            .map(|i| SocketAddr::from(([192, 0, 2, 1], base + i)))
+            .collect()
+    }
+
+    /// Probes sent at `now`, by destination.
+    fn probes(r: &mut Routing, now: Instant) -> Vec<SocketAddr> {
+        use rand_chacha::rand_core::SeedableRng;
+        let mut out = VecDeque::new();
+        r.send_probes(now, &mut ChaCha20Rng::seed_from_u64(1), &mut out);
+        out.into_iter()
+            .map(|(data, t)| {
+                assert_eq!(data.len(), sss_routing::wire::PUNCH_LEN);
+                assert!(matches!(Message::decode(&data), Ok(Message::Punch(_))));
+                t.destination
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_punch_request_sends_three_probes_per_endpoint_over_a_second() {
+        let mut r = routing();
+        let now = Instant::now();
+        let caller = endpoints(5000, 2);
+        r.on_punch_request(now, eid(1), caller.clone());
+        assert_eq!(r.poll_timeout(), Some(now));
+        let mut total = Vec::new();
+        let mut t = now;
+        for _ in 0..PUNCH_PROBES {
+            assert_eq!(r.poll_timeout(), Some(t));
+            let sent = probes(&mut r, t);
+            assert_eq!(sent, caller);
+            assert!(
+                probes(&mut r, t).is_empty(),
+                "nothing more before the interval"
+            );
+            total.extend(sent);
+            t += PUNCH_INTERVAL;
+        }
+        assert_eq!(total.len(), 2 * PUNCH_PROBES as usize);
+        assert_eq!(r.poll_timeout(), None, "the burst is over");
+        assert!(probes(&mut r, t + Duration::from_secs(5)).is_empty());
+    }
+
+    #[test]
+    fn punch_requests_are_bounded_per_caller_and_in_number() {
+        let mut r = routing();
+        let now = Instant::now();
+        // The same caller again (another regserver's NOTIFY, or a repeat): merged into the
+        // running burst, endpoints capped, no extra probes.
+        r.on_punch_request(now, eid(1), endpoints(5000, 9));
+        r.on_punch_request(now, eid(1), endpoints(5000, 9));
+        r.on_punch_request(now, eid(1), endpoints(6000, 9));
+        assert_eq!(probes(&mut r, now).len(), MAX_PUNCH_ENDPOINTS);
+        // Unusable endpoints are dropped: unspecified, port 0, IPv6 on an IPv4 socket.
+        let junk = vec![
+            "0.0.0.0:5".parse().unwrap(),
+            "192.0.2.9:0".parse().unwrap(),
+            "[2001:db8::1]:5".parse().unwrap(),
+        ];
+        r.on_punch_request(now, eid(2), junk);
+        assert_eq!(r.punches.len(), 1, "nothing to probe: no burst");
+        // At most MAX_PUNCH_PEERS callers at once.
+        for n in 10..10 + 2 * MAX_PUNCH_PEERS as u64 {
+            r.on_punch_request(now, eid(n), endpoints(7000, 1));
+        }
+        assert_eq!(r.punches.len(), MAX_PUNCH_PEERS);
+    }
+
+    #[test]
+    fn unreachable_endpoints_are_filtered() {
+        let v4: SocketAddr = "0.0.0.0:1".parse().unwrap();
+        let v6: SocketAddr = "[::]:1".parse().unwrap();
+        assert!(reachable(v4, "192.0.2.1:5".parse().unwrap()));
+        assert!(!reachable(v4, "[2001:db8::1]:5".parse().unwrap()));
+        assert!(reachable(v6, "[2001:db8::1]:5".parse().unwrap()));
+        assert!(!reachable(v6, "192.0.2.1:0".parse().unwrap()));
+        assert!(!reachable(v6, "0.0.0.0:5".parse().unwrap()));
+    }
+}

@@ -1,0 +1,427 @@
+//! Dialing by EID on real loopback sockets, with regservers run in the test
+//! (`common::regserver`): registration, lookup, `connect_eid`, the named lookup errors, a
+//! regserver that restarts or is dead, and the PUNCH probes a NOTIFY makes a host send.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::regserver::Regserver;
+use common::{host_with, loopback, within};
+use rand_core::{OsRng, RngCore};
+use sss_host::{Error, Host, HostConfig, Identity, RoutingConfig, PUNCH_INTERVAL, PUNCH_PROBES};
+use sss_routing::wire::Message;
+use sss_routing::{Client, ClientConfig, Event, LookupOutcome};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UdpSocket;
+
+/// A host bound to `bind` that uses `regservers`, with `keepalive` between keepalives.
+fn routed(bind: &str, regservers: &[&Regserver], keepalive: Duration) -> Host {
+    let mut config = HostConfig::bind(bind.parse().unwrap());
+    config.regservers = regservers.iter().map(|r| r.entry()).collect();
+    config.routing.keepalive_interval = keepalive;
+    host_with(config)
+}
+
+/// Echoes every stream accepted on ("echo", "v1") back to its writer.
+fn serve_echo(host: &Host) {
+    let listener = host.listen("echo", "v1").unwrap();
+    tokio::spawn(async move {
+        while let Ok(mut stream) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut data = Vec::new();
+                stream.read_to_end(&mut data).await?;
+                stream.write_all(&data).await?;
+                stream.shutdown().await?;
+                Ok::<_, std::io::Error>(())
+            });
+        }
+    });
+}
+
+/// Dials `target` by EID from `caller` and checks that the echo comes back.
+async fn echo_by_eid(caller: &Host, target: &Host, text: &[u8]) {
+    let mut stream = caller
+        .connect_eid(target.eid(), "echo", "v1")
+        .await
+        .expect("connect_eid");
+    stream.write_all(text).await.unwrap();
+    stream.shutdown().await.unwrap();
+    let mut back = Vec::new();
+    stream.read_to_end(&mut back).await.unwrap();
+    assert_eq!(back, text);
+}
+
+fn random_eid() -> sss_host::Eid {
+    let mut secret = [0u8; 32];
+    OsRng.fill_bytes(&mut secret);
+    Identity::from_secret_bytes(&secret).eid()
+}
+
+#[tokio::test]
+async fn a_registered_host_is_dialed_by_eid_alone() {
+    within(20, async {
+        let reg = Regserver::start().await;
+        // Wildcard bindings: the IPv4 host and the dual-stack one both reach the regserver
+        // on 127.0.0.1 and each other at the endpoints it observed.
+        let a = routed("0.0.0.0:0", &[&reg], Duration::from_secs(20));
+        let b = routed("[::]:0", &[&reg], Duration::from_secs(20));
+        serve_echo(&a);
+
+        let observed = a.registered().await.unwrap();
+        assert_eq!(
+            observed,
+            a.loopback_addr(),
+            "the regserver saw A at 127.0.0.1"
+        );
+        assert!(reg.has_record(&a.eid()));
+        b.registered().await.unwrap();
+        let status = a.regservers();
+        assert_eq!(status.len(), 1);
+        assert_eq!((status[0].eid, status[0].addr), reg.entry());
+        assert_eq!(status[0].registered_as, Some(observed));
+
+        assert_eq!(b.lookup(a.eid()).await.unwrap()[0], a.loopback_addr());
+        echo_by_eid(&b, &a, b"hello by EID").await;
+        // B was registered, so its lookup asked the regserver to tell A to punch.
+        assert_eq!(reg.notifies(), 1);
+        // A channel is up now: the second stream opens on it without a lookup.
+        echo_by_eid(&b, &a, b"again").await;
+        assert_eq!(reg.notifies(), 1, "no lookup while a channel is up");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn early_data_by_eid_reaches_the_peer() {
+    within(20, async {
+        let reg = Regserver::start().await;
+        let a = routed("127.0.0.1:0", &[&reg], Duration::from_secs(20));
+        let b = routed("127.0.0.1:0", &[&reg], Duration::from_secs(20));
+        serve_echo(&a);
+        a.registered().await.unwrap();
+        let mut stream = b
+            .connect_eid_early(a.eid(), "echo", "v1", b"early")
+            .await
+            .unwrap();
+        stream.shutdown().await.unwrap();
+        let mut back = Vec::new();
+        stream.read_to_end(&mut back).await.unwrap();
+        assert_eq!(back, b"early");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn looking_up_an_unknown_eid_fails_with_peer_not_found() {
+    within(20, async {
+        let reg = Regserver::start().await;
+        let b = routed("127.0.0.1:0", &[&reg], Duration::from_secs(20));
+        let stranger = random_eid();
+        assert!(matches!(b.lookup(stranger).await, Err(Error::PeerNotFound)));
+        // Before and after B registered (a NOTIFY-less lookup needs no registration).
+        b.registered().await.unwrap();
+        assert!(matches!(b.lookup(stranger).await, Err(Error::PeerNotFound)));
+        let e = b.connect_eid(stranger, "echo", "v1").await.unwrap_err();
+        assert!(matches!(e, Error::PeerNotFound), "{e}");
+        assert_eq!(e.io_kind(), std::io::ErrorKind::NotFound);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn without_a_regserver_dialing_by_eid_says_so() {
+    within(20, async {
+        let b = host_with(HostConfig::bind(loopback()));
+        let peer = random_eid();
+        assert!(matches!(b.lookup(peer).await, Err(Error::NoRegserver)));
+        let e = b.connect_eid(peer, "echo", "v1").await.unwrap_err();
+        assert!(matches!(e, Error::NoRegserver), "{e}");
+        assert!(e.to_string().contains("no regserver configured"), "{e}");
+        assert!(matches!(b.registered().await, Err(Error::NoRegserver)));
+        assert!(b.regservers().is_empty());
+
+        // One added later is used at once.
+        let reg = Regserver::start().await;
+        b.add_regserver(reg.eid, reg.addr).unwrap();
+        assert_eq!(b.registered().await.unwrap(), b.local_addr());
+        assert!(matches!(b.lookup(peer).await, Err(Error::PeerNotFound)));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_lookup_nobody_answers_times_out() {
+    within(20, async {
+        // A socket that reads nothing: a dead regserver.
+        let dead = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut config = HostConfig::bind(loopback());
+        config.regservers = vec![(random_eid(), dead.local_addr().unwrap())];
+        config.routing = RoutingConfig::default();
+        config.routing.lookup_timeout = Duration::from_millis(600);
+        let b = host_with(config);
+        let start = Instant::now();
+        let e = b.lookup(random_eid()).await.unwrap_err();
+        assert!(matches!(e, Error::LookupTimedOut), "{e}");
+        assert!(start.elapsed() >= Duration::from_millis(500));
+        assert_eq!(b.regservers()[0].registered_as, None);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn after_a_regserver_restart_hosts_register_again_and_dialing_works_again() {
+    within(30, async {
+        let reg = Regserver::start().await;
+        // Short keepalives: they are how a host learns that the regserver lost its record.
+        let a = routed("127.0.0.1:0", &[&reg], Duration::from_secs(1));
+        let b = routed("127.0.0.1:0", &[&reg], Duration::from_secs(1));
+        serve_echo(&a);
+        a.registered().await.unwrap();
+        b.registered().await.unwrap();
+
+        reg.restart();
+        assert!(!reg.has_record(&a.eid()), "the restart lost the records");
+        reg.wait_for_record(&a.eid()).await;
+        echo_by_eid(&b, &a, b"after the restart").await;
+        reg.wait_for_record(&b.eid()).await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn lookup_right_after_a_restart_re_registers_the_caller() {
+    within(30, async {
+        let reg = Regserver::start().await;
+        let a = routed("127.0.0.1:0", &[&reg], Duration::from_secs(1));
+        // B's keepalives are too rare to notice the restart (and its refresh is minutes
+        // away): the refused NOTIFY lookup is what makes it register again.
+        let b = routed("127.0.0.1:0", &[&reg], Duration::from_secs(600));
+        serve_echo(&a);
+        a.registered().await.unwrap();
+        b.registered().await.unwrap();
+        reg.restart();
+        reg.wait_for_record(&a.eid()).await;
+        assert!(!reg.has_record(&b.eid()));
+        // B's lookup asks for a NOTIFY, which the server refuses (it forgot B): B registers
+        // again and asks once more without NOTIFY, and the dial goes through.
+        echo_by_eid(&b, &a, b"refused, then found").await;
+        reg.wait_for_record(&b.eid()).await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn with_two_regservers_one_dead_dialing_still_works() {
+    within(20, async {
+        let dead = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let dead = (random_eid(), dead.local_addr().unwrap());
+        let live = Regserver::start().await;
+        let config = |dead| {
+            let mut c = HostConfig::bind(loopback());
+            c.regservers = vec![dead, live.entry()];
+            c
+        };
+        let a = host_with(config(dead));
+        let b = host_with(config(dead));
+        serve_echo(&a);
+        a.registered().await.unwrap();
+        b.registered().await.unwrap();
+        let status = a.regservers();
+        assert_eq!(status[0].registered_as, None, "the dead one never answers");
+        assert_eq!(status[1].registered_as, Some(a.local_addr()));
+
+        // The live regserver's answer wins without waiting for the dead one's timeout.
+        let start = Instant::now();
+        echo_by_eid(&b, &a, b"through the live one").await;
+        assert!(start.elapsed() < Duration::from_secs(5));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_failed_attempt_is_retried_after_a_new_lookup_that_finds_the_moved_peer() {
+    within(30, async {
+        let reg = Regserver::start().await;
+        let mut secret = [0u8; 32];
+        OsRng.fill_bytes(&mut secret);
+        let config = || {
+            let mut c = HostConfig::bind(loopback());
+            c.regservers = vec![reg.entry()];
+            c
+        };
+        // The peer registers, then goes away: its record still names its old socket.
+        let old = Host::with_identity(&Identity::from_secret_bytes(&secret), config()).unwrap();
+        let old_addr = old.registered().await.unwrap();
+        old.close().await;
+        drop(old);
+
+        let mut c = config();
+        c.attempt_timeout = Duration::from_millis(300);
+        c.backoff = sss_host::BackoffPolicy {
+            delays_ms: vec![100],
+            jitter_percent: 0,
+            conceal: 3,
+        };
+        let b = host_with(c);
+        b.registered().await.unwrap();
+        let peer = Identity::from_secret_bytes(&secret).eid();
+        let dial = {
+            let b = b.clone();
+            tokio::spawn(async move { b.connect_eid(peer, "echo", "v1").await })
+        };
+        // Once B's first lookup was answered (with the old socket), the peer comes back on
+        // a new one; B's retry looks it up again and finds it there.
+        reg.wait_until(|s| s.stats().lookups >= 1).await;
+        let new = Host::with_identity(&Identity::from_secret_bytes(&secret), config()).unwrap();
+        serve_echo(&new);
+        let new_addr = new.registered().await.unwrap();
+        assert_ne!(new_addr, old_addr);
+        let mut stream = dial.await.unwrap().expect("connected on a retry");
+        stream.write_all(b"moved").await.unwrap();
+        stream.shutdown().await.unwrap();
+        let mut back = Vec::new();
+        stream.read_to_end(&mut back).await.unwrap();
+        assert_eq!(back, b"moved");
+        assert!(reg.lookups() >= 2, "looked up again");
+    })
+    .await;
+}
+
+/// A bare routing client on its own socket, to see what a host sends to a caller.
+struct RawCaller {
+    socket: UdpSocket,
+    client: Client,
+}
+
+impl RawCaller {
+    async fn new(reg: &Regserver) -> Self {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let mut seed = [0u8; 32];
+        OsRng.fill_bytes(&mut seed);
+        let config = ClientConfig::new(reg.addr, reg.eid, 1, seed);
+        let mut secret = [0u8; 32];
+        OsRng.fill_bytes(&mut secret);
+        let client = Client::new(config, Identity::from_secret_bytes(&secret));
+        Self { socket, client }
+    }
+
+    /// Runs the client until `until` is true of an event, or of a datagram from another
+    /// address than the regserver (handed to `other`).
+    async fn run(
+        &mut self,
+        mut until: impl FnMut(&Event) -> bool,
+        mut other: impl FnMut(SocketAddr, &[u8]),
+    ) {
+        let mut buf = vec![0u8; 2048];
+        loop {
+            let mut out = Vec::new();
+            while let Some(t) = self.client.poll_transmit(Instant::now(), &mut out) {
+                self.socket
+                    .send_to(&out[..t.size], t.destination)
+                    .await
+                    .unwrap();
+            }
+            while let Some(e) = self.client.poll_event() {
+                if until(&e) {
+                    return;
+                }
+            }
+            let deadline = self.client.poll_timeout();
+            tokio::select! {
+                r = self.socket.recv_from(&mut buf) => {
+                    let (n, from) = r.unwrap();
+                    if from == self.client.config().server_addr {
+                        self.client.handle_datagram(Instant::now(), from, &buf[..n]);
+                    } else {
+                        other(from, &buf[..n]);
+                    }
+                }
+                () = async {
+                    match deadline {
+                        Some(t) => tokio::time::sleep_until(t.into()).await,
+                        None => std::future::pending().await,
+                    }
+                } => self.client.handle_timeout(Instant::now()),
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_notify_makes_the_target_send_a_bounded_burst_of_punch_probes() {
+    within(20, async {
+        let reg = Regserver::start().await;
+        let a = routed("127.0.0.1:0", &[&reg], Duration::from_secs(20));
+        a.registered().await.unwrap();
+        let mut caller = RawCaller::new(&reg).await;
+        caller.client.register(Instant::now());
+        caller
+            .run(|e| matches!(e, Event::Registered { .. }), |_, _| {})
+            .await;
+
+        // Two lookups with NOTIFY in quick succession: the second NOTIFY joins the burst
+        // the first started, so A probes the caller's one endpoint PUNCH_PROBES times.
+        let mut probes = Vec::new();
+        for _ in 0..2 {
+            caller.client.lookup(Instant::now(), a.eid(), true).unwrap();
+            caller
+                .run(
+                    |e| {
+                        matches!(
+                            e,
+                            Event::LookupResult {
+                                outcome: LookupOutcome::Found(_),
+                                ..
+                            }
+                        )
+                    },
+                    |from, data| probes.push((from, data.to_vec())),
+                )
+                .await;
+        }
+        assert_eq!(reg.notifies(), 2);
+        let a_addr = a.local_addr();
+        let window = Instant::now() + PUNCH_INTERVAL * (PUNCH_PROBES + 2);
+        let _ = tokio::time::timeout_at(
+            window.into(),
+            caller.run(|_| false, |from, data| probes.push((from, data.to_vec()))),
+        )
+        .await;
+        assert_eq!(probes.len(), PUNCH_PROBES as usize, "{probes:?}");
+        for (from, data) in &probes {
+            assert_eq!(*from, a_addr);
+            assert!(matches!(Message::decode(data), Ok(Message::Punch(_))));
+        }
+    })
+    .await;
+}
+
+#[test]
+fn the_blocking_facade_dials_by_eid_too() {
+    use sss_host::blocking;
+    use std::io::{Read, Write};
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let reg = rt.block_on(Regserver::start());
+    let config = || {
+        let mut c = HostConfig::bind(loopback());
+        c.regservers = vec![reg.entry()];
+        c
+    };
+    let a = blocking::Host::new(config()).unwrap();
+    let listener = a.listen("echo", "v1").unwrap();
+    assert_eq!(a.registered().unwrap(), a.local_addr());
+    let b = blocking::Host::new(HostConfig::bind(loopback())).unwrap();
+    assert!(matches!(b.lookup(a.eid()), Err(Error::NoRegserver)));
+    b.add_regserver(reg.eid, reg.addr).unwrap();
+    assert_eq!(b.lookup(a.eid()).unwrap(), vec![a.local_addr()]);
+    let mut out = b.connect_eid(a.eid(), "echo", "v1").unwrap();
+    out.write_all(b"blocking").unwrap();
+    out.finish().unwrap();
+    let mut incoming = listener.accept().unwrap();
+    let mut got = Vec::new();
+    incoming.read_to_end(&mut got).unwrap();
+    assert_eq!(got, b"blocking");
+}
