@@ -10,6 +10,10 @@ use crate::recovery::cc::CongestionAlgorithm;
 pub struct ChannelConfig {
     /// Congestion controller (default CUBIC).
     pub congestion: CongestionAlgorithm,
+    /// HyStart++ (RFC 9406) in CUBIC's initial slow start: leave it when the round trip
+    /// grows, before the bottleneck's queue overflows (default on; NewReno keeps standard
+    /// slow start, see [`CongestionAlgorithm::build_with`]).
+    pub hystart: bool,
     /// RTT assumed before the first sample (RFC 9002 kInitialRtt: 333 ms).
     pub initial_rtt: Duration,
     /// Longest we delay an acknowledgement; sent to the peer in the handshake.
@@ -67,6 +71,7 @@ impl Default for ChannelConfig {
     fn default() -> Self {
         Self {
             congestion: CongestionAlgorithm::default(),
+            hystart: true,
             initial_rtt: Duration::from_millis(333),
             max_ack_delay: Duration::from_millis(25),
             ack_eliciting_threshold: 2,

@@ -303,7 +303,7 @@ impl<M> Channel<M> {
         } = origin;
         let mtu = config.base_udp_payload;
         let rtt = RttEstimator::new(config.initial_rtt);
-        let cc = config.congestion.build(now, mtu);
+        let cc = config.congestion.build_with(now, mtu, config.hystart);
         let pacer = Pacer::new(rtt.smoothed(), cc.window(), mtu, now);
         Self {
             side,
@@ -901,7 +901,10 @@ impl<M> Channel<M> {
         }
         if from.ip() != to.ip() {
             // A different network path: its capacity and delay are unknown.
-            self.cc = self.config.congestion.build(now, self.mtu.current());
+            self.cc =
+                self.config
+                    .congestion
+                    .build_with(now, self.mtu.current(), self.config.hystart);
             self.rtt = RttEstimator::new(self.config.initial_rtt);
             self.spurious.on_path_change();
         }
@@ -1089,6 +1092,7 @@ impl<M> Channel<M> {
             self.bytes_in_flight,
             self.app_limited,
             self.largest_acked,
+            rtt_sample,
         );
         self.pto_count = 0;
         self.set_loss_detection_timer(now);

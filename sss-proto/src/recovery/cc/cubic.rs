@@ -6,6 +6,7 @@
 
 use std::time::{Duration, Instant};
 
+use super::hystart::{HyStart, Phase};
 use super::{initial_window, Controller, RecoveryPeriod};
 use crate::recovery::rtt::RttEstimator;
 
@@ -23,6 +24,9 @@ pub struct CubicConfig {
     /// Release bandwidth to new flows by lowering `W_max` when the window did not reach it
     /// again before the next loss (RFC 9438 §4.7).
     pub fast_convergence: bool,
+    /// Leave the initial slow start when the round trip grows, before the queue overflows
+    /// (HyStart++, RFC 9406; see [`hystart`](super::hystart)).
+    pub hystart: bool,
 }
 
 impl Default for CubicConfig {
@@ -33,6 +37,7 @@ impl Default for CubicConfig {
             loss_reduction_factor: 0.7,
             c: 0.4,
             fast_convergence: true,
+            hystart: true,
         }
     }
 }
@@ -80,6 +85,8 @@ pub struct Cubic {
     /// When the flow became application-limited, so the epoch can skip the idle time (§5.8).
     app_limited_since: Option<Instant>,
     undo: Option<Snapshot>,
+    /// HyStart++ while the initial slow start lasts (`None` once it ended, or if disabled).
+    hystart: Option<HyStart>,
 }
 
 impl Cubic {
@@ -102,6 +109,7 @@ impl Cubic {
             round: None,
             app_limited_since: None,
             undo: None,
+            hystart: config.hystart.then(HyStart::new),
         }
     }
 
@@ -204,6 +212,30 @@ impl Cubic {
 }
 
 impl Controller for Cubic {
+    fn on_sent(&mut self, _now: Instant, _bytes: u64, packet_number: u64) {
+        if let Some(h) = &mut self.hystart {
+            h.on_sent(packet_number);
+        }
+    }
+
+    fn on_end_acks(
+        &mut self,
+        _now: Instant,
+        _in_flight: u64,
+        _app_limited: bool,
+        largest_packet_num_acked: Option<u64>,
+        rtt_sample: Option<Duration>,
+    ) {
+        if let Some(h) = &mut self.hystart {
+            if h.on_ack(rtt_sample, largest_packet_num_acked) == Phase::Done {
+                // RFC 9406 §4.2: slow start ends here; congestion avoidance starts from
+                // this window (the next epoch takes it as its origin, K = 0).
+                self.ssthresh = self.window;
+                self.hystart = None;
+            }
+        }
+    }
+
     fn on_ack(
         &mut self,
         now: Instant,
@@ -231,8 +263,10 @@ impl Controller for Cubic {
         self.recovery.clear();
         self.undo = None;
         if self.window < self.ssthresh {
-            // Standard slow start (RFC 9002 §7.3.1; RFC 9438 §4.10).
-            self.window = self.window.saturating_add(bytes);
+            // Slow start (RFC 9002 §7.3.1; RFC 9438 §4.10), conservative once HyStart++ saw
+            // the round trip grow.
+            let growth = self.hystart.as_ref().map_or(bytes, |h| h.growth(bytes));
+            self.window = self.window.saturating_add(growth);
             return;
         }
         let epoch = match self.epoch_start {
@@ -252,6 +286,8 @@ impl Controller for Cubic {
         is_persistent_congestion: bool,
         _lost_bytes: u64,
     ) {
+        // A congestion signal ends slow start (and HyStart++ with it).
+        self.hystart = None;
         if !self.recovery.contains(sent) {
             self.undo = Some(Snapshot {
                 window: self.window,

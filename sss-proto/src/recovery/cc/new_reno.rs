@@ -1,7 +1,8 @@
 //! NewReno congestion control (RFC 9002 §7.3 and Appendix B).
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use super::hystart::{HyStart, Phase};
 use super::{initial_window, Controller, RecoveryPeriod};
 use crate::recovery::rtt::RttEstimator;
 
@@ -14,6 +15,10 @@ pub struct NewRenoConfig {
     pub minimum_window_packets: u64,
     /// Factor applied to the window on a congestion event (`kLossReductionFactor`, 0.5).
     pub loss_reduction_factor: f64,
+    /// Leave the initial slow start when the round trip grows, before the queue overflows
+    /// (HyStart++, RFC 9406; see [`hystart`](super::hystart)). Off by default (see
+    /// [`CongestionAlgorithm::build_with`](super::CongestionAlgorithm::build_with)).
+    pub hystart: bool,
 }
 
 impl Default for NewRenoConfig {
@@ -22,6 +27,7 @@ impl Default for NewRenoConfig {
             initial_window: None,
             minimum_window_packets: 2,
             loss_reduction_factor: 0.5,
+            hystart: false,
         }
     }
 }
@@ -41,6 +47,8 @@ pub struct NewReno {
     recovery: RecoveryPeriod,
     /// State before the last reduction, for `on_spurious_congestion_event`.
     undo: Option<(u64, u64)>,
+    /// HyStart++ while the initial slow start lasts (`None` once it ended, or if disabled).
+    hystart: Option<HyStart>,
 }
 
 impl NewReno {
@@ -56,6 +64,7 @@ impl NewReno {
             bytes_acked: 0,
             recovery: RecoveryPeriod::default(),
             undo: None,
+            hystart: config.hystart.then(HyStart::new),
         }
     }
 
@@ -70,6 +79,29 @@ impl NewReno {
 }
 
 impl Controller for NewReno {
+    fn on_sent(&mut self, _now: Instant, _bytes: u64, packet_number: u64) {
+        if let Some(h) = &mut self.hystart {
+            h.on_sent(packet_number);
+        }
+    }
+
+    fn on_end_acks(
+        &mut self,
+        _now: Instant,
+        _in_flight: u64,
+        _app_limited: bool,
+        largest_packet_num_acked: Option<u64>,
+        rtt_sample: Option<Duration>,
+    ) {
+        if let Some(h) = &mut self.hystart {
+            if h.on_ack(rtt_sample, largest_packet_num_acked) == Phase::Done {
+                // RFC 9406 §4.2: slow start ends here.
+                self.ssthresh = self.window;
+                self.hystart = None;
+            }
+        }
+    }
+
     fn on_ack(
         &mut self,
         _now: Instant,
@@ -86,8 +118,10 @@ impl Controller for NewReno {
         self.recovery.clear();
         self.undo = None;
         if self.window < self.ssthresh {
-            // §7.3.1: slow start grows by the acknowledged bytes, doubling per round trip.
-            self.window = self.window.saturating_add(bytes);
+            // §7.3.1: slow start grows by the acknowledged bytes, doubling per round trip
+            // (a quarter of them once HyStart++ saw the round trip grow).
+            let growth = self.hystart.as_ref().map_or(bytes, |h| h.growth(bytes));
+            self.window = self.window.saturating_add(growth);
             if self.window >= self.ssthresh {
                 // Bytes past ssthresh count towards congestion avoidance.
                 self.bytes_acked = self.window - self.ssthresh;
@@ -110,6 +144,8 @@ impl Controller for NewReno {
         is_persistent_congestion: bool,
         _lost_bytes: u64,
     ) {
+        // A congestion signal ends slow start (and HyStart++ with it).
+        self.hystart = None;
         if !self.recovery.contains(sent) {
             // §7.3.2: one reduction per recovery period.
             self.undo = Some((self.window, self.ssthresh));
