@@ -75,6 +75,9 @@ pub struct CompareArgs {
     /// (for a before/after comparison of early data with one binary).
     #[arg(long)]
     pub no_early_data: bool,
+    /// SSS clients and servers use standard slow start instead of CUBIC's HyStart++.
+    #[arg(long)]
+    pub no_hystart: bool,
     /// Impairment relay command. Placeholders: {listen} {forward} {loss} (fraction)
     /// {loss_pct} {delay_ms} (one way = RTT/2) {rtt_ms} {seed} (the round number, so each
     /// round meets a different loss pattern and both stacks of a round the same one).
@@ -407,6 +410,7 @@ impl<'a> Runner<'a> {
             &stack.to_string(),
         ])
         .args(["--cipher", &cipher_arg(self.args.cipher)])
+        .args(self.args.no_hystart.then_some("--no-hystart"))
         .stdin(Stdio::null())
         .stdout(Stdio::piped());
         let child = cmd
@@ -477,6 +481,7 @@ impl<'a> Runner<'a> {
         cmd.args(["client", "--connect", target, "--stack", &stack.to_string()])
             .args(["--cipher", &cipher_arg(self.args.cipher)])
             .args(self.args.no_early_data.then_some("--no-early-data"))
+            .args(self.args.no_hystart.then_some("--no-hystart"))
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped());

@@ -56,6 +56,7 @@ fn host_config(bind: SocketAddr, tuning: &Tuning) -> HostConfig {
     };
     channel.base_udp_payload = tuning.initial_mtu;
     channel.max_udp_payload = tuning.max_udp_payload;
+    channel.hystart = !tuning.no_hystart;
     config.endpoint.channel = Arc::new(channel);
     config.linger = Duration::from_millis(500);
     config.socket_buffer = tuning.socket_buffer;

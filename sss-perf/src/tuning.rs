@@ -91,6 +91,10 @@ pub struct Tuning {
     /// early data (to measure what early data gains). quinn ignores it.
     #[arg(long)]
     pub no_early_data: bool,
+    /// SSS: standard slow start instead of CUBIC's HyStart++ (to measure what it changes).
+    /// quinn ignores it.
+    #[arg(long)]
+    pub no_hystart: bool,
 }
 
 impl Default for Tuning {
@@ -104,6 +108,7 @@ impl Default for Tuning {
             initial_mtu: 1200,
             max_udp_payload: 1452,
             no_early_data: false,
+            no_hystart: false,
         }
     }
 }
@@ -113,7 +118,7 @@ impl fmt::Display for Tuning {
         write!(
             f,
             "cipher={} stream_window={} conn_window={} max_streams={} socket_buffer={} \
-             initial_mtu={} max_udp_payload={} early_data={}",
+             initial_mtu={} max_udp_payload={} early_data={} hystart={}",
             self.cipher.resolve(),
             self.stream_window,
             self.conn_window,
@@ -121,7 +126,8 @@ impl fmt::Display for Tuning {
             self.socket_buffer,
             self.initial_mtu,
             self.max_udp_payload,
-            !self.no_early_data
+            !self.no_early_data,
+            !self.no_hystart
         )
     }
 }
