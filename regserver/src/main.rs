@@ -88,6 +88,7 @@ fn run(args: Args) -> Result<(), String> {
 }
 
 async fn serve(bind: SocketAddr, config: sss_routing::ServerConfig) -> Result<(), String> {
+    let mut signals = Signals::new().map_err(|e| format!("cannot catch signals: {e}"))?;
     let mut server = RegServer::bind(bind, config)
         .await
         .map_err(|e| e.to_string())?;
@@ -101,7 +102,7 @@ async fn serve(bind: SocketAddr, config: sss_routing::ServerConfig) -> Result<()
         );
     }
 
-    let signal = wait_for_signal().await;
+    let signal = signals.recv().await;
     let stats = server.stats();
     match signal {
         Ok(name) => tracing::info!(
@@ -118,19 +119,41 @@ async fn serve(bind: SocketAddr, config: sss_routing::ServerConfig) -> Result<()
     Ok(())
 }
 
-/// Waits for Ctrl-C (SIGINT) or SIGTERM and names it.
-async fn wait_for_signal() -> std::io::Result<&'static str> {
+/// Ctrl-C (SIGINT) and SIGTERM, caught from creation on (before the banner is printed, so a
+/// supervisor that stops the server right after reading it gets a clean exit).
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate())?;
-        tokio::select! {
-            r = tokio::signal::ctrl_c() => r.map(|()| "SIGINT"),
-            _ = term.recv() => Ok("SIGTERM"),
+    int: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    term: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(Self {
+                int: signal(SignalKind::interrupt())?,
+                term: signal(SignalKind::terminate())?,
+            })
         }
+        #[cfg(not(unix))]
+        Ok(Self {})
     }
-    #[cfg(not(unix))]
-    {
-        tokio::signal::ctrl_c().await.map(|()| "Ctrl-C")
+
+    /// Waits for one and names it.
+    async fn recv(&mut self) -> std::io::Result<&'static str> {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = self.int.recv() => Ok("SIGINT"),
+                _ = self.term.recv() => Ok("SIGTERM"),
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            tokio::signal::ctrl_c().await.map(|()| "Ctrl-C")
+        }
     }
 }
