@@ -18,7 +18,9 @@
 //!
 //! Prints `registered observed=...`, `peer endpoints=...` and finally `result=direct via=...`
 //! (exit 0) or `result=no-direct` (exit 3, registration and signalling worked but no probe
-//! came back); anything else that fails exits 1.
+//! came back); anything else that fails exits 1. A listener (`--role listener`, the control
+//! experiment: it never sends toward the peer) prints `result=listened probes=N` and exits 0
+//! if a probe of the peer reached it, else 3.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -73,9 +75,13 @@ enum Command {
         /// The peer's EID.
         #[arg(long)]
         peer: Eid,
-        /// Caller: looks the peer up with NOTIFY. Target: waits to be notified.
+        /// Caller: looks the peer up (with NOTIFY) and probes it. Target: waits to be notified
+        /// and probes the caller. Listener: only answers probes, for `--wait-secs`.
         #[arg(long, value_enum)]
         role: Role,
+        /// Caller: look up without NOTIFY (so the peer does not punch toward us).
+        #[arg(long)]
+        no_notify: bool,
         /// Local UDP address.
         #[arg(long, default_value = "0.0.0.0:0")]
         bind: SocketAddr,
@@ -92,6 +98,7 @@ enum Command {
 enum Role {
     Caller,
     Target,
+    Listener,
 }
 
 fn main() -> ExitCode {
@@ -112,6 +119,7 @@ fn main() -> ExitCode {
             key,
             peer,
             role,
+            no_notify,
             bind,
             wait_secs,
             punch_secs,
@@ -132,6 +140,7 @@ fn main() -> ExitCode {
                 key,
                 peer,
                 role,
+                notify: !no_notify,
                 bind,
                 wait: Duration::from_secs(wait_secs),
                 punch: Duration::from_secs(punch_secs),
@@ -154,6 +163,7 @@ struct Check {
     key: PathBuf,
     peer: Eid,
     role: Role,
+    notify: bool,
     bind: SocketAddr,
     wait: Duration,
     punch: Duration,
@@ -204,6 +214,7 @@ impl Check {
         let mut punch_started = start;
         let mut next_probe = start;
         let mut acked: Option<(SocketAddr, Instant)> = None;
+        let mut probes_received = 0u64;
         let mut buf = vec![0u8; 2048];
         let mut out = Vec::new();
         loop {
@@ -217,13 +228,14 @@ impl Check {
             {
                 next_lookup = None;
                 client
-                    .lookup(now, self.peer, true)
+                    .lookup(now, self.peer, self.notify)
                     .map_err(|e| format!("lookup: {e}"))?;
             }
             while let Some(event) = client.poll_event() {
                 match event {
                     Event::Registered { observed } => {
-                        println!("registered observed={observed}");
+                        let local = socket.local_addr().map_err(|e| e.to_string())?;
+                        println!("registered observed={observed} local={local}");
                         if self.role == Role::Caller && peer_endpoints.is_none() {
                             next_lookup.get_or_insert(now);
                         }
@@ -267,7 +279,15 @@ impl Check {
             }
 
             // Verdicts.
-            if let Some((via, at)) = acked {
+            if self.role == Role::Listener {
+                if now >= start + self.wait {
+                    if client.registered_as().is_none() {
+                        return Err("not registered".into());
+                    }
+                    println!("result=listened probes={probes_received}");
+                    return Ok(probes_received > 0);
+                }
+            } else if let Some((via, at)) = acked {
                 if now >= at + LINGER {
                     let mapping = peer_endpoints.as_ref().and_then(|e| e.first());
                     println!(
@@ -308,6 +328,7 @@ impl Check {
                             continue;
                         }
                         if kind == PROBE {
+                            probes_received += 1;
                             let _ = socket.send_to(&probe(ACK, &me, n), from).await;
                         } else if kind == ACK && n == nonce && acked.is_none() {
                             println!("probe acknowledged from {from}");
