@@ -142,3 +142,30 @@ fn key_file_is_created_owner_only_then_loaded_and_never_overwritten() {
         "sss-ed25519-secret-v1 !!!\n"
     );
 }
+
+/// Records are soft state: after the server restarts (same key, same address, empty tables,
+/// new cookie secret), a registered host finds out with its next keepalive and registers again.
+#[tokio::test]
+async fn a_host_registers_again_after_the_server_restarts() {
+    let server = start(6).await;
+    let (addr, eid) = (server.local_addr(), server.eid());
+    let mut host = common::UdpHost::with_config(addr, eid, 21, |c| {
+        c.keepalive_interval = Duration::from_secs(1);
+    })
+    .await;
+    host.register().await;
+    server.shutdown().await;
+
+    let server = RegServer::bind(addr, server_config(common::identity(6).eid()))
+        .await
+        .unwrap();
+    assert_eq!(server.stats().records, 0);
+    let back = host
+        .run_until(Duration::from_secs(5), |_| server.stats().records == 1)
+        .await;
+    let stats = server.stats();
+    assert!(back, "{stats:?}");
+    assert_eq!(stats.records, 1, "{stats:?}");
+    assert_eq!(stats.server.registered, 1);
+    assert_eq!(host.client.registered_as(), Some(host.addr()));
+}

@@ -35,10 +35,21 @@ pub struct UdpHost {
 
 impl UdpHost {
     pub async fn new(server: SocketAddr, server_eid: Eid, seed: u64) -> Self {
+        Self::with_config(server, server_eid, seed, |_| {}).await
+    }
+
+    /// Like [`UdpHost::new`], with the client configuration changed by `edit`.
+    pub async fn with_config(
+        server: SocketAddr,
+        server_eid: Eid,
+        seed: u64,
+        edit: impl FnOnce(&mut ClientConfig),
+    ) -> Self {
         let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let mut rng_seed = [0; 32];
         rng_seed[..8].copy_from_slice(&seed.to_be_bytes());
-        let config = ClientConfig::new(server, server_eid, 1, rng_seed);
+        let mut config = ClientConfig::new(server, server_eid, 1, rng_seed);
+        edit(&mut config);
         Self {
             client: Client::new(config, identity(seed)),
             socket,
