@@ -45,6 +45,10 @@ use tokio::task::JoinHandle;
 /// longer is cut here and then refused by the decoder.
 const RECV_BUF: usize = 2048;
 
+/// Receive buffer asked for the socket: with the default (about 200 kB, some 200 queued
+/// datagrams) a burst of a few hundred HELLOs overflows it and the hosts wait for their retry.
+const RECV_SOCKET_BUFFER: usize = 4 << 20;
+
 /// Pause after a failed receive, so that a socket error that repeats cannot spin the task.
 const RECV_ERROR_PAUSE: Duration = Duration::from_millis(10);
 
@@ -145,9 +149,7 @@ impl RegServer {
     /// records must name). Must be called inside a tokio runtime, which runs the server's
     /// task.
     pub async fn bind(addr: SocketAddr, config: ServerConfig) -> Result<Self, Error> {
-        let socket = UdpSocket::bind(addr)
-            .await
-            .map_err(|source| Error::Bind { addr, source })?;
+        let socket = bind_socket(addr).map_err(|source| Error::Bind { addr, source })?;
         let local_addr = socket.local_addr()?;
         let eid = config.server_id;
         let server = Server::new(config, Instant::now());
@@ -207,6 +209,18 @@ impl Drop for RegServer {
     fn drop(&mut self) {
         self.shutdown.shutdown();
     }
+}
+
+/// A non-blocking UDP socket bound to `addr`, with a receive buffer large enough for a burst
+/// of requests (many hosts registering at once after a restart or a network outage).
+fn bind_socket(addr: SocketAddr) -> io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    // Best effort: the kernel caps it at net.core.rmem_max.
+    let _ = socket.set_recv_buffer_size(RECV_SOCKET_BUFFER);
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    UdpSocket::from_std(socket.into())
 }
 
 /// The server's task: datagrams in, transmits out, one timer, until shutdown.

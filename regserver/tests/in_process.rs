@@ -169,3 +169,48 @@ async fn a_host_registers_again_after_the_server_restarts() {
     assert_eq!(stats.server.registered, 1);
     assert_eq!(host.client.registered_as(), Some(host.addr()));
 }
+
+/// A burst of requests (hosts registering at once after an outage) is queued whole by the
+/// server's enlarged socket buffer, not dropped: 600 HELLOs sent while the server cannot run
+/// (this test's runtime has one thread) all get their COOKIE. The default buffer (~200 kB)
+/// holds about 270 such datagrams.
+#[tokio::test(flavor = "current_thread")]
+async fn a_burst_of_hellos_is_queued_whole_and_answered() {
+    const BURST: usize = 600;
+    let server = start(7).await;
+    let sock = socket2::Socket::new(
+        socket2::Domain::IPV4,
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )
+    .unwrap();
+    sock.set_recv_buffer_size(4 << 20).unwrap();
+    sock.bind(
+        &"127.0.0.1:0"
+            .parse::<std::net::SocketAddr>()
+            .unwrap()
+            .into(),
+    )
+    .unwrap();
+    let sock: std::net::UdpSocket = sock.into();
+    let mut hello = vec![0u8; sss_routing::wire::HELLO_LEN];
+    hello[0] = 0x10;
+    for i in 0..BURST {
+        hello[1..9].copy_from_slice(&(i as u64).to_be_bytes());
+        sock.send_to(&hello, server.local_addr()).unwrap();
+    }
+    sock.set_nonblocking(true).unwrap();
+    let sock = UdpSocket::from_std(sock).unwrap();
+    let mut buf = [0u8; 2048];
+    let mut cookies = 0;
+    while cookies < BURST {
+        match tokio::time::timeout(Duration::from_secs(2), sock.recv_from(&mut buf)).await {
+            Ok(Ok((len, _))) if buf[0] == 0x11 && len > 9 => cookies += 1,
+            Ok(other) => panic!("unexpected {other:?}"),
+            Err(_) => break,
+        }
+    }
+    let stats = server.stats();
+    assert_eq!(cookies, BURST, "{stats:?}");
+    assert_eq!(stats.datagrams_in, BURST as u64);
+}
