@@ -18,7 +18,10 @@
 #
 # Expected and asserted: a direct path for cone/cone; none for sym/sym and cone/sym (those need
 # the relay, spec/routing.md §6): they are reported as expected-fail, after checking that both
-# hosts registered and got each other's endpoints. Teardown always runs.
+# hosts registered and got each other's endpoints. A control run without NOTIFY shows that the
+# routers really filter. Last, sss-host's own dial by EID (`Host::connect_eid`, through
+# sss-host/examples/dial_eid.rs) connects and echoes a stream across two cone NATs through the
+# regserver binary. Teardown always runs.
 #
 # Usage: sudo bash scripts/nat-lab.sh        (about 15 s after the build; needs root)
 # SSS_NAT_LAB=skip skips it (for machines without root; CI runs it); SSS_NAT_LAB_KEEP=1 keeps the
@@ -42,26 +45,36 @@ if ! command -v nft >/dev/null 2>&1 || ! command -v ip >/dev/null 2>&1; then
   apt-get install -y -qq nftables iproute2 >/dev/null
 fi
 
-echo "nat-lab: building regserver and punch_check"
+echo "nat-lab: building regserver, punch_check and sss-host's dial_eid"
 artifacts=$(cargo build -q -p regserver --bin regserver --example punch_check \
   --message-format=json-render-diagnostics)
+artifacts+=$'\n'$(cargo build -q -p sss-host --example dial_eid --message-format=json-render-diagnostics)
 exe() { # the executable of the artifact named $1
   printf '%s\n' "$artifacts" | grep "\"name\":\"$1\"" \
     | grep -o '"executable":"[^"]*"' | head -n1 | sed 's/"executable":"\(.*\)"/\1/'
 }
 REGSERVER=$(exe regserver)
 PUNCH=$(exe punch_check)
-[ -x "$REGSERVER" ] && [ -x "$PUNCH" ] || { echo "nat-lab: error: built binaries not found" >&2; exit 1; }
+DIAL=$(exe dial_eid)
+[ -x "$REGSERVER" ] && [ -x "$PUNCH" ] && [ -x "$DIAL" ] \
+  || { echo "nat-lab: error: built binaries not found" >&2; exit 1; }
 
 p="sl$$"                     # namespace prefix, unique per run
 work=$(mktemp -d /tmp/nat-lab.XXXXXX)
 pids=()
 
+# Background programs are started with `ip netns exec` directly (it execs them: $! is their
+# pid). Teardown stops those, then anything else still running in our namespaces (a namespace
+# with a process in it outlives `ip netns del`), then deletes the namespaces.
 teardown() {
+  local ns pid
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
   pids=()
-  for ns in inet srv ra rb ha hb; do ip netns del "$p-$ns" 2>/dev/null || true; done
+  for ns in inet srv ra rb ha hb; do
+    for pid in $(ip netns pids "$p-$ns" 2>/dev/null); do kill -9 "$pid" 2>/dev/null || true; done
+    ip netns del "$p-$ns" 2>/dev/null || true
+  done
 }
 if [ -n "${SSS_NAT_LAB_KEEP:-}" ]; then
   trap 'teardown; echo "nat-lab: logs kept in $work"' EXIT
@@ -138,6 +151,10 @@ build() { # build KIND_A KIND_B
 
 # Keys are made once: the EIDs stay the same across scenarios.
 "$PUNCH" keygen --key "$work/srv.key" >/dev/null
+# dial_eid derives every key from a seed byte (32 bytes of it) and the regserver's from 3: the
+# same key in a key file, for the regserver binary.
+(umask 077; printf 'sss-ed25519-secret-v1 %s\n' \
+  "$(printf '\x03%.0s' $(seq 32) | base32 -w0 | tr 'A-Z' 'a-z' | tr -d '=')" >"$work/seed3.key")
 EID_A=$("$PUNCH" keygen --key "$work/a.key")
 EID_B=$("$PUNCH" keygen --key "$work/b.key")
 
@@ -152,16 +169,8 @@ scenario() {
   local name=$1 expect=$4 log="$work/$1"
   mkdir -p "$log"
   build "$2" "$3"
-  in_ns srv "$REGSERVER" --bind 0.0.0.0:9669 --key "$work/srv.key" >"$log/srv.out" 2>"$log/srv.err" &
-  pids+=($!)
-  local banner="" i
-  for i in $(seq 100); do
-    banner=$(head -n1 "$log/srv.out" 2>/dev/null || true)
-    [ -n "$banner" ] && break
-    sleep 0.05
-  done
-  local srv_eid
-  srv_eid=$(printf '%s' "$banner" | sed -n 's/^regserver eid=\([a-z2-7]*\) addr=.*/\1/p')
+  local srv_eid=""
+  start_regserver "$log" "$work/srv.key"
   if [ -z "$srv_eid" ]; then
     echo "nat-lab: $name: regserver did not start:"; cat "$log/srv.err"
     failures=$((failures + 1)); summary+=("$name: LAB FAILURE (regserver)"); teardown; return
@@ -172,7 +181,7 @@ scenario() {
     role_a=(--role listener --wait-secs 5)
     role_b=(--role caller --wait-secs 10 --no-notify)
   fi
-  in_ns ha "$PUNCH" run "${common[@]}" --key "$work/a.key" --peer "$EID_B" "${role_a[@]}" \
+  ip netns exec "$p-ha" "$PUNCH" run "${common[@]}" --key "$work/a.key" --peer "$EID_B" "${role_a[@]}" \
     >"$log/a.out" 2>"$log/a.err" &
   local pid_a=$!
   pids+=("$pid_a")
@@ -210,10 +219,59 @@ scenario() {
   teardown
 }
 
+# start_regserver LOGDIR KEYFILE: the regserver binary in srv; sets srv_eid from its banner
+# (empty on failure).
+start_regserver() {
+  ip netns exec "$p-srv" "$REGSERVER" --bind 0.0.0.0:9669 --key "$2" >"$1/srv.out" 2>"$1/srv.err" &
+  pids+=($!)
+  local banner="" i
+  for i in $(seq 100); do
+    banner=$(head -n1 "$1/srv.out" 2>/dev/null || true)
+    [ -n "$banner" ] && break
+    sleep 0.05
+  done
+  srv_eid=$(printf '%s' "$banner" | sed -n 's/^regserver eid=\([a-z2-7]*\) addr=.*/\1/p')
+}
+
+# host_dial NAME: sss-host's dial by EID (Host::connect_eid: lookup with NOTIFY, PUNCH probes,
+# handshake, an echoed stream) between hosts behind two port-restricted cone NATs, through the
+# regserver binary.
+host_dial() {
+  local name=$1 log="$work/$1"
+  mkdir -p "$log"
+  build cone cone
+  local srv_eid=""
+  start_regserver "$log" "$work/seed3.key"
+  local verdict
+  if [ -z "$srv_eid" ]; then
+    verdict="LAB FAILURE (regserver)"
+  else
+    ip netns exec "$p-ha" "$DIAL" listen --regserver 203.0.113.2:9669 --seed 1 >"$log/a.out" 2>"$log/a.err" &
+    pids+=($!)
+    local rc=0
+    in_ns hb timeout 40 "$DIAL" dial --regserver 203.0.113.2:9669 --seed 2 --peer-seed 1 \
+      >"$log/b.out" 2>"$log/b.err" || rc=$?
+    if [ "$rc" = 0 ] && grep -q '^echo_ms=' "$log/b.out" \
+      && grep -q '^eid=.* observed=192\.0\.2\.2:' "$log/b.out"; then
+      verdict="connect_eid and an echoed stream across both NATs ($(grep -h '^connected_ms=' "$log/b.out"))"
+    else
+      verdict="UNEXPECTED: dial exit $rc"
+    fi
+  fi
+  echo "nat-lab: $name (A cone, B cone): $verdict"
+  summary+=("$name: $verdict")
+  if [[ "$verdict" == LAB* || "$verdict" == UNEXPECTED* ]]; then
+    failures=$((failures + 1))
+    for f in srv.err a.out a.err b.out b.err; do echo "--- $name/$f"; cat "$log/$f" 2>/dev/null; done
+  fi
+  teardown
+}
+
 scenario cone-control cone cone control
 scenario cone-cone cone cone direct
 scenario sym-sym sym sym none
 scenario cone-sym cone sym none
+host_dial host-dial
 
 echo "nat-lab: summary"
 for line in "${summary[@]}"; do echo "  $line"; done
