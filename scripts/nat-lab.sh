@@ -248,6 +248,13 @@ host_dial() {
   else
     ip netns exec "$p-ha" "$DIAL" listen --regserver 203.0.113.2:9669 --seed 1 >"$log/a.out" 2>"$log/a.err" &
     pids+=($!)
+    # The dialer looks the listener up: wait until the listener is registered (it prints
+    # `observed=`), or a lookup sent first finds no record and the dial fails at once.
+    local waited=0
+    while ! grep -q ' observed=' "$log/a.out" 2>/dev/null && [ "$waited" -lt 100 ]; do
+      sleep 0.1
+      waited=$((waited + 1))
+    done
     local rc=0
     in_ns hb timeout 40 "$DIAL" dial --regserver 203.0.113.2:9669 --seed 2 --peer-seed 1 \
       >"$log/b.out" 2>"$log/b.err" || rc=$?
