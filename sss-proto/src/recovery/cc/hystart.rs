@@ -139,6 +139,33 @@ impl HyStart {
         self.phase
     }
 
+    /// For a controller whose initial slow start `slot` watches (`None` once it ended):
+    /// packet `packet_number` was sent.
+    pub fn sent(slot: &mut Option<HyStart>, packet_number: u64) {
+        if let Some(h) = slot {
+            h.on_sent(packet_number);
+        }
+    }
+
+    /// For a controller whose initial slow start `slot` watches: the end of one ACK frame
+    /// ([`on_ack`](Self::on_ack)). When HyStart++ ends slow start, `ssthresh` becomes
+    /// `window` (RFC 9406 §4.2: congestion avoidance starts from this window) and `slot`
+    /// empties.
+    pub fn end_of_ack(
+        slot: &mut Option<HyStart>,
+        ssthresh: &mut u64,
+        window: u64,
+        rtt_sample: Option<Duration>,
+        largest_acked: Option<u64>,
+    ) {
+        if let Some(h) = slot {
+            if h.on_ack(rtt_sample, largest_acked) == Phase::Done {
+                *ssthresh = window;
+                *slot = None;
+            }
+        }
+    }
+
     /// RFC 9406 §4.2: enter CSS on a rise of the round's minimum RTT, leave it when the RTT
     /// falls back below the baseline.
     fn check_rtt(&mut self) {

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::hystart::{HyStart, Phase};
+use super::hystart::HyStart;
 use super::{initial_window, Controller, RecoveryPeriod};
 use crate::recovery::rtt::RttEstimator;
 
@@ -80,9 +80,7 @@ impl NewReno {
 
 impl Controller for NewReno {
     fn on_sent(&mut self, _now: Instant, _bytes: u64, packet_number: u64) {
-        if let Some(h) = &mut self.hystart {
-            h.on_sent(packet_number);
-        }
+        HyStart::sent(&mut self.hystart, packet_number);
     }
 
     fn on_end_acks(
@@ -93,13 +91,15 @@ impl Controller for NewReno {
         largest_packet_num_acked: Option<u64>,
         rtt_sample: Option<Duration>,
     ) {
-        if let Some(h) = &mut self.hystart {
-            if h.on_ack(rtt_sample, largest_packet_num_acked) == Phase::Done {
-                // RFC 9406 §4.2: slow start ends here.
-                self.ssthresh = self.window;
-                self.hystart = None;
-            }
-        }
+        // When it ends slow start, congestion avoidance starts from this window (for CUBIC,
+        // the next epoch takes it as its origin, K = 0).
+        HyStart::end_of_ack(
+            &mut self.hystart,
+            &mut self.ssthresh,
+            self.window,
+            rtt_sample,
+            largest_packet_num_acked,
+        );
     }
 
     fn on_ack(
