@@ -63,10 +63,8 @@ impl Rig {
         self.client.handle_timeout(self.now);
     }
 
-    /// Registers, answering as a server would; returns the NOTIFY token.
-    fn register(&mut self) -> u64 {
-        let now = self.now;
-        self.client.register(now);
+    /// Answers the HELLO the client just sent with a cookie (`[1; 16]`), as a server would.
+    fn answer_hello(&mut self) {
         let Message::Hello(hello) = &self.sent()[0] else {
             panic!("HELLO first")
         };
@@ -75,6 +73,13 @@ impl Rig {
             cookie: [1; 16],
             observed: "198.51.100.1:5000".parse().unwrap(),
         }));
+    }
+
+    /// Registers, answering as a server would; returns the NOTIFY token.
+    fn register(&mut self) -> u64 {
+        let now = self.now;
+        self.client.register(now);
+        self.answer_hello();
         let Message::Register(reg) = &self.sent()[0] else {
             panic!("REGISTER next")
         };
@@ -235,14 +240,7 @@ fn stale_errors_move_the_sequence_number_forward() {
     let mut rig = Rig::new();
     let now = rig.now;
     rig.client.register(now);
-    let Message::Hello(hello) = &rig.sent()[0] else {
-        panic!()
-    };
-    rig.deliver(Message::Cookie(CookieMsg {
-        request_id: hello.request_id,
-        cookie: [1; 16],
-        observed: "198.51.100.1:5000".parse().unwrap(),
-    }));
+    rig.answer_hello();
     let Message::Register(reg) = &rig.sent()[0] else {
         panic!()
     };
@@ -264,14 +262,7 @@ fn notify_lookups_from_an_unregistered_host_are_refused_and_lookups_are_capped()
     let target = identity(2).eid();
     let now = rig.now;
     rig.client.lookup(now, target, true).unwrap();
-    let Message::Hello(hello) = &rig.sent()[0] else {
-        panic!()
-    };
-    rig.deliver(Message::Cookie(CookieMsg {
-        request_id: hello.request_id,
-        cookie: [1; 16],
-        observed: "198.51.100.1:5000".parse().unwrap(),
-    }));
+    rig.answer_hello();
     let Message::Lookup(l) = &rig.sent()[0] else {
         panic!()
     };
