@@ -355,8 +355,20 @@ impl State {
         ecn: Option<EcnCodepoint>,
         data: &mut [u8],
     ) {
-        if let Some(PacketKind::Routing(_)) = sss_proto::packet::classify(data) {
+        if let Some(PacketKind::Routing(kind)) = sss_proto::packet::classify(data) {
+            if kind == sss_routing::wire::msg_type::RELAY_DATA {
+                // Relayed: the inner datagram comes from the relay's synthetic address (a
+                // routing datagram inside is dropped there: no regserver has that address).
+                if let Some(relay) = self.routing.unwrap_relayed(now, from, data) {
+                    let inner = &mut data[sss_routing::wire::RELAY_HEADER_LEN..];
+                    self.handle_datagram(now, relay, None, inner);
+                }
+                return;
+            }
             self.routing.handle_datagram(now, from, data);
+            return;
+        }
+        if self.config.routing.drop_direct && !crate::routing::is_relay_addr(from) {
             return;
         }
         let mut scratch = std::mem::take(&mut self.scratch);
@@ -371,7 +383,12 @@ impl State {
             }
             Some(DatagramEvent::Incoming(incoming)) => self.on_incoming(now, incoming),
             Some(DatagramEvent::Respond(t)) if self.out.len() < MAX_QUEUED_REPLIES => {
-                self.out.push_back((scratch[..t.size].to_vec(), t));
+                if crate::routing::is_relay_addr(t.destination) {
+                    self.routing
+                        .wrap(now, &t, &scratch[..t.size], &mut self.out);
+                } else {
+                    self.out.push_back((scratch[..t.size].to_vec(), t));
+                }
             }
             Some(DatagramEvent::Respond(_)) => {}
             None => {}

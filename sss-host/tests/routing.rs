@@ -425,3 +425,118 @@ fn the_blocking_facade_dials_by_eid_too() {
     incoming.read_to_end(&mut got).unwrap();
     assert_eq!(got, b"blocking");
 }
+
+/// A host for the relay tests: registered with `reg`, relaying after `relay_after`, and
+/// with `drop_direct` blind to every channel datagram that does not come through a relay.
+fn relay_host(reg: &Regserver, drop_direct: bool, relay_after: Option<Duration>) -> Host {
+    let mut config = HostConfig::bind(loopback());
+    config.regservers = vec![reg.entry()];
+    config.routing.relay_after = relay_after;
+    config.routing.drop_direct = drop_direct;
+    host_with(config)
+}
+
+/// With no direct path (both hosts drop direct channel datagrams), `connect_eid` asks the
+/// regserver for a relay after `relay_after` and the channel runs through it: streams both
+/// ways, a second stream and a larger transfer later, the listener side accepting as usual;
+/// both hosts see the channel as relayed and the regserver counted what it relayed.
+#[tokio::test]
+async fn a_relay_carries_the_channel_when_no_direct_path_works() {
+    within(30, async {
+        let reg = Regserver::start().await;
+        let a = relay_host(&reg, true, Some(Duration::from_millis(500)));
+        let b = relay_host(&reg, true, Some(Duration::from_millis(500)));
+        serve_echo(&a);
+        a.registered().await.unwrap();
+        b.registered().await.unwrap();
+
+        let start = Instant::now();
+        echo_by_eid(&b, &a, b"through the relay").await;
+        let took = start.elapsed();
+        assert!(
+            took >= Duration::from_millis(500),
+            "not before relay_after: {took:?}"
+        );
+        assert_eq!(b.is_relayed(a.eid()), Some(true));
+        assert_eq!(a.is_relayed(b.eid()), Some(true));
+        let stats = reg.stats();
+        assert_eq!(stats.relays_opened, 1);
+        assert!(stats.relayed_packets >= 4, "{stats:?}");
+
+        // The session lives on through the relay: another stream, 300 kB each way.
+        let data = common::Pattern::bytes(7, 300_000);
+        let mut stream = b.connect_eid(a.eid(), "echo", "v1").await.unwrap();
+        let (mut rd, mut wr) = tokio::io::split(&mut stream);
+        let send = async {
+            wr.write_all(&data).await.unwrap();
+            wr.shutdown().await.unwrap();
+        };
+        let mut back = Vec::new();
+        let recv = rd.read_to_end(&mut back);
+        let (_, got) = tokio::join!(send, recv);
+        got.unwrap();
+        assert_eq!(back, data);
+        assert_eq!(b.is_relayed(a.eid()), Some(true));
+        let after = reg.stats();
+        assert!(after.relayed_bytes > 600_000, "{after:?}");
+        assert_eq!(after.relay_dropped, 0);
+        assert_eq!(after.relays_opened, 1, "one slot for the session");
+        let (sent, received) = b.relayed_datagrams();
+        assert!(sent > 200 && received > 200, "{sent} {received}");
+    })
+    .await;
+}
+
+/// Where the direct path works, nothing is relayed: the handshake completes long before
+/// `relay_after`, and no slot is asked for.
+#[tokio::test]
+async fn a_direct_path_is_not_relayed() {
+    within(20, async {
+        let reg = Regserver::start().await;
+        let a = relay_host(&reg, false, Some(Duration::from_millis(300)));
+        let b = relay_host(&reg, false, Some(Duration::from_millis(300)));
+        serve_echo(&a);
+        a.registered().await.unwrap();
+        b.registered().await.unwrap();
+        echo_by_eid(&b, &a, b"direct").await;
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert_eq!(b.is_relayed(a.eid()), Some(false));
+        let stats = reg.stats();
+        assert_eq!((stats.relays_opened, stats.relayed_packets), (0, 0));
+        assert_eq!(b.relayed_datagrams(), (0, 0));
+    })
+    .await;
+}
+
+/// Without a direct path: a regserver that refuses to relay makes `connect_eid` fail with
+/// the typed refusal; a host with relaying disabled times out as before.
+#[tokio::test]
+async fn a_refused_or_disabled_relay_fails_the_dial() {
+    within(30, async {
+        let reg = Regserver::start_with(|c| c.max_relays = 0).await;
+        let dial = |relay_after| {
+            let mut config = HostConfig::bind(loopback());
+            config.regservers = vec![reg.entry()];
+            config.routing.relay_after = relay_after;
+            config.routing.drop_direct = true;
+            config.attempt_timeout = Duration::from_millis(1500);
+            config.backoff = sss_host::BackoffPolicy::never();
+            host_with(config)
+        };
+        let a = relay_host(&reg, true, None);
+        serve_echo(&a);
+        a.registered().await.unwrap();
+        let b = dial(Some(Duration::from_millis(300)));
+        b.registered().await.unwrap();
+        let e = b.connect_eid(a.eid(), "echo", "v1").await.unwrap_err();
+        assert!(
+            matches!(e, Error::RelayRefused(sss_routing::wire::ErrorCode::Full)),
+            "{e:?}"
+        );
+        let c = dial(None);
+        c.registered().await.unwrap();
+        let e = c.connect_eid(a.eid(), "echo", "v1").await.unwrap_err();
+        assert!(matches!(e, Error::TimedOut), "{e:?}");
+    })
+    .await;
+}
