@@ -9,8 +9,11 @@
 //!
 //! Keys come from `--seed` (32 bytes of that value: for tests only), so every side knows the
 //! others' EIDs from their seeds (the regserver's is taken from `--regserver-seed`, default
-//! 3). `dial` prints `connected_ms=`, `echo_ms=` (from the start of `connect_eid` to the
-//! echo of a 5-byte message) and exits 0, or prints the error and exits 1. `--no-notify`
+//! 3). `dial` prints `connected_ms=`, `relayed=` (whether the channel runs through the
+//! regserver's relay, spec/routing.md §6, or directly), `echo_ms=` (from the start of
+//! `connect_eid` to the echo of a 5-byte message) and `relayed_datagrams=` (sent/received
+//! through the relay), and exits 0, or prints the error and exits 1. `--no-relay` dials
+//! without the relay fallback. `--no-notify`
 //! dials without asking the peer to punch (a control).
 //!
 //! `dial_eid_natlab.sh up` (next to this file, as root) builds the NAT lab: namespaces
@@ -82,6 +85,9 @@ enum Mode {
         /// peer does not punch (through port-restricted NATs this should fail).
         #[arg(long)]
         no_notify: bool,
+        /// Never fall back to the regserver's relay.
+        #[arg(long)]
+        no_relay: bool,
     },
 }
 
@@ -89,8 +95,17 @@ fn identity(seed: u8) -> Identity {
     Identity::from_secret_bytes(&[seed; 32])
 }
 
-fn host(bind: SocketAddr, seed: u8, regserver: SocketAddr, regserver_seed: u8) -> Host {
+fn host(
+    bind: SocketAddr,
+    seed: u8,
+    regserver: SocketAddr,
+    regserver_seed: u8,
+    relay: bool,
+) -> Host {
     let mut config = HostConfig::bind(bind);
+    if !relay {
+        config.routing.relay_after = None;
+    }
     config.regservers = vec![(identity(regserver_seed).eid(), regserver)];
     Host::with_identity(&identity(seed), config).expect("host")
 }
@@ -109,7 +124,7 @@ async fn main() {
             seed,
             bind,
         } => {
-            let host = host(bind, seed, regserver, regserver_seed);
+            let host = host(bind, seed, regserver, regserver_seed, true);
             let listener = host.listen("echo", "v1").expect("listen");
             let observed = host.registered().await.expect("registered");
             println!("eid={} observed={observed}", host.eid());
@@ -130,8 +145,9 @@ async fn main() {
             peer_seed,
             bind,
             no_notify,
+            no_relay,
         } => {
-            let host = host(bind, seed, regserver, regserver_seed);
+            let host = host(bind, seed, regserver, regserver_seed, !no_relay);
             let observed = host.registered().await.expect("registered");
             println!("eid={} observed={observed}", host.eid());
             let peer: Eid = identity(peer_seed).eid();
@@ -144,6 +160,7 @@ async fn main() {
                     host.connect_eid(peer, "echo", "v1").await?
                 };
                 println!("connected_ms={}", start.elapsed().as_millis());
+                println!("relayed={}", host.is_relayed(peer).unwrap_or(false));
                 stream.write_all(b"hello").await?;
                 stream.shutdown().await?;
                 let mut back = Vec::new();
@@ -152,7 +169,11 @@ async fn main() {
                 Ok::<_, std::io::Error>(())
             };
             match tokio::time::timeout(Duration::from_secs(30), result).await {
-                Ok(Ok(())) => println!("echo_ms={}", start.elapsed().as_millis()),
+                Ok(Ok(())) => {
+                    println!("echo_ms={}", start.elapsed().as_millis());
+                    let (sent, received) = host.relayed_datagrams();
+                    println!("relayed_datagrams={sent}/{received}");
+                }
                 Ok(Err(e)) => {
                     println!("error={e}");
                     std::process::exit(1);
