@@ -75,6 +75,10 @@ pub struct RoutingConfig {
     /// §6.3). Default 2 s: after the initiation's first retransmission (1 s) had time to get
     /// through a punched hole. `None` never relays.
     pub relay_after: Option<Duration>,
+    /// While a channel we dialed runs through a relay, how often the host tries a direct
+    /// path (a lookup with NOTIFY and one handshake; a direct channel that completes takes
+    /// over). Default 30 s; `None` never tries.
+    pub relay_upgrade_interval: Option<Duration>,
     /// Testing aid: channel and handshake datagrams that arrive directly (not through a
     /// relay) are dropped, as if no direct path existed. Default `false`.
     #[doc(hidden)]
@@ -88,6 +92,7 @@ impl Default for RoutingConfig {
             keepalive_interval: sss_routing::client::KEEPALIVE_INTERVAL,
             lookup_timeout: sss_routing::client::LOOKUP_TIMEOUT,
             relay_after: Some(DEFAULT_RELAY_AFTER),
+            relay_upgrade_interval: Some(Duration::from_secs(30)),
             drop_direct: false,
         }
     }

@@ -520,6 +520,13 @@ impl Host {
             .map(|c| crate::routing::is_relay_addr(c.remote_address()))
     }
 
+    /// Testing aid: drop (or stop dropping) channel datagrams that arrive directly, not
+    /// through a relay ([`RoutingConfig::drop_direct`](crate::RoutingConfig)).
+    #[doc(hidden)]
+    pub fn set_drop_direct(&self, drop: bool) {
+        self.shared.lock().config.routing.drop_direct = drop;
+    }
+
     /// Datagrams this host has sent and received through regserver relays so far.
     pub fn relayed_datagrams(&self) -> (u64, u64) {
         self.shared.lock().routing.relayed()

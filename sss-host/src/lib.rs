@@ -93,6 +93,7 @@ mod routing;
 mod state;
 mod stream;
 pub mod udp;
+mod upgrade;
 
 pub use config::{BackoffPolicy, HostConfig, RoutingConfig, DEFAULT_RELAY_AFTER, HOST_MAX_UNSENT};
 pub use error::Error;

@@ -227,6 +227,19 @@ impl Routing {
         self.update_status();
     }
 
+    /// The host's socket address.
+    pub(crate) fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Our public IPs as the regservers observed them.
+    pub(crate) fn observed_ips(&self) -> Vec<IpAddr> {
+        self.servers
+            .iter()
+            .filter_map(|s| s.client.registered_as().map(|a| a.ip()))
+            .collect()
+    }
+
     /// Whether any regserver is configured.
     pub(crate) fn has_servers(&self) -> bool {
         !self.servers.is_empty()

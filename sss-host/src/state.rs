@@ -174,6 +174,8 @@ pub(crate) struct State {
     pub(crate) channels_closed: bool,
     /// Regserver clients and hole punching.
     pub(crate) routing: Routing,
+    /// Peers whose channel runs through a relay: attempts at a direct path.
+    pub(crate) upgrades: HashMap<Eid, crate::upgrade::Upgrade>,
 }
 
 impl State {
@@ -207,6 +209,7 @@ impl State {
             linger_until: None,
             closed: false,
             channels_closed: false,
+            upgrades: HashMap::new(),
         }
     }
 
@@ -382,18 +385,23 @@ impl State {
                 }
             }
             Some(DatagramEvent::Incoming(incoming)) => self.on_incoming(now, incoming),
-            Some(DatagramEvent::Respond(t)) if self.out.len() < MAX_QUEUED_REPLIES => {
-                if crate::routing::is_relay_addr(t.destination) {
-                    self.routing
-                        .wrap(now, &t, &scratch[..t.size], &mut self.out);
-                } else {
-                    self.out.push_back((scratch[..t.size].to_vec(), t));
-                }
-            }
-            Some(DatagramEvent::Respond(_)) => {}
+            Some(DatagramEvent::Respond(t)) => self.queue_reply(now, t, &scratch[..t.size]),
             None => {}
         }
         self.scratch = scratch;
+    }
+
+    /// Queues a handshake reply (cookie reply, refusal) unless too many wait; one to a relay
+    /// address leaves wrapped in RELAY_DATA.
+    fn queue_reply(&mut self, now: Instant, t: Transmit, data: &[u8]) {
+        if self.out.len() >= MAX_QUEUED_REPLIES {
+            return;
+        }
+        if crate::routing::is_relay_addr(t.destination) {
+            self.routing.wrap(now, &t, data, &mut self.out);
+        } else {
+            self.out.push_back((data.to_vec(), t));
+        }
     }
 
     /// A valid handshake initiation: accept it if we listen on its (service, protocol),
@@ -421,9 +429,7 @@ impl State {
             tracing::info!(%peer, %addr, service, protocol, reason, "refusing channel");
             let mut buf = std::mem::take(&mut self.scratch);
             if let Some(t) = self.endpoint.refuse(incoming, code, reason, &mut buf) {
-                if self.out.len() < MAX_QUEUED_REPLIES {
-                    self.out.push_back((buf[..t.size].to_vec(), t));
-                }
+                self.queue_reply(now, t, &buf[..t.size]);
             }
             self.scratch = buf;
             return;
@@ -469,6 +475,7 @@ impl State {
     /// Runs the timers that are due.
     pub(crate) fn handle_timeouts(&mut self, now: Instant) {
         self.advance_attempts(now);
+        self.advance_upgrades(now);
         self.routing.handle_timeout(now);
         for slot in self.channels.values_mut() {
             if slot.channel.poll_timeout().is_some_and(|t| t <= now) {
@@ -508,6 +515,7 @@ impl State {
             .chain(peers)
             .chain(attempts)
             .chain(self.routing.poll_timeout())
+            .chain(self.upgrade_timeout())
             .chain(self.linger_until)
             .min()
     }
@@ -561,7 +569,7 @@ impl State {
                         p.on_attach(attach, &mut self.wake, &mut self.next_epoch);
                         p.addr = Some(addr);
                         p.down_since = None;
-                        connected.push((slot.peer, h));
+                        connected.push((slot.peer, h, addr));
                     }
                     ChannelEvent::Closed(error) => {
                         tracing::info!(peer = %slot.peer, %error, "channel closed");
@@ -584,9 +592,10 @@ impl State {
                     .update_link(slot.channel.pto_count(), slot.channel.rtt().smoothed());
             }
         }
-        for (peer, newest) in connected {
+        for (peer, newest, addr) in connected {
             self.on_attempt_channel_connected(now, newest);
             self.supersede(now, peer, newest, false);
+            self.on_relayed_connected(now, peer, addr);
         }
         for (h, error) in closed {
             self.on_channel_closed(now, h, error);

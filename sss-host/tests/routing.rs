@@ -540,3 +540,71 @@ async fn a_refused_or_disabled_relay_fails_the_dial() {
     })
     .await;
 }
+
+/// A relayed channel is upgraded once a direct path appears: the caller keeps trying one
+/// (every `relay_upgrade_interval`), the direct channel supersedes the relayed one, and a
+/// stream opened over the relay carries on over the direct path.
+#[tokio::test]
+async fn a_relayed_channel_moves_to_a_direct_path_when_one_appears() {
+    within(30, async {
+        let reg = Regserver::start().await;
+        let host = || {
+            let mut config = HostConfig::bind(loopback());
+            config.regservers = vec![reg.entry()];
+            config.routing.relay_after = Some(Duration::from_millis(300));
+            config.routing.relay_upgrade_interval = Some(Duration::from_millis(700));
+            config.routing.drop_direct = true;
+            host_with(config)
+        };
+        let (a, b) = (host(), host());
+        // A streaming echo: every byte goes back as it arrives.
+        let listener = a.listen("copy", "v1").unwrap();
+        tokio::spawn(async move {
+            while let Ok(stream) = listener.accept().await {
+                tokio::spawn(async move {
+                    let (mut rd, mut wr) = tokio::io::split(stream);
+                    tokio::io::copy(&mut rd, &mut wr).await?;
+                    wr.shutdown().await
+                });
+            }
+        });
+        a.registered().await.unwrap();
+        b.registered().await.unwrap();
+        let mut stream = b.connect_eid(a.eid(), "copy", "v1").await.unwrap();
+        assert_eq!(b.is_relayed(a.eid()), Some(true));
+        let mut buf = [0u8; 6];
+        stream.write_all(b"relay1").await.unwrap();
+        stream.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"relay1");
+        // Still relayed while no direct path exists (attempts fail quietly).
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(b.is_relayed(a.eid()), Some(true));
+
+        a.set_drop_direct(false);
+        b.set_drop_direct(false);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while b.is_relayed(a.eid()) != Some(false) || a.is_relayed(b.eid()) != Some(false) {
+            assert!(Instant::now() < deadline, "no upgrade to the direct path");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // The same stream, now direct.
+        // The relayed channel's last datagrams (its CLOSE each way) may still be on their
+        // way; after that, nothing more goes through the relay.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let relayed_before = reg.stats().relayed_packets;
+        stream.write_all(b"direct").await.unwrap();
+        stream.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"direct");
+        stream.shutdown().await.unwrap();
+        let mut rest = Vec::new();
+        stream.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty());
+        assert_eq!(
+            reg.stats().relayed_packets,
+            relayed_before,
+            "nothing relayed after the upgrade"
+        );
+        assert!(relayed_before < 200, "{relayed_before} datagrams relayed");
+    })
+    .await;
+}
