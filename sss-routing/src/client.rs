@@ -342,6 +342,14 @@ impl Client {
         if self.relays.contains_key(&target) {
             return Ok(());
         }
+        if target == self.identity.eid() {
+            // The server would answer NO_TARGET; say it at once.
+            self.events.push_back(Event::RelayResult {
+                peer: target,
+                outcome: RelayOutcome::Refused(ErrorCode::NoTarget),
+            });
+            return Ok(());
+        }
         if self.relays.len() >= self.config.max_lookups {
             return Err(LookupError::TooMany);
         }
