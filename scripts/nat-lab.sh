@@ -23,7 +23,8 @@
 # echoes a stream through the regserver binary: across two cone NATs directly (asserted: not
 # relayed, and the regserver relayed nothing), and across sym/sym and cone/sym through the
 # regserver's relay (spec/routing.md §6; asserted: the dialer reports the channel relayed and
-# the regserver's stop log counts relayed packets). Teardown always runs.
+# the regserver's stop log counts relayed packets; the relayed dials echo 300 kB each way,
+# under the regserver's default per-slot budget). Teardown always runs.
 #
 # Usage: sudo bash scripts/nat-lab.sh        (about 25 s after the build; needs root)
 # SSS_NAT_LAB=skip skips it (for machines without root; CI runs it); SSS_NAT_LAB_KEEP=1 keeps the
@@ -260,16 +261,21 @@ host_dial() {
       sleep 0.1
       waited=$((waited + 1))
     done
+    # Through the relay, a larger echo too: 300 kB each way, under the regserver's default
+    # per-slot budget (1 MB/s after a 250 kB burst), so the budget and the channel's
+    # congestion control meet.
+    local bytes=()
+    [ "$expect" = relayed ] && bytes=(--bytes 300000)
     local rc=0
     in_ns hb timeout 40 "$DIAL" dial --regserver 203.0.113.2:9669 --seed 2 --peer-seed 1 \
-      >"$log/b.out" 2>"$log/b.err" || rc=$?
+      "${bytes[@]}" >"$log/b.out" 2>"$log/b.err" || rc=$?
     kill "$srv_pid" 2>/dev/null || true
     wait "$srv_pid" 2>/dev/null || true
     local relayed_packets
     relayed_packets=$(sed -n 's/.* relayed_packets=\([0-9]*\).*/\1/p' "$log/srv.err" | tail -n1)
     relayed_packets=${relayed_packets:-missing}
     local timing
-    timing="$(grep -h '^connected_ms=' "$log/b.out" 2>/dev/null), regserver relayed_packets=$relayed_packets"
+    timing="$(grep -h '^connected_ms=\|^echo_mbit_s=' "$log/b.out" 2>/dev/null | tr '\n' ' ')regserver relayed_packets=$relayed_packets"
     if [ "$rc" != 0 ] || ! grep -q '^echo_ms=' "$log/b.out" \
       || ! grep -q '^eid=.* observed=192\.0\.2\.2:' "$log/b.out"; then
       verdict="UNEXPECTED: dial exit $rc"
