@@ -94,6 +94,12 @@ pub(crate) enum RelayFailure {
 /// The result of a relay request, once decided: the synthetic address to connect to.
 pub(crate) type RelayResult = Option<Result<SocketAddr, RelayFailure>>;
 
+/// A relay request waited for: the regservers asked so far (by index), in order.
+struct RelayWait {
+    result: watch::Sender<RelayResult>,
+    asked: Vec<usize>,
+}
+
 /// A relay slot the host knows.
 struct Relay {
     /// The regserver's address.
@@ -173,7 +179,7 @@ pub(crate) struct Routing {
     /// Relays by synthetic address.
     relays: HashMap<SocketAddr, Relay>,
     /// Relay requests waited for, by peer.
-    relay_waits: HashMap<Eid, watch::Sender<RelayResult>>,
+    relay_waits: HashMap<Eid, RelayWait>,
     /// Datagrams wrapped into RELAY_DATA and unwrapped from it (sent, received).
     relayed: (u64, u64),
 }
@@ -297,8 +303,10 @@ impl Routing {
         Ok(rx)
     }
 
-    /// Asks the first regserver we are registered with for a relay slot to `peer` (or joins
-    /// the request under way); the receiver gets the synthetic address to connect to.
+    /// Asks the regservers we are registered with, one after the other, for a relay slot to
+    /// `peer` (or joins the request under way): the next is asked when one refuses (the peer
+    /// may be registered with another) or does not answer. The receiver gets the synthetic
+    /// address to connect to, or the last failure.
     pub(crate) fn open_relay(
         &mut self,
         now: Instant,
@@ -308,27 +316,40 @@ impl Routing {
             return Err(Error::NoRegserver);
         }
         if let Some(w) = self.relay_waits.get(&peer) {
-            return Ok(w.subscribe());
+            return Ok(w.result.subscribe());
         }
-        let tx = watch::Sender::new(None);
-        let rx = tx.subscribe();
-        let server = self
-            .servers
-            .iter_mut()
-            .find(|s| s.client.registered_as().is_some());
-        match server.map(|s| (s.eid, s.client.open_relay(now, peer))) {
-            Some((eid, Ok(()))) => {
-                tracing::debug!(%peer, regserver = %eid, "asking for a relay");
-                self.relay_waits.insert(peer, tx);
-            }
-            Some((_, Err(_))) => {
-                tx.send_replace(Some(Err(RelayFailure::Full)));
-            }
-            None => {
-                tx.send_replace(Some(Err(RelayFailure::NoServer)));
-            }
-        }
+        let wait = RelayWait {
+            result: watch::Sender::new(None),
+            asked: Vec::new(),
+        };
+        let rx = wait.result.subscribe();
+        self.relay_waits.insert(peer, wait);
+        self.ask_next_relay(now, peer, RelayFailure::NoServer);
         Ok(rx)
+    }
+
+    /// Sends `peer`'s relay request to the next registered regserver not asked yet; without
+    /// one, ends the request with `failure`.
+    fn ask_next_relay(&mut self, now: Instant, peer: Eid, mut failure: RelayFailure) {
+        let Some(wait) = self.relay_waits.get_mut(&peer) else {
+            return;
+        };
+        for (i, s) in self.servers.iter_mut().enumerate() {
+            if wait.asked.contains(&i) || s.client.registered_as().is_none() {
+                continue;
+            }
+            wait.asked.push(i);
+            match s.client.open_relay(now, peer) {
+                Ok(()) => {
+                    tracing::debug!(%peer, regserver = %s.eid, "asking for a relay");
+                    return;
+                }
+                Err(_) => failure = RelayFailure::Full,
+            }
+        }
+        if let Some(wait) = self.relay_waits.remove(&peer) {
+            wait.result.send_replace(Some(Err(failure)));
+        }
     }
 
     /// Datagrams sent and received through relays so far.
@@ -478,16 +499,23 @@ impl Routing {
                         self.on_punch_request(now, peer, endpoints)
                     }
                     Event::RelayResult { peer, outcome } => {
-                        let result = match outcome {
-                            RelayOutcome::Opened { relay_id, idle } => self
-                                .add_relay(now, i, peer, relay_id, idle)
-                                .ok_or(RelayFailure::Full),
-                            RelayOutcome::Refused(code) => Err(RelayFailure::Refused(code)),
-                            RelayOutcome::TimedOut => Err(RelayFailure::TimedOut),
+                        let failure = match outcome {
+                            RelayOutcome::Opened { relay_id, idle } => {
+                                match self.add_relay(now, i, peer, relay_id, idle) {
+                                    Some(addr) => {
+                                        if let Some(w) = self.relay_waits.remove(&peer) {
+                                            w.result.send_replace(Some(Ok(addr)));
+                                        }
+                                        continue;
+                                    }
+                                    None => RelayFailure::Full,
+                                }
+                            }
+                            RelayOutcome::Refused(code) => RelayFailure::Refused(code),
+                            RelayOutcome::TimedOut => RelayFailure::TimedOut,
                         };
-                        if let Some(w) = self.relay_waits.remove(&peer) {
-                            w.send_replace(Some(result));
-                        }
+                        tracing::debug!(%peer, regserver = %self.servers[i].eid, ?failure, "no relay there");
+                        self.ask_next_relay(now, peer, failure);
                     }
                     Event::RelayOffered {
                         peer,

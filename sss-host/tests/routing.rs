@@ -608,3 +608,32 @@ async fn a_relayed_channel_moves_to_a_direct_path_when_one_appears() {
     })
     .await;
 }
+
+/// With several regservers, a relay is asked of each in turn: the first one the caller is
+/// registered with does not know the target (NO_TARGET), the second opens the slot.
+#[tokio::test]
+async fn a_relay_refused_by_one_regserver_is_asked_of_the_next() {
+    within(30, async {
+        let (reg1, reg2) = (Regserver::start().await, Regserver::start().await);
+        let host = |regs: &[&Regserver]| {
+            let mut config = HostConfig::bind(loopback());
+            config.regservers = regs.iter().map(|r| r.entry()).collect();
+            config.routing.relay_after = Some(Duration::from_millis(300));
+            config.routing.drop_direct = true;
+            host_with(config)
+        };
+        let a = host(&[&reg2]);
+        let b = host(&[&reg1, &reg2]);
+        serve_echo(&a);
+        a.registered().await.unwrap();
+        reg1.wait_for_record(&b.eid()).await;
+        reg2.wait_for_record(&b.eid()).await;
+        echo_by_eid(&b, &a, b"second regserver").await;
+        assert_eq!(b.is_relayed(a.eid()), Some(true));
+        assert_eq!(reg1.stats().relays_opened, 0);
+        assert!(reg1.stats().errors >= 1, "reg1 refused");
+        assert_eq!(reg2.stats().relays_opened, 1);
+        assert!(reg2.stats().relayed_packets > 0);
+    })
+    .await;
+}
