@@ -551,6 +551,8 @@ impl State {
         self.collect_sessions(now);
         self.check_writers();
         self.routing.collect(now, &mut self.rng, &mut self.out);
+        // A lookup of an upgrade may have just answered.
+        self.advance_upgrades(now);
     }
 
     fn collect_channels(&mut self, now: Instant) {

@@ -52,7 +52,8 @@ impl State {
     }
 
     /// Starts the lookups of due upgrades, and the direct handshakes of those whose lookup
-    /// answered; forgets peers that are no longer relayed.
+    /// answered; forgets peers that are no longer relayed. Entries neither due nor answered
+    /// cost nothing (this runs every driver round).
     pub(crate) fn advance_upgrades(&mut self, now: Instant) {
         if self.upgrades.is_empty() {
             return;
@@ -61,41 +62,43 @@ impl State {
             self.upgrades.clear();
             return;
         };
-        let relayed: Vec<Eid> = self
-            .upgrades
-            .keys()
-            .copied()
-            .filter(|&peer| {
-                self.channel_to(peer)
-                    .is_some_and(|c| is_relay_addr(c.remote_address()))
-            })
-            .collect();
-        self.upgrades.retain(|peer, _| relayed.contains(peer));
-        let mut dial = Vec::new();
-        for peer in relayed {
-            let Some(u) = self.upgrades.get_mut(&peer) else {
-                continue;
-            };
-            if let Some(rx) = &u.lookup {
-                let result = rx.borrow().clone();
-                match result {
-                    Some(Ok(addrs)) => {
+        let mut work = Vec::new();
+        for (&peer, u) in &mut self.upgrades {
+            match &u.lookup {
+                Some(rx) => {
+                    let result = rx.borrow().clone();
+                    if let Some(result) = result {
+                        // A failed lookup waits for the next interval.
                         u.lookup = None;
-                        dial.push((peer, addrs));
+                        if let Ok(addrs) = result {
+                            work.push((peer, Some(addrs)));
+                        }
                     }
-                    Some(Err(_)) => u.lookup = None,
-                    None => {}
                 }
-            } else if u.next <= now {
-                u.next = now + interval;
-                match self.routing.lookup(now, peer, true) {
-                    Ok(rx) => u.lookup = Some(rx),
-                    Err(_) => u.lookup = None,
+                None if u.next <= now => {
+                    u.next = now + interval;
+                    work.push((peer, None));
                 }
+                None => {}
             }
         }
-        for (peer, addrs) in dial {
-            self.dial_direct(now, peer, &addrs);
+        for (peer, found) in work {
+            let relayed = self
+                .channel_to(peer)
+                .is_some_and(|c| is_relay_addr(c.remote_address()));
+            if !relayed {
+                self.upgrades.remove(&peer);
+                continue;
+            }
+            match found {
+                Some(addrs) => self.dial_direct(now, peer, &addrs),
+                None => {
+                    let lookup = self.routing.lookup(now, peer, true).ok();
+                    if let Some(u) = self.upgrades.get_mut(&peer) {
+                        u.lookup = lookup;
+                    }
+                }
+            }
         }
     }
 
@@ -113,6 +116,14 @@ impl State {
         let Some(&addr) = addrs.first() else {
             return;
         };
+        let handshaking = self
+            .channels
+            .values()
+            .any(|c| c.peer == peer && !c.channel.is_established() && !c.channel.is_closing());
+        if handshaking {
+            // The last try (or a connect call's) is still going.
+            return;
+        }
         let Some(p) = self.peers.get(&peer) else {
             return;
         };
