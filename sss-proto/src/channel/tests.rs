@@ -740,7 +740,8 @@ fn retry_handshake_now_resends_the_initiation_once_per_retry_interval() {
     // Nothing sent yet: there is nothing to send again.
     assert!(!a.retry_handshake_now(now));
     let mut buf = Vec::new();
-    a.poll_transmit(now, 1, &mut buf, &mut ())
+    let _sent = a
+        .poll_transmit(now, 1, &mut buf, &mut ())
         .expect("first initiation (lost at the peer's NAT)");
     let retry_at = a.poll_timeout().expect("the handshake retry timer");
     assert!(retry_at >= now + Duration::from_millis(500));
@@ -788,17 +789,21 @@ fn retry_handshake_now_is_allowed_again_after_each_timed_retry() {
         .connect::<()>(now, eb.eid(), addr(2), "test", "none")
         .expect("connect");
     let mut buf = Vec::new();
-    a.poll_transmit(now, 1, &mut buf, &mut ())
+    let _sent = a
+        .poll_transmit(now, 1, &mut buf, &mut ())
         .expect("first initiation");
     assert!(a.retry_handshake_now(now));
-    a.poll_transmit(now, 1, &mut buf, &mut ())
+    let _sent = a
+        .poll_transmit(now, 1, &mut buf, &mut ())
         .expect("early retry");
     assert!(!a.retry_handshake_now(now));
     now = a.poll_timeout().expect("retry timer");
     a.handle_timeout(now, &mut ());
-    a.poll_transmit(now, 1, &mut buf, &mut ())
+    let _sent = a
+        .poll_transmit(now, 1, &mut buf, &mut ())
         .expect("timed retry");
     assert!(a.retry_handshake_now(now));
-    a.poll_transmit(now, 1, &mut buf, &mut ())
+    let _sent = a
+        .poll_transmit(now, 1, &mut buf, &mut ())
         .expect("early retry after the timed one");
 }
