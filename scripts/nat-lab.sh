@@ -21,7 +21,9 @@
 # hosts registered and got each other's endpoints. A control run without NOTIFY shows that the
 # routers really filter. Last, sss-host's own dial by EID (`Host::connect_eid`, through
 # sss-host/examples/dial_eid.rs) connects and echoes a stream across two cone NATs through the
-# regserver binary. Teardown always runs.
+# regserver binary, once as it comes and once with the listener's router dropping the first
+# initiation (the dialer must send it again when the listener's PUNCH arrives). Teardown always
+# runs.
 #
 # Usage: sudo bash scripts/nat-lab.sh        (about 15 s after the build; needs root)
 # SSS_NAT_LAB=skip skips it (for machines without root; CI runs it); SSS_NAT_LAB_KEEP=1 keeps the
@@ -233,13 +235,27 @@ start_regserver() {
   srv_eid=$(printf '%s' "$banner" | sed -n 's/^regserver eid=\([a-z2-7]*\) addr=.*/\1/p')
 }
 
-# host_dial NAME: sss-host's dial by EID (Host::connect_eid: lookup with NOTIFY, PUNCH probes,
-# handshake, an echoed stream) between hosts behind two port-restricted cone NATs, through the
-# regserver binary.
+# host_dial NAME [early-initiation]: sss-host's dial by EID (Host::connect_eid: lookup with
+# NOTIFY, PUNCH probes, handshake, an echoed stream) between hosts behind two port-restricted
+# cone NATs, through the regserver binary.
+# With `early-initiation`, the listener's router drops the first large datagram from the WAN,
+# as a NAT drops an initiation that arrives before its host's PUNCH opened it: the dialer must
+# then send it again as soon as the listener's PUNCH reaches it (`Channel::retry_handshake_now`,
+# seen in its debug log), not at the handshake's timed retry a second later.
 host_dial() {
-  local name=$1 log="$work/$1"
+  local name=$1 variant=${2:-} log="$work/$1"
   mkdir -p "$log"
   build cone cone
+  if [ "$variant" = early-initiation ]; then
+    in_ns ra nft -f - <<EOF
+table ip lab {
+  chain pre {
+    type filter hook prerouting priority raw; policy accept;
+    iifname "wan" udp length > 1000 quota until 1300 bytes counter drop
+  }
+}
+EOF
+  fi
   local srv_eid=""
   start_regserver "$log" "$work/seed3.key"
   local verdict
@@ -256,11 +272,20 @@ host_dial() {
       waited=$((waited + 1))
     done
     local rc=0
-    in_ns hb timeout 40 "$DIAL" dial --regserver 203.0.113.2:9669 --seed 2 --peer-seed 1 \
-      >"$log/b.out" 2>"$log/b.err" || rc=$?
+    in_ns hb env RUST_LOG=sss_host=debug timeout 40 "$DIAL" dial --regserver 203.0.113.2:9669 \
+      --seed 2 --peer-seed 1 >"$log/b.out" 2>"$log/b.err" || rc=$?
     if [ "$rc" = 0 ] && grep -q '^echo_ms=' "$log/b.out" \
       && grep -q '^eid=.* observed=192\.0\.2\.2:' "$log/b.out"; then
       verdict="connect_eid and an echoed stream across both NATs ($(grep -h '^connected_ms=' "$log/b.out"))"
+      if [ "$variant" = early-initiation ]; then
+        if ! in_ns ra nft list table ip lab | grep -q 'counter packets 1 '; then
+          verdict="LAB FAILURE (the router did not drop the first initiation)"
+        elif grep -q 'punch probe: initiation sent again' "$log/b.err"; then
+          verdict="$verdict; first initiation dropped, sent again on the listener's PUNCH"
+        else
+          verdict="UNEXPECTED: the initiation was not sent again on the listener's PUNCH"
+        fi
+      fi
     else
       verdict="UNEXPECTED: dial exit $rc"
     fi
@@ -279,6 +304,7 @@ scenario cone-cone cone cone direct
 scenario sym-sym sym sym none
 scenario cone-sym cone sym none
 host_dial host-dial
+host_dial host-dial-early-initiation early-initiation
 
 echo "nat-lab: summary"
 for line in "${summary[@]}"; do echo "  $line"; done

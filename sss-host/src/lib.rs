@@ -100,7 +100,7 @@ pub use host::Host;
 pub use impair::{ImpairConfig, Relay, RelayConfig, RelayHandle, RelayStats};
 pub use listener::Listener;
 pub use routing::{
-    RegserverStatus, MAX_PUNCH_ENDPOINTS, MAX_PUNCH_PEERS, PUNCH_INTERVAL, PUNCH_PROBES,
+    RegserverStatus, MAX_PUNCH_ENDPOINTS, MAX_PUNCH_PEERS, PUNCH_PROBES, PUNCH_SCHEDULE,
 };
 pub use stream::{Record, Stream};
 pub use udp::{Datagram, RecvBatch, UdpSocket};
