@@ -54,19 +54,26 @@ fn establish(now: Instant, mut ea: Endpoint, mut eb: Endpoint) -> (Channel<()>, 
     let t = a
         .poll_transmit(now, 1, &mut buf, &mut ())
         .expect("initiation");
+    let b = answer(now, &mut eb, &mut a, &buf[..t.size]);
+    assert!(a.is_established());
+    (a, b)
+}
+
+/// Delivers `initiation` from `a` (at `addr(1)`) to `eb`, which accepts it, and `eb`'s
+/// response back to `a`; returns the responder's channel.
+fn answer(now: Instant, eb: &mut Endpoint, a: &mut Channel<()>, initiation: &[u8]) -> Channel<()> {
     let mut scratch = Vec::new();
-    let Some(DatagramEvent::Incoming(incoming)) =
-        eb.handle(now, addr(1), &buf[..t.size], &mut scratch)
+    let Some(DatagramEvent::Incoming(incoming)) = eb.handle(now, addr(1), initiation, &mut scratch)
     else {
         panic!("the initiation must reach the application");
     };
     let (_, mut b) = eb.accept::<()>(now, incoming).expect("accept");
+    let mut buf = Vec::new();
     let t = b
         .poll_transmit(now, 1, &mut buf, &mut ())
         .expect("response");
     a.handle_datagram(now, addr(2), &mut buf[..t.size], &mut ());
-    assert!(a.is_established());
-    (a, b)
+    b
 }
 
 fn handshake() -> Handshaken {
@@ -760,17 +767,7 @@ fn retry_handshake_now_resends_the_initiation_once_per_retry_interval() {
     // The timed retry keeps its schedule.
     assert_eq!(a.poll_timeout(), Some(retry_at));
 
-    let mut scratch = Vec::new();
-    let Some(DatagramEvent::Incoming(incoming)) =
-        eb.handle(now, addr(1), &buf[..t.size], &mut scratch)
-    else {
-        panic!("the second initiation must reach the responder");
-    };
-    let (_, mut b) = eb.accept::<()>(now, incoming).expect("accept");
-    let t = b
-        .poll_transmit(now, 1, &mut buf, &mut ())
-        .expect("response");
-    a.handle_datagram(now, addr(2), &mut buf[..t.size], &mut ());
+    answer(now, &mut eb, &mut a, &buf[..t.size]);
     assert!(
         a.is_established(),
         "established 30 ms in, not at the timed retry"
