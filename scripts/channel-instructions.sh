@@ -6,6 +6,7 @@
 # content copy (libc's memcpy) and the rest (channel, endpoint, the test layer's framing,
 # the bench's loop). valgrind runs ring's AES-NI path, not the VAES one the CPU uses natively.
 # Usage: bash scripts/channel-instructions.sh   (installs valgrind if missing; ~1 min)
+# CG_OUT=FILE keeps the callgrind profile (for callgrind_annotate).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v valgrind >/dev/null 2>&1; then
@@ -21,6 +22,7 @@ trap 'rm -rf "$out"' EXIT
 SSS_BENCH_BLOCKS=0 SSS_PAIRS=1 SSS_PAIRED_ONLY=aes-256-gcm/protocol valgrind --tool=callgrind \
   --toggle-collect='channel::next_transfer*' --callgrind-out-file="$out/cg" "$bench" --paired \
   >"$out/log" 2>&1
+[ -n "${CG_OUT:-}" ] && cp "$out/cg" "$CG_OUT"
 packets=$(( 3 * $(sed -n 's/.* \([0-9]*\) data packets per transfer.*/\1/p' "$out/log" | head -n1) ))
 callgrind_annotate --auto=no --inclusive=no --threshold=100 "$out/cg" 2>/dev/null \
   | grep -E '^ *[0-9,]+ \(' | grep -v PROGRAM \
