@@ -21,10 +21,12 @@
 # endpoints. A control run without NOTIFY shows that the routers really filter. Then sss-host's
 # own dial by EID (`Host::connect_eid`, through sss-host/examples/dial_eid.rs) connects and
 # echoes a stream through the regserver binary: across two cone NATs directly (asserted: not
-# relayed, and the regserver relayed nothing), and across sym/sym and cone/sym through the
-# regserver's relay (spec/routing.md §6; asserted: the dialer reports the channel relayed and
-# the regserver's stop log counts relayed packets; the relayed dials echo 300 kB each way,
-# under the regserver's default per-slot budget). Teardown always runs.
+# relayed, and the regserver relayed nothing), once as it comes and once with the listener's
+# router dropping the first initiation (the dialer must send it again when the listener's
+# PUNCH arrives); and across sym/sym and cone/sym through the regserver's relay
+# (spec/routing.md §6; asserted: the dialer reports the channel relayed and the regserver's
+# stop log counts relayed packets; the relayed dials echo 300 kB each way, under the
+# regserver's default per-slot budget). Teardown always runs.
 #
 # Usage: sudo bash scripts/nat-lab.sh        (about 25 s after the build; needs root)
 # SSS_NAT_LAB=skip skips it (for machines without root; CI runs it); SSS_NAT_LAB_KEEP=1 keeps the
@@ -237,15 +239,29 @@ start_regserver() {
   srv_eid=$(printf '%s' "$banner" | sed -n 's/^regserver eid=\([a-z2-7]*\) addr=.*/\1/p')
 }
 
-# host_dial NAME KIND_A KIND_B EXPECT(direct|relayed): sss-host's dial by EID
-# (Host::connect_eid: lookup with NOTIFY, PUNCH probes, handshake, the relay fallback after 2 s
-# without an answer, an echoed stream) from the host at site B to the one at site A, through the
-# regserver binary. The regserver is stopped after the dial so that its stop log gives its relay
-# counters.
+# host_dial NAME KIND_A KIND_B EXPECT(direct|relayed) [early-initiation]: sss-host's dial by
+# EID (Host::connect_eid: lookup with NOTIFY, PUNCH probes, handshake, the relay fallback after
+# 2 s without an answer, an echoed stream) from the host at site B to the one at site A, through
+# the regserver binary. The regserver is stopped after the dial so that its stop log gives its
+# relay counters.
+# With `early-initiation`, the listener's router drops the first large datagram from the WAN,
+# as a NAT drops an initiation that arrives before its host's PUNCH opened it: the dialer must
+# then send it again as soon as the listener's PUNCH reaches it (`Channel::retry_handshake_now`,
+# seen in its debug log), not at the handshake's timed retry a second later.
 host_dial() {
-  local name=$1 expect=$4 log="$work/$1"
+  local name=$1 expect=$4 variant=${5:-} log="$work/$1"
   mkdir -p "$log"
   build "$2" "$3"
+  if [ "$variant" = early-initiation ]; then
+    in_ns ra nft -f - <<EOF
+table ip lab {
+  chain pre {
+    type filter hook prerouting priority raw; policy accept;
+    iifname "wan" udp length > 1000 quota until 1300 bytes counter drop
+  }
+}
+EOF
+  fi
   local srv_eid="" srv_pid=""
   start_regserver "$log" "$work/seed3.key"
   local verdict
@@ -267,8 +283,8 @@ host_dial() {
     local bytes=()
     [ "$expect" = relayed ] && bytes=(--bytes 300000)
     local rc=0
-    in_ns hb timeout 40 "$DIAL" dial --regserver 203.0.113.2:9669 --seed 2 --peer-seed 1 \
-      "${bytes[@]}" >"$log/b.out" 2>"$log/b.err" || rc=$?
+    in_ns hb env RUST_LOG=sss_host=debug timeout 40 "$DIAL" dial --regserver 203.0.113.2:9669 \
+      --seed 2 --peer-seed 1 "${bytes[@]}" >"$log/b.out" 2>"$log/b.err" || rc=$?
     kill "$srv_pid" 2>/dev/null || true
     wait "$srv_pid" 2>/dev/null || true
     local relayed_packets
@@ -282,6 +298,15 @@ host_dial() {
     elif [ "$expect" = direct ] && grep -q '^relayed=false' "$log/b.out" \
       && [ "$relayed_packets" = 0 ]; then
       verdict="connect_eid and an echoed stream, direct ($timing)"
+      if [ "$variant" = early-initiation ]; then
+        if ! in_ns ra nft list table ip lab | grep -q 'counter packets 1 '; then
+          verdict="LAB FAILURE (the router did not drop the first initiation)"
+        elif grep -q 'punch probe: initiation sent again' "$log/b.err"; then
+          verdict="$verdict; first initiation dropped, sent again on the listener's PUNCH"
+        else
+          verdict="UNEXPECTED: the initiation was not sent again on the listener's PUNCH"
+        fi
+      fi
     elif [ "$expect" = relayed ] && grep -q '^relayed=true' "$log/b.out" \
       && [ "$relayed_packets" != missing ] && [ "$relayed_packets" -gt 0 ]; then
       verdict="connect_eid and an echoed stream through the relay ($timing)"
@@ -303,6 +328,7 @@ scenario cone-cone cone cone direct
 scenario sym-sym sym sym none
 scenario cone-sym cone sym none
 host_dial host-dial-cone-cone cone cone direct
+host_dial host-dial-early-initiation cone cone direct early-initiation
 host_dial host-dial-sym-sym sym sym relayed
 host_dial host-dial-cone-sym cone sym relayed
 

@@ -5,8 +5,8 @@
 //! server's client, anything else in that range (a peer's PUNCH probe, strays) is dropped;
 //! the clients' timers join the driver's timer and their datagrams leave through the host's
 //! socket. Lookups ask every regserver and the first found record wins. A NOTIFY (someone
-//! dials us by EID) makes the host send [`PUNCH_PROBES`] PUNCH probes to each of the
-//! caller's endpoints, so that our NAT opens a mapping toward the caller and the caller's
+//! dials us by EID) makes the host send PUNCH probes to each of the caller's endpoints, on
+//! the [`PUNCH_SCHEDULE`], so that our NAT opens a mapping toward the caller and the caller's
 //! handshake initiations get through.
 //!
 //! When no direct path works, the regserver relays (spec/routing.md §6.3): each relay slot
@@ -33,10 +33,20 @@ use crate::config::RoutingConfig;
 use crate::error::Error;
 use crate::udp::canonical_addr;
 
+/// When the PUNCH probes to each endpoint of a caller go, counted from the NOTIFY that asked
+/// for them. The first goes at once and races the caller's initiation: if it reaches the
+/// caller's NAT before the initiation left, that NAT drops it, and so does ours the
+/// initiation. The next ones follow soon: by then the caller's NAT lets them in, and the
+/// caller, on receiving one, sends its initiation again at once
+/// (`Channel::retry_handshake_now`), which our NAT now lets in. The last covers a slow path.
+pub const PUNCH_SCHEDULE: [Duration; 4] = [
+    Duration::ZERO,
+    Duration::from_millis(50),
+    Duration::from_millis(250),
+    Duration::from_millis(1000),
+];
 /// PUNCH probes sent to each endpoint of a caller that asked us to punch.
-pub const PUNCH_PROBES: u32 = 3;
-/// Interval between the probes to one caller (so the three span about 1 s).
-pub const PUNCH_INTERVAL: Duration = Duration::from_millis(500);
+pub const PUNCH_PROBES: u32 = PUNCH_SCHEDULE.len() as u32;
 /// Most callers punched toward at once; NOTIFYs beyond are ignored (the caller's
 /// initiations may still get through once a burst ends and it retries).
 pub const MAX_PUNCH_PEERS: usize = 64;
@@ -162,7 +172,10 @@ struct HostLookup {
 /// Probes still to send toward one caller.
 struct PunchBurst {
     endpoints: Vec<SocketAddr>,
-    left: u32,
+    /// When the NOTIFY came: [`PUNCH_SCHEDULE`] counts from here.
+    started: Instant,
+    /// Probes sent to each endpoint so far.
+    sent: usize,
     next: Instant,
 }
 
@@ -632,7 +645,8 @@ impl Routing {
             peer,
             PunchBurst {
                 endpoints: list,
-                left: PUNCH_PROBES,
+                started: now,
+                sent: 0,
                 next: now,
             },
         );
@@ -662,9 +676,14 @@ impl Routing {
                 };
                 out.push_back((probe, t));
             }
-            burst.left -= 1;
-            burst.next = now + PUNCH_INTERVAL;
-            burst.left > 0
+            burst.sent += 1;
+            match PUNCH_SCHEDULE.get(burst.sent) {
+                Some(&offset) => {
+                    burst.next = burst.started + offset;
+                    true
+                }
+                None => false,
+            }
         });
     }
 }
@@ -914,25 +933,25 @@ mod tests {
     }
 
     #[test]
-    fn a_punch_request_sends_three_probes_per_endpoint_over_a_second() {
+    fn a_punch_request_sends_probes_to_every_endpoint_on_the_schedule() {
         let mut r = routing();
         let now = Instant::now();
         let caller = endpoints(5000, 2);
         r.on_punch_request(now, eid(1), caller.clone());
         assert_eq!(r.poll_timeout(), Some(now));
         let mut total = Vec::new();
-        let mut t = now;
-        for _ in 0..PUNCH_PROBES {
+        for offset in PUNCH_SCHEDULE {
+            let t = now + offset;
             assert_eq!(r.poll_timeout(), Some(t));
             let sent = probes(&mut r, t);
             assert_eq!(sent, caller);
             assert!(
                 probes(&mut r, t).is_empty(),
-                "nothing more before the interval"
+                "nothing more before the next time of the schedule"
             );
             total.extend(sent);
-            t += PUNCH_INTERVAL;
         }
+        let t = now + PUNCH_SCHEDULE[PUNCH_SCHEDULE.len() - 1];
         assert_eq!(total.len(), 2 * PUNCH_PROBES as usize);
         assert_eq!(r.poll_timeout(), None, "the burst is over");
         assert!(probes(&mut r, t + Duration::from_secs(5)).is_empty());

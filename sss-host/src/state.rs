@@ -176,7 +176,12 @@ pub(crate) struct State {
     pub(crate) routing: Routing,
     /// Peers whose channel runs through a relay: attempts at a direct path.
     pub(crate) upgrades: HashMap<Eid, crate::upgrade::Upgrade>,
+    /// Scans of the channel table PUNCH probes caused in the second that began at `.0`.
+    punch_scans: (Instant, u32),
 }
+
+/// Most PUNCH probes per second that make the host look for handshakes to their sender.
+const PUNCH_SCANS_PER_SECOND: u32 = 64;
 
 impl State {
     pub(crate) fn new(
@@ -188,6 +193,7 @@ impl State {
         let local = endpoint.eid();
         Self {
             routing,
+            punch_scans: (Instant::now(), 0),
             endpoint,
             channels: FastMap::default(),
             peers: FastMap::default(),
@@ -358,8 +364,8 @@ impl State {
         ecn: Option<EcnCodepoint>,
         data: &mut [u8],
     ) {
-        if let Some(PacketKind::Routing(kind)) = sss_proto::packet::classify(data) {
-            if kind == sss_routing::wire::msg_type::RELAY_DATA {
+        if let Some(PacketKind::Routing(ty)) = sss_proto::packet::classify(data) {
+            if ty == sss_routing::wire::msg_type::RELAY_DATA {
                 // Relayed: the inner datagram comes from the relay's synthetic address (a
                 // routing datagram inside is dropped there: no regserver has that address).
                 if let Some(relay) = self.routing.unwrap_relayed(now, from, data) {
@@ -367,6 +373,9 @@ impl State {
                     self.handle_datagram(now, relay, None, inner);
                 }
                 return;
+            }
+            if ty == sss_routing::wire::msg_type::PUNCH {
+                self.on_punch_probe(now, from);
             }
             self.routing.handle_datagram(now, from, data);
             return;
@@ -401,6 +410,31 @@ impl State {
             self.routing.wrap(now, &t, data, &mut self.out);
         } else {
             self.out.push_back((data.to_vec(), t));
+        }
+    }
+
+    /// A peer's hole-punching probe (spec/routing.md §5.4): our handshakes to its address
+    /// resend their initiation now, since the first may have died at the peer's NAT before
+    /// this probe opened it (`Channel::retry_handshake_now`, at most once per retry interval
+    /// each). Probes can be spoofed, so the scan of the channel table runs at most
+    /// [`PUNCH_SCANS_PER_SECOND`] times a second.
+    fn on_punch_probe(&mut self, now: Instant, from: SocketAddr) {
+        let (since, count) = &mut self.punch_scans;
+        if now.saturating_duration_since(*since) >= Duration::from_secs(1) {
+            (*since, *count) = (now, 0);
+        }
+        if *count >= PUNCH_SCANS_PER_SECOND {
+            return;
+        }
+        *count += 1;
+        let from = crate::udp::canonical_addr(from);
+        for slot in self.channels.values_mut() {
+            if !slot.channel.is_established()
+                && crate::udp::canonical_addr(slot.channel.remote_address()) == from
+                && slot.channel.retry_handshake_now(now)
+            {
+                tracing::debug!(peer = %slot.peer, %from, "punch probe: initiation sent again");
+            }
         }
     }
 

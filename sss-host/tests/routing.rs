@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use common::regserver::Regserver;
 use common::{host_with, loopback, within};
 use rand_core::{OsRng, RngCore};
-use sss_host::{Error, Host, HostConfig, Identity, RoutingConfig, PUNCH_INTERVAL, PUNCH_PROBES};
+use sss_host::{Error, Host, HostConfig, Identity, RoutingConfig, PUNCH_PROBES, PUNCH_SCHEDULE};
 use sss_routing::wire::Message;
 use sss_routing::{Client, ClientConfig, Event, LookupOutcome};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -383,7 +383,8 @@ async fn a_notify_makes_the_target_send_a_bounded_burst_of_punch_probes() {
         }
         assert_eq!(reg.notifies(), 2);
         let a_addr = a.local_addr();
-        let window = Instant::now() + PUNCH_INTERVAL * (PUNCH_PROBES + 2);
+        let window =
+            Instant::now() + PUNCH_SCHEDULE[PUNCH_SCHEDULE.len() - 1] + Duration::from_secs(1);
         let _ = tokio::time::timeout_at(
             window.into(),
             caller.run(|_| false, |from, data| probes.push((from, data.to_vec()))),
