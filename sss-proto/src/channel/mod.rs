@@ -814,9 +814,17 @@ impl<M> Channel<M> {
         self.reset_idle_timer(now);
         match self.state {
             State::Draining(_) => return,
-            State::Closing(_) => {
-                // Answer with CLOSE again; the peer may have lost the first one.
-                self.close_pending = true;
+            State::Closing(ref error) => {
+                // The peer's CLOSE means it got ours or closed at the same time (both sides
+                // superseding the channel at once): drain quietly. Answering it with another
+                // CLOSE would start a CLOSE ping-pong that lasts the whole closing period.
+                if Frames::new(payload).any(|f| matches!(f, Ok(Frame::Close { .. }))) {
+                    self.state = State::Draining(error.clone());
+                    self.close_pending = false;
+                } else {
+                    // Answer with CLOSE again; the peer may have lost the first one.
+                    self.close_pending = true;
+                }
                 return;
             }
             _ => {}

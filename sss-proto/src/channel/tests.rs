@@ -734,6 +734,44 @@ fn a_late_acknowledgement_of_a_lost_packet_undoes_its_congestion_event() {
     }
 }
 
+/// Both sides close at once (each superseding the channel): each gets the other's CLOSE
+/// while closing, drains, and the exchange stops after one CLOSE each way instead of
+/// answering CLOSE with CLOSE for the whole closing period.
+#[test]
+fn simultaneous_closes_do_not_ping_pong() {
+    let Handshaken {
+        mut now,
+        mut a,
+        mut b,
+        mut ping,
+    } = handshake();
+    b.handle_datagram(now, addr(1), &mut ping, &mut ());
+    assert!(b.is_established());
+    a.close(now, 0, b"superseded", &mut ());
+    b.close(now, 0, b"superseded", &mut ());
+    let mut buf = Vec::new();
+    let mut sent = 0;
+    for _ in 0..200 {
+        now += Duration::from_millis(1);
+        let mut to_b = Vec::new();
+        while let Some(t) = a.poll_transmit(now, 1, &mut buf, &mut ()) {
+            to_b.push(buf[..t.size].to_vec());
+        }
+        let mut to_a = Vec::new();
+        while let Some(t) = b.poll_transmit(now, 1, &mut buf, &mut ()) {
+            to_a.push(buf[..t.size].to_vec());
+        }
+        sent += to_a.len() + to_b.len();
+        for mut d in to_b {
+            b.handle_datagram(now, addr(1), &mut d, &mut ());
+        }
+        for mut d in to_a {
+            a.handle_datagram(now, addr(2), &mut d, &mut ());
+        }
+    }
+    assert_eq!(sent, 2, "one CLOSE each way");
+}
+
 /// A hole-punching probe from the peer's address makes an initiator whose first initiation
 /// died at the peer's NAT send it again at once (once per retry interval), instead of waiting
 /// for the timed retry.
