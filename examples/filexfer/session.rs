@@ -1,0 +1,202 @@
+//! A sender's session (several files at once, one substream each) and a receiver's loop
+//! over the sessions peers open.
+
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sss_host::{Listener, Stream};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::common::{mib, rate};
+use crate::proto::SESSION_DONE;
+use crate::receiver::{Inbox, ReceiveError, Received};
+use crate::sender::{self, Outgoing, Sent};
+
+/// Files a sender has in flight at once (each its own substream).
+pub(crate) const PARALLEL_FILES: usize = 8;
+
+/// Sends `files` on substreams of `session`, up to [`PARALLEL_FILES`] at once, and returns
+/// each file's outcome in the order given. `sent` counts body bytes as they go.
+pub(crate) async fn send_files(
+    session: &Stream,
+    files: &[Outgoing],
+    sent: &Arc<AtomicU64>,
+) -> Vec<io::Result<Sent>> {
+    let permits = Arc::new(Semaphore::new(PARALLEL_FILES));
+    let mut tasks = JoinSet::new();
+    for (i, file) in files.iter().enumerate() {
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            break;
+        };
+        let sub = match session.open_substream() {
+            Ok(sub) => sub,
+            Err(e) => {
+                tasks.spawn(async move { (i, Err(e.into())) });
+                continue;
+            }
+        };
+        let file = file.clone();
+        let sent = sent.clone();
+        tasks.spawn(async move {
+            let result = sender::send(sub, &file, |n| {
+                sent.fetch_add(n, Ordering::Relaxed);
+            })
+            .await;
+            drop(permit);
+            (i, result)
+        });
+    }
+    let mut results: Vec<Option<io::Result<Sent>>> = (0..files.len()).map(|_| None).collect();
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok((i, result)) => results[i] = Some(result),
+            Err(e) => return vec![Err(io::Error::other(format!("a sending task failed: {e}")))],
+        }
+    }
+    // Tell the receiver we are done with the session (it has answered every file).
+    let _ = session.send_datagram(SESSION_DONE, true);
+    results
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| Err(io::Error::other("not sent"))))
+        .collect()
+}
+
+/// What a receiver reports about one file.
+pub(crate) type FileOutcome = Result<Received, ReceiveError>;
+
+/// Serves one session: receives every file the peer sends on a substream, concurrently,
+/// until the peer ends the session; `on_file` hears of each outcome. Returns how many files
+/// arrived and how many failed.
+pub(crate) async fn serve_session(
+    session: Stream,
+    inbox: Arc<Inbox>,
+    received: Arc<AtomicU64>,
+    on_file: impl Fn(&FileOutcome) + Send + Sync + 'static,
+) -> (usize, usize) {
+    let on_file = Arc::new(on_file);
+    let mut tasks = JoinSet::new();
+    // `accept_substream` ends (None or an error) when the session stream is over or the link
+    // is gone for good; the sender's reliable datagram [`SESSION_DONE`] says it has all its
+    // verdicts (so every substream it opened was accepted).
+    loop {
+        let sub = tokio::select! {
+            sub = session.accept_substream() => match sub {
+                Ok(Some(sub)) => sub,
+                _ => break,
+            },
+            d = session.recv_datagram() => match d {
+                Ok(Some(d)) if d == SESSION_DONE => break,
+                Ok(Some(_)) => continue,
+                _ => break,
+            },
+        };
+        let inbox = inbox.clone();
+        let received = received.clone();
+        let on_file = on_file.clone();
+        tasks.spawn(async move {
+            let outcome = inbox
+                .receive(sub, |n| {
+                    received.fetch_add(n, Ordering::Relaxed);
+                })
+                .await;
+            on_file(&outcome);
+            outcome.is_ok()
+        });
+        // Reap what is done so that a long session does not pile up finished tasks.
+        while let Some(done) = tasks.try_join_next() {
+            let _ = done;
+        }
+    }
+    let (mut ok, mut failed) = (0, 0);
+    while let Some(done) = tasks.join_next().await {
+        match done {
+            Ok(true) => ok += 1,
+            _ => failed += 1,
+        }
+    }
+    (ok, failed)
+}
+
+/// Accepts sessions forever, each served in a task of its own, printing what arrives.
+pub(crate) async fn serve(listener: Listener, inbox: Arc<Inbox>) -> io::Result<()> {
+    loop {
+        let session = listener.accept().await?;
+        let peer = session.remote_eid();
+        let short = peer.to_string()[..12].to_owned();
+        println!("session from {peer} at {:?}", session.remote_addr());
+        let inbox = inbox.clone();
+        tokio::spawn(async move {
+            let received = Arc::new(AtomicU64::new(0));
+            let t = Instant::now();
+            let (ok, failed) = serve_session(session, inbox, received.clone(), move |outcome| {
+                print_outcome(&short, outcome)
+            })
+            .await;
+            println!(
+                "session from {peer} over: {ok} file(s) received, {failed} refused or failed, \
+                 {} at {}",
+                mib(received.load(Ordering::Relaxed)),
+                rate(received.load(Ordering::Relaxed), t.elapsed())
+            );
+        });
+    }
+}
+
+/// One line per file on the receiver.
+pub(crate) fn print_outcome(peer: &str, outcome: &FileOutcome) {
+    match outcome {
+        Ok(r) => {
+            let resumed = if r.resumed_from > 0 {
+                format!(" (resumed at {})", mib(r.resumed_from))
+            } else {
+                String::new()
+            };
+            println!(
+                "  [{peer}] received {:?}: {}{resumed}, SHA-256 verified, in {:.2} s ({})",
+                r.name,
+                mib(r.size),
+                r.elapsed.as_secs_f64(),
+                rate(r.size - r.resumed_from, r.elapsed)
+            );
+        }
+        Err(e) => println!("  [{peer}] REFUSED {e}"),
+    }
+}
+
+/// Prints the progress of `done` out of `total` bytes once a second until `total` is
+/// reached or the task is aborted.
+pub(crate) fn spawn_progress(
+    label: &'static str,
+    done: Arc<AtomicU64>,
+    total: u64,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let start = Instant::now();
+        let mut last = 0;
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let now = done.load(Ordering::Relaxed);
+            let pct = if total == 0 {
+                100.0
+            } else {
+                now as f64 * 100.0 / total as f64
+            };
+            println!(
+                "  {label} {} of {} ({pct:.0} %), last second {}, average {}",
+                mib(now),
+                mib(total),
+                rate(now - last, Duration::from_secs(1)),
+                rate(now, start.elapsed())
+            );
+            last = now;
+            if now >= total {
+                break;
+            }
+        }
+    })
+}
