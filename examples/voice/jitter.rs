@@ -1,0 +1,232 @@
+//! The listening side of a call: a jitter buffer that plays frames out at a fixed delay, and
+//! the call's statistics (frames received, lost, late; one-way delay; RFC 3550 jitter).
+//!
+//! Playout: frame `n` is due at `anchor + n × frame + buffer`, where the anchor is the
+//! arrival time of the first frame minus its own place in the sequence (as a receiver that
+//! starts playing on the first frame it hears). A frame that has not arrived when it is due
+//! is concealed; if it arrives later it counts as *late* (received, but useless). Frames that
+//! never arrive are *lost*.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+/// Frames more than this far ahead of the playout point, or behind it, are ignored (a peer
+/// cannot make the buffer grow without bound by sending made-up sequence numbers): 20 s of
+/// 20 ms frames. Within it, duplicates are recognised.
+const WINDOW: u32 = 1_000;
+/// Delay samples kept for the call's percentiles (an hour of 20 ms frames); beyond it,
+/// samples still count in the per-second figures.
+const MAX_SAMPLES: usize = 180_000;
+
+/// A jitter buffer and its counters.
+#[derive(Debug)]
+pub(crate) struct JitterBuffer {
+    frame: Duration,
+    buffer: Duration,
+    /// When frame 0 would be due without the buffer delay.
+    anchor: Option<Instant>,
+    /// The next frame to play.
+    next_play: u32,
+    /// Frames within [`WINDOW`] of `next_play` that have arrived.
+    arrived: BTreeSet<u32>,
+    /// Totals for the whole call.
+    pub(crate) total: Counters,
+    /// Since the last [`take_interval`](Self::take_interval).
+    interval: Counters,
+    delays_us: Vec<u32>,
+    interval_delays_us: Vec<u32>,
+    /// RFC 3550 interarrival jitter estimate, in microseconds.
+    jitter_us: f64,
+    last_transit_us: Option<i64>,
+}
+
+/// Frame counters.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Counters {
+    /// Frames that arrived (each sequence number once).
+    pub(crate) received: u64,
+    /// Of those, frames that arrived after they were due.
+    pub(crate) late: u64,
+    /// Frames due that had not arrived (played as silence).
+    pub(crate) concealed: u64,
+    /// Frames played on time.
+    pub(crate) played: u64,
+    /// Frames ignored: duplicates, or too far ahead.
+    pub(crate) ignored: u64,
+}
+
+/// What a span of the call looked like.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Figures {
+    /// The counters of the span.
+    pub(crate) counters: Counters,
+    /// One-way delay percentiles (50, 95, 99, max) in milliseconds, if any frame arrived.
+    pub(crate) delay_ms: Option<[f64; 4]>,
+    /// RFC 3550 jitter at the end of the span, in milliseconds.
+    pub(crate) jitter_ms: f64,
+}
+
+impl JitterBuffer {
+    /// A buffer for frames of `frame` duration, played `buffer` after the anchor.
+    pub(crate) fn new(frame: Duration, buffer: Duration) -> Self {
+        Self {
+            frame,
+            buffer,
+            anchor: None,
+            next_play: 0,
+            arrived: BTreeSet::new(),
+            total: Counters::default(),
+            interval: Counters::default(),
+            delays_us: Vec::new(),
+            interval_delays_us: Vec::new(),
+            jitter_us: 0.0,
+            last_transit_us: None,
+        }
+    }
+
+    /// When frame `seq` is due, once the first frame has arrived.
+    pub(crate) fn due(&self, seq: u32) -> Option<Instant> {
+        Some(self.anchor? + self.frame * seq + self.buffer)
+    }
+
+    /// Frame `seq`, sent at `sent_us` (sender's clock, microseconds), arrived at `now`
+    /// (`now_us` on the receiver's clock).
+    pub(crate) fn on_frame(&mut self, seq: u32, sent_us: u64, now: Instant, now_us: u64) {
+        if self.anchor.is_none() {
+            // A frame can only be this far into the call: anchor on its capture slot.
+            self.anchor = Some(now.checked_sub(self.frame * seq).unwrap_or(now));
+        }
+        let late = seq < self.next_play;
+        let in_window = if late {
+            self.next_play - seq <= WINDOW
+        } else {
+            seq - self.next_play <= WINDOW
+        };
+        if !in_window || !self.arrived.insert(seq) {
+            self.count(|c| c.ignored += 1);
+            return;
+        }
+        self.count(|c| c.received += 1);
+        if late {
+            self.count(|c| c.late += 1);
+        }
+        // One-way delay on the shared clock (meaningful when both ends share it, as in the
+        // local mode); the jitter below needs no shared clock.
+        let delay = now_us.saturating_sub(sent_us).min(u64::from(u32::MAX)) as u32;
+        if self.delays_us.len() < MAX_SAMPLES {
+            self.delays_us.push(delay);
+        }
+        if self.interval_delays_us.len() < MAX_SAMPLES {
+            self.interval_delays_us.push(delay);
+        }
+        // RFC 3550 §6.4.1: J += (|D(i-1, i)| - J) / 16, D the change in transit time.
+        let transit = now_us as i64 - sent_us as i64;
+        if let Some(last) = self.last_transit_us {
+            let d = (transit - last).unsigned_abs() as f64;
+            self.jitter_us += (d - self.jitter_us) / 16.0;
+        }
+        self.last_transit_us = Some(transit);
+    }
+
+    /// Plays every frame due by `now`. Returns the number of the next frame to play.
+    pub(crate) fn play_until(&mut self, now: Instant) -> u32 {
+        while let Some(due) = self.due(self.next_play) {
+            if due > now {
+                break;
+            }
+            let seq = self.next_play;
+            if self.arrived.contains(&seq) {
+                self.count(|c| c.played += 1);
+            } else {
+                self.count(|c| c.concealed += 1);
+            }
+            self.next_play = seq.saturating_add(1);
+        }
+        let oldest = self.next_play.saturating_sub(WINDOW);
+        while self.arrived.first().is_some_and(|&s| s < oldest) {
+            self.arrived.pop_first();
+        }
+        self.next_play
+    }
+
+    /// The figures since the last call, and starts a new span.
+    pub(crate) fn take_interval(&mut self) -> Figures {
+        let counters = std::mem::take(&mut self.interval);
+        let delay_ms = percentiles(&mut self.interval_delays_us);
+        self.interval_delays_us.clear();
+        Figures {
+            counters,
+            delay_ms,
+            jitter_ms: self.jitter_us / 1e3,
+        }
+    }
+
+    /// The figures of the whole call.
+    pub(crate) fn totals(&mut self) -> Figures {
+        Figures {
+            counters: self.total,
+            delay_ms: percentiles(&mut self.delays_us),
+            jitter_ms: self.jitter_us / 1e3,
+        }
+    }
+
+    fn count(&mut self, f: impl Fn(&mut Counters)) {
+        f(&mut self.total);
+        f(&mut self.interval);
+    }
+}
+
+/// p50, p95, p99 and max of `samples` (µs), in milliseconds (sorts them).
+fn percentiles(samples: &mut [u32]) -> Option<[f64; 4]> {
+    if samples.is_empty() {
+        return None;
+    }
+    samples.sort_unstable();
+    let at = |p: f64| {
+        let i = ((samples.len() - 1) as f64 * p).round() as usize;
+        f64::from(samples[i]) / 1e3
+    };
+    Some([at(0.50), at(0.95), at(0.99), at(1.0)])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const F: Duration = Duration::from_millis(20);
+
+    #[test]
+    fn frames_on_time_play_missing_ones_are_concealed_and_late_ones_counted() {
+        let t0 = Instant::now();
+        let mut jb = JitterBuffer::new(F, Duration::from_millis(60));
+        // Frames 0, 1 and 3 arrive on time; 2 is missing until 200 ms, long after it was due
+        // (anchor t0, due at 40 + 60 = 100 ms).
+        for seq in [0u32, 1, 3] {
+            let at = t0 + F * seq;
+            jb.on_frame(seq, 1_000_000 + 20_000 * u64::from(seq), at, 1_000_500 + 20_000 * u64::from(seq));
+        }
+        jb.play_until(t0 + Duration::from_millis(150));
+        jb.on_frame(2, 1_040_000, t0 + Duration::from_millis(200), 1_200_000);
+        jb.on_frame(3, 1_060_000, t0 + Duration::from_millis(201), 1_200_000);
+        let f = jb.totals();
+        assert_eq!(f.counters.received, 4);
+        assert_eq!(f.counters.late, 1);
+        assert_eq!(f.counters.played, 3);
+        assert_eq!(f.counters.concealed, 1);
+        assert_eq!(f.counters.ignored, 1, "the duplicate of frame 3");
+        let [p50, _, _, max] = f.delay_ms.unwrap();
+        assert_eq!(p50, 0.5);
+        assert_eq!(max, 160.0);
+        assert!(f.jitter_ms > 0.0);
+    }
+
+    #[test]
+    fn frames_far_ahead_are_ignored() {
+        let t0 = Instant::now();
+        let mut jb = JitterBuffer::new(F, Duration::from_millis(60));
+        jb.on_frame(0, 0, t0, 0);
+        jb.on_frame(u32::MAX, 0, t0, 0);
+        assert_eq!(jb.totals().counters.ignored, 1);
+        assert_eq!(jb.totals().counters.received, 1);
+    }
+}
