@@ -9,9 +9,9 @@ use sss_host::Eid;
 /// Parses a regserver given as `EID@ADDR` (what the `regserver` binary prints as
 /// `regserver eid=<EID> addr=<ADDR>`).
 pub(crate) fn parse_regserver(s: &str) -> Result<(Eid, SocketAddr), String> {
-    let (eid, addr) = s
-        .split_once('@')
-        .ok_or_else(|| format!("{s:?}: expected EID@ADDR, e.g. <52-character EID>@203.0.113.7:9669"))?;
+    let (eid, addr) = s.split_once('@').ok_or_else(|| {
+        format!("{s:?}: expected EID@ADDR, e.g. <52-character EID>@203.0.113.7:9669")
+    })?;
     let eid = eid
         .parse()
         .map_err(|e| format!("{s:?}: bad regserver EID: {e}"))?;

@@ -170,7 +170,11 @@ async fn serve(
     }
     let host = host(regserver, key.as_deref(), bind)?;
     let listener = host.listen(SERVICE, PROTOCOL)?;
-    println!("filexfer receiver eid={} addr={}", host.eid(), host.local_addr());
+    println!(
+        "filexfer receiver eid={} addr={}",
+        host.eid(),
+        host.local_addr()
+    );
     let seen = registered(&host).await?;
     println!(
         "registered (the regserver sees us at {seen}); writing into {}{}; Ctrl-C stops",
@@ -231,7 +235,7 @@ async fn hash_files(paths: &[PathBuf], resume: bool) -> Result<Vec<Outgoing>, Bo
 
 /// Sends `files` on `session`, printing progress and one line per file; returns how many
 /// were not delivered.
-async fn send_and_report(mut session: Stream, files: &[Outgoing]) -> Result<usize, BoxError> {
+async fn send_and_report(session: Stream, files: &[Outgoing]) -> Result<usize, BoxError> {
     let total: u64 = files.iter().map(|f| f.header.size).sum();
     let sent = Arc::new(AtomicU64::new(0));
     let progress = session::spawn_progress("sent", sent.clone(), total);
@@ -239,7 +243,7 @@ async fn send_and_report(mut session: Stream, files: &[Outgoing]) -> Result<usiz
     let results = session::send_files(&session, files, &sent).await;
     let elapsed = t.elapsed();
     progress.abort();
-    session.shutdown().await?;
+    session::end_session(&session)?;
     let mut failed = 0;
     for (file, result) in files.iter().zip(&results) {
         match result {
@@ -313,8 +317,8 @@ async fn local(count: usize, size: u64, dir: Option<PathBuf>) -> Result<(), BoxE
     println!("[2] a regserver and two hosts on loopback; the sender dials the receiver by EID");
     let loopback: SocketAddr = "127.0.0.1:0".parse()?;
     let reg_identity = sss_host::Identity::generate(&mut rand_core::OsRng);
-    let reg = regserver::RegServer::bind(loopback, regserver::server_config(reg_identity.eid()))
-        .await?;
+    let reg =
+        regserver::RegServer::bind(loopback, regserver::server_config(reg_identity.eid())).await?;
     let receiver = host((reg.eid(), reg.local_addr()), None, loopback)?;
     let sender = host((reg.eid(), reg.local_addr()), None, loopback)?;
     let listener = receiver.listen(SERVICE, PROTOCOL)?;
@@ -342,8 +346,13 @@ async fn local(count: usize, size: u64, dir: Option<PathBuf>) -> Result<(), BoxE
         })
     };
     let t = Instant::now();
-    let session = sender.connect_eid(receiver.eid(), SERVICE, PROTOCOL).await?;
-    println!("  connected by EID in {:.1} ms", t.elapsed().as_secs_f64() * 1e3);
+    let session = sender
+        .connect_eid(receiver.eid(), SERVICE, PROTOCOL)
+        .await?;
+    println!(
+        "  connected by EID in {:.1} ms",
+        t.elapsed().as_secs_f64() * 1e3
+    );
 
     println!(
         "[3] {} files at once, one substream each ({} at a time)",
@@ -363,7 +372,9 @@ async fn local(count: usize, size: u64, dir: Option<PathBuf>) -> Result<(), BoxE
     }
 
     println!("[4] what the receiver refuses: a name that exists, a name outside its directory");
-    let session = sender.connect_eid(receiver.eid(), SERVICE, PROTOCOL).await?;
+    let session = sender
+        .connect_eid(receiver.eid(), SERVICE, PROTOCOL)
+        .await?;
     let server = tokio::spawn(async move {
         let session = listener.accept().await?;
         let counts = session::serve_session(session, inbox, received, |o| {
@@ -381,7 +392,7 @@ async fn local(count: usize, size: u64, dir: Option<PathBuf>) -> Result<(), BoxE
         &Arc::new(AtomicU64::new(0)),
     )
     .await;
-    drop(session);
+    session::end_session(&session)?;
     let (_, refused) = server.await??;
     let codes: Vec<Option<Code>> = results
         .iter()

@@ -47,8 +47,9 @@ pub(crate) const FLAG_RESUME: u8 = 1;
 
 /// Bytes of a header before the name.
 const HEADER_FIXED: usize = 1 + 1 + 8 + 32 + 2;
-/// Largest header record a receiver reads (a longer one is refused as malformed).
-pub(crate) const MAX_HEADER_RECORD: usize = HEADER_FIXED + MAX_NAME;
+/// Largest header record a receiver reads (a longer one is refused as malformed); room for
+/// names longer than [`MAX_NAME`], so that they are refused with a clear reason.
+pub(crate) const MAX_HEADER_RECORD: usize = HEADER_FIXED + 1024;
 /// Longest verdict message, in bytes.
 pub(crate) const MAX_MESSAGE: usize = 500;
 /// Largest verdict record a sender reads.
@@ -124,7 +125,10 @@ pub(crate) fn check_name(name: &[u8]) -> Result<&str, Refusal> {
     let unsafe_name = |why: &str| {
         Refusal::new(
             Code::UNSAFE_NAME,
-            format!("unsafe file name {:?}: {why}", String::from_utf8_lossy(name)),
+            format!(
+                "unsafe file name {:?}: {why}",
+                String::from_utf8_lossy(name)
+            ),
         )
     };
     if name.is_empty() {
@@ -143,7 +147,9 @@ pub(crate) fn check_name(name: &[u8]) -> Result<&str, Refusal> {
         return Err(unsafe_name("contains a control character"));
     }
     if text.contains('/') || text.contains('\\') {
-        return Err(unsafe_name("contains a path separator (only plain names are taken)"));
+        return Err(unsafe_name(
+            "contains a path separator (only plain names are taken)",
+        ));
     }
     if text == "." || text == ".." {
         return Err(unsafe_name("is a directory reference"));

@@ -119,7 +119,12 @@ impl Inbox {
             );
             return Err(refuse(sub, Some(name), refusal, 0).await);
         }
-        if !self.busy.lock().unwrap_or_else(|e| e.into_inner()).insert(name.clone()) {
+        if !self
+            .busy
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.clone())
+        {
             let refusal = Refusal::new(Code::BUSY, "a file of that name is being received now");
             return Err(refuse(sub, Some(name), refusal, 0).await);
         }
@@ -204,8 +209,7 @@ impl Job<'_> {
         let result = self.receive_body(sub, file, hash, progress).await;
         // A resumable transfer keeps what it has when the body fell short or the stream
         // broke; anything else leaves no trace.
-        let keep = resume
-            && matches!(&result, Err(Failure::Stream(_)))
+        let keep = resume && matches!(&result, Err(Failure::Stream(_)))
             || matches!(&result, Err(Failure::Refused(r)) if resume && r.code == Code::TOO_FEW_BYTES);
         if result.is_err() && !keep {
             let _ = tokio::fs::remove_file(&self.part).await;

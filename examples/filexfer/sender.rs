@@ -98,7 +98,11 @@ pub(crate) async fn send(
             .ok_or_else(|| io::Error::other("the receiver closed the stream"))?;
         match proto::decode_offset(&record.data) {
             Some(o) if o <= header.size => offset = o,
-            Some(o) => return Err(io::Error::other(format!("the receiver asked for offset {o}"))),
+            Some(o) => {
+                return Err(io::Error::other(format!(
+                    "the receiver asked for offset {o}"
+                )))
+            }
             // Refused before the body (a name, a size): that is the verdict.
             None => return finish(sub, file, 0, 0, start, Some(record.data)).await,
         }
@@ -143,7 +147,9 @@ async fn finish(
         None => {
             sub.read_record(MAX_VERDICT_RECORD)
                 .await?
-                .ok_or_else(|| io::Error::other("the receiver closed the stream without a verdict"))?
+                .ok_or_else(|| {
+                    io::Error::other("the receiver closed the stream without a verdict")
+                })?
                 .data
         }
     };

@@ -56,12 +56,18 @@ pub(crate) async fn send_files(
             Err(e) => return vec![Err(io::Error::other(format!("a sending task failed: {e}")))],
         }
     }
-    // Tell the receiver we are done with the session (it has answered every file).
-    let _ = session.send_datagram(SESSION_DONE, true);
     results
         .into_iter()
         .map(|r| r.unwrap_or_else(|| Err(io::Error::other("not sent"))))
         .collect()
+}
+
+/// Tells the receiver that the session is over (every file sent has its verdict) and
+/// finishes the session stream.
+pub(crate) fn end_session(session: &Stream) -> io::Result<()> {
+    session.send_datagram(SESSION_DONE, true)?;
+    session.finish()?;
+    Ok(())
 }
 
 /// What a receiver reports about one file.
@@ -78,6 +84,7 @@ pub(crate) async fn serve_session(
 ) -> (usize, usize) {
     let on_file = Arc::new(on_file);
     let mut tasks = JoinSet::new();
+    let (mut ok, mut failed) = (0, 0);
     // `accept_substream` ends (None or an error) when the session stream is over or the link
     // is gone for good; the sender's reliable datagram [`SESSION_DONE`] says it has all its
     // verdicts (so every substream it opened was accepted).
@@ -107,17 +114,20 @@ pub(crate) async fn serve_session(
         });
         // Reap what is done so that a long session does not pile up finished tasks.
         while let Some(done) = tasks.try_join_next() {
-            let _ = done;
+            count(done, &mut ok, &mut failed);
         }
     }
-    let (mut ok, mut failed) = (0, 0);
     while let Some(done) = tasks.join_next().await {
-        match done {
-            Ok(true) => ok += 1,
-            _ => failed += 1,
-        }
+        count(done, &mut ok, &mut failed);
     }
     (ok, failed)
+}
+
+fn count(done: Result<bool, tokio::task::JoinError>, ok: &mut usize, failed: &mut usize) {
+    match done {
+        Ok(true) => *ok += 1,
+        _ => *failed += 1,
+    }
 }
 
 /// Accepts sessions forever, each served in a task of its own, printing what arrives.

@@ -89,7 +89,11 @@ pub(crate) async fn run_call(call: Stream, config: &CallConfig) -> io::Result<Ca
     if config.bulk {
         let sub = call.open_substream()?;
         sub.set_priority(BULK_PRIORITY)?;
-        bulk_tasks.push(tokio::spawn(send_bulk(sub, stop_bulk.clone(), bulk_sent.clone())));
+        bulk_tasks.push(tokio::spawn(send_bulk(
+            sub,
+            stop_bulk.clone(),
+            bulk_sent.clone(),
+        )));
     }
 
     let mut jitter = JitterBuffer::new(FRAME, config.buffer);

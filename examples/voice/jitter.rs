@@ -203,9 +203,15 @@ mod tests {
         // (anchor t0, due at 40 + 60 = 100 ms).
         for seq in [0u32, 1, 3] {
             let at = t0 + F * seq;
-            jb.on_frame(seq, 1_000_000 + 20_000 * u64::from(seq), at, 1_000_500 + 20_000 * u64::from(seq));
+            jb.on_frame(
+                seq,
+                1_000_000 + 20_000 * u64::from(seq),
+                at,
+                1_000_500 + 20_000 * u64::from(seq),
+            );
         }
-        jb.play_until(t0 + Duration::from_millis(150));
+        // Due: frame n at 60 + 20n ms; by 130 ms frames 0 to 3 were due.
+        jb.play_until(t0 + Duration::from_millis(130));
         jb.on_frame(2, 1_040_000, t0 + Duration::from_millis(200), 1_200_000);
         jb.on_frame(3, 1_060_000, t0 + Duration::from_millis(201), 1_200_000);
         let f = jb.totals();

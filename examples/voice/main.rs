@@ -146,7 +146,8 @@ async fn main() -> ExitCode {
             rate_mbit,
             queue_kb,
         } => {
-            let impaired = loss.is_some() || delay_ms.is_some() || jitter_ms.is_some() || rate_mbit.is_some();
+            let impaired =
+                loss.is_some() || delay_ms.is_some() || jitter_ms.is_some() || rate_mbit.is_some();
             let millis = |ms: Option<f64>| {
                 Duration::try_from_secs_f64(ms.unwrap_or(0.0) / 1e3).unwrap_or_default()
             };
@@ -209,7 +210,11 @@ async fn local(args: &CallArgs, impair: Option<ImpairConfig>) -> Result<(), BoxE
             i.delay.as_millis(),
             i.jitter.as_millis(),
             i.rate_bps
-                .map(|r| format!(", bottleneck {} Mbit/s, queue {} KiB", r as f64 / 1e6, i.queue_bytes / 1024))
+                .map(|r| format!(
+                    ", bottleneck {} Mbit/s, queue {} KiB",
+                    r as f64 / 1e6,
+                    i.queue_bytes / 1024
+                ))
                 .unwrap_or_default()
         ),
         None => println!("direct, dialed by EID through an embedded regserver"),
@@ -320,7 +325,11 @@ async fn listen(
             call = listener.accept() => call?,
             _ = tokio::signal::ctrl_c() => break,
         };
-        println!("call from {} at {:?}", call.remote_eid(), call.remote_addr());
+        println!(
+            "call from {} at {:?}",
+            call.remote_eid(),
+            call.remote_addr()
+        );
         // One call at a time: a second caller waits in the listener's queue.
         match call::run_call(call, &config).await {
             Ok(r) => {
