@@ -45,10 +45,12 @@ pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
     Ok((n * scale as f64) as u64)
 }
 
-/// `n` bytes in MiB, e.g. `100.0 MiB`, or in bytes below 10 KiB.
+/// `n` bytes for humans: `100.0 MiB`, `14.6 KiB`, or bytes below 10 KiB.
 pub(crate) fn mib(n: u64) -> String {
     if n < 10 * 1024 {
         format!("{n} B")
+    } else if n < 1 << 20 {
+        format!("{:.1} KiB", n as f64 / 1024.0)
     } else {
         format!("{:.1} MiB", n as f64 / (1u64 << 20) as f64)
     }

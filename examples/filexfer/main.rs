@@ -383,15 +383,16 @@ async fn local(count: usize, size: u64, dir: Option<PathBuf>) -> Result<(), BoxE
         .await;
         Ok::<_, sss_host::Error>(counts)
     });
+    // The largest file again: refused at its header, so the sender stops at once.
+    let again = files
+        .iter()
+        .max_by_key(|f| f.header.size)
+        .unwrap_or(&files[0])
+        .clone();
     let mut escape = files[1].clone();
     escape.header.name = "../escape.txt".into();
-    let again = &files[1];
-    let results = session::send_files(
-        &session,
-        &[again.clone(), escape],
-        &Arc::new(AtomicU64::new(0)),
-    )
-    .await;
+    let results =
+        session::send_files(&session, &[again, escape], &Arc::new(AtomicU64::new(0))).await;
     session::end_session(&session)?;
     let (_, refused) = server.await??;
     let codes: Vec<Option<Code>> = results
@@ -399,7 +400,12 @@ async fn local(count: usize, size: u64, dir: Option<PathBuf>) -> Result<(), BoxE
         .map(|r| r.as_ref().ok().map(|s| s.verdict.code))
         .collect();
     for r in results.iter().flatten() {
-        println!("  sender told: {:?}: {}", r.name, r.verdict.code);
+        println!(
+            "  sender told: {:?}: {} (it had sent {} of the body)",
+            r.name,
+            r.verdict.code,
+            mib(r.sent)
+        );
     }
     if codes != [Some(Code::EXISTS), Some(Code::UNSAFE_NAME)]
         || refused != 2
