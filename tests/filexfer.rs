@@ -92,8 +92,10 @@ impl Rig {
     }
 
     /// Ends the session; the receiver's (files ok, files refused).
-    async fn finish(self) -> (usize, usize) {
-        session::end_session(&self.session).unwrap();
+    async fn finish(mut self) -> (usize, usize) {
+        within(session::end_session(&mut self.session))
+            .await
+            .unwrap();
         within(self.server).await.unwrap()
     }
 }

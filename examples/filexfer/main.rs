@@ -235,7 +235,7 @@ async fn hash_files(paths: &[PathBuf], resume: bool) -> Result<Vec<Outgoing>, Bo
 
 /// Sends `files` on `session`, printing progress and one line per file; returns how many
 /// were not delivered.
-async fn send_and_report(session: Stream, files: &[Outgoing]) -> Result<usize, BoxError> {
+async fn send_and_report(mut session: Stream, files: &[Outgoing]) -> Result<usize, BoxError> {
     let total: u64 = files.iter().map(|f| f.header.size).sum();
     let sent = Arc::new(AtomicU64::new(0));
     let progress = session::spawn_progress("sent", sent.clone(), total);
@@ -243,7 +243,7 @@ async fn send_and_report(session: Stream, files: &[Outgoing]) -> Result<usize, B
     let results = session::send_files(&session, files, &sent).await;
     let elapsed = t.elapsed();
     progress.abort();
-    session::end_session(&session)?;
+    session::end_session(&mut session).await?;
     let mut failed = 0;
     for (file, result) in files.iter().zip(&results) {
         match result {
@@ -372,7 +372,7 @@ async fn local(count: usize, size: u64, dir: Option<PathBuf>) -> Result<(), BoxE
     }
 
     println!("[4] what the receiver refuses: a name that exists, a name outside its directory");
-    let session = sender
+    let mut session = sender
         .connect_eid(receiver.eid(), SERVICE, PROTOCOL)
         .await?;
     let server = tokio::spawn(async move {
@@ -393,7 +393,7 @@ async fn local(count: usize, size: u64, dir: Option<PathBuf>) -> Result<(), BoxE
     escape.header.name = "../escape.txt".into();
     let results =
         session::send_files(&session, &[again, escape], &Arc::new(AtomicU64::new(0))).await;
-    session::end_session(&session)?;
+    session::end_session(&mut session).await?;
     let (_, refused) = server.await??;
     let codes: Vec<Option<Code>> = results
         .iter()

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sss_host::{Listener, Stream};
+use tokio::io::AsyncReadExt;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
@@ -62,12 +63,24 @@ pub(crate) async fn send_files(
         .collect()
 }
 
-/// Tells the receiver that the session is over (every file sent has its verdict) and
-/// finishes the session stream.
-pub(crate) fn end_session(session: &Stream) -> io::Result<()> {
+/// Tells the receiver that the session is over (every file sent has its verdict), finishes
+/// the session stream and waits until the receiver finishes its side: then it has heard,
+/// and closing the host loses nothing.
+pub(crate) async fn end_session(session: &mut Stream) -> io::Result<()> {
     session.send_datagram(SESSION_DONE, true)?;
     session.finish()?;
-    Ok(())
+    let mut rest = [0u8; 1];
+    match tokio::time::timeout(Duration::from_secs(10), session.read(&mut rest)).await {
+        Ok(Ok(0)) => Ok(()),
+        Ok(Ok(_)) => Err(io::Error::other(
+            "the receiver sent data on the session stream",
+        )),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the receiver did not end the session within 10 s",
+        )),
+    }
 }
 
 /// What a receiver reports about one file.
@@ -117,6 +130,8 @@ pub(crate) async fn serve_session(
             count(done, &mut ok, &mut failed);
         }
     }
+    // The sender has every verdict: our side of the session is done too.
+    let _ = session.finish();
     while let Some(done) = tasks.join_next().await {
         count(done, &mut ok, &mut failed);
     }
@@ -164,12 +179,16 @@ pub(crate) fn print_outcome(peer: &str, outcome: &FileOutcome) {
             } else {
                 String::new()
             };
+            let speed = if r.size - r.resumed_from >= 1 << 20 {
+                format!(" ({})", rate(r.size - r.resumed_from, r.elapsed))
+            } else {
+                String::new()
+            };
             println!(
-                "  [{peer}] received {:?}: {}{resumed}, SHA-256 verified, in {:.2} s ({})",
+                "  [{peer}] received {:?}: {}{resumed}, SHA-256 verified, in {:.2} s{speed}",
                 r.name,
                 mib(r.size),
                 r.elapsed.as_secs_f64(),
-                rate(r.size - r.resumed_from, r.elapsed)
             );
         }
         Err(e) => println!("  [{peer}] REFUSED {e}"),
