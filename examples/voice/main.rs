@@ -239,7 +239,8 @@ async fn local(args: &CallArgs, impair: Option<ImpairConfig>) -> Result<(), BoxE
     }
     if let Some(r) = call.relay {
         println!(
-            "relay: dropped {} of {} datagrams caller->callee, {} of {} back ({} and {} in its queue)",
+            "relay: random loss dropped {} of {} datagrams caller->callee and {} of {} back; \
+             its bottleneck queue dropped {} and {}",
             r.forward.dropped_loss,
             r.forward.received,
             r.backward.dropped_loss,
