@@ -328,3 +328,37 @@ async fn an_interrupted_transfer_resumes_where_the_partial_file_ends() {
     assert_eq!(rig.finish().await, (1, 1));
     assert_eq!(tree(&dst), [PathBuf::from("big.bin")]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_transfer_leaves_nothing_unless_it_can_be_resumed() {
+    let root = tempfile::tempdir().unwrap();
+    let rig = Rig::new(Inbox::new(root.path(), false, u64::MAX)).await;
+    let data = pattern(11, 1 << 20);
+    for (name, flags) in [("plain.bin", 0), ("resumable.bin", proto::FLAG_RESUME)] {
+        let mut sub = rig.session.open_substream().unwrap();
+        let header =
+            proto::encode_header_raw(name.as_bytes(), data.len() as u64, &sha256(&data), flags);
+        within(async {
+            sub.write_record(&header).await.unwrap();
+            if flags != 0 {
+                let offset = sub.read_record(MAX_VERDICT_RECORD).await.unwrap().unwrap();
+                assert_eq!(proto::decode_offset(&offset.data), Some(0));
+            }
+            sub.write_all(&data[..300_000]).await.unwrap();
+            // Let the receiver take the bytes, then give up on the file.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            sub.reset(0x100).unwrap();
+        })
+        .await;
+    }
+    assert_eq!(rig.finish().await, (0, 2));
+    assert_eq!(
+        tree(root.path()),
+        [PathBuf::from(".resumable.bin.sss-part")]
+    );
+    let part = std::fs::read(root.path().join(".resumable.bin.sss-part")).unwrap();
+    assert!(
+        part == data[..300_000],
+        "the partial file holds what arrived"
+    );
+}

@@ -17,6 +17,7 @@ use ring::digest::{Context, SHA256};
 use sss_host::Stream;
 use tokio::fs::{File, OpenOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::Semaphore;
 
 use crate::proto::{
     self, Code, Header, Refusal, Verdict, FLAG_RESUME, MAX_HEADER_RECORD, PART_SUFFIX,
@@ -26,6 +27,12 @@ use crate::proto::{
 const CHUNK: usize = 256 * 1024;
 /// How long a new substream may take to send its header.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a body may go without a byte before the transfer is given up (a sender that
+/// trickles cannot hold a slot for ever).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Files received at once, all senders together: each holds a read buffer and an open file;
+/// more wait (each only a stream handle: the stream layer's credit bounds how many).
+pub(crate) const MAX_CONCURRENT_FILES: usize = 64;
 
 /// Where and how files are received; shared by all transfers of a receiver.
 #[derive(Debug)]
@@ -35,6 +42,8 @@ pub(crate) struct Inbox {
     max_size: u64,
     /// Names being received right now (a second transfer of the same name is refused).
     busy: Mutex<HashSet<String>>,
+    /// [`MAX_CONCURRENT_FILES`] permits.
+    slots: Semaphore,
 }
 
 /// A file received and verified.
@@ -90,6 +99,7 @@ impl Inbox {
             overwrite,
             max_size,
             busy: Mutex::new(HashSet::new()),
+            slots: Semaphore::new(MAX_CONCURRENT_FILES),
         })
     }
 
@@ -100,6 +110,12 @@ impl Inbox {
         mut sub: Stream,
         progress: impl FnMut(u64),
     ) -> Result<Received, ReceiveError> {
+        let Ok(_slot) = self.slots.acquire().await else {
+            return Err(ReceiveError::Stream {
+                name: None,
+                error: io::Error::other("the receiver is shutting down"),
+            });
+        };
         let start = Instant::now();
         let header = match read_header(&mut sub).await {
             Ok(h) => h,
@@ -209,8 +225,12 @@ impl Job<'_> {
         let result = self.receive_body(sub, file, hash, progress).await;
         // A resumable transfer keeps what it has when the body fell short or the stream
         // broke; anything else leaves no trace.
-        let keep = resume && matches!(&result, Err(Failure::Stream(_)))
-            || matches!(&result, Err(Failure::Refused(r)) if resume && r.code == Code::TOO_FEW_BYTES);
+        let keep = resume
+            && match &result {
+                Err(Failure::Stream(_)) => true,
+                Err(Failure::Refused(r)) => r.code == Code::TOO_FEW_BYTES,
+                Ok(()) => false,
+            };
         if result.is_err() && !keep {
             let _ = tokio::fs::remove_file(&self.part).await;
         }
@@ -287,7 +307,15 @@ impl Job<'_> {
             |e: io::Error| Failure::Refused(Refusal::new(Code::IO, format!("writing: {e}")));
         let mut buf = vec![0u8; CHUNK];
         loop {
-            let n = sub.read(&mut buf).await.map_err(Failure::Stream)?;
+            let n = match tokio::time::timeout(IDLE_TIMEOUT, sub.read(&mut buf)).await {
+                Ok(read) => read.map_err(Failure::Stream)?,
+                Err(_) => {
+                    return Err(Failure::Stream(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "no data for 60 s",
+                    )))
+                }
+            };
             if n == 0 {
                 break;
             }
