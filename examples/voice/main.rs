@@ -66,9 +66,9 @@ enum Command {
         /// Bottleneck rate of the impairment relay, in Mbit/s.
         #[arg(long)]
         rate_mbit: Option<f64>,
-        /// Bottleneck queue of the impairment relay, in KiB (with --rate-mbit).
-        #[arg(long, default_value_t = 256)]
-        queue_kb: usize,
+        /// Bottleneck queue of the impairment relay, in KiB (with --rate-mbit; default 256).
+        #[arg(long)]
+        queue_kb: Option<usize>,
     },
     /// Answer calls (until Ctrl-C).
     Listen {
@@ -156,7 +156,13 @@ async fn main() -> ExitCode {
                 delay: millis(delay_ms),
                 jitter: millis(jitter_ms),
                 rate_bps: rate_mbit.map(|r| (r.max(0.0) * 1e6) as u64),
-                queue_bytes: queue_kb.saturating_mul(1024),
+                // Without a bottleneck the queue bounds the delay line: the relay's default
+                // (8 MiB) holds 20 ms at 3 Gbit/s.
+                queue_bytes: match (rate_mbit, queue_kb) {
+                    (_, Some(kb)) => kb.saturating_mul(1024),
+                    (Some(_), None) => 256 * 1024,
+                    (None, None) => sss_host::impair::DEFAULT_QUEUE_BYTES,
+                },
                 seed: 1,
                 ..ImpairConfig::default()
             });
