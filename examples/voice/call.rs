@@ -85,11 +85,12 @@ pub(crate) async fn run_call(call: Stream, config: &CallConfig) -> io::Result<Ca
     let stop_bulk = Arc::new(AtomicBool::new(false));
     let bulk_sent = Arc::new(AtomicU64::new(0));
     let bulk_received = Arc::new(AtomicU64::new(0));
-    let mut bulk_tasks = Vec::new();
+    let mut bulk_sender = None;
+    let mut drains = Vec::new();
     if config.bulk {
         let sub = call.open_substream()?;
         sub.set_priority(BULK_PRIORITY)?;
-        bulk_tasks.push(tokio::spawn(send_bulk(
+        bulk_sender = Some(tokio::spawn(send_bulk(
             sub,
             stop_bulk.clone(),
             bulk_sent.clone(),
@@ -148,13 +149,16 @@ pub(crate) async fn run_call(call: Stream, config: &CallConfig) -> io::Result<Ca
                     Some(Message::Frame { seq, sent_us }) => {
                         jitter.on_frame(seq, sent_us, Instant::now(), unix_micros());
                     }
-                    Some(Message::Bye { frames }) => peer_sent = Some(frames),
+                    Some(Message::Bye { frames }) => {
+                        peer_sent = Some(frames);
+                        jitter.set_end(frames);
+                    }
                     None => {}
                 },
                 None => break,
             },
             sub = call.accept_substream(), if accepting => match sub {
-                Ok(Some(sub)) => bulk_tasks.push(tokio::spawn(drain(sub, bulk_received.clone()))),
+                Ok(Some(sub)) => drains.push(tokio::spawn(drain(sub, bulk_received.clone()))),
                 _ => accepting = false,
             },
             _ = play_tick.tick() => {}
@@ -167,7 +171,12 @@ pub(crate) async fn run_call(call: Stream, config: &CallConfig) -> io::Result<Ca
     }
     jitter.play_until(Instant::now());
     stop_bulk.store(true, Ordering::Relaxed);
-    for task in bulk_tasks {
+    // Stopped for sure before its count is read (a write may be waiting for flow control).
+    if let Some(task) = bulk_sender {
+        task.abort();
+        let _ = task.await;
+    }
+    for task in drains {
         task.abort();
     }
     Ok(CallReport {
@@ -219,10 +228,12 @@ async fn send_bulk(mut sub: Stream, stop: Arc<AtomicBool>, sent: Arc<AtomicU64>)
     let mut buf = vec![0u8; 64 * 1024];
     Pattern::new(7).fill(&mut buf);
     while !stop.load(Ordering::Relaxed) {
-        if sub.write_all(&buf).await.is_err() {
-            return;
-        }
-        sent.fetch_add(buf.len() as u64, Ordering::Relaxed);
+        // Counted as soon as the stream takes them (no await in between, so the count is
+        // exact wherever the task stops).
+        match sub.write(&buf).await {
+            Ok(n) => sent.fetch_add(n as u64, Ordering::Relaxed),
+            Err(_) => return,
+        };
     }
     let _ = sub.shutdown().await;
 }

@@ -27,6 +27,8 @@ pub(crate) struct JitterBuffer {
     anchor: Option<Instant>,
     /// The next frame to play.
     next_play: u32,
+    /// The number of frames the sender sent, once it said.
+    end: Option<u32>,
     /// Frames within [`WINDOW`] of `next_play` that have arrived.
     arrived: BTreeSet<u32>,
     /// Totals for the whole call.
@@ -74,6 +76,7 @@ impl JitterBuffer {
             buffer,
             anchor: None,
             next_play: 0,
+            end: None,
             arrived: BTreeSet::new(),
             total: Counters::default(),
             interval: Counters::default(),
@@ -128,10 +131,23 @@ impl JitterBuffer {
         self.last_transit_us = Some(transit);
     }
 
-    /// Plays every frame due by `now`. Returns the number of the next frame to play.
+    /// The sender sent frames `0..frames`: none after them is played (or concealed).
+    pub(crate) fn set_end(&mut self, frames: u32) {
+        self.end = Some(frames);
+        // Slots played out beyond the end before we knew it held no frame of the call.
+        if self.next_play > frames {
+            let phantom = u64::from(self.next_play - frames);
+            self.total.concealed = self.total.concealed.saturating_sub(phantom);
+            self.interval.concealed = self.interval.concealed.saturating_sub(phantom);
+            self.next_play = frames;
+        }
+    }
+
+    /// Plays every frame due by `now` (up to the end, if known). Returns the number of the
+    /// next frame to play.
     pub(crate) fn play_until(&mut self, now: Instant) -> u32 {
         while let Some(due) = self.due(self.next_play) {
-            if due > now {
+            if due > now || self.end.is_some_and(|end| self.next_play >= end) {
                 break;
             }
             let seq = self.next_play;
@@ -224,6 +240,20 @@ mod tests {
         assert_eq!(p50, 0.5);
         assert_eq!(max, 160.0);
         assert!(f.jitter_ms > 0.0);
+    }
+
+    #[test]
+    fn slots_played_past_the_end_are_not_counted() {
+        let t0 = Instant::now();
+        let mut jb = JitterBuffer::new(F, Duration::from_millis(60));
+        jb.on_frame(0, 0, t0, 0);
+        jb.on_frame(1, 0, t0 + F, 0);
+        // A late wake-up plays slots 0 to 4 before the sender's count (2) is known.
+        jb.play_until(t0 + Duration::from_millis(145));
+        jb.set_end(2);
+        jb.play_until(t0 + Duration::from_secs(1));
+        let c = jb.totals().counters;
+        assert_eq!((c.played, c.concealed), (2, 0));
     }
 
     #[test]
