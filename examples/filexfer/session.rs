@@ -156,10 +156,13 @@ pub(crate) async fn serve(listener: Listener, inbox: Arc<Inbox>) -> io::Result<(
         tokio::spawn(async move {
             let received = Arc::new(AtomicU64::new(0));
             let t = Instant::now();
+            let ticker = spawn_activity(format!("[{short}] received"), received.clone());
+            let label = short.clone();
             let (ok, failed) = serve_session(session, inbox, received.clone(), move |outcome| {
-                print_outcome(&short, outcome)
+                print_outcome(&label, outcome)
             })
             .await;
+            ticker.abort();
             println!(
                 "session from {peer} over: {ok} file(s) received, {failed} refused or failed, \
                  {} at {}",
@@ -225,6 +228,27 @@ pub(crate) fn spawn_progress(
             last = now;
             if now >= total {
                 break;
+            }
+        }
+    })
+}
+
+/// Prints how many bytes `done` has counted, once a second while it grows, until aborted.
+fn spawn_activity(label: String, done: Arc<AtomicU64>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut last = 0;
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let now = done.load(Ordering::Relaxed);
+            if now != last {
+                println!(
+                    "  {label} {} so far, last second {}",
+                    mib(now),
+                    rate(now - last, Duration::from_secs(1))
+                );
+                last = now;
             }
         }
     })
