@@ -289,7 +289,11 @@ impl Verdict {
         Some(Self {
             code: Code(record[1]),
             bytes: u64::from_be_bytes(record[2..10].try_into().ok()?),
-            message: String::from_utf8_lossy(&record[10..]).into_owned(),
+            // Shown to a person: no control characters (terminal escapes) from the peer.
+            message: String::from_utf8_lossy(&record[10..])
+                .chars()
+                .map(|c| if c.is_control() { '?' } else { c })
+                .collect(),
         })
     }
 }

@@ -97,7 +97,7 @@ pub(crate) async fn run_call(call: Stream, config: &CallConfig) -> io::Result<Ca
         )));
     }
 
-    let mut jitter = JitterBuffer::new(FRAME, config.buffer);
+    let mut jitter = JitterBuffer::new(FRAME, config.buffer, start);
     let mut send_tick = tokio::time::interval(FRAME);
     // A microphone makes a frame every 20 ms whatever happens: a late tick sends the frames
     // it owes at once (each stamped with its own capture time).

@@ -23,6 +23,9 @@ const MAX_SAMPLES: usize = 180_000;
 pub(crate) struct JitterBuffer {
     frame: Duration,
     buffer: Duration,
+    /// When this end's call started: no peer frame can be much further into the call than
+    /// the time since then.
+    start: Instant,
     /// When frame 0 would be due without the buffer delay.
     anchor: Option<Instant>,
     /// The next frame to play.
@@ -39,7 +42,7 @@ pub(crate) struct JitterBuffer {
     interval_delays_us: Vec<u32>,
     /// RFC 3550 interarrival jitter estimate, in microseconds.
     jitter_us: f64,
-    last_transit_us: Option<i64>,
+    last_transit_us: Option<i128>,
 }
 
 /// Frame counters.
@@ -69,11 +72,13 @@ pub(crate) struct Figures {
 }
 
 impl JitterBuffer {
-    /// A buffer for frames of `frame` duration, played `buffer` after the anchor.
-    pub(crate) fn new(frame: Duration, buffer: Duration) -> Self {
+    /// A buffer for frames of `frame` duration, played `buffer` after the anchor, for a call
+    /// that started at `start`.
+    pub(crate) fn new(frame: Duration, buffer: Duration, start: Instant) -> Self {
         Self {
             frame,
             buffer,
+            start,
             anchor: None,
             next_play: 0,
             end: None,
@@ -89,15 +94,28 @@ impl JitterBuffer {
 
     /// When frame `seq` is due, once the first frame has arrived.
     pub(crate) fn due(&self, seq: u32) -> Option<Instant> {
-        Some(self.anchor? + self.frame * seq + self.buffer)
+        // Checked: a hostile peer's sequence numbers or count must not overflow the clock.
+        self.anchor?
+            .checked_add(self.frame.checked_mul(seq)?)?
+            .checked_add(self.buffer)
     }
 
     /// Frame `seq`, sent at `sent_us` (sender's clock, microseconds), arrived at `now`
     /// (`now_us` on the receiver's clock).
     pub(crate) fn on_frame(&mut self, seq: u32, sent_us: u64, now: Instant, now_us: u64) {
+        // A sequence number further into the call than the call is old (plus the window, for
+        // a peer that started first) is made up: anchoring playout on it would make the
+        // buffer play (conceal) billions of slots at once.
+        let elapsed = now.saturating_duration_since(self.start);
+        let plausible = elapsed.as_nanos() / self.frame.as_nanos().max(1) + u128::from(WINDOW);
+        if u128::from(seq) > plausible {
+            self.count(|c| c.ignored += 1);
+            return;
+        }
         if self.anchor.is_none() {
             // A frame can only be this far into the call: anchor on its capture slot.
-            self.anchor = Some(now.checked_sub(self.frame * seq).unwrap_or(now));
+            let into_call = self.frame.checked_mul(seq).unwrap_or(Duration::MAX);
+            self.anchor = Some(now.checked_sub(into_call).unwrap_or(now));
         }
         let late = seq < self.next_play;
         let in_window = if late {
@@ -123,7 +141,8 @@ impl JitterBuffer {
             self.interval_delays_us.push(delay);
         }
         // RFC 3550 §6.4.1: J += (|D(i-1, i)| - J) / 16, D the change in transit time.
-        let transit = now_us as i64 - sent_us as i64;
+        // (In i128: the peer chooses `sent_us`.)
+        let transit = i128::from(now_us) - i128::from(sent_us);
         if let Some(last) = self.last_transit_us {
             let d = (transit - last).unsigned_abs() as f64;
             self.jitter_us += (d - self.jitter_us) / 16.0;
@@ -214,7 +233,7 @@ mod tests {
     #[test]
     fn frames_on_time_play_missing_ones_are_concealed_and_late_ones_counted() {
         let t0 = Instant::now();
-        let mut jb = JitterBuffer::new(F, Duration::from_millis(60));
+        let mut jb = JitterBuffer::new(F, Duration::from_millis(60), t0);
         // Frames 0, 1 and 3 arrive on time; 2 is missing until 200 ms, long after it was due
         // (anchor t0, due at 40 + 60 = 100 ms).
         for seq in [0u32, 1, 3] {
@@ -245,7 +264,7 @@ mod tests {
     #[test]
     fn slots_played_past_the_end_are_not_counted() {
         let t0 = Instant::now();
-        let mut jb = JitterBuffer::new(F, Duration::from_millis(60));
+        let mut jb = JitterBuffer::new(F, Duration::from_millis(60), t0);
         jb.on_frame(0, 0, t0, 0);
         jb.on_frame(1, 0, t0 + F, 0);
         // A late wake-up plays slots 0 to 4 before the sender's count (2) is known.
@@ -257,9 +276,35 @@ mod tests {
     }
 
     #[test]
+    fn hostile_numbers_do_not_overflow() {
+        let t0 = Instant::now();
+        let mut jb = JitterBuffer::new(F, Duration::from_millis(60), t0);
+        // Frames claiming to be years into a call that just started are ignored (anchoring
+        // on one would conceal billions of slots at once); the times are the peer's to choose.
+        jb.on_frame(u32::MAX - 1, u64::MAX, t0, 0);
+        jb.on_frame(u32::MAX, 1 << 63, t0, u64::MAX);
+        jb.on_frame(3, 0, t0, u64::MAX);
+        jb.on_frame(4, 1 << 63, t0, 0);
+        jb.set_end(u32::MAX);
+        let start = Instant::now();
+        jb.play_until(t0 + Duration::from_secs(1));
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "a bounded amount of work"
+        );
+        let f = jb.totals();
+        assert_eq!(f.counters.received, 2, "frames 3 and 4");
+        assert_eq!(f.counters.ignored, 2);
+        // Anchored on frame 3 at t0: frame n is due at 20n ms, so frames 0 to 50 by 1 s.
+        assert_eq!(f.counters.played + f.counters.concealed, 51);
+        assert!(f.jitter_ms.is_finite());
+        assert_eq!(jb.due(u32::MAX).map(|d| d > t0), Some(true));
+    }
+
+    #[test]
     fn frames_far_ahead_are_ignored() {
         let t0 = Instant::now();
-        let mut jb = JitterBuffer::new(F, Duration::from_millis(60));
+        let mut jb = JitterBuffer::new(F, Duration::from_millis(60), t0);
         jb.on_frame(0, 0, t0, 0);
         jb.on_frame(u32::MAX, 0, t0, 0);
         assert_eq!(jb.totals().counters.ignored, 1);
