@@ -31,6 +31,8 @@ pub(crate) const CALL_PRIORITY: i32 = 10;
 pub(crate) const BULK_PRIORITY: i32 = 0;
 /// Smallest frame: the header.
 pub(crate) const MIN_FRAME_BYTES: usize = 13;
+/// Bulk substreams a peer may send at once.
+const MAX_BULK_STREAMS: usize = 4;
 /// How long after its last frame is due an end waits for a peer that never says goodbye.
 const GRACE: Duration = Duration::from_secs(5);
 
@@ -158,7 +160,12 @@ pub(crate) async fn run_call(call: Stream, config: &CallConfig) -> io::Result<Ca
                 None => break,
             },
             sub = call.accept_substream(), if accepting => match sub {
-                Ok(Some(sub)) => drains.push(tokio::spawn(drain(sub, bulk_received.clone()))),
+                // A bulk transfer or two is the demo; more are dropped (their data
+                // discarded), so a peer cannot make us hold a buffer per substream.
+                Ok(Some(sub)) if drains.len() < MAX_BULK_STREAMS => {
+                    drains.push(tokio::spawn(drain(sub, bulk_received.clone())));
+                }
+                Ok(Some(_)) => {}
                 _ => accepting = false,
             },
             _ = play_tick.tick() => {}
