@@ -16,14 +16,19 @@
 # register, the host at site B looks up A's EID with NOTIFY, A gets the PunchRequest, both probe
 # each other's public mapping, and each side reports whether a direct UDP round trip worked.
 #
-# Expected and asserted: a direct path for cone/cone; none for sym/sym and cone/sym (those need
-# the relay, spec/routing.md §6): they are reported as expected-fail, after checking that both
-# hosts registered and got each other's endpoints. A control run without NOTIFY shows that the
-# routers really filter. Last, sss-host's own dial by EID (`Host::connect_eid`, through
-# sss-host/examples/dial_eid.rs) connects and echoes a stream across two cone NATs through the
-# regserver binary. Teardown always runs.
+# Expected and asserted: a direct path for cone/cone; none for sym/sym and cone/sym (punching
+# cannot work there), after checking that both hosts registered and got each other's
+# endpoints. A control run without NOTIFY shows that the routers really filter. Then sss-host's
+# own dial by EID (`Host::connect_eid`, through sss-host/examples/dial_eid.rs) connects and
+# echoes a stream through the regserver binary: across two cone NATs directly (asserted: not
+# relayed, and the regserver relayed nothing), once as it comes and once with the listener's
+# router dropping the first initiation (the dialer must send it again when the listener's
+# PUNCH arrives); and across sym/sym and cone/sym through the regserver's relay
+# (spec/routing.md §6; asserted: the dialer reports the channel relayed and the regserver's
+# stop log counts relayed packets; the relayed dials echo 300 kB each way, under the
+# regserver's default per-slot budget). Teardown always runs.
 #
-# Usage: sudo bash scripts/nat-lab.sh        (about 15 s after the build; needs root)
+# Usage: sudo bash scripts/nat-lab.sh        (about 25 s after the build; needs root)
 # SSS_NAT_LAB=skip skips it (for machines without root; CI runs it); SSS_NAT_LAB_KEEP=1 keeps the
 # logs of every host and of the regserver.
 set -euo pipefail
@@ -204,7 +209,7 @@ scenario() {
   elif [ "$expect" = direct ] && [ "$rc_a" = 0 ] && [ "$rc_b" = 0 ]; then
     verdict="direct path works on both sides (expected)"
   elif [ "$expect" = none ] && [ "$rc_a" = 3 ] && [ "$rc_b" = 3 ]; then
-    verdict="no direct path (expected-fail: needs the relay)"
+    verdict="no direct path (expected: the relay carries this case, see host-dial-$name)"
   elif [ "$expect" = control ] && [ "$rc_a" = 3 ] && [ "$rc_b" = 3 ]; then
     verdict="without NOTIFY the caller's probes die at the target's NAT (expected)"
   else
@@ -220,10 +225,11 @@ scenario() {
 }
 
 # start_regserver LOGDIR KEYFILE: the regserver binary in srv; sets srv_eid from its banner
-# (empty on failure).
+# (empty on failure) and srv_pid.
 start_regserver() {
   ip netns exec "$p-srv" "$REGSERVER" --bind 0.0.0.0:9669 --key "$2" >"$1/srv.out" 2>"$1/srv.err" &
-  pids+=($!)
+  srv_pid=$!
+  pids+=("$srv_pid")
   local banner="" i
   for i in $(seq 100); do
     banner=$(head -n1 "$1/srv.out" 2>/dev/null || true)
@@ -233,14 +239,30 @@ start_regserver() {
   srv_eid=$(printf '%s' "$banner" | sed -n 's/^regserver eid=\([a-z2-7]*\) addr=.*/\1/p')
 }
 
-# host_dial NAME: sss-host's dial by EID (Host::connect_eid: lookup with NOTIFY, PUNCH probes,
-# handshake, an echoed stream) between hosts behind two port-restricted cone NATs, through the
-# regserver binary.
+# host_dial NAME KIND_A KIND_B EXPECT(direct|relayed) [early-initiation]: sss-host's dial by
+# EID (Host::connect_eid: lookup with NOTIFY, PUNCH probes, handshake, the relay fallback after
+# 2 s without an answer, an echoed stream) from the host at site B to the one at site A, through
+# the regserver binary. The regserver is stopped after the dial so that its stop log gives its
+# relay counters.
+# With `early-initiation`, the listener's router drops the first large datagram from the WAN,
+# as a NAT drops an initiation that arrives before its host's PUNCH opened it: the dialer must
+# then send it again as soon as the listener's PUNCH reaches it (`Channel::retry_handshake_now`,
+# seen in its debug log), not at the handshake's timed retry a second later.
 host_dial() {
-  local name=$1 log="$work/$1"
+  local name=$1 expect=$4 variant=${5:-} log="$work/$1"
   mkdir -p "$log"
-  build cone cone
-  local srv_eid=""
+  build "$2" "$3"
+  if [ "$variant" = early-initiation ]; then
+    in_ns ra nft -f - <<EOF
+table ip lab {
+  chain pre {
+    type filter hook prerouting priority raw; policy accept;
+    iifname "wan" udp length > 1000 quota until 1300 bytes counter drop
+  }
+}
+EOF
+  fi
+  local srv_eid="" srv_pid=""
   start_regserver "$log" "$work/seed3.key"
   local verdict
   if [ -z "$srv_eid" ]; then
@@ -255,17 +277,44 @@ host_dial() {
       sleep 0.1
       waited=$((waited + 1))
     done
+    # Through the relay, a larger echo too: 300 kB each way, under the regserver's default
+    # per-slot budget (1 MB/s after a 250 kB burst), so the budget and the channel's
+    # congestion control meet.
+    local bytes=()
+    [ "$expect" = relayed ] && bytes=(--bytes 300000)
     local rc=0
-    in_ns hb timeout 40 "$DIAL" dial --regserver 203.0.113.2:9669 --seed 2 --peer-seed 1 \
-      >"$log/b.out" 2>"$log/b.err" || rc=$?
-    if [ "$rc" = 0 ] && grep -q '^echo_ms=' "$log/b.out" \
-      && grep -q '^eid=.* observed=192\.0\.2\.2:' "$log/b.out"; then
-      verdict="connect_eid and an echoed stream across both NATs ($(grep -h '^connected_ms=' "$log/b.out"))"
-    else
+    in_ns hb env RUST_LOG=sss_host=debug timeout 40 "$DIAL" dial --regserver 203.0.113.2:9669 \
+      --seed 2 --peer-seed 1 "${bytes[@]}" >"$log/b.out" 2>"$log/b.err" || rc=$?
+    kill "$srv_pid" 2>/dev/null || true
+    wait "$srv_pid" 2>/dev/null || true
+    local relayed_packets
+    relayed_packets=$(sed -n 's/.* relayed_packets=\([0-9]*\).*/\1/p' "$log/srv.err" | tail -n1)
+    relayed_packets=${relayed_packets:-missing}
+    local timing
+    timing="$(grep -h '^connected_ms=\|^echo_mbit_s=' "$log/b.out" 2>/dev/null | tr '\n' ' ')regserver relayed_packets=$relayed_packets"
+    if [ "$rc" != 0 ] || ! grep -q '^echo_ms=' "$log/b.out" \
+      || ! grep -q '^eid=.* observed=192\.0\.2\.2:' "$log/b.out"; then
       verdict="UNEXPECTED: dial exit $rc"
+    elif [ "$expect" = direct ] && grep -q '^relayed=false' "$log/b.out" \
+      && [ "$relayed_packets" = 0 ]; then
+      verdict="connect_eid and an echoed stream, direct ($timing)"
+      if [ "$variant" = early-initiation ]; then
+        if ! in_ns ra nft list table ip lab | grep -q 'counter packets 1 '; then
+          verdict="LAB FAILURE (the router did not drop the first initiation)"
+        elif grep -q 'punch probe: initiation sent again' "$log/b.err"; then
+          verdict="$verdict; first initiation dropped, sent again on the listener's PUNCH"
+        else
+          verdict="UNEXPECTED: the initiation was not sent again on the listener's PUNCH"
+        fi
+      fi
+    elif [ "$expect" = relayed ] && grep -q '^relayed=true' "$log/b.out" \
+      && [ "$relayed_packets" != missing ] && [ "$relayed_packets" -gt 0 ]; then
+      verdict="connect_eid and an echoed stream through the relay ($timing)"
+    else
+      verdict="UNEXPECTED: expected $expect, got $(grep -h '^relayed=' "$log/b.out"), $timing"
     fi
   fi
-  echo "nat-lab: $name (A cone, B cone): $verdict"
+  echo "nat-lab: $name (A $2, B $3): $verdict"
   summary+=("$name: $verdict")
   if [[ "$verdict" == LAB* || "$verdict" == UNEXPECTED* ]]; then
     failures=$((failures + 1))
@@ -278,7 +327,10 @@ scenario cone-control cone cone control
 scenario cone-cone cone cone direct
 scenario sym-sym sym sym none
 scenario cone-sym cone sym none
-host_dial host-dial
+host_dial host-dial-cone-cone cone cone direct
+host_dial host-dial-early-initiation cone cone direct early-initiation
+host_dial host-dial-sym-sym sym sym relayed
+host_dial host-dial-cone-sym cone sym relayed
 
 echo "nat-lab: summary"
 for line in "${summary[@]}"; do echo "  $line"; done

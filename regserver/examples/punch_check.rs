@@ -262,7 +262,11 @@ impl Check {
                             punch_started = now;
                         }
                     }
-                    Event::LookupResult { .. } | Event::PunchRequest { .. } => {}
+                    // punch_check tests punching only; the relay is dial_eid's (sss-host).
+                    Event::LookupResult { .. }
+                    | Event::PunchRequest { .. }
+                    | Event::RelayResult { .. }
+                    | Event::RelayOffered { .. } => {}
                 }
             }
             while let Some(t) = client.poll_transmit(now, &mut out) {

@@ -2,8 +2,10 @@
 //! [`sss_routing::server::Server`], and the `regserver` binary over it.
 //!
 //! [`RegServer::bind`] opens one UDP socket and spawns a task that feeds every datagram to the
-//! sans-IO server, sends what it queues, and runs its one timer (record expiry and cookie
-//! secret rotation). The handle gives the bound address, the server's EID, counters and a
+//! sans-IO server, sends what it queues, and runs its one timer (record and relay slot
+//! expiry, cookie secret rotation). Relayed datagrams (RELAY_DATA, spec/routing.md §6) take a
+//! shorter path: [`Server::forward`] checks them against their slot and the received buffer
+//! is sent on as it is, with no copy and no allocation. The handle gives the bound address, the server's EID, counters and a
 //! shutdown switch, so tests and demos can embed a server in-process:
 //!
 //! ```
@@ -36,13 +38,14 @@ use std::time::{Duration, Instant};
 use rand_core::{OsRng, RngCore};
 use sss_proto::{Eid, Identity, KeyFileError};
 use sss_routing::server::{Server, ServerConfig, ServerStats};
+use sss_routing::wire::msg_type;
 use thiserror::Error;
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-/// Largest datagram read: routing messages are at most a few hundred bytes, so anything
-/// longer is cut here and then refused by the decoder.
+/// Largest datagram read: routing messages are at most a few hundred bytes and relayed ones
+/// at most `MAX_RELAY_DATAGRAM` (1472), so anything longer is cut here and then refused.
 const RECV_BUF: usize = 2048;
 
 /// Receive buffer asked for the socket: with the default (about 200 kB, some 200 queued
@@ -90,6 +93,8 @@ pub struct RegServerStats {
     pub records: usize,
     /// Source IPs with a credit bucket of their own now.
     pub sources: usize,
+    /// Relay slots held now.
+    pub relays: usize,
     /// What the protocol state machine counted.
     pub server: ServerStats,
 }
@@ -245,7 +250,15 @@ async fn drive(
                 Ok((len, from)) => {
                     counters.datagrams_in += 1;
                     counters.bytes_in += len as u64;
-                    server.handle_datagram(Instant::now(), from, &buf[..len]);
+                    let data = &buf[..len];
+                    if data.first() == Some(&msg_type::RELAY_DATA) {
+                        // The hot path: checked against its slot, sent on unchanged.
+                        if let Some(to) = server.forward(Instant::now(), from, data) {
+                            send(&socket, data, to, &mut counters).await;
+                        }
+                    } else {
+                        server.handle_datagram(Instant::now(), from, data);
+                    }
                 }
                 Err(e) => {
                     counters.recv_errors += 1;
@@ -259,17 +272,7 @@ async fn drive(
             tokio::time::sleep(RECV_ERROR_PAUSE).await;
         }
         while let Some(t) = server.poll_transmit(Instant::now(), &mut out) {
-            match socket.send_to(&out[..t.size], t.destination).await {
-                Ok(_) => {
-                    counters.datagrams_out += 1;
-                    counters.bytes_out += t.size as u64;
-                }
-                Err(e) => {
-                    // Peers choose these addresses: log quietly, never stop.
-                    counters.send_errors += 1;
-                    tracing::debug!(error = %e, to = %t.destination, "send failed");
-                }
-            }
+            send(&socket, &out[..t.size], t.destination, &mut counters).await;
         }
         if let Some(next) = server.poll_timeout() {
             if timer.deadline() != next.into() {
@@ -278,6 +281,14 @@ async fn drive(
         }
         counters.records = server.record_count();
         counters.sources = server.source_count();
+        if server.stats().relays_opened != counters.server.relays_opened {
+            tracing::info!(
+                relays = server.relay_count(),
+                opened = server.stats().relays_opened,
+                "relay slot opened"
+            );
+        }
+        counters.relays = server.relay_count();
         counters.server.clone_from(server.stats());
         stats
             .lock()
@@ -285,4 +296,19 @@ async fn drive(
             .clone_from(&counters);
     }
     tracing::debug!("regserver stopped");
+}
+
+/// Sends one datagram, counting it (or the error: peers choose these addresses, so a failure
+/// is logged quietly and never stops the server).
+async fn send(socket: &UdpSocket, data: &[u8], to: SocketAddr, counters: &mut RegServerStats) {
+    match socket.send_to(data, to).await {
+        Ok(_) => {
+            counters.datagrams_out += 1;
+            counters.bytes_out += data.len() as u64;
+        }
+        Err(e) => {
+            counters.send_errors += 1;
+            tracing::debug!(error = %e, %to, "send failed");
+        }
+    }
 }

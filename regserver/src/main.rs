@@ -40,6 +40,19 @@ struct Args {
     /// Requests one source IP may make in a burst [default: 32].
     #[arg(long)]
     source_burst: Option<u32>,
+    /// Most relay slots held (spec/routing.md §6); 0 disables relaying [default: 1024].
+    #[arg(long)]
+    max_relays: Option<usize>,
+    /// Most relay slots naming one host [default: 8].
+    #[arg(long)]
+    max_relays_per_host: Option<u32>,
+    /// Bytes per second one relay slot forwards, both directions together, once its burst
+    /// is spent [default: 1000000].
+    #[arg(long)]
+    relay_rate: Option<u32>,
+    /// Bytes one relay slot may forward in a burst [default: 250000].
+    #[arg(long)]
+    relay_burst: Option<u32>,
 }
 
 fn main() -> ExitCode {
@@ -80,6 +93,18 @@ fn run(args: Args) -> Result<(), String> {
     if let Some(n) = args.source_burst {
         config.source_burst = n;
     }
+    if let Some(n) = args.max_relays {
+        config.max_relays = n;
+    }
+    if let Some(n) = args.max_relays_per_host {
+        config.max_relays_per_host = n;
+    }
+    if let Some(n) = args.relay_rate {
+        config.relay_rate = n;
+    }
+    if let Some(n) = args.relay_burst {
+        config.relay_burst = n;
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -110,6 +135,10 @@ async fn serve(bind: SocketAddr, config: sss_routing::ServerConfig) -> Result<()
             records = stats.records,
             datagrams_in = stats.datagrams_in,
             datagrams_out = stats.datagrams_out,
+            relays_opened = stats.server.relays_opened,
+            relayed_packets = stats.server.relayed_packets,
+            relayed_bytes = stats.server.relayed_bytes,
+            relay_dropped = stats.server.relay_dropped + stats.server.relay_over_budget,
             "stopping"
         ),
         Err(e) => return Err(format!("cannot wait for signals: {e}")),

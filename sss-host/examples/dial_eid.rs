@@ -9,8 +9,14 @@
 //!
 //! Keys come from `--seed` (32 bytes of that value: for tests only), so every side knows the
 //! others' EIDs from their seeds (the regserver's is taken from `--regserver-seed`, default
-//! 3). `dial` prints `connected_ms=`, `echo_ms=` (from the start of `connect_eid` to the
-//! echo of a 5-byte message) and exits 0, or prints the error and exits 1. `--no-notify`
+//! 3). `dial` prints `connected_ms=`, `relayed=` (whether the channel runs through the
+//! regserver's relay, spec/routing.md §6, or directly), `echo_ms=` (from the start of
+//! `connect_eid` to the echo of a 5-byte message) and `relayed_datagrams=` (sent/received
+//! through the relay), and exits 0, or prints the error and exits 1. `--no-relay` dials
+//! without the relay fallback. `--bytes N` echoes N bytes instead of 5 and prints
+//! `echo_mbit_s=` (both directions' bytes over the time from connected to the echo's end);
+//! `--drop-direct` (both sides) ignores channel datagrams that do not come through a relay,
+//! to measure the relay where a direct path exists (loopback). `--no-notify`
 //! dials without asking the peer to punch (a control).
 //!
 //! `dial_eid_natlab.sh up` (next to this file, as root) builds the NAT lab: namespaces
@@ -60,6 +66,9 @@ enum Mode {
         /// Socket address.
         #[arg(long, default_value = "0.0.0.0:0")]
         bind: SocketAddr,
+        /// Ignore channel datagrams that do not come through a relay.
+        #[arg(long)]
+        drop_direct: bool,
     },
     /// A host that dials the peer of `peer_seed` by EID and checks the echo.
     Dial {
@@ -82,6 +91,15 @@ enum Mode {
         /// peer does not punch (through port-restricted NATs this should fail).
         #[arg(long)]
         no_notify: bool,
+        /// Never fall back to the regserver's relay.
+        #[arg(long)]
+        no_relay: bool,
+        /// Ignore channel datagrams that do not come through a relay.
+        #[arg(long)]
+        drop_direct: bool,
+        /// Bytes to echo (0: the 5-byte "hello").
+        #[arg(long, default_value_t = 0)]
+        bytes: usize,
     },
 }
 
@@ -89,8 +107,19 @@ fn identity(seed: u8) -> Identity {
     Identity::from_secret_bytes(&[seed; 32])
 }
 
-fn host(bind: SocketAddr, seed: u8, regserver: SocketAddr, regserver_seed: u8) -> Host {
+fn host(
+    bind: SocketAddr,
+    seed: u8,
+    regserver: SocketAddr,
+    regserver_seed: u8,
+    relay: bool,
+    drop_direct: bool,
+) -> Host {
     let mut config = HostConfig::bind(bind);
+    if !relay {
+        config.routing.relay_after = None;
+    }
+    config.routing.drop_direct = drop_direct;
     config.regservers = vec![(identity(regserver_seed).eid(), regserver)];
     Host::with_identity(&identity(seed), config).expect("host")
 }
@@ -108,17 +137,18 @@ async fn main() {
             regserver_seed,
             seed,
             bind,
+            drop_direct,
         } => {
-            let host = host(bind, seed, regserver, regserver_seed);
+            let host = host(bind, seed, regserver, regserver_seed, true, drop_direct);
             let listener = host.listen("echo", "v1").expect("listen");
             let observed = host.registered().await.expect("registered");
             println!("eid={} observed={observed}", host.eid());
-            while let Ok(mut stream) = listener.accept().await {
+            while let Ok(stream) = listener.accept().await {
+                // Echoes as it arrives.
                 tokio::spawn(async move {
-                    let mut data = Vec::new();
-                    stream.read_to_end(&mut data).await?;
-                    stream.write_all(&data).await?;
-                    stream.shutdown().await?;
+                    let (mut rd, mut wr) = tokio::io::split(stream);
+                    tokio::io::copy(&mut rd, &mut wr).await?;
+                    wr.shutdown().await?;
                     Ok::<_, std::io::Error>(())
                 });
             }
@@ -130,29 +160,59 @@ async fn main() {
             peer_seed,
             bind,
             no_notify,
+            no_relay,
+            drop_direct,
+            bytes,
         } => {
-            let host = host(bind, seed, regserver, regserver_seed);
+            let host = host(
+                bind,
+                seed,
+                regserver,
+                regserver_seed,
+                !no_relay,
+                drop_direct,
+            );
+            let message: Vec<u8> = if bytes == 0 {
+                b"hello".to_vec()
+            } else {
+                (0..bytes).map(|i| (i % 251) as u8).collect()
+            };
             let observed = host.registered().await.expect("registered");
             println!("eid={} observed={observed}", host.eid());
             let peer: Eid = identity(peer_seed).eid();
             let start = Instant::now();
             let result = async {
-                let mut stream = if no_notify {
+                let stream = if no_notify {
                     let addrs = host.lookup(peer).await?;
                     host.connect(peer, &addrs, "echo", "v1").await?
                 } else {
                     host.connect_eid(peer, "echo", "v1").await?
                 };
                 println!("connected_ms={}", start.elapsed().as_millis());
-                stream.write_all(b"hello").await?;
-                stream.shutdown().await?;
+                println!("relayed={}", host.is_relayed(peer).unwrap_or(false));
+                let connected = Instant::now();
+                let (mut rd, mut wr) = tokio::io::split(stream);
+                let send = async {
+                    wr.write_all(&message).await?;
+                    wr.shutdown().await
+                };
                 let mut back = Vec::new();
-                stream.read_to_end(&mut back).await?;
-                assert_eq!(back, b"hello");
+                let (sent, got) = tokio::join!(send, rd.read_to_end(&mut back));
+                sent?;
+                got?;
+                assert!(back == message, "the echo differs");
+                if bytes > 0 {
+                    let secs = connected.elapsed().as_secs_f64();
+                    println!("echo_mbit_s={:.0}", (2 * bytes * 8) as f64 / secs / 1e6);
+                }
                 Ok::<_, std::io::Error>(())
             };
             match tokio::time::timeout(Duration::from_secs(30), result).await {
-                Ok(Ok(())) => println!("echo_ms={}", start.elapsed().as_millis()),
+                Ok(Ok(())) => {
+                    println!("echo_ms={}", start.elapsed().as_millis());
+                    let (sent, received) = host.relayed_datagrams();
+                    println!("relayed_datagrams={sent}/{received}");
+                }
                 Ok(Err(e)) => {
                     println!("error={e}");
                     std::process::exit(1);

@@ -147,6 +147,20 @@ impl State {
         }
     }
 
+    /// Adds `addr` to attempt `id` (still undecided) and starts a handshake to it at once:
+    /// the relay's synthetic address, once the regserver opened a slot (spec/routing.md
+    /// §6.3).
+    pub(crate) fn add_attempt_address(&mut self, now: Instant, id: u64, addr: SocketAddr) {
+        let Some(a) = self.attempts.get_mut(&id) else {
+            return;
+        };
+        if a.outcome.is_some() {
+            return;
+        }
+        a.pending.push_front(addr);
+        let _ = self.start_next(now, id);
+    }
+
     /// Starts the next address of attempts whose earlier handshakes have not answered.
     pub(crate) fn advance_attempts(&mut self, now: Instant) {
         let due: Vec<u64> = self

@@ -53,7 +53,11 @@ pub struct HostConfig {
     pub routing: RoutingConfig,
 }
 
-/// Timers of a host's regserver clients (spec/routing.md §5.3).
+/// Default [`RoutingConfig::relay_after`].
+pub const DEFAULT_RELAY_AFTER: Duration = Duration::from_secs(2);
+
+/// Timers of a host's regserver clients (spec/routing.md §5.3) and of the relay fallback
+/// (§6.3).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RoutingConfig {
@@ -66,6 +70,19 @@ pub struct RoutingConfig {
     pub keepalive_interval: Duration,
     /// How long a lookup waits for a regserver's answer. Default 10 s.
     pub lookup_timeout: Duration,
+    /// How long [`Host::connect_eid`](crate::Host::connect_eid)'s direct handshakes may go
+    /// unanswered before the host asks its regserver to relay the channel (spec/routing.md
+    /// §6.3). Default 2 s: after the initiation's first retransmission (1 s) had time to get
+    /// through a punched hole. `None` never relays.
+    pub relay_after: Option<Duration>,
+    /// While a channel we dialed runs through a relay, how often the host tries a direct
+    /// path (a lookup with NOTIFY and one handshake; a direct channel that completes takes
+    /// over). Default 30 s; `None` never tries.
+    pub relay_upgrade_interval: Option<Duration>,
+    /// Testing aid: channel and handshake datagrams that arrive directly (not through a
+    /// relay) are dropped, as if no direct path existed. Default `false`.
+    #[doc(hidden)]
+    pub drop_direct: bool,
 }
 
 impl Default for RoutingConfig {
@@ -74,6 +91,9 @@ impl Default for RoutingConfig {
             lifetime: sss_routing::client::DEFAULT_LIFETIME,
             keepalive_interval: sss_routing::client::KEEPALIVE_INTERVAL,
             lookup_timeout: sss_routing::client::LOOKUP_TIMEOUT,
+            relay_after: Some(DEFAULT_RELAY_AFTER),
+            relay_upgrade_interval: Some(Duration::from_secs(30)),
+            drop_direct: false,
         }
     }
 }

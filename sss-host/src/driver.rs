@@ -16,6 +16,7 @@ use std::time::Instant;
 
 use sss_proto::Transmit;
 
+use crate::routing::is_relay_addr;
 use crate::state::{Shared, State};
 use crate::udp::{RecvBatch, UdpSocket, DEFAULT_BUFFER_SIZE, GSO_MAX_BYTES};
 
@@ -113,14 +114,8 @@ impl Driver {
                 }
             }
         }
-        while let Some((data, t)) = st.out.front() {
-            match self.socket.poll_send(cx, t, data) {
-                Poll::Pending => return (true, false),
-                Poll::Ready(r) => {
-                    log_send_error(r, t);
-                    st.out.pop_front();
-                }
-            }
+        if flush(cx, &self.socket, &mut st.out) {
+            return (true, false);
         }
         self.handles.clear();
         self.handles.extend(st.channels.keys().copied());
@@ -153,13 +148,23 @@ impl Driver {
                     };
                     sent_any = true;
                     budget -= 1;
-                    match self.socket.poll_send(cx, &t, &self.buf) {
-                        Poll::Pending => {
-                            self.pending = Some(t);
+                    if is_relay_addr(t.destination) {
+                        // A relayed channel: each datagram leaves wrapped in RELAY_DATA to
+                        // the regserver (spec/routing.md §6.3).
+                        st.routing.wrap(now, &t, &self.buf, &mut st.out);
+                        if flush(cx, &self.socket, &mut st.out) {
                             self.next_channel = start + i;
                             return (true, false);
                         }
-                        Poll::Ready(r) => log_send_error(r, &t),
+                    } else {
+                        match self.socket.poll_send(cx, &t, &self.buf) {
+                            Poll::Pending => {
+                                self.pending = Some(t);
+                                self.next_channel = start + i;
+                                return (true, false);
+                            }
+                            Poll::Ready(r) => log_send_error(r, &t),
+                        }
                     }
                     if budget == 0 {
                         self.next_channel = start + i + 1;
@@ -193,6 +198,25 @@ impl Driver {
         }
         false
     }
+}
+
+/// Sends the owned datagrams queued in `out` (handshake replies, routing messages, relayed
+/// datagrams); returns whether the socket is full (we are registered for writability).
+fn flush(
+    cx: &mut Context<'_>,
+    socket: &UdpSocket,
+    out: &mut std::collections::VecDeque<(Vec<u8>, Transmit)>,
+) -> bool {
+    while let Some((data, t)) = out.front() {
+        match socket.poll_send(cx, t, data) {
+            Poll::Pending => return true,
+            Poll::Ready(r) => {
+                log_send_error(r, t);
+                out.pop_front();
+            }
+        }
+    }
+    false
 }
 
 fn log_send_error(r: std::io::Result<()>, t: &Transmit) {

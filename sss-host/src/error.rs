@@ -98,6 +98,12 @@ pub enum Error {
     /// pending), and none found the EID.
     #[error("the regservers refused the lookup")]
     LookupRefused,
+    /// [`Host::connect_eid`](crate::Host::connect_eid): no direct path worked and the
+    /// regserver refused to relay the channel (spec/routing.md §6): `Full` (no relay slot
+    /// free there, or relaying disabled), `NoTarget` (the peer is not registered there),
+    /// `NotRegistered` (we are not, from this address).
+    #[error("no direct path, and the regserver refused to relay: {0:?}")]
+    RelayRefused(sss_routing::wire::ErrorCode),
     /// The host was closed (or its driver ended).
     #[error("the host is closed")]
     HostClosed,
@@ -141,7 +147,7 @@ impl Error {
             Self::NoAddress | Self::NoRegserver => K::AddrNotAvailable,
             Self::PeerNotFound => K::NotFound,
             Self::LookupTimedOut => K::TimedOut,
-            Self::LookupRefused => K::ConnectionRefused,
+            Self::LookupRefused | Self::RelayRefused(_) => K::ConnectionRefused,
             Self::NoSession => K::NotConnected,
             Self::SelfConnect
             | Self::BadName
@@ -197,6 +203,10 @@ mod tests {
             (Error::NoRegserver, K::AddrNotAvailable),
             (Error::PeerNotFound, K::NotFound),
             (Error::LookupTimedOut, K::TimedOut),
+            (
+                Error::RelayRefused(sss_routing::wire::ErrorCode::Full),
+                K::ConnectionRefused,
+            ),
         ];
         for (e, kind) in cases {
             let shown = e.to_string();

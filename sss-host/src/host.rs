@@ -365,8 +365,9 @@ impl Host {
                     &found[..]
                 }
             };
+            let relay = matches!(dial, Dial::Eid);
             let error = match self
-                .attempt(peer, addrs, service, protocol, open, early)
+                .attempt(peer, addrs, service, protocol, open, early, relay)
                 .await
             {
                 Ok(stream) => return Ok(stream),
@@ -388,7 +389,10 @@ impl Host {
         }
     }
 
-    /// One connection attempt (see [`connect`](Self::connect)).
+    /// One connection attempt (see [`connect`](Self::connect)). With `relay`, if no
+    /// handshake answered within [`RoutingConfig::relay_after`](crate::RoutingConfig), the
+    /// regserver is asked for a relay, which joins the attempt as one more address.
+    #[allow(clippy::too_many_arguments)]
     async fn attempt(
         &self,
         peer: Eid,
@@ -397,8 +401,9 @@ impl Host {
         protocol: &str,
         open: bool,
         early: bool,
+        relay: bool,
     ) -> Result<Option<Stream>, Error> {
-        let (id, timeout) = {
+        let (id, timeout, relay_after) = {
             let mut st = self.shared.lock();
             if st.closed {
                 return Err(Error::HostClosed);
@@ -407,7 +412,8 @@ impl Host {
                 return self.open_connected(&mut st, peer, service, protocol, open);
             }
             let id = st.start_attempt(Instant::now(), peer, addrs, service, protocol, early)?;
-            (id, st.config.attempt_timeout)
+            let relay_after = st.config.routing.relay_after.filter(|_| relay);
+            (id, st.config.attempt_timeout, relay_after)
         };
         let guard = AttemptGuard {
             shared: &self.shared,
@@ -430,12 +436,44 @@ impl Host {
                 }
             }
         });
+        // The relay fallback (spec/routing.md §6.3): runs beside the handshakes, never ends.
+        let relay_refused = std::sync::Mutex::new(None);
+        let relay = async {
+            if let Some(after) = relay_after {
+                tokio::time::sleep(after).await;
+                match self.open_relay(peer).await {
+                    Ok(addr) => {
+                        tracing::info!(%peer, %addr, "no direct answer: connecting through the relay");
+                        self.shared
+                            .lock()
+                            .add_attempt_address(Instant::now(), id, addr);
+                    }
+                    Err(e) => {
+                        tracing::info!(%peer, error = %e, "no relay");
+                        if let Error::RelayRefused(_) = e {
+                            *relay_refused.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
+                        }
+                    }
+                }
+            }
+            std::future::pending::<()>().await
+        };
+        let wait = async {
+            tokio::select! {
+                outcome = wait => outcome,
+                () = relay => unreachable!("the relay branch never ends"),
+            }
+        };
         let outcome = match tokio::time::timeout(timeout, wait).await {
             Ok(outcome) => outcome,
             Err(_) => {
                 let mut st = self.shared.lock();
                 st.fail_attempt(Instant::now(), id, ChannelError::HandshakeTimeout(timeout));
-                Err(Error::TimedOut)
+                let refused = relay_refused
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take();
+                Err(refused.unwrap_or(Error::TimedOut))
             }
         };
         drop(guard);
@@ -446,6 +484,52 @@ impl Host {
             return Err(Error::ConnectFailed(ChannelError::LocallyClosed));
         }
         self.open_connected(&mut st, peer, service, protocol, open)
+    }
+
+    /// Asks a regserver for a relay slot to `peer` and returns the synthetic address the
+    /// channel is to use (spec/routing.md §6.3).
+    async fn open_relay(&self, peer: Eid) -> Result<SocketAddr, Error> {
+        use crate::routing::RelayFailure;
+        let (mut result, mut done) = {
+            let mut st = self.shared.lock();
+            if st.closed {
+                return Err(Error::HostClosed);
+            }
+            let rx = st.routing.open_relay(Instant::now(), peer)?;
+            st.wake_driver();
+            (rx, self.shared.done.subscribe())
+        };
+        let outcome = tokio::select! {
+            r = result.wait_for(Option::is_some) => r.ok().and_then(|r| *r),
+            _ = done.wait_for(|d| *d) => None,
+        };
+        match outcome {
+            Some(Ok(addr)) => Ok(addr),
+            Some(Err(RelayFailure::Refused(code))) => Err(Error::RelayRefused(code)),
+            Some(Err(RelayFailure::NoServer)) => Err(Error::NoRegserver),
+            Some(Err(RelayFailure::TimedOut | RelayFailure::Full)) => Err(Error::TimedOut),
+            None => Err(Error::HostClosed),
+        }
+    }
+
+    /// Whether the established channel to `peer` goes through a regserver's relay
+    /// (spec/routing.md §6) rather than directly; `None` without a channel.
+    pub fn is_relayed(&self, peer: Eid) -> Option<bool> {
+        let st = self.shared.lock();
+        st.channel_to(peer)
+            .map(|c| crate::routing::is_relay_addr(c.remote_address()))
+    }
+
+    /// Testing aid: drop (or stop dropping) channel datagrams that arrive directly, not
+    /// through a relay ([`RoutingConfig::drop_direct`](crate::RoutingConfig)).
+    #[doc(hidden)]
+    pub fn set_drop_direct(&self, drop: bool) {
+        self.shared.lock().config.routing.drop_direct = drop;
+    }
+
+    /// Datagrams this host has sent and received through regserver relays so far.
+    pub fn relayed_datagrams(&self) -> (u64, u64) {
+        self.shared.lock().routing.relayed()
     }
 
     /// Opens a stream on the established channel to `peer` if `open`.

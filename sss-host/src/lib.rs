@@ -93,14 +93,16 @@ mod routing;
 mod state;
 mod stream;
 pub mod udp;
+mod upgrade;
 
-pub use config::{BackoffPolicy, HostConfig, RoutingConfig, HOST_MAX_UNSENT};
+pub use config::{BackoffPolicy, HostConfig, RoutingConfig, DEFAULT_RELAY_AFTER, HOST_MAX_UNSENT};
 pub use error::Error;
 pub use host::Host;
 pub use impair::{ImpairConfig, Relay, RelayConfig, RelayHandle, RelayStats};
 pub use listener::Listener;
 pub use routing::{
-    RegserverStatus, MAX_PUNCH_ENDPOINTS, MAX_PUNCH_PEERS, PUNCH_INTERVAL, PUNCH_PROBES,
+    is_relay_addr, RegserverStatus, MAX_HOST_RELAYS, MAX_PUNCH_ENDPOINTS, MAX_PUNCH_PEERS,
+    PUNCH_PROBES, PUNCH_SCHEDULE,
 };
 pub use stream::{Record, Stream};
 pub use udp::{Datagram, RecvBatch, UdpSocket};

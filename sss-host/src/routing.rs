@@ -5,12 +5,19 @@
 //! server's client, anything else in that range (a peer's PUNCH probe, strays) is dropped;
 //! the clients' timers join the driver's timer and their datagrams leave through the host's
 //! socket. Lookups ask every regserver and the first found record wins. A NOTIFY (someone
-//! dials us by EID) makes the host send [`PUNCH_PROBES`] PUNCH probes to each of the
-//! caller's endpoints, so that our NAT opens a mapping toward the caller and the caller's
+//! dials us by EID) makes the host send PUNCH probes to each of the caller's endpoints, on
+//! the [`PUNCH_SCHEDULE`], so that our NAT opens a mapping toward the caller and the caller's
 //! handshake initiations get through.
+//!
+//! When no direct path works, the regserver relays (spec/routing.md §6.3): each relay slot
+//! the host knows gets a synthetic remote address in the discard-only prefix `100::/64`
+//! ([`relay_addr`]); RELAY_DATA from the regserver is unwrapped and handed to the endpoint as
+//! coming from that address, and whatever the host sends there leaves wrapped in RELAY_DATA
+//! to the regserver, so channels never know.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::ops::Range;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rand_chacha::rand_core::RngCore;
@@ -18,24 +25,101 @@ use rand_chacha::ChaCha20Rng;
 use sss_proto::{Eid, Identity, Transmit};
 use sss_routing::client::LookupError;
 use sss_routing::record::MAX_REPORTED;
-use sss_routing::wire::{ErrorCode, Message, Punch};
-use sss_routing::{Client, ClientConfig, Event, LookupOutcome};
+use sss_routing::wire::{relay_data, relay_header, ErrorCode, Message, Punch, RELAY_HEADER_LEN};
+use sss_routing::{Client, ClientConfig, Event, LookupOutcome, RelayOutcome};
 use tokio::sync::watch;
 
 use crate::config::RoutingConfig;
 use crate::error::Error;
 use crate::udp::canonical_addr;
 
+/// When the PUNCH probes to each endpoint of a caller go, counted from the NOTIFY that asked
+/// for them. The first goes at once and races the caller's initiation: if it reaches the
+/// caller's NAT before the initiation left, that NAT drops it, and so does ours the
+/// initiation. The next ones follow soon: by then the caller's NAT lets them in, and the
+/// caller, on receiving one, sends its initiation again at once
+/// (`Channel::retry_handshake_now`), which our NAT now lets in. The last covers a slow path.
+pub const PUNCH_SCHEDULE: [Duration; 4] = [
+    Duration::ZERO,
+    Duration::from_millis(50),
+    Duration::from_millis(250),
+    Duration::from_millis(1000),
+];
 /// PUNCH probes sent to each endpoint of a caller that asked us to punch.
-pub const PUNCH_PROBES: u32 = 3;
-/// Interval between the probes to one caller (so the three span about 1 s).
-pub const PUNCH_INTERVAL: Duration = Duration::from_millis(500);
+pub const PUNCH_PROBES: u32 = PUNCH_SCHEDULE.len() as u32;
 /// Most callers punched toward at once; NOTIFYs beyond are ignored (the caller's
 /// initiations may still get through once a burst ends and it retries).
 pub const MAX_PUNCH_PEERS: usize = 64;
 /// Most endpoints probed per caller (NOTIFYs for one caller from several regservers are
 /// merged up to this many).
 pub const MAX_PUNCH_ENDPOINTS: usize = 16;
+
+/// Most relays a host knows at once (as caller or target); further RELAY_OPENED are
+/// ignored until some go idle.
+pub const MAX_HOST_RELAYS: usize = 64;
+
+/// The first five 16-bit groups of a relay's synthetic address: `100::/64` (RFC 6666,
+/// discard-only: never a real peer) with `5353` ("SS") in the fifth group.
+const RELAY_PREFIX: [u16; 5] = [0x100, 0, 0, 0, 0x5353];
+/// The port of every synthetic relay address (discard).
+const RELAY_PORT: u16 = 9;
+
+/// The synthetic remote address of relay `relay_id` through the host's `server`-th regserver.
+pub(crate) fn relay_addr(server: u16, relay_id: u32) -> SocketAddr {
+    let [p0, p1, p2, p3, p4] = RELAY_PREFIX;
+    let ip = Ipv6Addr::new(
+        p0,
+        p1,
+        p2,
+        p3,
+        p4,
+        server,
+        (relay_id >> 16) as u16,
+        relay_id as u16,
+    );
+    SocketAddr::new(ip.into(), RELAY_PORT)
+}
+
+/// Whether `addr` is a synthetic relay address (whether or not a relay stands behind it).
+pub fn is_relay_addr(addr: SocketAddr) -> bool {
+    match addr {
+        SocketAddr::V6(a) => a.ip().segments()[..5] == RELAY_PREFIX && a.port() == RELAY_PORT,
+        SocketAddr::V4(_) => false,
+    }
+}
+
+/// Why a relay could not be opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RelayFailure {
+    /// No regserver we are registered with.
+    NoServer,
+    /// The regserver refused.
+    Refused(ErrorCode),
+    /// No answer in time.
+    TimedOut,
+    /// The host knows too many relays.
+    Full,
+}
+
+/// The result of a relay request, once decided: the synthetic address to connect to.
+pub(crate) type RelayResult = Option<Result<SocketAddr, RelayFailure>>;
+
+/// A relay request waited for: the regservers asked so far (by index), in order.
+struct RelayWait {
+    result: watch::Sender<RelayResult>,
+    asked: Vec<usize>,
+}
+
+/// A relay slot the host knows.
+struct Relay {
+    /// The regserver's address.
+    server: SocketAddr,
+    relay_id: u32,
+    peer: Eid,
+    idle: Duration,
+    /// Last datagram sent or received through it.
+    last: Instant,
+}
 
 /// Where this host stands with one regserver.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,7 +172,10 @@ struct HostLookup {
 /// Probes still to send toward one caller.
 struct PunchBurst {
     endpoints: Vec<SocketAddr>,
-    left: u32,
+    /// When the NOTIFY came: [`PUNCH_SCHEDULE`] counts from here.
+    started: Instant,
+    /// Probes sent to each endpoint so far.
+    sent: usize,
     next: Instant,
 }
 
@@ -102,6 +189,12 @@ pub(crate) struct Routing {
     punches: HashMap<Eid, PunchBurst>,
     status: watch::Sender<Vec<RegserverStatus>>,
     buf: Vec<u8>,
+    /// Relays by synthetic address.
+    relays: HashMap<SocketAddr, Relay>,
+    /// Relay requests waited for, by peer.
+    relay_waits: HashMap<Eid, RelayWait>,
+    /// Datagrams wrapped into RELAY_DATA and unwrapped from it (sent, received).
+    relayed: (u64, u64),
 }
 
 impl Routing {
@@ -115,6 +208,9 @@ impl Routing {
             punches: HashMap::new(),
             status: watch::Sender::new(Vec::new()),
             buf: Vec::new(),
+            relays: HashMap::new(),
+            relay_waits: HashMap::new(),
+            relayed: (0, 0),
         }
     }
 
@@ -148,6 +244,19 @@ impl Routing {
             }
         }
         self.update_status();
+    }
+
+    /// The host's socket address.
+    pub(crate) fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Our public IPs as the regservers observed them.
+    pub(crate) fn observed_ips(&self) -> Vec<IpAddr> {
+        self.servers
+            .iter()
+            .filter_map(|s| s.client.registered_as().map(|a| a.ip()))
+            .collect()
     }
 
     /// Whether any regserver is configured.
@@ -207,6 +316,138 @@ impl Routing {
         Ok(rx)
     }
 
+    /// Asks the regservers we are registered with, one after the other, for a relay slot to
+    /// `peer` (or joins the request under way): the next is asked when one refuses (the peer
+    /// may be registered with another) or does not answer. The receiver gets the synthetic
+    /// address to connect to, or the last failure.
+    pub(crate) fn open_relay(
+        &mut self,
+        now: Instant,
+        peer: Eid,
+    ) -> Result<watch::Receiver<RelayResult>, Error> {
+        if self.servers.is_empty() {
+            return Err(Error::NoRegserver);
+        }
+        if let Some(w) = self.relay_waits.get(&peer) {
+            return Ok(w.result.subscribe());
+        }
+        let wait = RelayWait {
+            result: watch::Sender::new(None),
+            asked: Vec::new(),
+        };
+        let rx = wait.result.subscribe();
+        self.relay_waits.insert(peer, wait);
+        self.ask_next_relay(now, peer, RelayFailure::NoServer);
+        Ok(rx)
+    }
+
+    /// Sends `peer`'s relay request to the next registered regserver not asked yet; without
+    /// one, ends the request with `failure`.
+    fn ask_next_relay(&mut self, now: Instant, peer: Eid, mut failure: RelayFailure) {
+        let Some(wait) = self.relay_waits.get_mut(&peer) else {
+            return;
+        };
+        for (i, s) in self.servers.iter_mut().enumerate() {
+            if wait.asked.contains(&i) || s.client.registered_as().is_none() {
+                continue;
+            }
+            wait.asked.push(i);
+            match s.client.open_relay(now, peer) {
+                Ok(()) => {
+                    tracing::debug!(%peer, regserver = %s.eid, "asking for a relay");
+                    return;
+                }
+                Err(_) => failure = RelayFailure::Full,
+            }
+        }
+        if let Some(wait) = self.relay_waits.remove(&peer) {
+            wait.result.send_replace(Some(Err(failure)));
+        }
+    }
+
+    /// Datagrams sent and received through relays so far.
+    pub(crate) fn relayed(&self) -> (u64, u64) {
+        self.relayed
+    }
+
+    /// A RELAY_DATA from `from`: if it comes from a regserver for a relay we know, the
+    /// synthetic address its inner datagram (`data[RELAY_HEADER_LEN..]`) comes from.
+    pub(crate) fn unwrap_relayed(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        data: &[u8],
+    ) -> Option<SocketAddr> {
+        let from = canonical_addr(from);
+        let index = self.servers.iter().position(|s| s.addr == from)?;
+        let (relay_id, _) = relay_data(data)?;
+        let addr = relay_addr(u16::try_from(index).ok()?, relay_id);
+        let relay = self.relays.get_mut(&addr)?;
+        relay.last = now;
+        self.relayed.1 += 1;
+        Some(addr)
+    }
+
+    /// Queues `data` (a transmit to a synthetic relay address, possibly a GSO batch of
+    /// `t.segment_size` segments) as RELAY_DATA to the relay's regserver, one datagram per
+    /// segment. Returns false (and sends nothing) for an unknown relay.
+    pub(crate) fn wrap(
+        &mut self,
+        now: Instant,
+        t: &Transmit,
+        data: &[u8],
+        out: &mut VecDeque<(Vec<u8>, Transmit)>,
+    ) -> bool {
+        let Some(relay) = self.relays.get_mut(&t.destination) else {
+            return false;
+        };
+        relay.last = now;
+        let header = relay_header(relay.relay_id);
+        for range in segments(t.size.min(data.len()), t.segment_size) {
+            let mut d = Vec::with_capacity(RELAY_HEADER_LEN + range.len());
+            d.extend_from_slice(&header);
+            d.extend_from_slice(&data[range]);
+            let t = Transmit {
+                destination: relay.server,
+                size: d.len(),
+                segment_size: None,
+                ecn: None,
+                src_ip: None,
+            };
+            out.push_back((d, t));
+            self.relayed.0 += 1;
+        }
+        true
+    }
+
+    /// Remembers a relay slot (ours or offered to us) and returns its synthetic address.
+    fn add_relay(
+        &mut self,
+        now: Instant,
+        server: usize,
+        peer: Eid,
+        relay_id: u32,
+        idle: Duration,
+    ) -> Option<SocketAddr> {
+        let addr = relay_addr(u16::try_from(server).ok()?, relay_id);
+        if !self.relays.contains_key(&addr) && self.relays.len() >= MAX_HOST_RELAYS {
+            tracing::debug!(%peer, relay_id, "relay ignored: too many");
+            return None;
+        }
+        tracing::info!(%peer, relay_id, %addr, "relay ready");
+        self.relays.insert(
+            addr,
+            Relay {
+                server: self.servers[server].addr,
+                relay_id,
+                peer,
+                idle,
+                last: now,
+            },
+        );
+        Some(addr)
+    }
+
     /// Handles a routing datagram: it goes to the client of the regserver it comes from;
     /// anything else (PUNCH probes, strays) is dropped.
     pub(crate) fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
@@ -216,22 +457,31 @@ impl Routing {
         }
     }
 
-    /// The earliest timer of any client or punch burst.
+    /// The earliest timer of any client, punch burst or relay.
     pub(crate) fn poll_timeout(&self) -> Option<Instant> {
         self.servers
             .iter()
             .filter_map(|s| s.client.poll_timeout())
             .chain(self.punches.values().map(|p| p.next))
+            .chain(self.relays.values().map(|r| r.last + r.idle))
             .min()
     }
 
-    /// Runs the clients' due timers.
+    /// Runs the clients' due timers and forgets idle relays (the regserver has ended their
+    /// slots too).
     pub(crate) fn handle_timeout(&mut self, now: Instant) {
         for s in &mut self.servers {
             if s.client.poll_timeout().is_some_and(|t| t <= now) {
                 s.client.handle_timeout(now);
             }
         }
+        self.relays.retain(|addr, r| {
+            let keep = r.last + r.idle > now;
+            if !keep {
+                tracing::debug!(peer = %r.peer, %addr, "relay idle: forgotten");
+            }
+            keep
+        });
     }
 
     /// Processes the clients' events, sends due probes, and queues every datagram to send.
@@ -260,6 +510,32 @@ impl Routing {
                     Event::LookupResult { eid, outcome } => self.on_lookup(now, i, eid, outcome),
                     Event::PunchRequest { peer, endpoints } => {
                         self.on_punch_request(now, peer, endpoints)
+                    }
+                    Event::RelayResult { peer, outcome } => {
+                        let failure = match outcome {
+                            RelayOutcome::Opened { relay_id, idle } => {
+                                match self.add_relay(now, i, peer, relay_id, idle) {
+                                    Some(addr) => {
+                                        if let Some(w) = self.relay_waits.remove(&peer) {
+                                            w.result.send_replace(Some(Ok(addr)));
+                                        }
+                                        continue;
+                                    }
+                                    None => RelayFailure::Full,
+                                }
+                            }
+                            RelayOutcome::Refused(code) => RelayFailure::Refused(code),
+                            RelayOutcome::TimedOut => RelayFailure::TimedOut,
+                        };
+                        tracing::debug!(%peer, regserver = %self.servers[i].eid, ?failure, "no relay there");
+                        self.ask_next_relay(now, peer, failure);
+                    }
+                    Event::RelayOffered {
+                        peer,
+                        relay_id,
+                        idle,
+                    } => {
+                        self.add_relay(now, i, peer, relay_id, idle);
                     }
                 }
             }
@@ -369,7 +645,8 @@ impl Routing {
             peer,
             PunchBurst {
                 endpoints: list,
-                left: PUNCH_PROBES,
+                started: now,
+                sent: 0,
                 next: now,
             },
         );
@@ -399,11 +676,24 @@ impl Routing {
                 };
                 out.push_back((probe, t));
             }
-            burst.left -= 1;
-            burst.next = now + PUNCH_INTERVAL;
-            burst.left > 0
+            burst.sent += 1;
+            match PUNCH_SCHEDULE.get(burst.sent) {
+                Some(&offset) => {
+                    burst.next = burst.started + offset;
+                    true
+                }
+                None => false,
+            }
         });
     }
+}
+
+/// The byte ranges of the segments of a `size`-byte transmit cut in `segment_size` pieces.
+fn segments(size: usize, segment_size: Option<usize>) -> impl Iterator<Item = Range<usize>> {
+    let step = segment_size.filter(|&n| n > 0).unwrap_or(size.max(1));
+    (0..size)
+        .step_by(step)
+        .map(move |start| start..(start + step).min(size))
 }
 
 /// Whether the host's socket can send to `addr` at all (family, unspecified, port 0).
@@ -559,25 +849,109 @@ mod tests {
     }
 
     #[test]
-    fn a_punch_request_sends_three_probes_per_endpoint_over_a_second() {
+    fn relay_addresses_are_synthetic_and_unique() {
+        let a = relay_addr(0, 0x0102_0304);
+        assert!(is_relay_addr(a));
+        assert_eq!(a.to_string(), "[100::5353:0:102:304]:9");
+        assert_ne!(relay_addr(1, 0x0102_0304), a);
+        assert_ne!(relay_addr(0, 0x0102_0305), a);
+        for other in ["[100::1]:9", "[2001:db8::5353:0:102:304]:9", "192.0.2.1:9"] {
+            assert!(!is_relay_addr(other.parse().unwrap()), "{other}");
+        }
+        let mut other_port = a;
+        other_port.set_port(10);
+        assert!(!is_relay_addr(other_port));
+    }
+
+    #[test]
+    fn gso_batches_are_cut_into_their_segments() {
+        let cut = |size, seg| segments(size, seg).collect::<Vec<_>>();
+        assert_eq!(cut(10, None), vec![0..10]);
+        assert_eq!(cut(10, Some(4)), vec![0..4, 4..8, 8..10]);
+        assert_eq!(cut(8, Some(4)), vec![0..4, 4..8]);
+        assert_eq!(cut(3, Some(0)), vec![0..3]);
+        assert!(cut(0, Some(4)).is_empty());
+    }
+
+    /// Wrapping and unwrapping: only relays the host knows, only from their regserver, one
+    /// RELAY_DATA per segment; idle relays are forgotten.
+    #[test]
+    fn relayed_datagrams_are_wrapped_and_unwrapped_for_known_relays_only() {
+        use rand_chacha::rand_core::SeedableRng;
+        let mut r = routing();
+        let now = Instant::now();
+        let server: SocketAddr = "192.0.2.50:9669".parse().unwrap();
+        r.add(now, eid(50), server, &mut ChaCha20Rng::seed_from_u64(2));
+        let idle = Duration::from_secs(60);
+        let addr = r.add_relay(now, 0, eid(1), 77, idle).unwrap();
+        assert_eq!(addr, relay_addr(0, 77));
+        let t = Transmit {
+            destination: addr,
+            size: 10,
+            segment_size: Some(4),
+            ecn: None,
+            src_ip: None,
+        };
+        let mut out = VecDeque::new();
+        assert!(r.wrap(now, &t, b"abcdefghij", &mut out));
+        let sent: Vec<(Vec<u8>, SocketAddr)> =
+            out.drain(..).map(|(d, t)| (d, t.destination)).collect();
+        let mut want = Vec::new();
+        for seg in [&b"abcd"[..], b"efgh", b"ij"] {
+            let mut d = relay_header(77).to_vec();
+            d.extend_from_slice(seg);
+            want.push((d, server));
+        }
+        assert_eq!(sent, want);
+        // Unknown relay: nothing.
+        let unknown = Transmit {
+            destination: relay_addr(0, 78),
+            ..t
+        };
+        assert!(!r.wrap(now, &unknown, b"abcdefghij", &mut out));
+        assert!(out.is_empty());
+        // Unwrapping: from the regserver, a known relay_id.
+        let mut d = relay_header(77).to_vec();
+        d.extend_from_slice(b"sealed");
+        assert_eq!(r.unwrap_relayed(now, server, &d), Some(addr));
+        assert_eq!(
+            r.unwrap_relayed(now, "192.0.2.51:9669".parse().unwrap(), &d),
+            None
+        );
+        let d78 = [&relay_header(78)[..], b"sealed"].concat();
+        assert_eq!(r.unwrap_relayed(now, server, &d78), None);
+        assert_eq!(r.relayed(), (3, 1));
+        // Idle for `idle`: forgotten.
+        assert_eq!(r.poll_timeout().map(|t| t <= now + idle), Some(true));
+        r.handle_timeout(now + idle);
+        assert_eq!(r.unwrap_relayed(now + idle, server, &d), None);
+        // At most MAX_HOST_RELAYS.
+        for id in 0..2 * MAX_HOST_RELAYS as u32 {
+            r.add_relay(now, 0, eid(2), 1000 + id, idle);
+        }
+        assert_eq!(r.relays.len(), MAX_HOST_RELAYS);
+    }
+
+    #[test]
+    fn a_punch_request_sends_probes_to_every_endpoint_on_the_schedule() {
         let mut r = routing();
         let now = Instant::now();
         let caller = endpoints(5000, 2);
         r.on_punch_request(now, eid(1), caller.clone());
         assert_eq!(r.poll_timeout(), Some(now));
         let mut total = Vec::new();
-        let mut t = now;
-        for _ in 0..PUNCH_PROBES {
+        for offset in PUNCH_SCHEDULE {
+            let t = now + offset;
             assert_eq!(r.poll_timeout(), Some(t));
             let sent = probes(&mut r, t);
             assert_eq!(sent, caller);
             assert!(
                 probes(&mut r, t).is_empty(),
-                "nothing more before the interval"
+                "nothing more before the next time of the schedule"
             );
             total.extend(sent);
-            t += PUNCH_INTERVAL;
         }
+        let t = now + PUNCH_SCHEDULE[PUNCH_SCHEDULE.len() - 1];
         assert_eq!(total.len(), 2 * PUNCH_PROBES as usize);
         assert_eq!(r.poll_timeout(), None, "the burst is over");
         assert!(probes(&mut r, t + Duration::from_secs(5)).is_empty());

@@ -174,7 +174,14 @@ pub(crate) struct State {
     pub(crate) channels_closed: bool,
     /// Regserver clients and hole punching.
     pub(crate) routing: Routing,
+    /// Peers whose channel runs through a relay: attempts at a direct path.
+    pub(crate) upgrades: HashMap<Eid, crate::upgrade::Upgrade>,
+    /// Scans of the channel table PUNCH probes caused in the second that began at `.0`.
+    punch_scans: (Instant, u32),
 }
+
+/// Most PUNCH probes per second that make the host look for handshakes to their sender.
+const PUNCH_SCANS_PER_SECOND: u32 = 64;
 
 impl State {
     pub(crate) fn new(
@@ -186,6 +193,7 @@ impl State {
         let local = endpoint.eid();
         Self {
             routing,
+            punch_scans: (Instant::now(), 0),
             endpoint,
             channels: FastMap::default(),
             peers: FastMap::default(),
@@ -207,6 +215,7 @@ impl State {
             linger_until: None,
             closed: false,
             channels_closed: false,
+            upgrades: HashMap::new(),
         }
     }
 
@@ -355,8 +364,23 @@ impl State {
         ecn: Option<EcnCodepoint>,
         data: &mut [u8],
     ) {
-        if let Some(PacketKind::Routing(_)) = sss_proto::packet::classify(data) {
+        if let Some(PacketKind::Routing(ty)) = sss_proto::packet::classify(data) {
+            if ty == sss_routing::wire::msg_type::RELAY_DATA {
+                // Relayed: the inner datagram comes from the relay's synthetic address (a
+                // routing datagram inside is dropped there: no regserver has that address).
+                if let Some(relay) = self.routing.unwrap_relayed(now, from, data) {
+                    let inner = &mut data[sss_routing::wire::RELAY_HEADER_LEN..];
+                    self.handle_datagram(now, relay, None, inner);
+                }
+                return;
+            }
+            if ty == sss_routing::wire::msg_type::PUNCH {
+                self.on_punch_probe(now, from);
+            }
             self.routing.handle_datagram(now, from, data);
+            return;
+        }
+        if self.config.routing.drop_direct && !crate::routing::is_relay_addr(from) {
             return;
         }
         let mut scratch = std::mem::take(&mut self.scratch);
@@ -370,13 +394,48 @@ impl State {
                 }
             }
             Some(DatagramEvent::Incoming(incoming)) => self.on_incoming(now, incoming),
-            Some(DatagramEvent::Respond(t)) if self.out.len() < MAX_QUEUED_REPLIES => {
-                self.out.push_back((scratch[..t.size].to_vec(), t));
-            }
-            Some(DatagramEvent::Respond(_)) => {}
+            Some(DatagramEvent::Respond(t)) => self.queue_reply(now, t, &scratch[..t.size]),
             None => {}
         }
         self.scratch = scratch;
+    }
+
+    /// Queues a handshake reply (cookie reply, refusal) unless too many wait; one to a relay
+    /// address leaves wrapped in RELAY_DATA.
+    fn queue_reply(&mut self, now: Instant, t: Transmit, data: &[u8]) {
+        if self.out.len() >= MAX_QUEUED_REPLIES {
+            return;
+        }
+        if crate::routing::is_relay_addr(t.destination) {
+            self.routing.wrap(now, &t, data, &mut self.out);
+        } else {
+            self.out.push_back((data.to_vec(), t));
+        }
+    }
+
+    /// A peer's hole-punching probe (spec/routing.md §5.4): our handshakes to its address
+    /// resend their initiation now, since the first may have died at the peer's NAT before
+    /// this probe opened it (`Channel::retry_handshake_now`, at most once per retry interval
+    /// each). Probes can be spoofed, so the scan of the channel table runs at most
+    /// [`PUNCH_SCANS_PER_SECOND`] times a second.
+    fn on_punch_probe(&mut self, now: Instant, from: SocketAddr) {
+        let (since, count) = &mut self.punch_scans;
+        if now.saturating_duration_since(*since) >= Duration::from_secs(1) {
+            (*since, *count) = (now, 0);
+        }
+        if *count >= PUNCH_SCANS_PER_SECOND {
+            return;
+        }
+        *count += 1;
+        let from = crate::udp::canonical_addr(from);
+        for slot in self.channels.values_mut() {
+            if !slot.channel.is_established()
+                && crate::udp::canonical_addr(slot.channel.remote_address()) == from
+                && slot.channel.retry_handshake_now(now)
+            {
+                tracing::debug!(peer = %slot.peer, %from, "punch probe: initiation sent again");
+            }
+        }
     }
 
     /// A valid handshake initiation: accept it if we listen on its (service, protocol),
@@ -404,9 +463,7 @@ impl State {
             tracing::info!(%peer, %addr, service, protocol, reason, "refusing channel");
             let mut buf = std::mem::take(&mut self.scratch);
             if let Some(t) = self.endpoint.refuse(incoming, code, reason, &mut buf) {
-                if self.out.len() < MAX_QUEUED_REPLIES {
-                    self.out.push_back((buf[..t.size].to_vec(), t));
-                }
+                self.queue_reply(now, t, &buf[..t.size]);
             }
             self.scratch = buf;
             return;
@@ -452,6 +509,7 @@ impl State {
     /// Runs the timers that are due.
     pub(crate) fn handle_timeouts(&mut self, now: Instant) {
         self.advance_attempts(now);
+        self.advance_upgrades(now);
         self.routing.handle_timeout(now);
         for slot in self.channels.values_mut() {
             if slot.channel.poll_timeout().is_some_and(|t| t <= now) {
@@ -491,6 +549,7 @@ impl State {
             .chain(peers)
             .chain(attempts)
             .chain(self.routing.poll_timeout())
+            .chain(self.upgrade_timeout())
             .chain(self.linger_until)
             .min()
     }
@@ -526,6 +585,8 @@ impl State {
         self.collect_sessions(now);
         self.check_writers();
         self.routing.collect(now, &mut self.rng, &mut self.out);
+        // A lookup of an upgrade may have just answered.
+        self.advance_upgrades(now);
     }
 
     fn collect_channels(&mut self, now: Instant) {
@@ -544,7 +605,7 @@ impl State {
                         p.on_attach(attach, &mut self.wake, &mut self.next_epoch);
                         p.addr = Some(addr);
                         p.down_since = None;
-                        connected.push((slot.peer, h));
+                        connected.push((slot.peer, h, addr));
                     }
                     ChannelEvent::Closed(error) => {
                         tracing::info!(peer = %slot.peer, %error, "channel closed");
@@ -567,9 +628,10 @@ impl State {
                     .update_link(slot.channel.pto_count(), slot.channel.rtt().smoothed());
             }
         }
-        for (peer, newest) in connected {
+        for (peer, newest, addr) in connected {
             self.on_attempt_channel_connected(now, newest);
             self.supersede(now, peer, newest, false);
+            self.on_relayed_connected(now, peer, addr);
         }
         for (h, error) in closed {
             self.on_channel_closed(now, h, error);

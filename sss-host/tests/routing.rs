@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use common::regserver::Regserver;
 use common::{host_with, loopback, within};
 use rand_core::{OsRng, RngCore};
-use sss_host::{Error, Host, HostConfig, Identity, RoutingConfig, PUNCH_INTERVAL, PUNCH_PROBES};
+use sss_host::{Error, Host, HostConfig, Identity, RoutingConfig, PUNCH_PROBES, PUNCH_SCHEDULE};
 use sss_routing::wire::Message;
 use sss_routing::{Client, ClientConfig, Event, LookupOutcome};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -383,7 +383,8 @@ async fn a_notify_makes_the_target_send_a_bounded_burst_of_punch_probes() {
         }
         assert_eq!(reg.notifies(), 2);
         let a_addr = a.local_addr();
-        let window = Instant::now() + PUNCH_INTERVAL * (PUNCH_PROBES + 2);
+        let window =
+            Instant::now() + PUNCH_SCHEDULE[PUNCH_SCHEDULE.len() - 1] + Duration::from_secs(1);
         let _ = tokio::time::timeout_at(
             window.into(),
             caller.run(|_| false, |from, data| probes.push((from, data.to_vec()))),
@@ -424,4 +425,216 @@ fn the_blocking_facade_dials_by_eid_too() {
     let mut got = Vec::new();
     incoming.read_to_end(&mut got).unwrap();
     assert_eq!(got, b"blocking");
+}
+
+/// A host for the relay tests: registered with `reg`, relaying after `relay_after`, and
+/// with `drop_direct` blind to every channel datagram that does not come through a relay.
+fn relay_host(reg: &Regserver, drop_direct: bool, relay_after: Option<Duration>) -> Host {
+    let mut config = HostConfig::bind(loopback());
+    config.regservers = vec![reg.entry()];
+    config.routing.relay_after = relay_after;
+    config.routing.drop_direct = drop_direct;
+    host_with(config)
+}
+
+/// With no direct path (both hosts drop direct channel datagrams), `connect_eid` asks the
+/// regserver for a relay after `relay_after` and the channel runs through it: streams both
+/// ways, a second stream and a larger transfer later, the listener side accepting as usual;
+/// both hosts see the channel as relayed and the regserver counted what it relayed.
+#[tokio::test]
+async fn a_relay_carries_the_channel_when_no_direct_path_works() {
+    within(30, async {
+        let reg = Regserver::start().await;
+        let a = relay_host(&reg, true, Some(Duration::from_millis(500)));
+        let b = relay_host(&reg, true, Some(Duration::from_millis(500)));
+        serve_echo(&a);
+        a.registered().await.unwrap();
+        b.registered().await.unwrap();
+
+        let start = Instant::now();
+        echo_by_eid(&b, &a, b"through the relay").await;
+        let took = start.elapsed();
+        assert!(
+            took >= Duration::from_millis(500),
+            "not before relay_after: {took:?}"
+        );
+        assert_eq!(b.is_relayed(a.eid()), Some(true));
+        assert_eq!(a.is_relayed(b.eid()), Some(true));
+        let stats = reg.stats();
+        assert_eq!(stats.relays_opened, 1);
+        assert!(stats.relayed_packets >= 4, "{stats:?}");
+
+        // The session lives on through the relay: another stream, 300 kB each way.
+        let data = common::Pattern::bytes(7, 300_000);
+        let mut stream = b.connect_eid(a.eid(), "echo", "v1").await.unwrap();
+        let (mut rd, mut wr) = tokio::io::split(&mut stream);
+        let send = async {
+            wr.write_all(&data).await.unwrap();
+            wr.shutdown().await.unwrap();
+        };
+        let mut back = Vec::new();
+        let recv = rd.read_to_end(&mut back);
+        let (_, got) = tokio::join!(send, recv);
+        got.unwrap();
+        assert_eq!(back, data);
+        assert_eq!(b.is_relayed(a.eid()), Some(true));
+        let after = reg.stats();
+        assert!(after.relayed_bytes > 600_000, "{after:?}");
+        assert_eq!(after.relay_dropped, 0);
+        assert_eq!(after.relays_opened, 1, "one slot for the session");
+        let (sent, received) = b.relayed_datagrams();
+        assert!(sent > 200 && received > 200, "{sent} {received}");
+    })
+    .await;
+}
+
+/// Where the direct path works, nothing is relayed: the handshake completes long before
+/// `relay_after`, and no slot is asked for.
+#[tokio::test]
+async fn a_direct_path_is_not_relayed() {
+    within(20, async {
+        let reg = Regserver::start().await;
+        let a = relay_host(&reg, false, Some(Duration::from_millis(300)));
+        let b = relay_host(&reg, false, Some(Duration::from_millis(300)));
+        serve_echo(&a);
+        a.registered().await.unwrap();
+        b.registered().await.unwrap();
+        echo_by_eid(&b, &a, b"direct").await;
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert_eq!(b.is_relayed(a.eid()), Some(false));
+        let stats = reg.stats();
+        assert_eq!((stats.relays_opened, stats.relayed_packets), (0, 0));
+        assert_eq!(b.relayed_datagrams(), (0, 0));
+    })
+    .await;
+}
+
+/// Without a direct path: a regserver that refuses to relay makes `connect_eid` fail with
+/// the typed refusal; a host with relaying disabled times out as before.
+#[tokio::test]
+async fn a_refused_or_disabled_relay_fails_the_dial() {
+    within(30, async {
+        let reg = Regserver::start_with(|c| c.max_relays = 0).await;
+        let dial = |relay_after| {
+            let mut config = HostConfig::bind(loopback());
+            config.regservers = vec![reg.entry()];
+            config.routing.relay_after = relay_after;
+            config.routing.drop_direct = true;
+            config.attempt_timeout = Duration::from_millis(1500);
+            config.backoff = sss_host::BackoffPolicy::never();
+            host_with(config)
+        };
+        let a = relay_host(&reg, true, None);
+        serve_echo(&a);
+        a.registered().await.unwrap();
+        let b = dial(Some(Duration::from_millis(300)));
+        b.registered().await.unwrap();
+        let e = b.connect_eid(a.eid(), "echo", "v1").await.unwrap_err();
+        assert!(
+            matches!(e, Error::RelayRefused(sss_routing::wire::ErrorCode::Full)),
+            "{e:?}"
+        );
+        let c = dial(None);
+        c.registered().await.unwrap();
+        let e = c.connect_eid(a.eid(), "echo", "v1").await.unwrap_err();
+        assert!(matches!(e, Error::TimedOut), "{e:?}");
+    })
+    .await;
+}
+
+/// A relayed channel is upgraded once a direct path appears: the caller keeps trying one
+/// (every `relay_upgrade_interval`), the direct channel supersedes the relayed one, and a
+/// stream opened over the relay carries on over the direct path.
+#[tokio::test]
+async fn a_relayed_channel_moves_to_a_direct_path_when_one_appears() {
+    within(30, async {
+        let reg = Regserver::start().await;
+        let host = || {
+            let mut config = HostConfig::bind(loopback());
+            config.regservers = vec![reg.entry()];
+            config.routing.relay_after = Some(Duration::from_millis(300));
+            config.routing.relay_upgrade_interval = Some(Duration::from_millis(700));
+            config.routing.drop_direct = true;
+            host_with(config)
+        };
+        let (a, b) = (host(), host());
+        // A streaming echo: every byte goes back as it arrives.
+        let listener = a.listen("copy", "v1").unwrap();
+        tokio::spawn(async move {
+            while let Ok(stream) = listener.accept().await {
+                tokio::spawn(async move {
+                    let (mut rd, mut wr) = tokio::io::split(stream);
+                    tokio::io::copy(&mut rd, &mut wr).await?;
+                    wr.shutdown().await
+                });
+            }
+        });
+        a.registered().await.unwrap();
+        b.registered().await.unwrap();
+        let mut stream = b.connect_eid(a.eid(), "copy", "v1").await.unwrap();
+        assert_eq!(b.is_relayed(a.eid()), Some(true));
+        let mut buf = [0u8; 6];
+        stream.write_all(b"relay1").await.unwrap();
+        stream.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"relay1");
+        // Still relayed while no direct path exists (attempts fail quietly).
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(b.is_relayed(a.eid()), Some(true));
+
+        a.set_drop_direct(false);
+        b.set_drop_direct(false);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while b.is_relayed(a.eid()) != Some(false) || a.is_relayed(b.eid()) != Some(false) {
+            assert!(Instant::now() < deadline, "no upgrade to the direct path");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // The same stream, now direct.
+        // The relayed channel's last datagrams (its CLOSE each way) may still be on their
+        // way; after that, nothing more goes through the relay.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let relayed_before = reg.stats().relayed_packets;
+        stream.write_all(b"direct").await.unwrap();
+        stream.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"direct");
+        stream.shutdown().await.unwrap();
+        let mut rest = Vec::new();
+        stream.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty());
+        assert_eq!(
+            reg.stats().relayed_packets,
+            relayed_before,
+            "nothing relayed after the upgrade"
+        );
+        assert!(relayed_before < 200, "{relayed_before} datagrams relayed");
+    })
+    .await;
+}
+
+/// With several regservers, a relay is asked of each in turn: the first one the caller is
+/// registered with does not know the target (NO_TARGET), the second opens the slot.
+#[tokio::test]
+async fn a_relay_refused_by_one_regserver_is_asked_of_the_next() {
+    within(30, async {
+        let (reg1, reg2) = (Regserver::start().await, Regserver::start().await);
+        let host = |regs: &[&Regserver]| {
+            let mut config = HostConfig::bind(loopback());
+            config.regservers = regs.iter().map(|r| r.entry()).collect();
+            config.routing.relay_after = Some(Duration::from_millis(300));
+            config.routing.drop_direct = true;
+            host_with(config)
+        };
+        let a = host(&[&reg2]);
+        let b = host(&[&reg1, &reg2]);
+        serve_echo(&a);
+        a.registered().await.unwrap();
+        reg1.wait_for_record(&b.eid()).await;
+        reg2.wait_for_record(&b.eid()).await;
+        echo_by_eid(&b, &a, b"second regserver").await;
+        assert_eq!(b.is_relayed(a.eid()), Some(true));
+        assert_eq!(reg1.stats().relays_opened, 0);
+        assert!(reg1.stats().errors >= 1, "reg1 refused");
+        assert_eq!(reg2.stats().relays_opened, 1);
+        assert!(reg2.stats().relayed_packets > 0);
+    })
+    .await;
 }

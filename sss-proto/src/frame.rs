@@ -367,6 +367,7 @@ impl<'a> Frames<'a> {
         }
     }
 
+    #[inline]
     fn decode_one(&mut self) -> Result<Frame<'a>, FrameError> {
         let zeros = self.rest.iter().take_while(|&&b| b == 0).count();
         if zeros > 0 {
@@ -415,6 +416,7 @@ impl<'a> Frames<'a> {
 impl<'a> Iterator for Frames<'a> {
     type Item = Result<Frame<'a>, FrameError>;
 
+    #[inline]
     fn next(&mut self) -> Option<Self::Item> {
         if self.failed || self.rest.is_empty() {
             return None;

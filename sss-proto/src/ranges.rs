@@ -34,12 +34,24 @@ impl RangeSet {
     }
 
     /// Adds every value of `r`; returns whether any of them was not already present.
+    #[inline]
     pub fn insert(&mut self, r: Range<u64>) -> bool {
+        // Fast path, inlined into the callers (several per packet): most insertions extend
+        // the last range (packet numbers, and stream data arriving in order).
+        if let Some((last_start, last_end)) = &mut self.last {
+            if r.start >= *last_start && r.start <= *last_end && r.end > *last_end {
+                *last_end = r.end;
+                return true;
+            }
+        }
+        self.insert_slow(r)
+    }
+
+    #[inline(never)]
+    fn insert_slow(&mut self, r: Range<u64>) -> bool {
         if r.is_empty() {
             return false;
         }
-        // Fast path: most insertions extend or follow the last range (packet numbers, and
-        // stream data arriving in order).
         match &mut self.last {
             None => {
                 self.last = Some((r.start, r.end));
@@ -63,6 +75,7 @@ impl RangeSet {
     }
 
     /// Adds `x`; returns whether it was new. `u64::MAX` cannot be stored and returns `false`.
+    #[inline]
     pub fn insert_one(&mut self, x: u64) -> bool {
         match x.checked_add(1) {
             Some(end) => self.insert(x..end),

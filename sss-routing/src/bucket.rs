@@ -45,6 +45,18 @@ impl Bucket {
         }
     }
 
+    /// Takes `n` tokens if the bucket holds them (tokens here are bytes: a relay budget).
+    pub(crate) fn take_n(&mut self, now: Instant, n: u64, burst: u32, rate: u32) -> bool {
+        self.refill(now, burst, rate);
+        let need = n.saturating_mul(1000);
+        if self.milli >= need {
+            self.milli -= need;
+            true
+        } else {
+            false
+        }
+    }
+
     /// Whether the bucket has refilled completely (its owner has been idle).
     pub(crate) fn is_full(&mut self, now: Instant, burst: u32, rate: u32) -> bool {
         self.refill(now, burst, rate);
@@ -67,5 +79,18 @@ mod tests {
         assert!(b.take(t0 + Duration::from_millis(500), 3, 2).is_ok());
         assert!(b.take(t0 + Duration::from_millis(500), 3, 2).is_err());
         assert!(b.is_full(t0 + Duration::from_secs(10), 3, 2));
+    }
+
+    #[test]
+    fn byte_budget_takes_many_tokens_at_once() {
+        let t0 = Instant::now();
+        let mut b = Bucket::full(t0, 3000);
+        assert!(b.take_n(t0, 2000, 3000, 1000));
+        assert!(!b.take_n(t0, 1001, 3000, 1000), "1000 left");
+        assert!(b.take_n(t0, 1000, 3000, 1000));
+        // 1000 per second: 500 after half a second.
+        let t1 = t0 + Duration::from_millis(500);
+        assert!(!b.take_n(t1, 501, 3000, 1000));
+        assert!(b.take_n(t1, 500, 3000, 1000));
     }
 }

@@ -1,6 +1,6 @@
 //! The host side of the rendezvous protocol (spec/routing.md §5.2): registration with one
-//! regserver (cookie, signed record, refresh, keepalive, retry with backoff), lookups, and
-//! NOTIFY handling.
+//! regserver (cookie, signed record, refresh, keepalive, retry with backoff), lookups,
+//! NOTIFY handling, and relay slots (spec/routing.md §6: [`Client::open_relay`]).
 //!
 //! A host that uses several regservers runs one [`Client`] per server. Feed it every routing
 //! datagram from the server's address with [`Client::handle_datagram`], drain
@@ -20,7 +20,7 @@ use thiserror::Error;
 use crate::record::{RecordBody, SignedRecord};
 use crate::wire::{
     Cookie, ErrorCode, ErrorMsg, Hello, Keepalive, KeepaliveStatus, Lookup, Message, Register,
-    RequestId, HELLO_LEN,
+    RelayOpen, RequestId, HELLO_LEN,
 };
 
 /// How long a client uses one cookie (the server accepts it for at least
@@ -97,6 +97,22 @@ pub enum LookupOutcome {
     TimedOut,
 }
 
+/// How a [`Client::open_relay`] ended.
+#[derive(Debug, Clone, Eq, PartialEq)]
+pub enum RelayOutcome {
+    /// The server holds a slot between us and the peer.
+    Opened {
+        /// The slot, to name in every RELAY_DATA.
+        relay_id: u32,
+        /// The slot ends after this long without traffic.
+        idle: Duration,
+    },
+    /// The server refused (FULL, NO_TARGET, NOT_REGISTERED...).
+    Refused(ErrorCode),
+    /// No valid answer within the lookup timeout.
+    TimedOut,
+}
+
 /// What a [`Client`] reports to its host.
 #[derive(Debug, Clone, Eq, PartialEq)]
 pub enum Event {
@@ -121,6 +137,24 @@ pub enum Event {
         peer: Eid,
         /// The caller's endpoints, observed first.
         endpoints: Vec<SocketAddr>,
+    },
+    /// A [`Client::open_relay`] ended.
+    RelayResult {
+        /// The peer asked for.
+        peer: Eid,
+        /// How it ended.
+        outcome: RelayOutcome,
+    },
+    /// Another host opened a relay slot toward us (the server vouches with our NOTIFY
+    /// token); its datagrams may now arrive as RELAY_DATA of `relay_id`.
+    RelayOffered {
+        /// The host at the other end (the server says so; the SSS handshake through the
+        /// relay authenticates it).
+        peer: Eid,
+        /// The slot.
+        relay_id: u32,
+        /// The slot ends after this long without traffic.
+        idle: Duration,
     },
 }
 
@@ -179,6 +213,16 @@ struct PendingLookup {
     backoff: Duration,
 }
 
+/// A pending RELAY_OPEN.
+#[derive(Debug)]
+struct PendingRelay {
+    request_id: RequestId,
+    deadline: Instant,
+    /// When to (re)send; `None` while waiting for a cookie.
+    send_at: Option<Instant>,
+    backoff: Duration,
+}
+
 /// The registration and lookup state machine of one host toward one regserver.
 #[derive(Debug)]
 pub struct Client {
@@ -194,6 +238,7 @@ pub struct Client {
     backoff: Duration,
     registration: Option<Registration>,
     lookups: BTreeMap<Eid, PendingLookup>,
+    relays: BTreeMap<Eid, PendingRelay>,
     transmits: VecDeque<Vec<u8>>,
     events: VecDeque<Event>,
 }
@@ -213,6 +258,7 @@ impl Client {
             backoff: RETRY_INITIAL,
             registration: None,
             lookups: BTreeMap::new(),
+            relays: BTreeMap::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
         }
@@ -285,6 +331,39 @@ impl Client {
             },
         );
         self.send_due_lookups(now);
+        Ok(())
+    }
+
+    /// Asks the server for a relay slot between us and `target` (spec/routing.md §6; we
+    /// must be registered, and so must the target). The answer comes as
+    /// [`Event::RelayResult`]; asking again while a request is pending joins it, asking
+    /// again later refreshes the slot (same relay_id).
+    pub fn open_relay(&mut self, now: Instant, target: Eid) -> Result<(), LookupError> {
+        if self.relays.contains_key(&target) {
+            return Ok(());
+        }
+        if target == self.identity.eid() {
+            // The server would answer NO_TARGET; say it at once.
+            self.events.push_back(Event::RelayResult {
+                peer: target,
+                outcome: RelayOutcome::Refused(ErrorCode::NoTarget),
+            });
+            return Ok(());
+        }
+        if self.relays.len() >= self.config.max_lookups {
+            return Err(LookupError::TooMany);
+        }
+        let request_id = self.rng.next_u64();
+        self.relays.insert(
+            target,
+            PendingRelay {
+                request_id,
+                deadline: now + self.config.lookup_timeout,
+                send_at: Some(now),
+                backoff: RETRY_INITIAL,
+            },
+        );
+        self.send_due_relays(now);
         Ok(())
     }
 
@@ -363,12 +442,45 @@ impl Client {
                     self.reregister_soon(now);
                 }
             }
-            // Client-to-server messages are not for us, and probes carry nothing.
+            Message::RelayOpened(o) => {
+                let idle = Duration::from_secs(u64::from(o.idle));
+                if self
+                    .relays
+                    .get(&o.peer)
+                    .is_some_and(|r| r.request_id == o.request_id)
+                {
+                    self.relays.remove(&o.peer);
+                    self.events.push_back(Event::RelayResult {
+                        peer: o.peer,
+                        outcome: RelayOutcome::Opened {
+                            relay_id: o.relay_id,
+                            idle,
+                        },
+                    });
+                    return;
+                }
+                let Some(reg) = &self.registration else {
+                    return;
+                };
+                if (o.request_id == reg.token || Some(o.request_id) == reg.previous_token)
+                    && o.peer != self.identity.eid()
+                {
+                    self.events.push_back(Event::RelayOffered {
+                        peer: o.peer,
+                        relay_id: o.relay_id,
+                        idle,
+                    });
+                }
+            }
+            // Client-to-server messages are not for us, probes carry nothing, and relayed
+            // datagrams are the host's business (it unwraps them before they get here).
             Message::Hello(_)
             | Message::Register(_)
             | Message::Lookup(_)
             | Message::Keepalive(_)
-            | Message::Punch(_) => {}
+            | Message::Punch(_)
+            | Message::RelayOpen(_)
+            | Message::RelayData(_) => {}
         }
     }
 
@@ -391,6 +503,12 @@ impl Client {
         for l in self.lookups.values() {
             at(l.deadline);
             if let Some(s) = l.send_at {
+                at(s);
+            }
+        }
+        for r in self.relays.values() {
+            at(r.deadline);
+            if let Some(s) = r.send_at {
                 at(s);
             }
         }
@@ -447,6 +565,16 @@ impl Client {
             self.finish_lookup(eid, LookupOutcome::TimedOut);
         }
         self.send_due_lookups(now);
+        let expired: Vec<Eid> = self
+            .relays
+            .iter()
+            .filter(|(_, r)| r.deadline <= now)
+            .map(|(eid, _)| *eid)
+            .collect();
+        for eid in expired {
+            self.finish_relay(eid, RelayOutcome::TimedOut);
+        }
+        self.send_due_relays(now);
         // HELLO retry, only while someone still needs a cookie.
         if let Some((id, retry)) = self.hello {
             if retry <= now {
@@ -499,6 +627,7 @@ impl Client {
     fn needs_cookie(&self) -> bool {
         matches!(self.phase, Phase::NeedCookie)
             || self.lookups.values().any(|l| l.send_at.is_none())
+            || self.relays.values().any(|r| r.send_at.is_none())
     }
 
     fn next_backoff(&mut self) -> Duration {
@@ -566,7 +695,8 @@ impl Client {
     ) {
         let ours = self.hello.is_some_and(|(id, _)| id == request_id)
             || matches!(self.phase, Phase::Sent { request_id: r, .. } if r == request_id)
-            || self.lookups.values().any(|l| l.request_id == request_id);
+            || self.lookups.values().any(|l| l.request_id == request_id)
+            || self.relays.values().any(|r| r.request_id == request_id);
         if !ours {
             return;
         }
@@ -595,7 +725,13 @@ impl Client {
                 l.send_at = Some(now);
             }
         }
+        for r in self.relays.values_mut() {
+            if r.send_at.is_none() || r.request_id == request_id {
+                r.send_at = Some(now);
+            }
+        }
         self.send_due_lookups(now);
+        self.send_due_relays(now);
     }
 
     fn on_registered(&mut self, now: Instant, token: RequestId, lifetime: u32) {
@@ -635,7 +771,10 @@ impl Client {
                     let until = now + self.next_backoff().max(wait);
                     self.phase = Phase::Waiting { until };
                 }
-                ErrorCode::BadRecord | ErrorCode::Full | ErrorCode::NotRegistered => {
+                ErrorCode::BadRecord
+                | ErrorCode::Full
+                | ErrorCode::NotRegistered
+                | ErrorCode::NoTarget => {
                     // BAD_RECORD may mean our address changed since the cookie: get a new one.
                     if e.code == ErrorCode::BadRecord {
                         self.cookie = None;
@@ -643,6 +782,19 @@ impl Client {
                     let until = now + self.next_backoff();
                     self.phase = Phase::Waiting { until };
                 }
+            }
+            return;
+        }
+        if let Some((&target, pending)) = self
+            .relays
+            .iter_mut()
+            .find(|(_, r)| r.request_id == e.request_id)
+        {
+            if e.code == ErrorCode::RateLimited {
+                let wait = Duration::from_millis(e.value).min(RETRY_MAX);
+                pending.send_at = Some(now + wait.max(pending.backoff));
+            } else {
+                self.finish_relay(target, RelayOutcome::Refused(e.code));
             }
             return;
         }
@@ -664,6 +816,45 @@ impl Client {
     fn finish_lookup(&mut self, eid: Eid, outcome: LookupOutcome) {
         if self.lookups.remove(&eid).is_some() {
             self.events.push_back(Event::LookupResult { eid, outcome });
+        }
+    }
+
+    fn finish_relay(&mut self, peer: Eid, outcome: RelayOutcome) {
+        if self.relays.remove(&peer).is_some() {
+            self.events.push_back(Event::RelayResult { peer, outcome });
+        }
+    }
+
+    /// Sends every RELAY_OPEN whose time has come, if a fresh cookie is held (else asks for
+    /// one).
+    fn send_due_relays(&mut self, now: Instant) {
+        let cookie = self.fresh_cookie(now);
+        let caller = self.identity.eid();
+        let mut out = Vec::new();
+        let mut need_cookie = false;
+        for (target, r) in self.relays.iter_mut() {
+            if r.send_at.is_none_or(|s| s > now) {
+                continue;
+            }
+            let Some(c) = cookie else {
+                r.send_at = None;
+                need_cookie = true;
+                continue;
+            };
+            out.push(Message::RelayOpen(RelayOpen {
+                request_id: r.request_id,
+                cookie: c.cookie,
+                caller,
+                target: *target,
+            }));
+            r.send_at = Some(now + r.backoff);
+            r.backoff = (r.backoff * 2).min(RETRY_MAX);
+        }
+        for m in out {
+            self.send(m);
+        }
+        if need_cookie {
+            self.send_hello(now, None);
         }
     }
 

@@ -1,6 +1,6 @@
 //! The sans-IO rendezvous protocol of SSS (spec/routing.md): signed EID records, the
 //! regserver's [`server::Server`] and the host's [`client::Client`], and NAT hole-punch
-//! coordination. Relay framing is reserved in the wire format but not implemented yet.
+//! coordination, and the relay that carries channels between hosts that cannot punch.
 //!
 //! Like `sss-proto`, nothing here touches a socket, a clock or the OS random generator:
 //! every entry point takes `now: Instant`, randomness comes from seeds in the configuration,
@@ -8,8 +8,10 @@
 //!
 //! - [`wire`]: every message, decoded from untrusted bytes without panics;
 //! - [`record`]: signed records (what a host says about where it is);
-//! - [`server`]: the regserver state machine, with every table capped;
-//! - [`client`]: registration, keepalive, lookups and NOTIFY handling in a host.
+//! - [`server`]: the regserver state machine (records, lookups, relay slots), with every
+//!   table capped;
+//! - [`client`]: registration, keepalive, lookups, NOTIFY handling and relay requests in a
+//!   host.
 //!
 //! A host and a regserver, with datagrams handed over directly:
 //!
@@ -51,7 +53,7 @@ pub mod record;
 pub mod server;
 pub mod wire;
 
-pub use client::{Client, ClientConfig, Event, LookupOutcome};
+pub use client::{Client, ClientConfig, Event, LookupOutcome, RelayOutcome};
 pub use cookie::COOKIE_SECRET_LIFETIME;
 pub use record::{RecordBody, SignedRecord};
 pub use server::{Server, ServerConfig};

@@ -1,5 +1,5 @@
-//! The regserver's logic (spec/routing.md §5.1): stateless cookies, signed records kept as
-//! soft state, lookups and NOTIFYs, with every table capped.
+//! The regserver's logic (spec/routing.md §5.1, §6.2): stateless cookies, signed records
+//! kept as soft state, lookups and NOTIFYs, and relay slots, with every table capped.
 //!
 //! Call [`Server::handle_datagram`] for every routing datagram, then drain
 //! [`Server::poll_transmit`]; call [`Server::handle_timeout`] when [`Server::poll_timeout`]
@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use rand_chacha::rand_core::SeedableRng;
+use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use sss_proto::{Eid, Transmit};
 
@@ -18,8 +18,9 @@ use crate::bucket::Bucket;
 use crate::cookie::CookieJar;
 use crate::record::SignedRecord;
 use crate::wire::{
-    CookieMsg, ErrorCode, ErrorMsg, KeepaliveReply, KeepaliveStatus, Lookup, LookupReply, Message,
-    Notify, Register, Registered, RequestId,
+    msg_type, relay_data, CookieMsg, ErrorCode, ErrorMsg, KeepaliveReply, KeepaliveStatus, Lookup,
+    LookupReply, Message, Notify, Register, Registered, RelayOpen, RelayOpened, RequestId,
+    MAX_RELAY_DATAGRAM,
 };
 
 /// Shortest lifetime a server grants.
@@ -32,6 +33,8 @@ pub const NOTIFY_BURST: u32 = 4;
 pub const NOTIFY_RATE: u32 = 1;
 /// Least time between two sweeps of a full source table for idle entries.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+/// A relay slot ends this long after the last datagram it forwarded (spec/routing.md §6.4).
+pub const RELAY_IDLE: Duration = Duration::from_secs(60);
 
 /// Configuration of a [`Server`].
 #[derive(Debug, Clone)]
@@ -53,6 +56,15 @@ pub struct ServerConfig {
     pub source_rate: u32,
     /// Most datagrams waiting in [`Server::poll_transmit`].
     pub max_queued: usize,
+    /// Most relay slots held; 0 disables relaying (every RELAY_OPEN gets FULL).
+    pub max_relays: usize,
+    /// Most relay slots naming one EID.
+    pub max_relays_per_host: u32,
+    /// Bytes per second a relay slot forwards (both directions together) once its burst is
+    /// spent.
+    pub relay_rate: u32,
+    /// Bytes a relay slot may forward in a burst.
+    pub relay_burst: u32,
 }
 
 impl ServerConfig {
@@ -67,6 +79,10 @@ impl ServerConfig {
             source_burst: 32,
             source_rate: 16,
             max_queued: 1024,
+            max_relays: 1024,
+            max_relays_per_host: 8,
+            relay_rate: 1_000_000,
+            relay_burst: 250_000,
         }
     }
 }
@@ -92,6 +108,31 @@ pub struct ServerStats {
     pub expired: u64,
     /// Replies dropped because the transmit queue was full.
     pub dropped_replies: u64,
+    /// Relay slots made.
+    pub relays_opened: u64,
+    /// RELAY_OPENs that found their slot and refreshed it.
+    pub relays_refreshed: u64,
+    /// Relay slots ended by their idle timer.
+    pub relays_expired: u64,
+    /// RELAY_DATA datagrams forwarded.
+    pub relayed_packets: u64,
+    /// Bytes of the RELAY_DATA datagrams forwarded (headers included).
+    pub relayed_bytes: u64,
+    /// RELAY_DATA dropped: unknown or ended slot, a source that is not one of the slot's
+    /// endpoints, empty or longer than [`MAX_RELAY_DATAGRAM`].
+    pub relay_dropped: u64,
+    /// RELAY_DATA dropped because the slot's byte budget was spent.
+    pub relay_over_budget: u64,
+}
+
+/// One relay slot: two registered hosts and where they registered from.
+#[derive(Debug)]
+struct Slot {
+    /// The two ends, in EID order (the key of `relay_pairs`).
+    ends: [(Eid, SocketAddr); 2],
+    /// The last datagram forwarded (or the last refresh).
+    last: Instant,
+    budget: Bucket,
 }
 
 #[derive(Debug)]
@@ -123,6 +164,14 @@ pub struct Server {
     last_sweep: Option<Instant>,
     queue: VecDeque<(SocketAddr, Vec<u8>)>,
     stats: ServerStats,
+    relays: BTreeMap<u32, Slot>,
+    /// The slot of each EID pair (smaller EID first).
+    relay_pairs: BTreeMap<(Eid, Eid), u32>,
+    /// Slots naming each EID.
+    relays_per_host: BTreeMap<Eid, u32>,
+    /// One entry per slot: a time at or before its idle deadline (checked lazily, so that
+    /// forwarding a datagram only updates the slot).
+    relay_expiry: BTreeSet<(Instant, u32)>,
 }
 
 impl Server {
@@ -143,6 +192,10 @@ impl Server {
             last_sweep: None,
             queue: VecDeque::new(),
             stats: ServerStats::default(),
+            relays: BTreeMap::new(),
+            relay_pairs: BTreeMap::new(),
+            relays_per_host: BTreeMap::new(),
+            relay_expiry: BTreeSet::new(),
         }
     }
 
@@ -178,6 +231,16 @@ impl Server {
         self.records.get(eid).map(|e| &e.record)
     }
 
+    /// Number of relay slots held.
+    pub fn relay_count(&self) -> usize {
+        self.relays.len()
+    }
+
+    /// The relay_id of the slot between `a` and `b` (either order), if any.
+    pub fn relay_between(&self, a: &Eid, b: &Eid) -> Option<u32> {
+        self.relay_pairs.get(&pair(*a, *b)).copied()
+    }
+
     /// The largest number of records stored for one observed IP address.
     pub fn max_records_of_one_ip(&self) -> u32 {
         self.per_ip.values().copied().max().unwrap_or(0)
@@ -185,8 +248,16 @@ impl Server {
 
     // ---- handle_* ----
 
-    /// Handles one routing datagram from `from`, queueing any replies.
+    /// Handles one routing datagram from `from`, queueing any replies (and a forwarded
+    /// RELAY_DATA, copied; a runtime can use [`Server::forward`] instead and send the
+    /// received buffer itself).
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
+        if data.first() == Some(&msg_type::RELAY_DATA) {
+            if let Some(to) = self.forward(now, from, data) {
+                self.push_raw(to, data.to_vec());
+            }
+            return;
+        }
         let Ok(msg) = Message::decode(data) else {
             self.stats.malformed += 1;
             return;
@@ -230,8 +301,20 @@ impl Server {
                     self.lookup(now, from, lookup);
                 }
             }
+            Message::RelayOpen(open) => {
+                if !self.cookies.check(from, &open.cookie) {
+                    self.send_cookie(from, open.request_id);
+                    return;
+                }
+                if self.charge(now, from, open.request_id, open.caller) {
+                    self.relay_open(now, from, open);
+                }
+            }
+            // Handled above; a RELAY_DATA never reaches this point.
+            Message::RelayData(_) => {}
             // Server-to-client messages are never answered (no reflection).
-            Message::Cookie(_)
+            Message::RelayOpened(_)
+            | Message::Cookie(_)
             | Message::Registered(_)
             | Message::LookupReply(_)
             | Message::Notify(_)
@@ -242,20 +325,68 @@ impl Server {
         }
     }
 
-    /// When [`Server::handle_timeout`] should next be called: the next record expiry or
-    /// cookie secret rotation.
+    /// Checks a RELAY_DATA from `from` against its slot (spec/routing.md §6.2) and, if it
+    /// may go, returns where: the slot's other endpoint, to which the caller sends
+    /// `datagram` unchanged. Anything else is dropped (and counted). Neither allocates nor
+    /// queues anything: this is the forwarding hot path.
+    pub fn forward(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        datagram: &[u8],
+    ) -> Option<SocketAddr> {
+        let slot = match relay_data(datagram) {
+            Some((id, _)) if datagram.len() <= MAX_RELAY_DATAGRAM => self.relays.get_mut(&id),
+            _ => None,
+        };
+        let to = slot.and_then(|slot| {
+            if now.saturating_duration_since(slot.last) >= RELAY_IDLE {
+                return None;
+            }
+            let [(_, a), (_, b)] = slot.ends;
+            let to = if from == a {
+                b
+            } else if from == b {
+                a
+            } else {
+                return None;
+            };
+            Some((slot, to))
+        });
+        let Some((slot, to)) = to else {
+            self.stats.relay_dropped += 1;
+            return None;
+        };
+        let len = datagram.len() as u64;
+        let (burst, rate) = (self.config.relay_burst, self.config.relay_rate);
+        if !slot.budget.take_n(now, len, burst, rate) {
+            self.stats.relay_over_budget += 1;
+            return None;
+        }
+        slot.last = now;
+        self.stats.relayed_packets += 1;
+        self.stats.relayed_bytes += len;
+        Some(to)
+    }
+
+    /// When [`Server::handle_timeout`] should next be called: the next record expiry,
+    /// relay slot check or cookie secret rotation.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let rotation = self.cookies.next_rotation();
-        Some(match self.by_expiry.first() {
-            Some((t, _)) => (*t).min(rotation),
-            None => rotation,
-        })
+        let records = self.by_expiry.first().map(|(t, _)| *t);
+        let relays = self.relay_expiry.first().map(|(t, _)| *t);
+        [records, relays]
+            .into_iter()
+            .flatten()
+            .chain([rotation])
+            .min()
     }
 
     /// Removes expired records and rotates the cookie secret when due.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.cookies.rotate(now, &mut self.rng);
         self.expire(now);
+        self.expire_relays(now);
         // Idle sources go too, so a past flood does not keep the table full.
         let (burst, rate) = (self.config.source_burst, self.config.source_rate);
         self.sources.retain(|_, b| !b.is_full(now, burst, rate));
@@ -293,12 +424,47 @@ impl Server {
         }
     }
 
+    /// Ends the relay slots idle for [`RELAY_IDLE`].
+    fn expire_relays(&mut self, now: Instant) {
+        while let Some(&(t, id)) = self.relay_expiry.first() {
+            if t > now {
+                break;
+            }
+            self.relay_expiry.pop_first();
+            let Some(slot) = self.relays.get(&id) else {
+                continue;
+            };
+            let deadline = slot.last + RELAY_IDLE;
+            if deadline > now {
+                // Used since: check again at its real deadline.
+                self.relay_expiry.insert((deadline, id));
+                continue;
+            }
+            let ends = slot.ends;
+            self.relays.remove(&id);
+            self.relay_pairs.remove(&(ends[0].0, ends[1].0));
+            for (eid, _) in ends {
+                if let Some(n) = self.relays_per_host.get_mut(&eid) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.relays_per_host.remove(&eid);
+                    }
+                }
+            }
+            self.stats.relays_expired += 1;
+        }
+    }
+
     fn push(&mut self, to: SocketAddr, msg: Message) {
+        self.push_raw(to, msg.to_vec());
+    }
+
+    fn push_raw(&mut self, to: SocketAddr, data: Vec<u8>) {
         if self.queue.len() >= self.config.max_queued {
             self.stats.dropped_replies += 1;
             return;
         }
-        self.queue.push_back((to, msg.to_vec()));
+        self.queue.push_back((to, data));
     }
 
     fn send_cookie(&mut self, from: SocketAddr, request_id: RequestId) {
@@ -501,6 +667,98 @@ impl Server {
         }
     }
 
+    /// RELAY_OPEN whose cookie and credit passed (spec/routing.md §6.2).
+    fn relay_open(&mut self, now: Instant, from: SocketAddr, open: RelayOpen) {
+        let RelayOpen {
+            request_id,
+            caller,
+            target,
+            ..
+        } = open;
+        if self
+            .records
+            .get(&caller)
+            .is_none_or(|e| e.record.body.observed != from)
+        {
+            self.send_error(from, request_id, ErrorCode::NotRegistered, 0);
+            return;
+        }
+        let Some(entry) = self.records.get_mut(&target).filter(|_| target != caller) else {
+            self.send_error(from, request_id, ErrorCode::NoTarget, 0);
+            return;
+        };
+        let (target_ep, token) = (entry.record.body.observed, entry.token);
+        let key = pair(caller, target);
+        let ends = if key.0 == caller {
+            [(caller, from), (target, target_ep)]
+        } else {
+            [(target, target_ep), (caller, from)]
+        };
+        if let Some(&relay_id) = self.relay_pairs.get(&key) {
+            // A retransmission, or the other host asking too: same slot, current endpoints.
+            if let Some(slot) = self.relays.get_mut(&relay_id) {
+                slot.ends = ends;
+                slot.last = now;
+            }
+            self.stats.relays_refreshed += 1;
+            // The target has the slot already: tell it again only if its credit allows.
+            if entry.notify.take(now, NOTIFY_BURST, NOTIFY_RATE).is_ok() {
+                self.send_opened(target_ep, token, relay_id, caller);
+            }
+            self.send_opened(from, request_id, relay_id, target);
+            return;
+        }
+        let max = self.config.max_relays_per_host;
+        let host_full = |eid: &Eid| self.relays_per_host.get(eid).copied().unwrap_or(0) >= max;
+        if self.relays.len() >= self.config.max_relays || host_full(&caller) || host_full(&target) {
+            self.send_error(from, request_id, ErrorCode::Full, 0);
+            return;
+        }
+        let Some(entry) = self.records.get_mut(&target) else {
+            return;
+        };
+        if let Err(wait) = entry.notify.take(now, NOTIFY_BURST, NOTIFY_RATE) {
+            let ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+            self.send_error(from, request_id, ErrorCode::RateLimited, ms);
+            return;
+        }
+        let relay_id = loop {
+            let id = self.rng.next_u32();
+            if id != 0 && !self.relays.contains_key(&id) {
+                break id;
+            }
+        };
+        self.relays.insert(
+            relay_id,
+            Slot {
+                ends,
+                last: now,
+                budget: Bucket::full(now, self.config.relay_burst),
+            },
+        );
+        self.relay_pairs.insert(key, relay_id);
+        for eid in [caller, target] {
+            *self.relays_per_host.entry(eid).or_insert(0) += 1;
+        }
+        self.relay_expiry.insert((now + RELAY_IDLE, relay_id));
+        self.stats.relays_opened += 1;
+        // The target first, so that it knows the slot before the caller's first datagram.
+        self.send_opened(target_ep, token, relay_id, caller);
+        self.send_opened(from, request_id, relay_id, target);
+    }
+
+    fn send_opened(&mut self, to: SocketAddr, request_id: RequestId, relay_id: u32, peer: Eid) {
+        self.push(
+            to,
+            Message::RelayOpened(RelayOpened {
+                request_id,
+                relay_id,
+                idle: RELAY_IDLE.as_secs() as u32,
+                peer,
+            }),
+        );
+    }
+
     fn uncount_ip(&mut self, ip: IpAddr) {
         if let Some(n) = self.per_ip.get_mut(&ip) {
             *n -= 1;
@@ -508,5 +766,14 @@ impl Server {
                 self.per_ip.remove(&ip);
             }
         }
+    }
+}
+
+/// The key of an EID pair: the smaller EID first.
+fn pair(a: Eid, b: Eid) -> (Eid, Eid) {
+    if a.as_bytes() <= b.as_bytes() {
+        (a, b)
+    } else {
+        (b, a)
     }
 }

@@ -31,6 +31,14 @@ pub const MAX_KEEPALIVE_REPLY_LEN: usize = 1 + 8 + 1 + 19;
 pub const LOOKUP_LEN: usize = 1 + 8 + COOKIE_LEN + 1 + 32 + 32;
 /// Length of an ERROR.
 pub const ERROR_LEN: usize = 1 + 8 + 1 + 8;
+/// Length of a RELAY_OPEN.
+pub const RELAY_OPEN_LEN: usize = 1 + 8 + COOKIE_LEN + 32 + 32;
+/// Length of a RELAY_OPENED.
+pub const RELAY_OPENED_LEN: usize = 1 + 8 + 4 + 4 + 32;
+/// Bytes a RELAY_DATA adds in front of the relayed datagram: type and relay_id.
+pub const RELAY_HEADER_LEN: usize = 1 + 4;
+/// Largest RELAY_DATA a server forwards (a 1500-byte IPv4 path); longer ones are dropped.
+pub const MAX_RELAY_DATAGRAM: usize = 1472;
 
 // Amplification (spec/routing.md §7): what a server sends before the cookie round trip is
 // never larger than the request that caused it.
@@ -38,6 +46,9 @@ const _: () = assert!(MAX_COOKIE_MSG_LEN <= HELLO_LEN);
 const _: () = assert!(MAX_KEEPALIVE_REPLY_LEN <= KEEPALIVE_LEN);
 const _: () = assert!(MAX_COOKIE_MSG_LEN <= LOOKUP_LEN);
 const _: () = assert!(ERROR_LEN <= LOOKUP_LEN);
+const _: () = assert!(ERROR_LEN <= RELAY_OPEN_LEN);
+const _: () = assert!(MAX_COOKIE_MSG_LEN <= RELAY_OPEN_LEN);
+const _: () = assert!(RELAY_OPENED_LEN <= RELAY_OPEN_LEN);
 
 /// Message type codes (the first byte).
 pub mod msg_type {
@@ -61,11 +72,11 @@ pub mod msg_type {
     pub const KEEPALIVE_REPLY: u8 = 0x18;
     /// ERROR: a refused request.
     pub const ERROR: u8 = 0x19;
-    /// RELAY_OPEN (planned).
+    /// RELAY_OPEN: asks for a relay slot toward a registered target.
     pub const RELAY_OPEN: u8 = 0x1a;
-    /// RELAY_OPENED (planned).
+    /// RELAY_OPENED: the slot exists (to both of its hosts).
     pub const RELAY_OPENED: u8 = 0x1b;
-    /// RELAY_DATA (planned).
+    /// RELAY_DATA: a datagram relayed through a slot.
     pub const RELAY_DATA: u8 = 0x1c;
     /// PUNCH: a hole-punching probe between hosts; receivers ignore it.
     pub const PUNCH: u8 = 0x1d;
@@ -84,8 +95,8 @@ pub enum WireError {
     /// The first byte is not a routing message type this version knows.
     #[error("unknown routing message type {0:#04x}")]
     UnknownType(u8),
-    /// The type is reserved for a planned message (relay) not implemented yet.
-    #[error("routing message type {0:#04x} is planned, not supported")]
+    /// The type is reserved (`0x1e`-`0x1f`) for a later version.
+    #[error("routing message type {0:#04x} is reserved, not supported")]
     Unsupported(u8),
     /// Bytes follow the last field.
     #[error("{0} trailing bytes after the routing message")]
@@ -142,6 +153,8 @@ pub enum ErrorCode {
     NotRegistered = 4,
     /// The record's signature, server or observed endpoint is wrong.
     BadRecord = 5,
+    /// RELAY_OPEN for a target with no record at the server, or for the caller itself.
+    NoTarget = 6,
 }
 
 /// HELLO: asks for a cookie.
@@ -259,6 +272,58 @@ pub struct Punch {
     pub nonce: u64,
 }
 
+/// RELAY_OPEN: asks the server for a relay slot between the caller and the target.
+#[derive(Debug, Clone, Eq, PartialEq)]
+pub struct RelayOpen {
+    /// Request identifier.
+    pub request_id: RequestId,
+    /// A cookie for the caller's source endpoint.
+    pub cookie: Cookie,
+    /// The caller's EID (registered at this server from this source).
+    pub caller: Eid,
+    /// The EID to relay to (registered at this server).
+    pub target: Eid,
+}
+
+/// RELAY_OPENED: a relay slot exists; sent to both of its hosts.
+#[derive(Debug, Clone, Eq, PartialEq)]
+pub struct RelayOpened {
+    /// To the caller: the RELAY_OPEN answered; to the target: its NOTIFY token.
+    pub request_id: RequestId,
+    /// The slot, named in every RELAY_DATA.
+    pub relay_id: u32,
+    /// Seconds without forwarded traffic after which the slot ends.
+    pub idle: u32,
+    /// The EID at the other end of the slot.
+    pub peer: Eid,
+}
+
+/// RELAY_DATA: one datagram relayed through a slot.
+#[derive(Debug, Clone, Eq, PartialEq)]
+pub struct RelayData {
+    /// The slot.
+    pub relay_id: u32,
+    /// The relayed SSS datagram (at least one byte).
+    pub data: Vec<u8>,
+}
+
+/// The relay_id and relayed datagram of a RELAY_DATA, without copying; `None` if `datagram`
+/// is not a RELAY_DATA or carries nothing.
+pub fn relay_data(datagram: &[u8]) -> Option<(u32, &[u8])> {
+    match datagram {
+        [msg_type::RELAY_DATA, a, b, c, d, inner @ ..] if !inner.is_empty() => {
+            Some((u32::from_be_bytes([*a, *b, *c, *d]), inner))
+        }
+        _ => None,
+    }
+}
+
+/// The header that makes a datagram a RELAY_DATA of slot `relay_id`.
+pub fn relay_header(relay_id: u32) -> [u8; RELAY_HEADER_LEN] {
+    let id = relay_id.to_be_bytes();
+    [msg_type::RELAY_DATA, id[0], id[1], id[2], id[3]]
+}
+
 /// Any routing message.
 #[derive(Debug, Clone, Eq, PartialEq)]
 pub enum Message {
@@ -284,6 +349,12 @@ pub enum Message {
     Error(ErrorMsg),
     /// PUNCH (`0x1d`), host to host: a hole-punching probe, ignored on receipt.
     Punch(Punch),
+    /// RELAY_OPEN (`0x1a`), client to server.
+    RelayOpen(RelayOpen),
+    /// RELAY_OPENED (`0x1b`), server to client.
+    RelayOpened(RelayOpened),
+    /// RELAY_DATA (`0x1c`), host to server and server to host.
+    RelayData(RelayData),
 }
 
 impl Message {
@@ -390,6 +461,7 @@ impl Message {
                     3 => ErrorCode::RateLimited,
                     4 => ErrorCode::NotRegistered,
                     5 => ErrorCode::BadRecord,
+                    6 => ErrorCode::NoTarget,
                     value => {
                         return Err(WireError::BadValue {
                             field: "code",
@@ -404,7 +476,30 @@ impl Message {
                 })
             }
             msg_type::PUNCH => Message::Punch(Punch { nonce: r.u64()? }),
-            msg_type::RELAY_OPEN..=0x1f => return Err(WireError::Unsupported(ty)),
+            msg_type::RELAY_OPEN => Message::RelayOpen(RelayOpen {
+                request_id: r.u64()?,
+                cookie: r.array()?,
+                caller: read_eid(&mut r)?,
+                target: read_eid(&mut r)?,
+            }),
+            msg_type::RELAY_OPENED => Message::RelayOpened(RelayOpened {
+                request_id: r.u64()?,
+                relay_id: r.u32()?,
+                idle: r.u32()?,
+                peer: read_eid(&mut r)?,
+            }),
+            msg_type::RELAY_DATA => {
+                let relay_id = r.u32()?;
+                let data = r.rest();
+                if data.is_empty() {
+                    return Err(WireError::Truncated);
+                }
+                Message::RelayData(RelayData {
+                    relay_id,
+                    data: data.to_vec(),
+                })
+            }
+            0x1e..=0x1f => return Err(WireError::Unsupported(ty)),
             _ => return Err(WireError::UnknownType(ty)),
         };
         if !r.is_empty() {
@@ -481,6 +576,24 @@ impl Message {
             Message::Punch(m) => {
                 buf.push(msg_type::PUNCH);
                 buf.extend_from_slice(&m.nonce.to_be_bytes());
+            }
+            Message::RelayOpen(m) => {
+                buf.push(msg_type::RELAY_OPEN);
+                buf.extend_from_slice(&m.request_id.to_be_bytes());
+                buf.extend_from_slice(&m.cookie);
+                buf.extend_from_slice(m.caller.as_bytes());
+                buf.extend_from_slice(m.target.as_bytes());
+            }
+            Message::RelayOpened(m) => {
+                buf.push(msg_type::RELAY_OPENED);
+                buf.extend_from_slice(&m.request_id.to_be_bytes());
+                buf.extend_from_slice(&m.relay_id.to_be_bytes());
+                buf.extend_from_slice(&m.idle.to_be_bytes());
+                buf.extend_from_slice(m.peer.as_bytes());
+            }
+            Message::RelayData(m) => {
+                buf.extend_from_slice(&relay_header(m.relay_id));
+                buf.extend_from_slice(&m.data);
             }
         }
     }
@@ -643,7 +756,8 @@ mod tests {
                     Just(ErrorCode::Full),
                     Just(ErrorCode::RateLimited),
                     Just(ErrorCode::NotRegistered),
-                    Just(ErrorCode::BadRecord)
+                    Just(ErrorCode::BadRecord),
+                    Just(ErrorCode::NoTarget)
                 ],
                 any::<u64>()
             )
@@ -653,6 +767,27 @@ mod tests {
                     value
                 })),
             any::<u64>().prop_map(|nonce| Message::Punch(Punch { nonce })),
+            (any::<u64>(), any::<[u8; 16]>(), arb_eid(), arb_eid()).prop_map(
+                |(request_id, cookie, caller, target)| Message::RelayOpen(RelayOpen {
+                    request_id,
+                    cookie,
+                    caller,
+                    target
+                })
+            ),
+            (any::<u64>(), any::<u32>(), any::<u32>(), arb_eid()).prop_map(
+                |(request_id, relay_id, idle, peer)| Message::RelayOpened(RelayOpened {
+                    request_id,
+                    relay_id,
+                    idle,
+                    peer
+                })
+            ),
+            (
+                any::<u32>(),
+                proptest::collection::vec(any::<u8>(), 1..1500)
+            )
+                .prop_map(|(relay_id, data)| Message::RelayData(RelayData { relay_id, data })),
         ]
     }
 
@@ -675,12 +810,14 @@ mod tests {
             let n = cut.index(bytes.len());
             let short = Message::decode(&bytes[..n]);
             let hello_long_enough = matches!(msg, Message::Hello(_)) && n >= HELLO_LEN;
-            prop_assert!(short.is_err() != hello_long_enough, "prefix of {} / {} bytes", n, bytes.len());
+            // A RELAY_DATA's payload is whatever follows its header.
+            let relay_long_enough = matches!(msg, Message::RelayData(_)) && n > RELAY_HEADER_LEN;
+            prop_assert!(short.is_err() != (hello_long_enough || relay_long_enough), "prefix of {} / {} bytes", n, bytes.len());
             let mut long = bytes.clone();
             long.push(0);
             match msg {
-                // HELLO's padding may be any length.
-                Message::Hello(_) => prop_assert!(Message::decode(&long).is_ok()),
+                // HELLO's padding may be any length, and so may a relayed datagram.
+                Message::Hello(_) | Message::RelayData(_) => prop_assert!(Message::decode(&long).is_ok()),
                 _ => prop_assert_eq!(Message::decode(&long), Err(WireError::TrailingBytes(1))),
             }
         }
@@ -692,10 +829,25 @@ mod tests {
     }
 
     #[test]
-    fn planned_and_unknown_types_are_refused() {
-        for ty in (0x1a..=0x1c).chain(0x1e..=0x1f) {
+    fn reserved_and_unknown_types_are_refused() {
+        for ty in 0x1e..=0x1f {
             assert_eq!(Message::decode(&[ty; 80]), Err(WireError::Unsupported(ty)));
         }
+        assert_eq!(RELAY_OPEN_LEN, 89);
+        assert_eq!(RELAY_OPENED_LEN, 49);
+        // An empty RELAY_DATA carries nothing to relay.
+        assert_eq!(Message::decode(&relay_header(7)), Err(WireError::Truncated));
+        assert_eq!(relay_data(&relay_header(7)), None);
+        let mut d = relay_header(0x0a0b_0c0d).to_vec();
+        d.extend_from_slice(b"sealed");
+        assert_eq!(relay_data(&d), Some((0x0a0b_0c0d, &b"sealed"[..])));
+        assert_eq!(
+            Message::decode(&d),
+            Ok(Message::RelayData(RelayData {
+                relay_id: 0x0a0b_0c0d,
+                data: b"sealed".to_vec()
+            }))
+        );
         assert_eq!(
             Message::decode(&[msg_type::PUNCH, 1, 2, 3, 4, 5, 6, 7, 8]),
             Ok(Message::Punch(Punch {

@@ -1,6 +1,6 @@
 //! The client against a hostile or silent server, driven directly: forged records in lookup
 //! replies and NOTIFYs, replies from elsewhere or with unknown request ids, retry backoff,
-//! lookup timeouts and the lookup cap.
+//! lookup timeouts and the lookup cap; relay answers (RELAY_OPENED, ERROR) right and wrong.
 
 mod common;
 
@@ -10,8 +10,12 @@ use std::time::{Duration, Instant};
 use common::{identity, seed32};
 use sss_proto::{Eid, Identity};
 use sss_routing::client::{LookupError, RETRY_INITIAL};
-use sss_routing::wire::{CookieMsg, ErrorCode, ErrorMsg, LookupReply, Message, Notify, Registered};
-use sss_routing::{Client, ClientConfig, Event, LookupOutcome, RecordBody, SignedRecord};
+use sss_routing::wire::{
+    CookieMsg, ErrorCode, ErrorMsg, LookupReply, Message, Notify, Registered, RelayOpened,
+};
+use sss_routing::{
+    Client, ClientConfig, Event, LookupOutcome, RecordBody, RelayOutcome, SignedRecord,
+};
 
 const SERVER: &str = "203.0.113.1:9669";
 
@@ -292,4 +296,113 @@ fn notify_lookups_from_an_unregistered_host_are_refused_and_lookups_are_capped()
         Err(LookupError::TooMany)
     );
     assert_eq!(rig.client.pending_lookups(), max);
+}
+
+/// A relay is reported opened only for a RELAY_OPENED with the pending request's id and
+/// peer, offered only with our NOTIFY token; refusals end the request, silence times out;
+/// a relay to ourselves is refused at once.
+#[test]
+fn relay_answers_are_checked() {
+    let mut rig = Rig::new();
+    let token = rig.register();
+    let (target, other) = (identity(2).eid(), identity(3).eid());
+    let now = rig.now;
+    rig.client.open_relay(now, target).unwrap();
+    let Some(Message::RelayOpen(open)) = rig.sent().pop() else {
+        panic!("RELAY_OPEN")
+    };
+    assert_eq!((open.caller, open.target), (rig.client.eid(), target));
+    let opened = |request_id, peer| {
+        Message::RelayOpened(RelayOpened {
+            request_id,
+            relay_id: 9,
+            idle: 60,
+            peer,
+        })
+    };
+    // Wrong id, wrong peer, from elsewhere: nothing.
+    rig.deliver(opened(open.request_id ^ 1, target));
+    rig.deliver(opened(open.request_id, other));
+    rig.deliver_from(
+        "192.0.2.1:1".parse().unwrap(),
+        opened(open.request_id, target),
+    );
+    assert_eq!(rig.events(), vec![]);
+    rig.deliver(opened(open.request_id, target));
+    assert_eq!(
+        rig.events(),
+        vec![Event::RelayResult {
+            peer: target,
+            outcome: RelayOutcome::Opened {
+                relay_id: 9,
+                idle: Duration::from_secs(60)
+            }
+        }]
+    );
+    // Offers: only with our token, never from ourselves.
+    rig.deliver(opened(token ^ 1, other));
+    rig.deliver(opened(token, rig.client.eid()));
+    assert_eq!(rig.events(), vec![]);
+    rig.deliver(opened(token, other));
+    assert_eq!(
+        rig.events(),
+        vec![Event::RelayOffered {
+            peer: other,
+            relay_id: 9,
+            idle: Duration::from_secs(60)
+        }]
+    );
+    // A refusal.
+    let now = rig.now;
+    rig.client.open_relay(now, other).unwrap();
+    let Some(Message::RelayOpen(open)) = rig.sent().pop() else {
+        panic!("RELAY_OPEN")
+    };
+    rig.deliver(Message::Error(ErrorMsg {
+        request_id: open.request_id,
+        code: ErrorCode::Full,
+        value: 0,
+    }));
+    assert_eq!(
+        rig.events(),
+        vec![Event::RelayResult {
+            peer: other,
+            outcome: RelayOutcome::Refused(ErrorCode::Full)
+        }]
+    );
+    // Silence: retried, then timed out.
+    rig.client.open_relay(now, other).unwrap();
+    let mut opens = 0;
+    let mut events = Vec::new();
+    while events.is_empty() {
+        opens += rig
+            .sent()
+            .iter()
+            .filter(|m| matches!(m, Message::RelayOpen(_)))
+            .count();
+        rig.advance_to_timeout();
+        events = rig
+            .events()
+            .into_iter()
+            .filter(|e| matches!(e, Event::RelayResult { .. }))
+            .collect();
+    }
+    assert!(opens >= 3, "{opens} RELAY_OPENs");
+    assert_eq!(
+        events,
+        vec![Event::RelayResult {
+            peer: other,
+            outcome: RelayOutcome::TimedOut
+        }]
+    );
+    // Ourselves.
+    let me = rig.client.eid();
+    rig.client.open_relay(rig.now, me).unwrap();
+    assert_eq!(
+        rig.events(),
+        vec![Event::RelayResult {
+            peer: me,
+            outcome: RelayOutcome::Refused(ErrorCode::NoTarget)
+        }]
+    );
 }

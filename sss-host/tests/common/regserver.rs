@@ -22,23 +22,31 @@ pub(crate) struct Regserver {
     /// Bumped after every datagram and timer: what a test awaits.
     changes: watch::Receiver<u64>,
     task: JoinHandle<()>,
+    tweak: fn(&mut ServerConfig),
 }
 
-fn new_server(eid: Eid) -> Server {
+fn new_server(eid: Eid, tweak: fn(&mut ServerConfig)) -> Server {
     let mut seed = [0u8; 32];
     OsRng.fill_bytes(&mut seed);
-    Server::new(ServerConfig::new(eid, seed), Instant::now())
+    let mut config = ServerConfig::new(eid, seed);
+    tweak(&mut config);
+    Server::new(config, Instant::now())
 }
 
 impl Regserver {
     /// Starts a regserver with a new identity on 127.0.0.1.
     pub(crate) async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Like [`Regserver::start`], with the configuration changed by `tweak`.
+    pub(crate) async fn start_with(tweak: fn(&mut ServerConfig)) -> Self {
         let mut secret = [0u8; 32];
         OsRng.fill_bytes(&mut secret);
         let eid = Identity::from_secret_bytes(&secret).eid();
         let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
         let addr = socket.local_addr().unwrap();
-        let server = Arc::new(Mutex::new(new_server(eid)));
+        let server = Arc::new(Mutex::new(new_server(eid, tweak)));
         let (tx, changes) = watch::channel(0u64);
         let task = tokio::spawn(run(socket, server.clone(), tx));
         Self {
@@ -47,6 +55,7 @@ impl Regserver {
             server,
             changes,
             task,
+            tweak,
         }
     }
 
@@ -58,7 +67,7 @@ impl Regserver {
     /// Replaces the server's state with a fresh one (same EID and address, new cookie
     /// secret, no records): what a restart of the process does.
     pub(crate) fn restart(&self) {
-        *self.server.lock().unwrap() = new_server(self.eid);
+        *self.server.lock().unwrap() = new_server(self.eid, self.tweak);
     }
 
     /// Whether a record of `eid` is stored.
@@ -69,6 +78,11 @@ impl Regserver {
     /// How many lookups the server answered.
     pub(crate) fn lookups(&self) -> u64 {
         self.server.lock().unwrap().stats().lookups
+    }
+
+    /// The server's counters.
+    pub(crate) fn stats(&self) -> sss_routing::server::ServerStats {
+        self.server.lock().unwrap().stats().clone()
     }
 
     /// How many NOTIFYs the server sent.

@@ -164,6 +164,9 @@ struct Handshaking {
     message: Vec<u8>,
     send_pending: bool,
     retry_delay: Duration,
+    /// [`Channel::retry_handshake_now`] sent the initiation again since the last timed retry
+    /// (it may do so once per retry interval).
+    early_retry_used: bool,
 }
 
 /// Who a channel is with, and how it started.
@@ -372,6 +375,7 @@ impl<M> Channel<M> {
             message: Vec::new(),
             send_pending: true,
             retry_delay: retry,
+            early_retry_used: false,
         }));
         let origin = Origin {
             side: Side::Initiator,
@@ -669,6 +673,27 @@ impl<M> Channel<M> {
         }
     }
 
+    /// Tells a channel still in its handshake that its peer's address has just become
+    /// reachable: a hole-punching probe (sss-routing's PUNCH) arrived from
+    /// [`remote_address`](Self::remote_address). Behind a NAT that filters unsolicited
+    /// packets, an initiation that reached the peer's NAT before the peer's own probe opened
+    /// it was dropped there; sending it again now gets through at once instead of at the next
+    /// timed retry (a second later). Returns whether an initiation was queued: at most once
+    /// per retry interval, so that spoofed probes cannot make the channel send more than its
+    /// timer would at twice the rate; the timed retries keep their schedule. Nothing happens
+    /// after the handshake, or before the first initiation was sent.
+    pub fn retry_handshake_now(&mut self, now: Instant) -> bool {
+        let State::Handshake(hs) = &mut self.state else {
+            return false;
+        };
+        if hs.early_retry_used || !hs.initiator.is_sent() {
+            return false;
+        }
+        hs.early_retry_used = true;
+        self.retry_initiation(now);
+        matches!(&self.state, State::Handshake(hs) if hs.send_pending)
+    }
+
     fn handle_cookie_reply(&mut self, now: Instant, data: &[u8]) {
         let State::Handshake(hs) = &mut self.state else {
             return;
@@ -789,9 +814,17 @@ impl<M> Channel<M> {
         self.reset_idle_timer(now);
         match self.state {
             State::Draining(_) => return,
-            State::Closing(_) => {
-                // Answer with CLOSE again; the peer may have lost the first one.
-                self.close_pending = true;
+            State::Closing(ref error) => {
+                // The peer's CLOSE means it got ours or closed at the same time (both sides
+                // superseding the channel at once): drain quietly. Answering it with another
+                // CLOSE would start a CLOSE ping-pong that lasts the whole closing period.
+                if Frames::new(payload).any(|f| matches!(f, Ok(Frame::Close { .. }))) {
+                    self.state = State::Draining(error.clone());
+                    self.close_pending = false;
+                } else {
+                    // Answer with CLOSE again; the peer may have lost the first one.
+                    self.close_pending = true;
+                }
                 return;
             }
             _ => {}
@@ -1356,6 +1389,7 @@ impl<M> Channel<M> {
                 Timer::HandshakeRetry => {
                     self.retry_initiation(now);
                     if let State::Handshake(hs) = &mut self.state {
+                        hs.early_retry_used = false;
                         hs.retry_delay = (hs.retry_delay * 2).min(Duration::from_secs(8));
                         let delay = hs.retry_delay;
                         self.timers.set(Timer::HandshakeRetry, now + delay);

@@ -54,19 +54,26 @@ fn establish(now: Instant, mut ea: Endpoint, mut eb: Endpoint) -> (Channel<()>, 
     let t = a
         .poll_transmit(now, 1, &mut buf, &mut ())
         .expect("initiation");
+    let b = answer(now, &mut eb, &mut a, &buf[..t.size]);
+    assert!(a.is_established());
+    (a, b)
+}
+
+/// Delivers `initiation` from `a` (at `addr(1)`) to `eb`, which accepts it, and `eb`'s
+/// response back to `a`; returns the responder's channel.
+fn answer(now: Instant, eb: &mut Endpoint, a: &mut Channel<()>, initiation: &[u8]) -> Channel<()> {
     let mut scratch = Vec::new();
-    let Some(DatagramEvent::Incoming(incoming)) =
-        eb.handle(now, addr(1), &buf[..t.size], &mut scratch)
+    let Some(DatagramEvent::Incoming(incoming)) = eb.handle(now, addr(1), initiation, &mut scratch)
     else {
         panic!("the initiation must reach the application");
     };
     let (_, mut b) = eb.accept::<()>(now, incoming).expect("accept");
+    let mut buf = Vec::new();
     let t = b
         .poll_transmit(now, 1, &mut buf, &mut ())
         .expect("response");
     a.handle_datagram(now, addr(2), &mut buf[..t.size], &mut ());
-    assert!(a.is_established());
-    (a, b)
+    b
 }
 
 fn handshake() -> Handshaken {
@@ -725,4 +732,113 @@ fn a_late_acknowledgement_of_a_lost_packet_undoes_its_congestion_event() {
         fates.sort_unstable();
         assert_eq!(fates, (0..8).collect::<Vec<_>>(), "acked {:?}", upper.acked);
     }
+}
+
+/// Both sides close at once (each superseding the channel): each gets the other's CLOSE
+/// while closing, drains, and the exchange stops after one CLOSE each way instead of
+/// answering CLOSE with CLOSE for the whole closing period.
+#[test]
+fn simultaneous_closes_do_not_ping_pong() {
+    let Handshaken {
+        mut now,
+        mut a,
+        mut b,
+        mut ping,
+    } = handshake();
+    b.handle_datagram(now, addr(1), &mut ping, &mut ());
+    assert!(b.is_established());
+    a.close(now, 0, b"superseded", &mut ());
+    b.close(now, 0, b"superseded", &mut ());
+    let mut buf = Vec::new();
+    let mut sent = 0;
+    for _ in 0..200 {
+        now += Duration::from_millis(1);
+        let mut to_b = Vec::new();
+        while let Some(t) = a.poll_transmit(now, 1, &mut buf, &mut ()) {
+            to_b.push(buf[..t.size].to_vec());
+        }
+        let mut to_a = Vec::new();
+        while let Some(t) = b.poll_transmit(now, 1, &mut buf, &mut ()) {
+            to_a.push(buf[..t.size].to_vec());
+        }
+        sent += to_a.len() + to_b.len();
+        for mut d in to_b {
+            b.handle_datagram(now, addr(1), &mut d, &mut ());
+        }
+        for mut d in to_a {
+            a.handle_datagram(now, addr(2), &mut d, &mut ());
+        }
+    }
+    assert_eq!(sent, 2, "one CLOSE each way");
+}
+
+/// A hole-punching probe from the peer's address makes an initiator whose first initiation
+/// died at the peer's NAT send it again at once (once per retry interval), instead of waiting
+/// for the timed retry.
+#[test]
+fn retry_handshake_now_resends_the_initiation_once_per_retry_interval() {
+    let mut now = Instant::now();
+    let (mut ea, mut eb) = (endpoint(1, now), endpoint(2, now));
+    let (_, mut a) = ea
+        .connect::<()>(now, eb.eid(), addr(2), "test", "none")
+        .expect("connect");
+    // Nothing sent yet: there is nothing to send again.
+    assert!(!a.retry_handshake_now(now));
+    let mut buf = Vec::new();
+    let _sent = a
+        .poll_transmit(now, 1, &mut buf, &mut ())
+        .expect("first initiation (lost at the peer's NAT)");
+    let retry_at = a.poll_timeout().expect("the handshake retry timer");
+    assert!(retry_at >= now + Duration::from_millis(500));
+
+    // The peer's PUNCH arrives 30 ms later: the initiation goes again, now.
+    now += Duration::from_millis(30);
+    assert!(a.retry_handshake_now(now));
+    let t = a
+        .poll_transmit(now, 1, &mut buf, &mut ())
+        .expect("the initiation, sent again at once");
+    // A second probe within the same retry interval does nothing more.
+    assert!(!a.retry_handshake_now(now + Duration::from_millis(10)));
+    assert!(a
+        .poll_transmit(now + Duration::from_millis(10), 1, &mut Vec::new(), &mut ())
+        .is_none());
+    // The timed retry keeps its schedule.
+    assert_eq!(a.poll_timeout(), Some(retry_at));
+
+    answer(now, &mut eb, &mut a, &buf[..t.size]);
+    assert!(
+        a.is_established(),
+        "established 30 ms in, not at the timed retry"
+    );
+    // After the handshake a probe changes nothing.
+    assert!(!a.retry_handshake_now(now));
+}
+
+/// The timed retry renews the allowance of [`Channel::retry_handshake_now`].
+#[test]
+fn retry_handshake_now_is_allowed_again_after_each_timed_retry() {
+    let mut now = Instant::now();
+    let eb = endpoint(2, now);
+    let mut ea = endpoint(1, now);
+    let (_, mut a) = ea
+        .connect::<()>(now, eb.eid(), addr(2), "test", "none")
+        .expect("connect");
+    let mut buf = Vec::new();
+    let _sent = a
+        .poll_transmit(now, 1, &mut buf, &mut ())
+        .expect("first initiation");
+    assert!(a.retry_handshake_now(now));
+    let _sent = a
+        .poll_transmit(now, 1, &mut buf, &mut ())
+        .expect("early retry");
+    assert!(!a.retry_handshake_now(now));
+    now = a.poll_timeout().expect("retry timer");
+    a.handle_timeout(now, &mut ());
+    let _sent = a
+        .poll_transmit(now, 1, &mut buf, &mut ())
+        .expect("timed retry");
+    assert!(a.retry_handshake_now(now));
+    let _sent = a
+        .poll_transmit(now, 1, &mut buf, &mut ())
+        .expect("early retry after the timed one");
 }

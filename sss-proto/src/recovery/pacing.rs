@@ -81,7 +81,34 @@ impl Pacer {
 
     /// Returns `None` when `bytes_to_send` may go now, else the instant when it may (call
     /// again then).
+    #[inline]
     pub fn delay(
+        &mut self,
+        smoothed_rtt: Duration,
+        bytes_to_send: u64,
+        mtu: u16,
+        window: u64,
+        now: Instant,
+    ) -> Option<Instant> {
+        // Fast path, inlined into the sender's loop (asked once per packet): no rate known
+        // yet (no pacing), or nothing changed since the last call, no release time pending,
+        // and the bucket holds enough. (Skipping the capacity update for an unknown rate
+        // changes nothing: the next call with a known rate sees changed inputs and does it.)
+        if smoothed_rtt.is_zero()
+            || window == 0
+            || (self.tokens >= bytes_to_send
+                && self.release_at.is_none()
+                && window == self.last_window
+                && smoothed_rtt == self.last_rtt
+                && mtu == self.last_mtu)
+        {
+            return None;
+        }
+        self.delay_slow(smoothed_rtt, bytes_to_send, mtu, window, now)
+    }
+
+    #[inline(never)]
+    fn delay_slow(
         &mut self,
         smoothed_rtt: Duration,
         bytes_to_send: u64,

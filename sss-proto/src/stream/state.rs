@@ -203,9 +203,10 @@ mod tests {
 
     #[test]
     fn session_stamps_are_microseconds_never_zero_and_wrap() {
+        use rand_chacha::rand_core::SeedableRng;
         use std::sync::Arc;
         use std::time::{Duration, Instant};
-        let eid = crate::testkit::identity(1).eid();
+        let eid = crate::Identity::generate(&mut rand_chacha::ChaCha20Rng::seed_from_u64(1)).eid();
         let mut s = crate::stream::Session::new(Arc::default(), eid, eid, 1);
         let t0 = Instant::now();
         assert_eq!(

@@ -2,12 +2,15 @@
 //! endpoints), time steps, and datagrams from the server's address or elsewhere: raw bytes,
 //! or answers built from what the client last sent (COOKIE, REGISTERED, ERROR, LOOKUP_REPLY
 //! with a genuine, forged or foreign record, KEEPALIVE_REPLY, NOTIFY with the right or a
-//! wrong token).
+//! wrong token, RELAY_OPENED to the last RELAY_OPEN or with the registration token, right
+//! or wrong, and ERROR to the last RELAY_OPEN).
 //!
 //! Checks: no panic; everything the client sends goes to the server, decodes, is a
 //! client-to-server message, and every REGISTER's record verifies and names the server;
 //! pending lookups stay within the cap; a `Found` lookup result or a `PunchRequest` only
-//! follows a genuine record delivered for that EID; after `handle_timeout(now)` the next
+//! follows a genuine record delivered for that EID; a relay is reported opened (or offered)
+//! only after a RELAY_OPENED with the pending request's id (or the registration token);
+//! after `handle_timeout(now)` the next
 //! deadline lies after `now`.
 #![no_main]
 
@@ -23,9 +26,11 @@ use rand_chacha::ChaCha20Rng;
 use sss_proto::{Eid, Identity};
 use sss_routing::wire::{
     CookieMsg, ErrorCode, ErrorMsg, KeepaliveReply, KeepaliveStatus, LookupReply, Message, Notify,
-    Registered,
+    Registered, RelayOpened,
 };
-use sss_routing::{Client, ClientConfig, Event, LookupOutcome, RecordBody, SignedRecord};
+use sss_routing::{
+    Client, ClientConfig, Event, LookupOutcome, RecordBody, RelayOutcome, SignedRecord,
+};
 
 const SERVER: &str = "203.0.113.1:9669";
 const OBSERVED: [&str; 3] = ["198.51.100.1:5000", "198.51.100.1:5001", "[2001:db8::7]:1"];
@@ -73,6 +78,17 @@ enum Op {
         good_token: bool,
         genuine: bool,
     },
+    OpenRelay {
+        target: u8,
+    },
+    AnswerRelay {
+        /// 0: RELAY_OPENED to the last RELAY_OPEN, 1: RELAY_OPENED with the registration
+        /// token (an offer), 2: ERROR to the last RELAY_OPEN.
+        kind: u8,
+        id_xor: u8,
+        relay_id: u32,
+        peer: u8,
+    },
     Advance {
         ms: u32,
     },
@@ -86,6 +102,7 @@ struct Last {
     lookup: Option<(u64, Eid)>,
     keepalive: Option<u64>,
     token: Option<u64>,
+    relay: Option<(u64, Eid)>,
 }
 
 fuzz_target!(|ops: Vec<Op>| {
@@ -99,6 +116,8 @@ fuzz_target!(|ops: Vec<Op>| {
     let mut now = Instant::now();
     let mut last = Last::default();
     let mut genuine: BTreeSet<Eid> = BTreeSet::new();
+    // Relay answers that were genuine: (peer, relay_id).
+    let mut relay_answers: BTreeSet<(Eid, u32)> = BTreeSet::new();
 
     for op in ops.into_iter().take(256) {
         let mut datagram: Option<(SocketAddr, Message)> = None;
@@ -258,6 +277,52 @@ fuzz_target!(|ops: Vec<Op>| {
                 }
                 datagram = Some((server, Message::Notify(Notify { token, caller: rec })));
             }
+            Op::OpenRelay { target } => {
+                let _ = client.open_relay(now, ids[usize::from(target) % 4].eid());
+            }
+            Op::AnswerRelay {
+                kind,
+                id_xor,
+                relay_id,
+                peer,
+            } => {
+                let peer = ids[usize::from(peer) % 4].eid();
+                match kind % 3 {
+                    0 | 1 => {
+                        let (request_id, peer) = if kind % 3 == 0 {
+                            let (id, target) = last.relay.unwrap_or((0, peer));
+                            (id, if id_xor & 2 == 0 { target } else { peer })
+                        } else {
+                            (last.token.unwrap_or(0), peer)
+                        };
+                        let request_id = request_id ^ u64::from(id_xor & 1);
+                        if id_xor & 1 == 0 && (last.relay.is_some() || last.token.is_some()) {
+                            relay_answers.insert((peer, relay_id));
+                        }
+                        datagram = Some((
+                            server,
+                            Message::RelayOpened(RelayOpened {
+                                request_id,
+                                relay_id,
+                                idle: u32::from(id_xor),
+                                peer,
+                            }),
+                        ));
+                    }
+                    _ => {
+                        if let Some((request_id, _)) = last.relay {
+                            datagram = Some((
+                                server,
+                                Message::Error(ErrorMsg {
+                                    request_id,
+                                    code: ErrorCode::NoTarget,
+                                    value: 0,
+                                }),
+                            ));
+                        }
+                    }
+                }
+            }
             Op::Advance { ms } => now += Duration::from_millis(u64::from(ms % 1_000_000)),
             Op::Timeout => {
                 if let Some(t) = client.poll_timeout() {
@@ -288,6 +353,10 @@ fuzz_target!(|ops: Vec<Op>| {
                     assert_eq!(k.eid, client.eid());
                     last.keepalive = Some(k.request_id);
                 }
+                Message::RelayOpen(r) => {
+                    assert_eq!(r.caller, client.eid());
+                    last.relay = Some((r.request_id, r.target));
+                }
                 other => panic!("client sent a server message {other:?}"),
             }
         }
@@ -299,6 +368,17 @@ fuzz_target!(|ops: Vec<Op>| {
                     outcome: LookupOutcome::Found(_),
                 } => {
                     assert!(genuine.contains(&eid), "Found without a genuine record");
+                }
+                Event::RelayResult {
+                    peer,
+                    outcome: RelayOutcome::Opened { relay_id, .. },
+                }
+                | Event::RelayOffered { peer, relay_id, .. } => {
+                    assert!(
+                        relay_answers.contains(&(peer, relay_id)),
+                        "a relay nobody answered"
+                    );
+                    assert_ne!(peer, client.eid());
                 }
                 Event::PunchRequest { peer, .. } => {
                     assert!(

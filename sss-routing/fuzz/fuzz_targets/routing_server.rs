@@ -1,13 +1,17 @@
 //! Drives a regserver with programs of datagrams from a few sources: raw bytes, and
 //! well-formed HELLO, REGISTER (genuine or tampered records, with the source's latest cookie
-//! or a wrong one), LOOKUP and KEEPALIVE, interleaved with time steps and timeouts.
+//! or a wrong one), LOOKUP, KEEPALIVE, RELAY_OPEN and RELAY_DATA (naming slots the server
+//! opened, or any id), interleaved with time steps and timeouts.
 //!
 //! Checks: no panic; every queued datagram decodes and is a server-to-client message; a
 //! datagram causes at most two; replies go to the source except NOTIFY, which goes to a
 //! stored record's observed endpoint; COOKIE and KEEPALIVE_REPLY are never larger than the
 //! request; every table stays within its cap; every stored record verifies, names this
 //! server and the source that registered it; a stored record's seq never goes down while it
-//! stays stored; after `handle_timeout(now)` the next deadline lies after `now`.
+//! stays stored; after `handle_timeout(now)` the next deadline lies after `now`. Relay:
+//! RELAY_OPENED goes to the source or to a stored record's observed endpoint and is smaller
+//! than the RELAY_OPEN; a forwarded RELAY_DATA is the received datagram unchanged, sent once,
+//! to another endpoint than its source; the slots stay within their caps.
 #![no_main]
 
 use std::collections::BTreeMap;
@@ -20,7 +24,10 @@ use libfuzzer_sys::fuzz_target;
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use sss_proto::{Eid, Identity};
-use sss_routing::wire::{Cookie, Hello, Keepalive, Lookup, Message, Register, HELLO_LEN};
+use sss_routing::wire::{
+    msg_type, relay_header, Cookie, Hello, Keepalive, Lookup, Message, Register, RelayOpen,
+    HELLO_LEN,
+};
 use sss_routing::{RecordBody, Server, ServerConfig, SignedRecord};
 
 const SOURCES: [&str; 6] = [
@@ -75,6 +82,18 @@ enum Op {
         src: u8,
         host: u8,
     },
+    RelayOpen {
+        src: u8,
+        caller: u8,
+        target: u8,
+        wrong_cookie: bool,
+    },
+    RelayData {
+        src: u8,
+        /// A relay_id the server handed out (by index), or this value if none.
+        relay: u32,
+        len: u16,
+    },
     Advance {
         ms: u32,
     },
@@ -92,6 +111,8 @@ struct Rig {
     cookies: BTreeMap<SocketAddr, Cookie>,
     last_register: Option<(SocketAddr, Vec<u8>)>,
     next_id: u64,
+    /// relay_ids seen in RELAY_OPENED.
+    relays: Vec<u32>,
 }
 
 impl Rig {
@@ -105,9 +126,18 @@ impl Rig {
         let mut count = 0;
         while let Some(t) = self.server.poll_transmit(self.now, &mut buf) {
             count += 1;
+            if buf.first() == Some(&msg_type::RELAY_DATA) {
+                assert_eq!(
+                    &buf[..t.size],
+                    data,
+                    "a relayed datagram is forwarded unchanged"
+                );
+                assert_ne!(t.destination, from, "relayed back to its source");
+                continue;
+            }
             let reply = Message::decode(&buf[..t.size]).expect("the server sends valid messages");
             match &reply {
-                Message::Notify(_) => {
+                Message::Notify(_) | Message::RelayOpened(_) if t.destination != from => {
                     let stored = identities().iter().any(|id| {
                         self.server
                             .record(&id.eid())
@@ -124,6 +154,12 @@ impl Rig {
                     self.cookies.insert(from, c.cookie);
                 }
                 Message::KeepaliveReply(_) => assert!(t.size <= data.len(), "amplifying reply"),
+                Message::RelayOpened(o) => {
+                    assert!(t.size <= data.len(), "amplifying RELAY_OPENED");
+                    if !self.relays.contains(&o.relay_id) {
+                        self.relays.push(o.relay_id);
+                    }
+                }
                 Message::Registered(_)
                 | Message::LookupReply(_)
                 | Message::Notify(_)
@@ -141,6 +177,7 @@ impl Rig {
         assert!(self.server.source_count() <= config.max_sources);
         assert!(self.server.max_records_of_one_ip() <= config.max_records_per_ip);
         assert!(self.server.queued() <= config.max_queued);
+        assert!(self.server.relay_count() <= config.max_relays);
         for id in identities() {
             if let Some(rec) = self.server.record(&id.eid()) {
                 assert!(rec.is_valid_for(&id.eid(), &self.server_id));
@@ -167,6 +204,10 @@ fuzz_target!(|ops: Vec<Op>| {
     config.max_sources = 3;
     config.source_burst = 4;
     config.source_rate = 2;
+    config.max_relays = 2;
+    config.max_relays_per_host = 1;
+    config.relay_burst = 3000;
+    config.relay_rate = 1000;
     let mut rig = Rig {
         server: Server::new(config, now),
         server_id,
@@ -174,6 +215,7 @@ fuzz_target!(|ops: Vec<Op>| {
         cookies: BTreeMap::new(),
         last_register: None,
         next_id: 0,
+        relays: Vec::new(),
     };
     let sources: Vec<SocketAddr> = SOURCES.iter().map(|s| s.parse().unwrap()).collect();
     for op in ops.into_iter().take(256) {
@@ -262,6 +304,36 @@ fuzz_target!(|ops: Vec<Op>| {
                     eid: ids[usize::from(host) % 4].eid(),
                 });
                 rig.deliver(pick(&sources, src), &msg.to_vec());
+            }
+            Op::RelayOpen {
+                src,
+                caller,
+                target,
+                wrong_cookie,
+            } => {
+                let from = pick(&sources, src);
+                let mut cookie = rig.cookies.get(&from).copied().unwrap_or_default();
+                if wrong_cookie {
+                    cookie[0] ^= 1;
+                }
+                let request_id = rig.request_id();
+                let msg = Message::RelayOpen(RelayOpen {
+                    request_id,
+                    cookie,
+                    caller: ids[usize::from(caller) % 4].eid(),
+                    target: ids[usize::from(target) % 4].eid(),
+                });
+                rig.deliver(from, &msg.to_vec());
+            }
+            Op::RelayData { src, relay, len } => {
+                let id = if rig.relays.is_empty() {
+                    relay
+                } else {
+                    rig.relays[relay as usize % rig.relays.len()]
+                };
+                let mut data = relay_header(id).to_vec();
+                data.resize(usize::from(len % 1600), 0x42);
+                rig.deliver(pick(&sources, src), &data);
             }
             Op::Advance { ms } => rig.now += Duration::from_millis(u64::from(ms % 600_000)),
             Op::Timeout => {

@@ -12,7 +12,8 @@ use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use sss_proto::sim::{LinkConfig, NatId, NatKind, Network, Node, NodeId};
 use sss_proto::{Eid, Identity, Transmit};
-use sss_routing::{Client, ClientConfig, Event, LookupOutcome, Server, ServerConfig};
+use sss_routing::wire::{msg_type, relay_data, relay_header};
+use sss_routing::{Client, ClientConfig, Event, LookupOutcome, RelayOutcome, Server, ServerConfig};
 
 /// First byte of a probe (a channel-data class byte: not routing).
 pub const PROBE: u8 = 0x40;
@@ -38,6 +39,10 @@ pub struct Host {
     pub events: Vec<(Instant, Event)>,
     /// Probes received: (from, sender EID bytes).
     pub probes: Vec<(SocketAddr, Vec<u8>)>,
+    /// Relay slots this host knows (as caller or target): (peer, relay_id).
+    pub relays: Vec<(Eid, u32)>,
+    /// RELAY_DATA received: (from, relay_id, relayed bytes).
+    pub relayed: Vec<(SocketAddr, u32, Vec<u8>)>,
     /// Endpoints to probe, with the number of probes left.
     targets: Vec<(SocketAddr, u32)>,
     next_probe: Option<Instant>,
@@ -59,6 +64,17 @@ impl Host {
                 self.targets.push((ep, PROBES));
                 self.next_probe.get_or_insert(now);
             }
+            match &ev {
+                Event::RelayResult {
+                    peer,
+                    outcome: RelayOutcome::Opened { relay_id, .. },
+                }
+                | Event::RelayOffered { peer, relay_id, .. } => {
+                    self.relays.retain(|(p, _)| p != peer);
+                    self.relays.push((*peer, *relay_id));
+                }
+                _ => {}
+            }
             self.events.push((now, ev));
         }
     }
@@ -75,6 +91,21 @@ impl Host {
         }
         self.targets.retain(|(_, left)| *left > 0);
         self.next_probe = (!self.targets.is_empty()).then_some(now + PROBE_INTERVAL);
+    }
+
+    /// Queues `payload` as a RELAY_DATA of `relay_id` to `server`.
+    pub fn send_relayed(&mut self, server: SocketAddr, relay_id: u32, payload: &[u8]) {
+        let mut d = relay_header(relay_id).to_vec();
+        d.extend_from_slice(payload);
+        self.out.push_back((server, d));
+    }
+
+    /// The relay_id this host knows for `peer`.
+    pub fn relay_to(&self, peer: &Eid) -> Option<u32> {
+        self.relays
+            .iter()
+            .find(|(p, _)| p == peer)
+            .map(|(_, id)| *id)
     }
 
     /// Whether a probe from `peer` arrived.
@@ -136,6 +167,11 @@ impl Node for Peer {
             Peer::Server(s) => s.handle_datagram(now, from, data),
             Peer::Host(h) => {
                 match data.first() {
+                    Some(&msg_type::RELAY_DATA) => {
+                        if let Some((id, inner)) = relay_data(data) {
+                            h.relayed.push((from, id, inner.to_vec()));
+                        }
+                    }
                     Some(0x10..=0x1f) => h.client.handle_datagram(now, from, data),
                     Some(&PROBE) => h.probes.push((from, data[1..].to_vec())),
                     _ => {}
@@ -262,6 +298,8 @@ impl World {
             client,
             events: Vec::new(),
             probes: Vec::new(),
+            relays: Vec::new(),
+            relayed: Vec::new(),
             targets: Vec::new(),
             next_probe: None,
             out: VecDeque::new(),
@@ -310,6 +348,35 @@ impl World {
             .client
             .lookup(now, eid, notify)
             .expect("lookup starts");
+    }
+
+    pub fn open_relay(&mut self, from: NodeId, target: NodeId) {
+        let eid = self.eid(target);
+        let now = self.net.now();
+        self.host_mut(from)
+            .client
+            .open_relay(now, eid)
+            .expect("relay request starts");
+    }
+
+    /// The outcome of the last relay request of `host` toward `target`, if one ended.
+    pub fn relay_outcome(&self, host: NodeId, target: &Eid) -> Option<RelayOutcome> {
+        self.host(host)
+            .events
+            .iter()
+            .rev()
+            .find_map(|(_, e)| match e {
+                Event::RelayResult { peer, outcome } if peer == target => Some(outcome.clone()),
+                _ => None,
+            })
+    }
+
+    /// Sends `payload` from `host` through its relay to `peer`.
+    pub fn send_relayed(&mut self, host: NodeId, peer: NodeId, payload: &[u8]) {
+        let eid = self.eid(peer);
+        let h = self.host_mut(host);
+        let id = h.relay_to(&eid).expect("a relay to the peer");
+        h.send_relayed(SERVER_ADDR.parse().unwrap(), id, payload);
     }
 
     /// The outcome of the last lookup of `target` by `host`, if one ended.
