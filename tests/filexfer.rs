@@ -364,3 +364,27 @@ async fn an_abandoned_transfer_leaves_nothing_unless_it_can_be_resumed() {
         part.len()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_file_sent_with_a_large_one_does_not_wait_for_it() {
+    let root = tempfile::tempdir().unwrap();
+    let (src, dst) = (root.path().join("src"), root.path().join("dst"));
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::create_dir_all(&dst).unwrap();
+    // The large file goes first; each has its own substream, so the small one's bytes and
+    // verdict are not queued behind the large one's.
+    let files = [
+        outgoing(&src, "large.bin", &pattern(21, 32 << 20), false).await,
+        outgoing(&src, "small.txt", b"a short note", false).await,
+    ];
+    let rig = Rig::new(Inbox::new(&dst, false, u64::MAX)).await;
+    let sent = rig.send(&files).await;
+    assert!(sent.iter().all(sender::Sent::ok), "{sent:?}");
+    assert!(
+        sent[1].elapsed < sent[0].elapsed,
+        "the small file's verdict came after {:?}, the large file's after {:?}",
+        sent[1].elapsed,
+        sent[0].elapsed
+    );
+    assert_eq!(rig.finish().await, (2, 0));
+}
