@@ -70,7 +70,7 @@ impl Rig {
         let results = within(session::send_files(
             &self.session,
             files,
-            &Arc::new(AtomicU64::new(0)),
+            &Arc::new(session::Progress::default()),
         ))
         .await;
         results.into_iter().map(|r| r.unwrap()).collect()

@@ -56,14 +56,16 @@ pub(crate) fn mib(n: u64) -> String {
     }
 }
 
-/// A throughput: MiB/s and Gbit/s.
+/// A throughput: MiB/s and Gbit/s (Mbit/s below 1 Gbit/s).
 pub(crate) fn rate(bytes: u64, elapsed: Duration) -> String {
     let secs = elapsed.as_secs_f64().max(1e-9);
-    format!(
-        "{:.0} MiB/s ({:.2} Gbit/s)",
-        bytes as f64 / secs / (1u64 << 20) as f64,
-        bytes as f64 * 8.0 / secs / 1e9
-    )
+    let mib_s = bytes as f64 / secs / (1u64 << 20) as f64;
+    let bits = bytes as f64 * 8.0 / secs;
+    if bits >= 1e9 {
+        format!("{mib_s:.0} MiB/s ({:.2} Gbit/s)", bits / 1e9)
+    } else {
+        format!("{mib_s:.2} MiB/s ({:.1} Mbit/s)", bits / 1e6)
+    }
 }
 
 /// Milliseconds with a tenth.

@@ -30,7 +30,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
-use sss_host::{Eid, Host, HostConfig, Stream};
+use sss_host::{Eid, Host, HostConfig, ImpairConfig, Relay, Stream};
 use tokio::io::AsyncWriteExt;
 
 use common::{hex, mib, parse_regserver, parse_size, rate, Pattern};
@@ -103,6 +103,13 @@ enum Command {
         /// Work in this directory (kept) instead of a temporary one (removed).
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// Send through the impairment relay, dropping this share of the packets each way
+        /// (e.g. 0.01); the sender then dials the relay's address instead of by EID.
+        #[arg(long)]
+        loss: Option<f64>,
+        /// Through the impairment relay, with this one-way delay in milliseconds.
+        #[arg(long)]
+        delay_ms: Option<f64>,
     },
 }
 
@@ -126,7 +133,22 @@ async fn main() -> ExitCode {
             peer,
             files,
         } => send(regserver, key, bind, resume, peer, &files).await,
-        Command::Local { files, size, dir } => local(files, size, dir).await,
+        Command::Local {
+            files,
+            size,
+            dir,
+            loss,
+            delay_ms,
+        } => {
+            let impair = (loss.is_some() || delay_ms.is_some()).then(|| ImpairConfig {
+                loss: loss.unwrap_or(0.0),
+                delay: Duration::try_from_secs_f64(delay_ms.unwrap_or(0.0) / 1e3)
+                    .unwrap_or_default(),
+                seed: 1,
+                ..ImpairConfig::default()
+            });
+            local(files, size, dir, impair).await
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -208,7 +230,7 @@ async fn send(
         session.remote_addr(),
         t.elapsed().as_secs_f64() * 1e3
     );
-    let failed = send_and_report(session, &files).await?;
+    let failed = send_and_report(&host, session, &files).await?;
     host.close().await;
     if failed > 0 {
         return Err(format!("{failed} of {} file(s) not delivered", files.len()).into());
@@ -235,14 +257,20 @@ async fn hash_files(paths: &[PathBuf], resume: bool) -> Result<Vec<Outgoing>, Bo
 
 /// Sends `files` on `session`, printing progress and one line per file; returns how many
 /// were not delivered.
-async fn send_and_report(mut session: Stream, files: &[Outgoing]) -> Result<usize, BoxError> {
+async fn send_and_report(
+    host: &Host,
+    mut session: Stream,
+    files: &[Outgoing],
+) -> Result<usize, BoxError> {
     let total: u64 = files.iter().map(|f| f.header.size).sum();
-    let sent = Arc::new(AtomicU64::new(0));
-    let progress = session::spawn_progress("sent", sent.clone(), total);
+    let progress = Arc::new(session::Progress::default());
+    let (host, peer) = (host.clone(), session.remote_eid());
+    let wire = move || host.stats(peer).map_or(0, |s| s.bytes_sent);
+    let ticker = session::spawn_progress(progress.clone(), files.len(), total, wire);
     let t = Instant::now();
-    let results = session::send_files(&session, files, &sent).await;
+    let results = session::send_files(&session, files, &progress).await;
     let elapsed = t.elapsed();
-    progress.abort();
+    ticker.abort();
     session::end_session(&mut session).await?;
     let mut failed = 0;
     for (file, result) in files.iter().zip(&results) {
@@ -284,7 +312,12 @@ async fn send_and_report(mut session: Stream, files: &[Outgoing]) -> Result<usiz
     Ok(failed)
 }
 
-async fn local(count: usize, size: u64, dir: Option<PathBuf>) -> Result<(), BoxError> {
+async fn local(
+    count: usize,
+    size: u64,
+    dir: Option<PathBuf>,
+    impair: Option<ImpairConfig>,
+) -> Result<(), BoxError> {
     let temp;
     let root = match dir {
         Some(dir) => dir,
@@ -345,21 +378,48 @@ async fn local(count: usize, size: u64, dir: Option<PathBuf>) -> Result<(), BoxE
             Ok::<_, sss_host::Error>((listener, counts))
         })
     };
+    let relay = match &impair {
+        Some(i) => Some(Relay::start(loopback, receiver.loopback_addr(), i.clone())?),
+        None => None,
+    };
     let t = Instant::now();
-    let session = sender
-        .connect_eid(receiver.eid(), SERVICE, PROTOCOL)
-        .await?;
-    println!(
-        "  connected by EID in {:.1} ms",
-        t.elapsed().as_secs_f64() * 1e3
-    );
+    let session = match &relay {
+        Some(relay) => {
+            let session = sender
+                .connect(receiver.eid(), &[relay.local_addr()], SERVICE, PROTOCOL)
+                .await?;
+            let i = impair
+                .as_ref()
+                .map(|i| (i.loss, i.delay))
+                .unwrap_or_default();
+            println!(
+                "  connected through the impairment relay at {} ({:.1} % loss, {} ms delay \
+                 each way) in {:.1} ms",
+                relay.local_addr(),
+                i.0 * 100.0,
+                i.1.as_millis(),
+                t.elapsed().as_secs_f64() * 1e3
+            );
+            session
+        }
+        None => {
+            let session = sender
+                .connect_eid(receiver.eid(), SERVICE, PROTOCOL)
+                .await?;
+            println!(
+                "  connected by EID in {:.1} ms",
+                t.elapsed().as_secs_f64() * 1e3
+            );
+            session
+        }
+    };
 
     println!(
         "[3] {} files at once, one substream each ({} at a time)",
         files.len(),
         session::PARALLEL_FILES
     );
-    let failed = send_and_report(session, &files).await?;
+    let failed = send_and_report(&sender, session, &files).await?;
     let (listener, (ok, refused)) = server.await??;
     if failed > 0 || refused > 0 || ok != files.len() {
         return Err(format!("{failed} file(s) not delivered").into());
@@ -371,10 +431,30 @@ async fn local(count: usize, size: u64, dir: Option<PathBuf>) -> Result<(), BoxE
         }
     }
 
+    if let Some(relay) = &relay {
+        let r = relay.stats();
+        println!(
+            "  the relay dropped {} of {} datagrams towards the receiver and {} of {} back; \
+             the sender re-sent what was lost",
+            r.forward.dropped_loss,
+            r.forward.received,
+            r.backward.dropped_loss,
+            r.backward.received
+        );
+    }
+
     println!("[4] what the receiver refuses: a name that exists, a name outside its directory");
-    let mut session = sender
-        .connect_eid(receiver.eid(), SERVICE, PROTOCOL)
-        .await?;
+    // A second session on the channel that exists (through the relay, if there is one).
+    let addrs: Vec<SocketAddr> = relay.iter().map(|r| r.local_addr()).collect();
+    let mut session = if addrs.is_empty() {
+        sender
+            .connect_eid(receiver.eid(), SERVICE, PROTOCOL)
+            .await?
+    } else {
+        sender
+            .connect(receiver.eid(), &addrs, SERVICE, PROTOCOL)
+            .await?
+    };
     let server = tokio::spawn(async move {
         let session = listener.accept().await?;
         let counts = session::serve_session(session, inbox, received, |o| {
@@ -391,8 +471,7 @@ async fn local(count: usize, size: u64, dir: Option<PathBuf>) -> Result<(), BoxE
         .clone();
     let mut escape = files[1].clone();
     escape.header.name = "../escape.txt".into();
-    let results =
-        session::send_files(&session, &[again, escape], &Arc::new(AtomicU64::new(0))).await;
+    let results = session::send_files(&session, &[again, escape], &Arc::default()).await;
     session::end_session(&mut session).await?;
     let (_, refused) = server.await??;
     let codes: Vec<Option<Code>> = results

@@ -19,12 +19,23 @@ use crate::sender::{self, Outgoing, Sent};
 /// Files a sender has in flight at once (each its own substream).
 pub(crate) const PARALLEL_FILES: usize = 8;
 
+/// A sender's progress, for a display.
+#[derive(Debug, Default)]
+pub(crate) struct Progress {
+    /// Body bytes handed to SSS (written to the substreams: not yet delivered).
+    pub(crate) written: AtomicU64,
+    /// Files the receiver has answered for.
+    pub(crate) files_done: AtomicU64,
+    /// Bytes of the files it confirmed (verdict OK).
+    pub(crate) bytes_confirmed: AtomicU64,
+}
+
 /// Sends `files` on substreams of `session`, up to [`PARALLEL_FILES`] at once, and returns
-/// each file's outcome in the order given. `sent` counts body bytes as they go.
+/// each file's outcome in the order given, counting in `progress` as they go.
 pub(crate) async fn send_files(
     session: &Stream,
     files: &[Outgoing],
-    sent: &Arc<AtomicU64>,
+    progress: &Arc<Progress>,
 ) -> Vec<io::Result<Sent>> {
     let permits = Arc::new(Semaphore::new(PARALLEL_FILES));
     let mut tasks = JoinSet::new();
@@ -40,13 +51,19 @@ pub(crate) async fn send_files(
             }
         };
         let file = file.clone();
-        let sent = sent.clone();
+        let progress = progress.clone();
         tasks.spawn(async move {
             let result = sender::send(sub, &file, |n| {
-                sent.fetch_add(n, Ordering::Relaxed);
+                progress.written.fetch_add(n, Ordering::Relaxed);
             })
             .await;
             drop(permit);
+            progress.files_done.fetch_add(1, Ordering::Relaxed);
+            if result.as_ref().is_ok_and(Sent::ok) {
+                progress
+                    .bytes_confirmed
+                    .fetch_add(file.header.size, Ordering::Relaxed);
+            }
             (i, result)
         });
     }
@@ -198,37 +215,32 @@ pub(crate) fn print_outcome(peer: &str, outcome: &FileOutcome) {
     }
 }
 
-/// Prints the progress of `done` out of `total` bytes once a second until `total` is
-/// reached or the task is aborted.
+/// Prints a sender's progress once a second until aborted: bytes handed to SSS, what went
+/// on the wire in the last second (`wire` counts the channel's bytes sent, re-sent ones
+/// included), and the files the receiver has confirmed.
 pub(crate) fn spawn_progress(
-    label: &'static str,
-    done: Arc<AtomicU64>,
+    progress: Arc<Progress>,
+    files: usize,
     total: u64,
+    wire: impl Fn() -> u64 + Send + 'static,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let start = Instant::now();
-        let mut last = 0;
+        let mut last_wire = wire();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.tick().await;
         loop {
             tick.tick().await;
-            let now = done.load(Ordering::Relaxed);
-            let pct = if total == 0 {
-                100.0
-            } else {
-                now as f64 * 100.0 / total as f64
-            };
+            let now_wire = wire();
             println!(
-                "  {label} {} of {} ({pct:.0} %), last second {}, average {}",
-                mib(now),
+                "  written {} of {}; on the wire {} (last second); receiver confirmed {} of \
+                 {files} files, {}",
+                mib(progress.written.load(Ordering::Relaxed)),
                 mib(total),
-                rate(now - last, Duration::from_secs(1)),
-                rate(now, start.elapsed())
+                rate(now_wire.saturating_sub(last_wire), Duration::from_secs(1)),
+                progress.files_done.load(Ordering::Relaxed),
+                mib(progress.bytes_confirmed.load(Ordering::Relaxed)),
             );
-            last = now;
-            if now >= total {
-                break;
-            }
+            last_wire = now_wire;
         }
     })
 }
