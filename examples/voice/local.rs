@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use sss_host::{Host, HostConfig, ImpairConfig, Relay, RelayStats};
+use sss_host::{ChannelStats, Host, HostConfig, ImpairConfig, Relay, RelayStats};
 
 use crate::call::{run_call, CallConfig, CallReport, PROTOCOL, SERVICE};
 
@@ -21,6 +21,8 @@ pub(crate) struct LocalCall {
     pub(crate) relay: Option<RelayStats>,
     /// How long dialing took.
     pub(crate) connect: Duration,
+    /// The caller's channel to the callee at the end (it carried the bulk transfer).
+    pub(crate) channel: Option<ChannelStats>,
 }
 
 /// Runs a call between two hosts of this process. The caller dials the callee by EID through
@@ -81,6 +83,7 @@ pub(crate) async fn call_locally(
     };
     let caller_report = run_call(call, &caller_config).await?;
     let callee_report = answer.await??;
+    let channel = caller.stats(callee.eid());
     let relay_stats = relay.map(|r| {
         let s = r.stats();
         r.shutdown();
@@ -93,5 +96,6 @@ pub(crate) async fn call_locally(
         callee: callee_report,
         relay: relay_stats,
         connect,
+        channel,
     })
 }

@@ -243,6 +243,16 @@ async fn local(args: &CallArgs, impair: Option<ImpairConfig>) -> Result<(), BoxE
             call.callee.bulk_received as f64 * 8.0 / call.callee.elapsed.as_secs_f64() / 1e6
         );
     }
+    if let Some(c) = &call.channel {
+        println!(
+            "caller's channel at the end: rtt {}, congestion window {}, {} packets declared lost, \
+             {} probe timeouts",
+            common::ms(c.rtt),
+            common::mib(c.cwnd),
+            c.packets_lost,
+            c.ptos
+        );
+    }
     if let Some(r) = call.relay {
         println!(
             "relay: random loss dropped {} of {} datagrams caller->callee and {} of {} back; \
