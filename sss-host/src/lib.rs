@@ -101,8 +101,8 @@ pub use host::Host;
 pub use impair::{ImpairConfig, Relay, RelayConfig, RelayHandle, RelayStats};
 pub use listener::Listener;
 pub use routing::{
-    is_relay_addr, RegserverStatus, MAX_HOST_RELAYS, MAX_PUNCH_ENDPOINTS, MAX_PUNCH_PEERS,
-    PUNCH_PROBES, PUNCH_SCHEDULE,
+    is_relay_addr, RegserverStatus, INTERFACE_CHECK_INTERVAL, MAX_HOST_RELAYS, MAX_PUNCH_ENDPOINTS,
+    MAX_PUNCH_PEERS, PUNCH_PROBES, PUNCH_SCHEDULE,
 };
 pub use stream::{Record, Stream};
 pub use udp::{Datagram, RecvBatch, UdpSocket};

@@ -195,7 +195,14 @@ pub(crate) struct Routing {
     relay_waits: HashMap<Eid, RelayWait>,
     /// Datagrams wrapped into RELAY_DATA and unwrapped from it (sent, received).
     relayed: (u64, u64),
+    /// When the reported endpoints are computed again (a host bound to a wildcard address
+    /// with regservers: its interfaces may change, a laptop joining another network).
+    next_interface_check: Option<Instant>,
 }
+
+/// How often a host bound to `0.0.0.0`/`[::]` computes its reported endpoints again; a change
+/// re-registers at once with every regserver.
+pub const INTERFACE_CHECK_INTERVAL: Duration = Duration::from_secs(30);
 
 impl Routing {
     pub(crate) fn new(identity: &Identity, config: RoutingConfig, local_addr: SocketAddr) -> Self {
@@ -211,6 +218,7 @@ impl Routing {
             relays: HashMap::new(),
             relay_waits: HashMap::new(),
             relayed: (0, 0),
+            next_interface_check: None,
         }
     }
 
@@ -238,12 +246,28 @@ impl Routing {
         self.servers.push(Regserver { eid, addr, client });
         // What we report depends on the servers (the interface toward each of them).
         let reported = reported_endpoints(self.local_addr, self.servers.iter().map(|s| s.addr));
+        self.set_reported(now, reported);
+        if self.local_addr.ip().is_unspecified() {
+            self.next_interface_check = Some(now + INTERFACE_CHECK_INTERVAL);
+        }
+        self.update_status();
+    }
+
+    /// Registers `reported` as our endpoints with every regserver that has others.
+    fn set_reported(&mut self, now: Instant, reported: Vec<SocketAddr>) {
         for s in &mut self.servers {
             if s.client.config().reported != reported {
+                tracing::info!(regserver = %s.addr, endpoints = ?reported, "reporting endpoints");
                 s.client.set_reported_endpoints(now, reported.clone());
             }
         }
-        self.update_status();
+    }
+
+    /// The periodic check of a wildcard-bound host's interfaces: `reported` is what it
+    /// finds now ([`reported_endpoints`]); a change re-registers with the regservers.
+    fn interface_check(&mut self, now: Instant, reported: Vec<SocketAddr>) {
+        self.next_interface_check = Some(now + INTERFACE_CHECK_INTERVAL);
+        self.set_reported(now, reported);
     }
 
     /// The host's socket address.
@@ -464,12 +488,17 @@ impl Routing {
             .filter_map(|s| s.client.poll_timeout())
             .chain(self.punches.values().map(|p| p.next))
             .chain(self.relays.values().map(|r| r.last + r.idle))
+            .chain(self.next_interface_check)
             .min()
     }
 
     /// Runs the clients' due timers and forgets idle relays (the regserver has ended their
     /// slots too).
     pub(crate) fn handle_timeout(&mut self, now: Instant) {
+        if self.next_interface_check.is_some_and(|t| t <= now) {
+            let reported = reported_endpoints(self.local_addr, self.servers.iter().map(|s| s.addr));
+            self.interface_check(now, reported);
+        }
         for s in &mut self.servers {
             if s.client.poll_timeout().is_some_and(|t| t <= now) {
                 s.client.handle_timeout(now);
@@ -846,6 +875,101 @@ mod tests {
                 t.destination
             })
             .collect()
+    }
+
+    /// Drains what the routing state would send now (the clients' datagrams among it).
+    fn sent(r: &mut Routing, now: Instant) -> Vec<(Vec<u8>, Transmit)> {
+        use rand_chacha::rand_core::SeedableRng;
+        let mut out = VecDeque::new();
+        r.collect(now, &mut ChaCha20Rng::seed_from_u64(2), &mut out);
+        out.into()
+    }
+
+    /// Runs the datagrams between `r` (seen by the server at `host`) and a sans-IO regserver
+    /// at `server_addr` until neither has anything more to send.
+    fn exchange(
+        r: &mut Routing,
+        server: &mut sss_routing::Server,
+        server_addr: SocketAddr,
+        host: SocketAddr,
+        now: Instant,
+    ) {
+        let mut buf = Vec::new();
+        loop {
+            let mut moved = false;
+            for (data, t) in sent(r, now) {
+                if t.destination == server_addr {
+                    server.handle_datagram(now, host, &data);
+                    moved = true;
+                }
+            }
+            while let Some(t) = server.poll_transmit(now, &mut buf) {
+                r.handle_datagram(now, server_addr, &buf[..t.size]);
+                moved = true;
+            }
+            if !moved {
+                return;
+            }
+        }
+    }
+
+    #[test]
+    fn a_wildcard_bound_host_checks_its_interfaces_and_reregisters_when_they_change() {
+        use rand_chacha::rand_core::SeedableRng;
+        let mut r = routing();
+        let host_eid = Identity::from_secret_bytes(&[7; 32]).eid();
+        let now = Instant::now();
+        let server_addr: SocketAddr = "192.0.2.9:9669".parse().unwrap();
+        let host: SocketAddr = "203.0.113.5:4000".parse().unwrap();
+        let mut server =
+            sss_routing::Server::new(sss_routing::ServerConfig::new(eid(9), [3; 32]), now);
+        r.add(now, eid(9), server_addr, &mut ChaCha20Rng::seed_from_u64(1));
+        exchange(&mut r, &mut server, server_addr, host, now);
+        let stored = |server: &sss_routing::Server| {
+            server
+                .record(&host_eid)
+                .expect("registered")
+                .body
+                .reported
+                .clone()
+        };
+        let first = stored(&server);
+        assert_eq!(first, r.servers[0].client.config().reported);
+        let check = now + INTERFACE_CHECK_INTERVAL;
+        assert_eq!(r.next_interface_check, Some(check));
+        assert!(r.poll_timeout().is_some_and(|t| t <= check));
+
+        // Nothing changed: the next check is scheduled, nothing is registered again.
+        r.interface_check(check, first.clone());
+        assert_eq!(
+            r.next_interface_check,
+            Some(check + INTERFACE_CHECK_INTERVAL)
+        );
+        assert!(sent(&mut r, check).is_empty());
+
+        // The host joined another network: the regserver holds the new endpoints at once.
+        let moved: Vec<SocketAddr> = vec!["198.51.100.7:4000".parse().unwrap()];
+        r.interface_check(check, moved.clone());
+        exchange(&mut r, &mut server, server_addr, host, check);
+        assert_eq!(stored(&server), moved);
+    }
+
+    #[test]
+    fn a_host_bound_to_a_specific_address_does_not_check_interfaces() {
+        use rand_chacha::rand_core::SeedableRng;
+        let identity = Identity::from_secret_bytes(&[7; 32]);
+        let mut r = Routing::new(
+            &identity,
+            RoutingConfig::default(),
+            "192.0.2.2:4000".parse().unwrap(),
+        );
+        r.add(
+            Instant::now(),
+            eid(9),
+            "192.0.2.9:9669".parse().unwrap(),
+            &mut ChaCha20Rng::seed_from_u64(1),
+        );
+        assert_eq!(r.next_interface_check, None);
     }
 
     #[test]
