@@ -2,9 +2,37 @@
 //! seeded test data.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::time::Duration;
 
-use sss_host::Eid;
+use sss_host::{Eid, Host, HostConfig};
+
+/// The error type of the demos' fallible steps.
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A host bound to `bind` that registers with `regserver`, with the identity of the key file
+/// `key` (created if missing) or a fresh one.
+pub(crate) fn host(
+    regserver: (Eid, SocketAddr),
+    key: Option<&Path>,
+    bind: SocketAddr,
+) -> Result<Host, BoxError> {
+    let mut config = HostConfig::bind(bind);
+    config.regservers = vec![regserver];
+    Ok(match key {
+        Some(key) => Host::from_key_file(key, config)?,
+        None => Host::new(config)?,
+    })
+}
+
+/// Waits (15 s at most) until the regserver holds our record; returns the endpoint it
+/// observed.
+pub(crate) async fn registered(host: &Host) -> Result<SocketAddr, BoxError> {
+    match tokio::time::timeout(Duration::from_secs(15), host.registered()).await {
+        Ok(r) => Ok(r?),
+        Err(_) => Err("the regserver did not answer within 15 s (address, EID, firewall?)".into()),
+    }
+}
 
 /// Parses a regserver given as `EID@ADDR` (what the `regserver` binary prints as
 /// `regserver eid=<EID> addr=<ADDR>`).

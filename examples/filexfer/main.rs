@@ -30,15 +30,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
-use sss_host::{Eid, Host, HostConfig, ImpairConfig, Relay, Stream};
+use sss_host::{Eid, Host, ImpairConfig, Relay, Stream};
 use tokio::io::AsyncWriteExt;
 
-use common::{hex, mib, parse_regserver, parse_size, rate, Pattern};
+use common::{hex, host, mib, parse_regserver, parse_size, rate, registered, BoxError, Pattern};
 use proto::{Code, PROTOCOL, SERVICE};
 use receiver::Inbox;
 use sender::Outgoing;
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Command line.
 #[derive(Debug, Parser)]
@@ -156,26 +154,6 @@ async fn main() -> ExitCode {
             eprintln!("filexfer: {e}");
             ExitCode::FAILURE
         }
-    }
-}
-
-fn host(
-    regserver: (Eid, SocketAddr),
-    key: Option<&Path>,
-    bind: SocketAddr,
-) -> Result<Host, BoxError> {
-    let mut config = HostConfig::bind(bind);
-    config.regservers = vec![regserver];
-    Ok(match key {
-        Some(key) => Host::from_key_file(key, config)?,
-        None => Host::new(config)?,
-    })
-}
-
-async fn registered(host: &Host) -> Result<SocketAddr, BoxError> {
-    match tokio::time::timeout(Duration::from_secs(15), host.registered()).await {
-        Ok(r) => Ok(r?),
-        Err(_) => Err("the regserver did not answer within 15 s (address, EID, firewall?)".into()),
     }
 }
 

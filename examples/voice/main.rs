@@ -33,12 +33,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args as ClapArgs, Parser, Subcommand};
-use sss_host::{Eid, Host, HostConfig, ImpairConfig};
+use sss_host::{Eid, ImpairConfig};
 
 use call::{CallConfig, CallReport, FRAME, MIN_FRAME_BYTES, PROTOCOL, SERVICE};
-use common::parse_regserver;
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use common::{host, parse_regserver, registered, BoxError};
 
 /// Command line.
 #[derive(Debug, Parser)]
@@ -298,26 +296,6 @@ fn summary(direction: &str, r: &CallReport) {
             r.figures.jitter_ms
         ),
         None => println!("    no frames arrived"),
-    }
-}
-
-fn host(
-    regserver: (Eid, SocketAddr),
-    key: Option<&std::path::Path>,
-    bind: SocketAddr,
-) -> Result<Host, BoxError> {
-    let mut config = HostConfig::bind(bind);
-    config.regservers = vec![regserver];
-    Ok(match key {
-        Some(key) => Host::from_key_file(key, config)?,
-        None => Host::new(config)?,
-    })
-}
-
-async fn registered(host: &Host) -> Result<SocketAddr, BoxError> {
-    match tokio::time::timeout(Duration::from_secs(15), host.registered()).await {
-        Ok(r) => Ok(r?),
-        Err(_) => Err("the regserver did not answer within 15 s (address, EID, firewall?)".into()),
     }
 }
 

@@ -4,17 +4,17 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{identity, seed32, World, SERVER_ADDR};
+use common::{identity, ServerRig, World, SERVER_ADDR};
 use sss_proto::sim::{LinkConfig, NatKind};
 use sss_proto::{Eid, Identity};
 use sss_routing::server::RELAY_IDLE;
 use sss_routing::wire::{
-    relay_header, Cookie, CookieMsg, ErrorCode, ErrorMsg, Hello, Message, Register, RelayOpen,
-    RelayOpened, HELLO_LEN, MAX_RELAY_DATAGRAM, RELAY_OPENED_LEN, RELAY_OPEN_LEN,
+    relay_header, ErrorCode, ErrorMsg, Message, RelayOpen, RelayOpened, MAX_RELAY_DATAGRAM,
+    RELAY_OPENED_LEN, RELAY_OPEN_LEN,
 };
-use sss_routing::{RecordBody, RelayOutcome, Server, ServerConfig, SignedRecord};
+use sss_routing::{RelayOutcome, ServerConfig};
 
 fn lossy(loss: f64) -> LinkConfig {
     LinkConfig {
@@ -144,79 +144,16 @@ fn relay_data_from_a_third_address_is_dropped() {
 
 // ---- the server driven directly ----
 
-struct Rig {
-    server: Server,
-    id: Eid,
-    now: Instant,
-    next: u64,
-}
+type Rig = ServerRig;
 
-impl Rig {
-    fn new(tweak: impl FnOnce(&mut ServerConfig)) -> Self {
-        let now = Instant::now();
-        let id = identity(500).eid();
-        let mut config = ServerConfig::new(id, seed32(1));
-        tweak(&mut config);
-        Self {
-            server: Server::new(config, now),
-            id,
-            now,
-            next: 1,
-        }
-    }
-
-    fn send(&mut self, from: SocketAddr, data: &[u8]) -> Vec<(SocketAddr, Vec<u8>)> {
-        self.server.handle_datagram(self.now, from, data);
-        let mut out = Vec::new();
-        let mut buf = Vec::new();
-        while let Some(t) = self.server.poll_transmit(self.now, &mut buf) {
-            out.push((t.destination, buf[..t.size].to_vec()));
-        }
-        out
-    }
-
-    fn request(&mut self) -> u64 {
-        self.next += 1;
-        self.next
-    }
-
-    fn cookie(&mut self, from: SocketAddr) -> Cookie {
-        let request_id = self.request();
-        let hello = Message::Hello(Hello {
-            request_id,
-            len: HELLO_LEN,
-        });
-        match Message::decode(&self.send(from, &hello.to_vec())[0].1) {
-            Ok(Message::Cookie(CookieMsg { cookie, .. })) => cookie,
-            other => panic!("expected a cookie, got {other:?}"),
-        }
-    }
-
+/// What the relay tests add to the rig.
+impl ServerRig {
     /// Registers `host` from `from`; returns its NOTIFY token.
-    fn register(&mut self, host: &Identity, from: SocketAddr) -> u64 {
-        let cookie = self.cookie(from);
-        let record = SignedRecord::sign(
-            host,
-            RecordBody {
-                eid: host.eid(),
-                server: self.id,
-                seq: self.next,
-                lifetime: 3600,
-                cookie,
-                observed: from,
-                reported: vec![],
-            },
-        );
-        let request_id = self.request();
-        let out = self.send(
-            from,
-            &Message::Register(Register { request_id, record }).to_vec(),
-        );
-        assert!(matches!(
-            Message::decode(&out[0].1),
-            Ok(Message::Registered(_))
-        ));
-        request_id
+    fn register_host(&mut self, host: &Identity, from: SocketAddr) -> u64 {
+        let seq = self.request();
+        let (token, reply) = self.register_with_id(host, from, seq);
+        assert!(matches!(reply, Message::Registered(_)), "{reply:?}");
+        token
     }
 
     fn relay_open_msg(&mut self, from: SocketAddr, caller: Eid, target: Eid) -> Vec<u8> {
@@ -257,11 +194,11 @@ fn ep(s: &str) -> SocketAddr {
 
 /// Two registered hosts, A at 192.0.2.1:1000 and B at 192.0.2.2:2000, with a slot.
 fn rig_with_slot(tweak: impl FnOnce(&mut ServerConfig)) -> (Rig, Eid, Eid, u32) {
-    let mut r = Rig::new(tweak);
+    let mut r = Rig::with(tweak);
     let (a, b) = (identity(1), identity(2));
     let (pa, pb) = (ep("192.0.2.1:1000"), ep("192.0.2.2:2000"));
-    r.register(&a, pa);
-    let token_b = r.register(&b, pb);
+    r.register_host(&a, pa);
+    let token_b = r.register_host(&b, pb);
     let out = r.relay_open(pa, a.eid(), b.eid());
     assert_eq!(out.len(), 2, "{out:?}");
     // The target first, with its NOTIFY token; then the caller.
@@ -405,7 +342,7 @@ fn the_byte_budget_holds_under_a_flood() {
 /// Slots are capped per host and in all, whatever RELAY_OPENs arrive.
 #[test]
 fn relay_caps_hold() {
-    let mut r = Rig::new(|c| {
+    let mut r = Rig::with(|c| {
         c.max_relays = 5;
         c.max_relays_per_host = 3;
     });
@@ -418,7 +355,7 @@ fn relay_caps_hold() {
         })
         .collect();
     for (h, p) in &hosts {
-        r.register(h, *p);
+        r.register_host(h, *p);
     }
     let mut full = 0;
     // Host 0 asks for everyone: 3 slots, then FULL.

@@ -4,136 +4,17 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{identity, seed32};
+use common::{identity, ServerRig};
 use proptest::prelude::*;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
-use sss_proto::{Eid, Identity};
 use sss_routing::wire::{
-    Cookie, CookieMsg, ErrorCode, ErrorMsg, Hello, Keepalive, KeepaliveStatus, Lookup, LookupReply,
-    Message, Register, HELLO_LEN,
+    ErrorCode, ErrorMsg, Hello, Keepalive, KeepaliveStatus, Lookup, LookupReply, Message, Register,
+    HELLO_LEN,
 };
-use sss_routing::{RecordBody, Server, ServerConfig, SignedRecord, COOKIE_SECRET_LIFETIME};
-
-struct Harness {
-    server: Server,
-    id: Eid,
-    now: Instant,
-    next_request: u64,
-}
-
-impl Harness {
-    fn new() -> Self {
-        Self::with(|_| {})
-    }
-
-    fn with(tweak: impl FnOnce(&mut ServerConfig)) -> Self {
-        let now = Instant::now();
-        let id = identity(500).eid();
-        let mut config = ServerConfig::new(id, seed32(1));
-        tweak(&mut config);
-        Self {
-            server: Server::new(config, now),
-            id,
-            now,
-            next_request: 1,
-        }
-    }
-
-    /// Hands `data` to the server and returns everything it queued.
-    fn send(&mut self, from: SocketAddr, data: &[u8]) -> Vec<(SocketAddr, Vec<u8>)> {
-        self.server.handle_datagram(self.now, from, data);
-        let mut out = Vec::new();
-        let mut buf = Vec::new();
-        while let Some(t) = self.server.poll_transmit(self.now, &mut buf) {
-            out.push((t.destination, buf[..t.size].to_vec()));
-        }
-        out
-    }
-
-    fn request(&mut self) -> u64 {
-        self.next_request += 1;
-        self.next_request
-    }
-
-    fn cookie(&mut self, from: SocketAddr) -> Cookie {
-        let request_id = self.request();
-        let hello = Message::Hello(Hello {
-            request_id,
-            len: HELLO_LEN,
-        });
-        let out = self.send(from, &hello.to_vec());
-        match Message::decode(&out[0].1) {
-            Ok(Message::Cookie(CookieMsg {
-                cookie, observed, ..
-            })) => {
-                assert_eq!(observed, from);
-                cookie
-            }
-            other => panic!("expected a cookie, got {other:?}"),
-        }
-    }
-
-    fn record(
-        &self,
-        host: &Identity,
-        seq: u64,
-        cookie: Cookie,
-        observed: SocketAddr,
-    ) -> SignedRecord {
-        SignedRecord::sign(
-            host,
-            RecordBody {
-                eid: host.eid(),
-                server: self.id,
-                seq,
-                lifetime: 600,
-                cookie,
-                observed,
-                reported: vec![],
-            },
-        )
-    }
-
-    fn register_msg(&mut self, record: SignedRecord) -> Vec<u8> {
-        let request_id = self.request();
-        Message::Register(Register { request_id, record }).to_vec()
-    }
-
-    /// Registers `host` from `from` with `seq`; returns the server's reply.
-    fn register(&mut self, host: &Identity, from: SocketAddr, seq: u64) -> Message {
-        let cookie = self.cookie(from);
-        let rec = self.record(host, seq, cookie, from);
-        let msg = self.register_msg(rec);
-        let out = self.send(from, &msg);
-        assert_eq!(out.len(), 1);
-        Message::decode(&out[0].1).unwrap()
-    }
-
-    fn lookup(
-        &mut self,
-        from: SocketAddr,
-        caller: Eid,
-        target: Eid,
-        notify: bool,
-    ) -> Vec<(SocketAddr, Message)> {
-        let cookie = self.cookie(from);
-        let request_id = self.request();
-        let msg = Message::Lookup(Lookup {
-            request_id,
-            cookie,
-            notify,
-            caller,
-            target,
-        });
-        self.send(from, &msg.to_vec())
-            .into_iter()
-            .map(|(to, d)| (to, Message::decode(&d).unwrap()))
-            .collect()
-    }
-}
+use sss_routing::{RecordBody, SignedRecord, COOKIE_SECRET_LIFETIME};
 
 fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap()
@@ -148,7 +29,7 @@ fn error_code(m: &Message) -> Option<ErrorCode> {
 
 #[test]
 fn spoofed_registration_gets_a_small_reply_and_creates_no_state() {
-    let mut h = Harness::new();
+    let mut h = ServerRig::new();
     let victim = addr("198.51.100.7:4000");
     let attacker = addr("203.0.113.66:1234");
     let mallory = identity(66);
@@ -191,7 +72,7 @@ proptest! {
         ip in any::<[u8; 4]>(),
         port in any::<u16>(),
     ) {
-        let mut h = Harness::new();
+        let mut h = ServerRig::new();
         let from = SocketAddr::from((ip, port));
         let mut rng = ChaCha20Rng::seed_from_u64(seed);
         let someone = identity(seed);
@@ -229,7 +110,7 @@ proptest! {
 
 #[test]
 fn short_hello_and_server_messages_get_no_reply() {
-    let mut h = Harness::new();
+    let mut h = ServerRig::new();
     let from = addr("198.51.100.1:1");
     assert!(h.send(from, &[0x10; HELLO_LEN - 1]).is_empty());
     let reflected = Message::Error(ErrorMsg {
@@ -251,7 +132,7 @@ fn short_hello_and_server_messages_get_no_reply() {
 
 #[test]
 fn forged_or_modified_records_are_rejected() {
-    let mut h = Harness::new();
+    let mut h = ServerRig::new();
     let from = addr("198.51.100.1:5000");
     let victim = identity(1);
     let mallory = identity(2);
@@ -317,7 +198,7 @@ fn forged_or_modified_records_are_rejected() {
 
 #[test]
 fn a_record_cannot_be_replayed_after_a_newer_one() {
-    let mut h = Harness::new();
+    let mut h = ServerRig::new();
     let from = addr("198.51.100.1:5000");
     let host = identity(1);
     let cookie = h.cookie(from);
@@ -367,8 +248,8 @@ fn a_record_cannot_be_replayed_after_a_newer_one() {
 
 #[test]
 fn a_record_for_one_server_is_refused_by_another() {
-    let mut a = Harness::new();
-    let mut b = Harness::with(|c| c.server_id = identity(501).eid());
+    let mut a = ServerRig::new();
+    let mut b = ServerRig::with(|c| c.server_id = identity(501).eid());
     let from = addr("198.51.100.1:5000");
     let host = identity(1);
     let cookie = a.cookie(from);
@@ -392,7 +273,7 @@ fn a_record_for_one_server_is_refused_by_another() {
 
 #[test]
 fn cookies_expire_after_two_secret_lifetimes() {
-    let mut h = Harness::new();
+    let mut h = ServerRig::new();
     let from = addr("198.51.100.1:5000");
     let host = identity(1);
     let cookie = h.cookie(from);
@@ -420,7 +301,7 @@ fn cookies_expire_after_two_secret_lifetimes() {
 
 #[test]
 fn expired_records_disappear() {
-    let mut h = Harness::new();
+    let mut h = ServerRig::new();
     let from = addr("198.51.100.1:5000");
     let host = identity(1);
     let cookie = h.cookie(from);
@@ -453,10 +334,10 @@ fn expired_records_disappear() {
 
 #[test]
 fn keepalive_reports_the_registration_status() {
-    let mut h = Harness::new();
+    let mut h = ServerRig::new();
     let from = addr("198.51.100.1:5000");
     let host = identity(1);
-    let status = |h: &mut Harness, from| {
+    let status = |h: &mut ServerRig, from| {
         let msg = Message::Keepalive(Keepalive {
             request_id: 9,
             eid: host.eid(),
@@ -480,7 +361,7 @@ fn keepalive_reports_the_registration_status() {
 
 #[test]
 fn notify_needs_a_registered_caller_and_is_rate_limited_per_target() {
-    let mut h = Harness::new();
+    let mut h = ServerRig::new();
     let (a, b) = (identity(1), identity(2));
     let (fa, fb) = (addr("198.51.100.1:5000"), addr("198.51.100.2:5000"));
     h.register(&b, fb, 1);
@@ -519,7 +400,7 @@ fn notify_needs_a_registered_caller_and_is_rate_limited_per_target() {
 
 #[test]
 fn a_source_gets_its_burst_then_rate_limited() {
-    let mut h = Harness::new();
+    let mut h = ServerRig::new();
     let from = addr("198.51.100.1:5000");
     let cookie = h.cookie(from);
     let target = identity(2).eid();
@@ -545,7 +426,7 @@ fn a_source_gets_its_burst_then_rate_limited() {
 /// host already registered can still refresh at the cap.
 #[test]
 fn a_flood_from_many_sources_stays_within_the_caps() {
-    let mut h = Harness::with(|c| {
+    let mut h = ServerRig::with(|c| {
         c.max_records = 100;
         c.max_records_per_ip = 4;
         c.max_sources = 50;
@@ -620,7 +501,7 @@ fn a_flood_from_many_sources_stays_within_the_caps() {
 
 #[test]
 fn a_late_timeout_never_lets_an_expired_record_be_served() {
-    let mut h = Harness::new();
+    let mut h = ServerRig::new();
     let host = identity(1);
     let from = addr("198.51.100.1:5000");
     h.register(&host, from, 1);

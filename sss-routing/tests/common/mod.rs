@@ -12,8 +12,14 @@ use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use sss_proto::sim::{LinkConfig, NatId, NatKind, Network, Node, NodeId};
 use sss_proto::{Eid, Identity, Transmit};
-use sss_routing::wire::{msg_type, relay_data, relay_header};
-use sss_routing::{Client, ClientConfig, Event, LookupOutcome, RelayOutcome, Server, ServerConfig};
+use sss_routing::wire::{
+    msg_type, relay_data, relay_header, Cookie, CookieMsg, Hello, Lookup, Message, Register,
+    HELLO_LEN,
+};
+use sss_routing::{
+    Client, ClientConfig, Event, LookupOutcome, RecordBody, RelayOutcome, Server, ServerConfig,
+    SignedRecord,
+};
 
 /// First byte of a probe (a channel-data class byte: not routing).
 pub const PROBE: u8 = 0x40;
@@ -400,6 +406,138 @@ impl World {
                 Event::PunchRequest { peer, endpoints } => Some((*peer, endpoints.clone())),
                 _ => None,
             })
+            .collect()
+    }
+}
+
+/// A regserver driven directly (no network): datagrams from any source in, what it queues
+/// out.
+pub struct ServerRig {
+    pub server: Server,
+    pub id: Eid,
+    pub now: Instant,
+    next_request: u64,
+}
+
+impl ServerRig {
+    pub fn new() -> Self {
+        Self::with(|_| {})
+    }
+
+    pub fn with(tweak: impl FnOnce(&mut ServerConfig)) -> Self {
+        let now = Instant::now();
+        let id = identity(500).eid();
+        let mut config = ServerConfig::new(id, seed32(1));
+        tweak(&mut config);
+        Self {
+            server: Server::new(config, now),
+            id,
+            now,
+            next_request: 1,
+        }
+    }
+
+    /// Hands `data` to the server and returns everything it queued.
+    pub fn send(&mut self, from: SocketAddr, data: &[u8]) -> Vec<(SocketAddr, Vec<u8>)> {
+        self.server.handle_datagram(self.now, from, data);
+        let mut out = Vec::new();
+        let mut buf = Vec::new();
+        while let Some(t) = self.server.poll_transmit(self.now, &mut buf) {
+            out.push((t.destination, buf[..t.size].to_vec()));
+        }
+        out
+    }
+
+    pub fn request(&mut self) -> u64 {
+        self.next_request += 1;
+        self.next_request
+    }
+
+    pub fn cookie(&mut self, from: SocketAddr) -> Cookie {
+        let request_id = self.request();
+        let hello = Message::Hello(Hello {
+            request_id,
+            len: HELLO_LEN,
+        });
+        let out = self.send(from, &hello.to_vec());
+        match Message::decode(&out[0].1) {
+            Ok(Message::Cookie(CookieMsg {
+                cookie, observed, ..
+            })) => {
+                assert_eq!(observed, from);
+                cookie
+            }
+            other => panic!("expected a cookie, got {other:?}"),
+        }
+    }
+
+    pub fn record(
+        &self,
+        host: &Identity,
+        seq: u64,
+        cookie: Cookie,
+        observed: SocketAddr,
+    ) -> SignedRecord {
+        SignedRecord::sign(
+            host,
+            RecordBody {
+                eid: host.eid(),
+                server: self.id,
+                seq,
+                lifetime: 600,
+                cookie,
+                observed,
+                reported: vec![],
+            },
+        )
+    }
+
+    pub fn register_msg(&mut self, record: SignedRecord) -> Vec<u8> {
+        let request_id = self.request();
+        Message::Register(Register { request_id, record }).to_vec()
+    }
+
+    /// Registers `host` from `from` with `seq`; returns the server's reply.
+    pub fn register(&mut self, host: &Identity, from: SocketAddr, seq: u64) -> Message {
+        self.register_with_id(host, from, seq).1
+    }
+
+    /// As [`register`](Self::register), also returning the REGISTER's request id (the
+    /// host's NOTIFY token).
+    pub fn register_with_id(
+        &mut self,
+        host: &Identity,
+        from: SocketAddr,
+        seq: u64,
+    ) -> (u64, Message) {
+        let cookie = self.cookie(from);
+        let rec = self.record(host, seq, cookie, from);
+        let msg = self.register_msg(rec);
+        let request_id = self.next_request;
+        let out = self.send(from, &msg);
+        assert_eq!(out.len(), 1);
+        (request_id, Message::decode(&out[0].1).unwrap())
+    }
+
+    pub fn lookup(
+        &mut self,
+        from: SocketAddr,
+        caller: Eid,
+        target: Eid,
+        notify: bool,
+    ) -> Vec<(SocketAddr, Message)> {
+        let cookie = self.cookie(from);
+        let request_id = self.request();
+        let msg = Message::Lookup(Lookup {
+            request_id,
+            cookie,
+            notify,
+            caller,
+            target,
+        });
+        self.send(from, &msg.to_vec())
+            .into_iter()
+            .map(|(to, d)| (to, Message::decode(&d).unwrap()))
             .collect()
     }
 }
