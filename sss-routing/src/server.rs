@@ -351,6 +351,10 @@ impl Server {
             } else {
                 return None;
             };
+            if to == from {
+                // Never back to the source (a slot's two ends differ, see `relay_open`).
+                return None;
+            }
             Some((slot, to))
         });
         let Some((slot, to)) = to else {
@@ -688,6 +692,12 @@ impl Server {
             return;
         };
         let (target_ep, token) = (entry.record.body.observed, entry.token);
+        if target_ep == from {
+            // Two EIDs behind one socket: a slot between them would send every datagram back
+            // to its source (and they can reach each other without any server).
+            self.send_error(from, request_id, ErrorCode::NoTarget, 0);
+            return;
+        }
         let key = pair(caller, target);
         let ends = if key.0 == caller {
             [(caller, from), (target, target_ep)]

@@ -259,6 +259,30 @@ fn relay_messages_do_not_amplify() {
     }
 }
 
+/// Found by the routing_server fuzzer: two EIDs registered from one source and a slot
+/// between them made the server send every RELAY_DATA back to its source.
+#[test]
+fn no_slot_between_two_eids_behind_one_socket_and_nothing_relayed_back_to_its_source() {
+    let mut r = Rig::new();
+    let (a, b) = (identity(1), identity(2));
+    let shared = ep("192.0.2.1:1000");
+    r.register_host(&a, shared);
+    r.register_host(&b, shared);
+    let out = r.relay_open(shared, a.eid(), b.eid());
+    assert!(
+        matches!(
+            &out[..],
+            [(to, Message::Error(ErrorMsg { code: ErrorCode::NoTarget, .. }))] if *to == shared
+        ),
+        "{out:?}"
+    );
+    assert_eq!(r.server.relay_count(), 0);
+    // No slot, so any RELAY_DATA from there is dropped, not echoed.
+    for id in [0, 1, u32::MAX] {
+        assert!(r.relay_data(shared, id, 100).is_empty());
+    }
+}
+
 #[test]
 fn relay_open_is_refused_for_strangers_and_refreshes_an_existing_slot() {
     let (mut r, a, b, id) = rig_with_slot(|_| {});
