@@ -509,13 +509,16 @@ impl World {
         let mut data = tag.to_be_bytes().to_vec();
         data.extend(self.fill(usize::from(len % 8192)));
         let r = self.s[ix(b)].write_datagram(id, &data, reliable);
+        if r.is_ok() {
+            // A reliable datagram is a stream of its own, whatever its parent (also one a
+            // hostile peer opened, which the model does not track).
+            self.opened[ix(b)] += usize::from(reliable);
+        }
         let Some(m) = self.model.get_mut(&id) else {
             return;
         };
         match r {
             Ok(()) => {
-                // A reliable datagram is a stream of its own.
-                self.opened[ix(b)] += usize::from(reliable);
                 let required = reliable && !m.flows[ix(b)].fin && !m.reset;
                 m.dgrams[ix(b)].insert(
                     tag,
