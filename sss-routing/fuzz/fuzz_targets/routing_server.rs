@@ -192,6 +192,15 @@ impl Rig {
         self.next_id += 1;
         self.next_id
     }
+
+    /// The latest cookie the server gave `from` (zeros if none), spoiled if `wrong`.
+    fn cookie_for(&self, from: SocketAddr, wrong: bool) -> Cookie {
+        let mut cookie = self.cookies.get(&from).copied().unwrap_or_default();
+        if wrong {
+            cookie[0] ^= 1;
+        }
+        cookie
+    }
 }
 
 fuzz_target!(|ops: Vec<Op>| {
@@ -244,10 +253,7 @@ fuzz_target!(|ops: Vec<Op>| {
                     continue;
                 }
                 let from = pick(&sources, src);
-                let mut cookie = rig.cookies.get(&from).copied().unwrap_or_default();
-                if wrong_cookie {
-                    cookie[0] ^= 1;
-                }
+                let cookie = rig.cookie_for(from, wrong_cookie);
                 let host = &ids[usize::from(host) % 4];
                 let body = RecordBody {
                     eid: host.eid(),
@@ -283,10 +289,7 @@ fuzz_target!(|ops: Vec<Op>| {
                 wrong_cookie,
             } => {
                 let from = pick(&sources, src);
-                let mut cookie = rig.cookies.get(&from).copied().unwrap_or_default();
-                if wrong_cookie {
-                    cookie[0] ^= 1;
-                }
+                let cookie = rig.cookie_for(from, wrong_cookie);
                 let request_id = rig.request_id();
                 let msg = Message::Lookup(Lookup {
                     request_id,
@@ -312,10 +315,7 @@ fuzz_target!(|ops: Vec<Op>| {
                 wrong_cookie,
             } => {
                 let from = pick(&sources, src);
-                let mut cookie = rig.cookies.get(&from).copied().unwrap_or_default();
-                if wrong_cookie {
-                    cookie[0] ^= 1;
-                }
+                let cookie = rig.cookie_for(from, wrong_cookie);
                 let request_id = rig.request_id();
                 let msg = Message::RelayOpen(RelayOpen {
                     request_id,
