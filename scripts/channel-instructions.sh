@@ -2,7 +2,8 @@
 # Instructions per data packet of the channel benchmark (issue 2's load-independent
 # cross-check): runs one 16 MiB AES-256-GCM transfer of `benches/channel.rs` (protocol mode,
 # 1,452-byte packets) under callgrind, collecting only inside the transfers, and splits the
-# instructions into the AEAD (ring's functions and whatever ring inlines into ours), the
+# instructions into the AEAD (ring's functions, whatever ring inlines into ours, and libc's
+# memset, which only ring calls in the transfer), the
 # content copy (libc's memcpy) and the rest (channel, endpoint, the test layer's framing,
 # the bench's loop). valgrind runs ring's AES-NI path, not the VAES one the CPU uses natively.
 # Usage: bash scripts/channel-instructions.sh   (installs valgrind if missing; ~1 min)
